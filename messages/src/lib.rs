@@ -1,0 +1,14 @@
+//! The shared vocabulary of the control plane: the mesh model and the events that move it.
+//!
+//! Data flow: sources (`k8s`: the YAML directory, later kube watchers) turn Kubernetes objects into
+//! [`model::MeshObject`]s and emit [`events::SourceEvent`]s; the catalog ([`catalog::MeshCatalog`], owned by
+//! the catalog actor) indexes them and answers "what does this proxy see" as a [`catalog::ProxyView`]; the
+//! `xds` crate turns a view into Envoy resources. This crate does no I/O and knows no actor framework.
+
+pub mod catalog;
+pub mod events;
+pub mod model;
+
+pub use catalog::{Dirty, MeshCatalog, ProxyView, ResolvedPort, ServiceView, VerifyError};
+pub use events::SourceEvent;
+pub use model::*;

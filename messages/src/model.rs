@@ -1,0 +1,433 @@
+//! The mesh model: plain values converted from Kubernetes objects at the edge (`k8s`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Default trust domain, as in OSM's chart (`trustDomain: cluster.local`).
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// Pod label that carries the sidecar's proxy UUID (set by injection).
+pub const PROXY_UUID_LABEL: &str = "osm-proxy-uuid";
+/// The UID Envoy runs as; iptables exempts it from interception.
+pub const ENVOY_UID: u32 = 1500;
+
+/// Envoy's fixed ports inside a pod.
+pub mod ports {
+    pub const ADMIN: u16 = 15000;
+    pub const OUTBOUND: u16 = 15001;
+    pub const INBOUND: u16 = 15003;
+    pub const PROMETHEUS: u16 = 15010;
+    pub const LIVENESS: u16 = 15901;
+    pub const READINESS: u16 = 15902;
+    pub const STARTUP: u16 = 15903;
+    pub const HEALTHCHECK: u16 = 15904;
+    pub const ADS: u16 = 15128;
+}
+
+/// The kinds of object the mesh model understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    Namespace,
+    Service,
+    Endpoints,
+    EndpointSlice,
+    Pod,
+    ServiceAccount,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Kind::Namespace => "Namespace",
+            Kind::Service => "Service",
+            Kind::Endpoints => "Endpoints",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Pod => "Pod",
+            Kind::ServiceAccount => "ServiceAccount",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Identifies one object: kind, namespace (empty for cluster-scoped kinds) and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { kind, namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// `<namespace>/<name>` of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+
+    /// The in-cluster FQDN, `<svc>.<ns>.svc.cluster.local`; also the SNI of mesh mTLS.
+    pub fn fqdn(&self) -> String {
+        format!("{}.{}.svc.cluster.local", self.name, self.namespace)
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Application protocol of a Service port, chosen as OSM does: `appProtocol`, else the port-name prefix
+/// `<proto>-`, else HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AppProtocol {
+    Http,
+    Tcp,
+    Grpc,
+    TcpServerFirst,
+}
+
+impl AppProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppProtocol::Http => "http",
+            AppProtocol::Tcp => "tcp",
+            AppProtocol::Grpc => "grpc",
+            AppProtocol::TcpServerFirst => "tcp-server-first",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "http" => Some(AppProtocol::Http),
+            "tcp" => Some(AppProtocol::Tcp),
+            "grpc" => Some(AppProtocol::Grpc),
+            "tcp-server-first" => Some(AppProtocol::TcpServerFirst),
+            _ => None,
+        }
+    }
+
+    /// Selects the protocol of a port from its `appProtocol` and its name.
+    pub fn select(app_protocol: Option<&str>, port_name: Option<&str>) -> Self {
+        if let Some(p) = app_protocol.and_then(Self::parse) {
+            return p;
+        }
+        if let Some(name) = port_name {
+            // Longest prefix first: "tcp-server-first-x" must not read as "tcp".
+            for proto in [AppProtocol::TcpServerFirst, AppProtocol::Http, AppProtocol::Tcp, AppProtocol::Grpc] {
+                let prefix = format!("{}-", proto.as_str());
+                if name.to_ascii_lowercase().starts_with(&prefix) {
+                    return proto;
+                }
+            }
+        }
+        AppProtocol::Http
+    }
+
+    /// HTTP-family protocols are served through an HTTP connection manager; the rest through tcp_proxy.
+    pub fn is_http(self) -> bool {
+        matches!(self, AppProtocol::Http | AppProtocol::Grpc)
+    }
+}
+
+impl fmt::Display for AppProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A Service's `targetPort`: a number, or the name of a container port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: TargetPort,
+    pub protocol: AppProtocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub key: ServiceKey,
+    /// `None` for headless Services (`clusterIP: None`) and Services without an address yet.
+    pub cluster_ip: Option<IpAddr>,
+    /// `None` when the Service has no selector (its endpoints are managed by hand).
+    pub selector: Option<BTreeMap<String, String>>,
+    pub ports: Vec<ServicePort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointPort {
+    pub name: Option<String>,
+    pub port: u16,
+}
+
+/// One subset of an Endpoints object (or one EndpointSlice): every address serves every port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSubset {
+    pub addresses: Vec<IpAddr>,
+    pub ports: Vec<EndpointPort>,
+}
+
+/// An Endpoints object or an EndpointSlice, reduced to the Service it belongs to and its ready addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoints {
+    /// The key of the object itself (an EndpointSlice has its own name).
+    pub key: ObjectKey,
+    pub service: ServiceKey,
+    pub subsets: Vec<EndpointSubset>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    pub ip: Option<IpAddr>,
+    pub proxy_uuid: ProxyUuid,
+    pub container_ports: Vec<ContainerPort>,
+}
+
+impl Pod {
+    pub fn identity(&self) -> ServiceIdentity {
+        ServiceIdentity::new(self.service_account.clone(), self.namespace.clone())
+    }
+
+    /// Resolves a Service's target port against this pod's container ports.
+    pub fn resolve_target_port(&self, target: &TargetPort) -> Option<u16> {
+        match target {
+            TargetPort::Number(n) => Some(*n),
+            TargetPort::Name(name) => self
+                .container_ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .map(|p| p.port),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceAccount {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Everything a source can hand to the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MeshObject {
+    Namespace(Namespace),
+    Service(Service),
+    Endpoints(Endpoints),
+    Pod(Pod),
+    ServiceAccount(ServiceAccount),
+}
+
+impl MeshObject {
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            MeshObject::Namespace(n) => ObjectKey::new(Kind::Namespace, "", n.name.clone()),
+            MeshObject::Service(s) => ObjectKey::new(Kind::Service, s.key.namespace.clone(), s.key.name.clone()),
+            MeshObject::Endpoints(e) => e.key.clone(),
+            MeshObject::Pod(p) => ObjectKey::new(Kind::Pod, p.namespace.clone(), p.name.clone()),
+            MeshObject::ServiceAccount(s) => {
+                ObjectKey::new(Kind::ServiceAccount, s.namespace.clone(), s.name.clone())
+            }
+        }
+    }
+}
+
+/// A workload identity: `<sa>.<ns>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceIdentity {
+    pub service_account: String,
+    pub namespace: String,
+}
+
+impl ServiceIdentity {
+    pub fn new(service_account: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self { service_account: service_account.into(), namespace: namespace.into() }
+    }
+
+    /// `<sa>.<ns>.<trust-domain>`: the DNS SAN of the identity's service certificate.
+    pub fn principal(&self, trust_domain: &str) -> String {
+        format!("{}.{}.{}", self.service_account, self.namespace, trust_domain)
+    }
+
+    /// `spiffe://<trust-domain>/<sa>/<ns>`.
+    pub fn spiffe_id(&self, trust_domain: &str) -> String {
+        format!("spiffe://{}/{}/{}", trust_domain, self.service_account, self.namespace)
+    }
+
+    /// The SDS name of this identity's certificate: `service-cert:<ns>/<sa>`.
+    pub fn sds_cert_name(&self) -> String {
+        format!("service-cert:{}/{}", self.namespace, self.service_account)
+    }
+}
+
+impl fmt::Display for ServiceIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.service_account, self.namespace)
+    }
+}
+
+/// A sidecar's proxy UUID. Restricted to `[A-Za-z0-9-]` because it is the first dot-separated label of the
+/// xDS client certificate's common name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProxyUuid(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid proxy UUID {0:?}: expected 1-63 characters of [A-Za-z0-9-]")]
+pub struct InvalidProxyUuid(pub String);
+
+impl ProxyUuid {
+    pub fn parse(s: &str) -> Result<Self, InvalidProxyUuid> {
+        let ok = !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if ok { Ok(Self(s.to_owned())) } else { Err(InvalidProxyUuid(s.to_owned())) }
+    }
+
+    /// A stable UUID for a pod that has no `osm-proxy-uuid` label (pods described by hand in the mesh
+    /// directory): derived from namespace and name, so a restart of the controller keeps it.
+    pub fn derived(namespace: &str, name: &str) -> Self {
+        let digest = Sha256::digest(format!("{namespace}/{name}").as_bytes());
+        let h: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        Self(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ProxyUuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a sidecar's xDS client certificate says about it:
+/// CN `<uuid>.sidecar.<sa>.<ns>.<trust-domain>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProxyId {
+    pub uuid: ProxyUuid,
+    pub identity: ServiceIdentity,
+}
+
+impl ProxyId {
+    pub fn common_name(&self, trust_domain: &str) -> String {
+        format!(
+            "{}.sidecar.{}.{}.{}",
+            self.uuid, self.identity.service_account, self.identity.namespace, trust_domain
+        )
+    }
+
+    /// Parses the common name of an xDS client certificate.
+    pub fn from_common_name(cn: &str) -> Result<Self, InvalidProxyCn> {
+        let parts: Vec<&str> = cn.splitn(5, '.').collect();
+        match parts.as_slice() {
+            [uuid, "sidecar", sa, ns, _td] if !sa.is_empty() && !ns.is_empty() => Ok(Self {
+                uuid: ProxyUuid::parse(uuid).map_err(|e| InvalidProxyCn(cn.to_owned(), e.to_string()))?,
+                identity: ServiceIdentity::new(*sa, *ns),
+            }),
+            _ => Err(InvalidProxyCn(
+                cn.to_owned(),
+                "expected <proxy-uuid>.sidecar.<service-account>.<namespace>.<trust-domain>".to_owned(),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ProxyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.uuid, self.identity)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("certificate common name {0:?} does not name a sidecar: {1}")]
+pub struct InvalidProxyCn(pub String, pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_selection_follows_app_protocol_then_name_prefix_then_http() {
+        assert_eq!(AppProtocol::select(Some("tcp"), Some("http-x")), AppProtocol::Tcp);
+        assert_eq!(AppProtocol::select(None, Some("tcp-server-first-db")), AppProtocol::TcpServerFirst);
+        assert_eq!(AppProtocol::select(None, Some("tcp-echo")), AppProtocol::Tcp);
+        assert_eq!(AppProtocol::select(None, Some("grpc-api")), AppProtocol::Grpc);
+        assert_eq!(AppProtocol::select(Some("kubernetes.io/h2c"), Some("web")), AppProtocol::Http);
+        assert_eq!(AppProtocol::select(None, None), AppProtocol::Http);
+    }
+
+    #[test]
+    fn proxy_cn_round_trips() {
+        let id = ProxyId {
+            uuid: ProxyUuid::parse("0f5c-42").unwrap(),
+            identity: ServiceIdentity::new("bookbuyer", "books"),
+        };
+        let cn = id.common_name("cluster.local");
+        assert_eq!(cn, "0f5c-42.sidecar.bookbuyer.books.cluster.local");
+        assert_eq!(ProxyId::from_common_name(&cn).unwrap(), id);
+        assert!(ProxyId::from_common_name("ads.cluster.local").is_err());
+        assert!(ProxyId::from_common_name("x.gateway.sa.ns.cluster.local").is_err());
+    }
+
+    #[test]
+    fn derived_uuid_is_stable_and_valid() {
+        let a = ProxyUuid::derived("ns", "pod");
+        assert_eq!(a, ProxyUuid::derived("ns", "pod"));
+        assert_ne!(a, ProxyUuid::derived("ns", "pod2"));
+        assert!(ProxyUuid::parse(a.as_str()).is_ok());
+        assert_eq!(a.as_str().len(), 36);
+    }
+
+    #[test]
+    fn identity_names() {
+        let id = ServiceIdentity::new("sa", "ns");
+        assert_eq!(id.principal("cluster.local"), "sa.ns.cluster.local");
+        assert_eq!(id.spiffe_id("td"), "spiffe://td/sa/ns");
+        assert_eq!(id.sds_cert_name(), "service-cert:ns/sa");
+    }
+}
