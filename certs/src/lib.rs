@@ -1,1 +1,339 @@
-//! certs
+//! Certificates for the mesh: the built-in CA, leaf issuance and certificate inspection.
+//!
+//! Data flow: the certificate actor holds a [`CertificateAuthority`] and issues each service identity's
+//! certificate ([`CertificateAuthority::issue_service`]); the snapshot builder (`xds`) sends it to sidecars as
+//! SDS secrets. The sidecar bootstrap (`sidecar`) uses [`CertificateAuthority::issue_proxy_client`] for the
+//! xDS client certificate that names the proxy, and the ADS server uses
+//! [`CertificateAuthority::issue_server`] plus [`peer_common_name`] to know who connected.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use messages::{ProxyId, ServiceIdentity};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+use time::OffsetDateTime;
+
+/// Common name of the built-in root, as OSM names it.
+pub const CA_COMMON_NAME: &str = "osm-ca.openservicemesh.io";
+pub const CA_ORGANIZATION: &str = "Open Service Mesh";
+/// Root and internal certificates (xDS server, proxy client) live ten years, as in OSM.
+pub const LONG_VALIDITY: Duration = Duration::from_secs(87_600 * 3600);
+/// Service certificates default to 24 hours.
+pub const DEFAULT_SERVICE_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+/// Allow for clocks that run slightly behind ours.
+const BACKDATE: Duration = Duration::from_secs(60);
+
+const CA_CERT_FILE: &str = "ca.crt";
+const CA_KEY_FILE: &str = "ca.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: the persisted CA is unusable: {reason} (hint: move the state directory's ca.crt/ca.key away to create a new root)")]
+    BadPersistedCa { path: PathBuf, reason: String },
+    #[error("certificate is not valid DER X.509: {0}")]
+    Parse(String),
+    #[error("certificate has no common name")]
+    NoCommonName,
+    #[error("validity {0:?} is out of range")]
+    Validity(Duration),
+}
+
+/// A leaf certificate and its private key, PEM encoded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedCert {
+    pub common_name: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub serial: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl std::fmt::Debug for IssuedCert {
+    // Never print the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCert")
+            .field("common_name", &self.common_name)
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IssuedCert {
+    pub fn lifetime(&self) -> Duration {
+        self.not_after.duration_since(self.not_before).unwrap_or_default()
+    }
+}
+
+/// The built-in certificate authority (ECDSA P-256).
+pub struct CertificateAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    trust_domain: String,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority").field("trust_domain", &self.trust_domain).finish_non_exhaustive()
+    }
+}
+
+fn to_offset(t: SystemTime) -> OffsetDateTime {
+    OffsetDateTime::from(t)
+}
+
+fn random_serial() -> Result<SerialNumber, CertError> {
+    // A fresh key pair is the cheapest CSPRNG at hand without another dependency.
+    let entropy = KeyPair::generate()?.serialize_der();
+    let mut bytes: Vec<u8> = entropy.iter().rev().take(16).copied().collect();
+    bytes[0] &= 0x7f; // positive
+    bytes[0] |= 0x01; // and not zero-led
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl CertificateAuthority {
+    /// A new self-signed root.
+    pub fn generate(trust_domain: &str) -> Result<Self, CertError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, CA_COMMON_NAME);
+        dn.push(DnType::OrganizationName, CA_ORGANIZATION);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let now = SystemTime::now();
+        params.not_before = to_offset(now - BACKDATE);
+        params.not_after = to_offset(now + LONG_VALIDITY);
+        params.serial_number = Some(random_serial()?);
+        let cert = params.self_signed(&key)?;
+        Ok(Self { cert_pem: cert.pem(), issuer: Issuer::new(params, key), trust_domain: trust_domain.to_owned() })
+    }
+
+    /// Loads the root persisted in `state_dir`, or creates and persists one, so a restart keeps the same root
+    /// and running sidecars keep trusting the controller.
+    pub fn load_or_create(state_dir: &Path, trust_domain: &str) -> Result<Self, CertError> {
+        let cert_path = state_dir.join(CA_CERT_FILE);
+        let key_path = state_dir.join(CA_KEY_FILE);
+        if cert_path.exists() || key_path.exists() {
+            let read = |p: &Path| fs::read_to_string(p).map_err(|source| CertError::Io { path: p.to_owned(), source });
+            let cert_pem = read(&cert_path)?;
+            let key_pem = read(&key_path)?;
+            let bad = |reason: String| CertError::BadPersistedCa { path: state_dir.to_owned(), reason };
+            let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(format!("{CA_KEY_FILE}: {e}")))?;
+            let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad(format!("{CA_CERT_FILE}: {e}")))?;
+            return Ok(Self { issuer, cert_pem, trust_domain: trust_domain.to_owned() });
+        }
+        let ca = Self::generate(trust_domain)?;
+        fs::create_dir_all(state_dir).map_err(|source| CertError::Io { path: state_dir.to_owned(), source })?;
+        write_file(&key_path, ca.issuer.key().serialize_pem().as_bytes(), 0o600)?;
+        write_file(&cert_path, ca.cert_pem.as_bytes(), 0o644)?;
+        tracing::info!(path = %state_dir.display(), "created a new mesh root certificate");
+        Ok(ca)
+    }
+
+    pub fn root_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    fn issue(&self, cn: &str, sans: Vec<SanType>, validity: Duration) -> Result<IssuedCert, CertError> {
+        if validity.is_zero() || validity > LONG_VALIDITY {
+            return Err(CertError::Validity(validity));
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        dn.push(DnType::OrganizationName, CA_ORGANIZATION);
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let serial = random_serial()?;
+        let serial_hex = hex(serial.as_ref());
+        params.serial_number = Some(serial);
+        let now = SystemTime::now();
+        let not_before = now - BACKDATE;
+        let not_after = now + validity;
+        params.not_before = to_offset(not_before);
+        params.not_after = to_offset(not_after);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCert {
+            common_name: cn.to_owned(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            serial: serial_hex,
+            not_before,
+            not_after,
+        })
+    }
+
+    /// The certificate of a service identity: CN and DNS SAN `<sa>.<ns>.<td>`, plus the SPIFFE URI SAN when
+    /// asked for.
+    pub fn issue_service(
+        &self,
+        identity: &ServiceIdentity,
+        validity: Duration,
+        spiffe: bool,
+    ) -> Result<IssuedCert, CertError> {
+        let principal = identity.principal(&self.trust_domain);
+        let mut sans = vec![SanType::DnsName(principal.clone().try_into()?)];
+        if spiffe {
+            sans.push(SanType::URI(identity.spiffe_id(&self.trust_domain).try_into()?));
+        }
+        self.issue(&principal, sans, validity)
+    }
+
+    /// The xDS client certificate of one sidecar: CN `<uuid>.sidecar.<sa>.<ns>.<td>`.
+    pub fn issue_proxy_client(&self, proxy: &ProxyId, validity: Duration) -> Result<IssuedCert, CertError> {
+        let cn = proxy.common_name(&self.trust_domain);
+        self.issue(&cn, vec![SanType::DnsName(cn.clone().try_into()?)], validity)
+    }
+
+    /// A server certificate (the ADS server: CN `ads.<td>`); DNS names and IP addresses become SANs.
+    pub fn issue_server(&self, cn: &str, names: &[String], validity: Duration) -> Result<IssuedCert, CertError> {
+        let mut sans = Vec::new();
+        for n in std::iter::once(&cn.to_owned()).chain(names) {
+            match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => sans.push(SanType::IpAddress(ip)),
+                Err(_) => sans.push(SanType::DnsName(n.clone().try_into()?)),
+            }
+        }
+        self.issue(cn, sans, validity)
+    }
+}
+
+/// The common name of the ADS server certificate.
+pub fn ads_server_common_name(trust_domain: &str) -> String {
+    format!("ads.{trust_domain}")
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
+    let io = |source| CertError::Io { path: path.to_owned(), source };
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(io)?;
+    f.write_all(contents).map_err(io)
+}
+
+/// The subject common name of a DER certificate (the leaf a peer presented).
+pub fn peer_common_name(der: &[u8]) -> Result<String, CertError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| CertError::Parse(e.to_string()))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .ok_or(CertError::NoCommonName)?
+        .as_str()
+        .map_err(|e| CertError::Parse(e.to_string()))?;
+    Ok(cn.to_owned())
+}
+
+/// Decodes the first certificate of a PEM string to DER.
+pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, CertError> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| CertError::Parse(e.to_string()))?;
+    Ok(p.contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use messages::ProxyUuid;
+
+    fn parse(pem: &str) -> (String, Vec<String>, bool) {
+        let der = pem_to_der(pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let sans = cert
+            .subject_alternative_name()
+            .unwrap()
+            .map(|e| e.value.general_names.iter().map(|g| g.to_string()).collect())
+            .unwrap_or_default();
+        let cn = peer_common_name(&der).unwrap();
+        (cn, sans, cert.is_ca())
+    }
+
+    #[test]
+    fn service_cert_names_the_identity_and_chains_to_the_root() {
+        let ca = CertificateAuthority::generate("cluster.local").unwrap();
+        let id = ServiceIdentity::new("bookbuyer", "books");
+        let c = ca.issue_service(&id, Duration::from_secs(3600), true).unwrap();
+        let (cn, sans, is_ca) = parse(&c.cert_pem);
+        assert_eq!(cn, "bookbuyer.books.cluster.local");
+        assert!(sans.contains(&"DNSName(bookbuyer.books.cluster.local)".to_owned()), "{sans:?}");
+        assert!(sans.contains(&"URI(spiffe://cluster.local/bookbuyer/books)".to_owned()), "{sans:?}");
+        assert!(!is_ca);
+        assert_eq!(c.lifetime(), Duration::from_secs(3600) + BACKDATE);
+
+        let root_der = pem_to_der(ca.root_pem()).unwrap();
+        let (_, root) = x509_parser::parse_x509_certificate(&root_der).unwrap();
+        assert!(root.is_ca());
+        let leaf_der = pem_to_der(&c.cert_pem).unwrap();
+        let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).unwrap();
+        leaf.verify_signature(Some(root.public_key())).unwrap();
+        assert_eq!(leaf.issuer(), root.subject());
+    }
+
+    #[test]
+    fn proxy_client_cert_cn_names_the_proxy() {
+        let ca = CertificateAuthority::generate("cluster.local").unwrap();
+        let proxy =
+            ProxyId { uuid: ProxyUuid::parse("abc-1").unwrap(), identity: ServiceIdentity::new("sa", "ns") };
+        let c = ca.issue_proxy_client(&proxy, LONG_VALIDITY).unwrap();
+        let cn = peer_common_name(&pem_to_der(&c.cert_pem).unwrap()).unwrap();
+        assert_eq!(ProxyId::from_common_name(&cn).unwrap(), proxy);
+    }
+
+    #[test]
+    fn server_cert_gets_ip_sans() {
+        let ca = CertificateAuthority::generate("cluster.local").unwrap();
+        let c = ca.issue_server("ads.cluster.local", &["127.0.0.1".into(), "osm-controller".into()], LONG_VALIDITY).unwrap();
+        let (_, sans, _) = parse(&c.cert_pem);
+        assert!(sans.contains(&"IPAddress(7f:00:00:01)".to_owned()), "{sans:?}");
+        assert!(sans.contains(&"DNSName(osm-controller)".to_owned()));
+    }
+
+    #[test]
+    fn root_persists_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = CertificateAuthority::load_or_create(dir.path(), "cluster.local").unwrap();
+        let b = CertificateAuthority::load_or_create(dir.path(), "cluster.local").unwrap();
+        assert_eq!(a.root_pem(), b.root_pem());
+        // A leaf from the reloaded CA chains to the persisted root.
+        let leaf = b.issue_service(&ServiceIdentity::new("a", "b"), Duration::from_secs(600), false).unwrap();
+        let root_der = pem_to_der(a.root_pem()).unwrap();
+        let (_, root) = x509_parser::parse_x509_certificate(&root_der).unwrap();
+        let der = pem_to_der(&leaf.cert_pem).unwrap();
+        let (_, leaf) = x509_parser::parse_x509_certificate(&der).unwrap();
+        leaf.verify_signature(Some(root.public_key())).unwrap();
+        let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    }
+
+    #[test]
+    fn corrupt_persisted_ca_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), "junk").unwrap();
+        std::fs::write(dir.path().join("ca.key"), "junk").unwrap();
+        let err = CertificateAuthority::load_or_create(dir.path(), "cluster.local").unwrap_err().to_string();
+        assert!(err.contains("persisted CA is unusable"), "{err}");
+    }
+}
