@@ -38,7 +38,9 @@ pub enum CertError {
     Generate(#[from] rcgen::Error),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: the persisted CA is unusable: {reason} (hint: move the state directory's ca.crt/ca.key away to create a new root)")]
+    #[error(
+        "{path}: the persisted CA is unusable: {reason} (hint: move the state directory's ca.crt/ca.key away to create a new root)"
+    )]
     BadPersistedCa { path: PathBuf, reason: String },
     #[error("certificate is not valid DER X.509: {0}")]
     Parse(String),
@@ -116,7 +118,8 @@ impl CertificateAuthority {
         dn.push(DnType::OrganizationName, CA_ORGANIZATION);
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = SystemTime::now();
         params.not_before = to_offset(now - BACKDATE);
         params.not_after = to_offset(now + LONG_VALIDITY);
@@ -295,8 +298,7 @@ mod tests {
     #[test]
     fn proxy_client_cert_cn_names_the_proxy() {
         let ca = CertificateAuthority::generate("cluster.local").unwrap();
-        let proxy =
-            ProxyId { uuid: ProxyUuid::parse("abc-1").unwrap(), identity: ServiceIdentity::new("sa", "ns") };
+        let proxy = ProxyId { uuid: ProxyUuid::parse("abc-1").unwrap(), identity: ServiceIdentity::new("sa", "ns") };
         let c = ca.issue_proxy_client(&proxy, LONG_VALIDITY).unwrap();
         let cn = peer_common_name(&pem_to_der(&c.cert_pem).unwrap()).unwrap();
         assert_eq!(ProxyId::from_common_name(&cn).unwrap(), proxy);
@@ -305,7 +307,9 @@ mod tests {
     #[test]
     fn server_cert_gets_ip_sans() {
         let ca = CertificateAuthority::generate("cluster.local").unwrap();
-        let c = ca.issue_server("ads.cluster.local", &["127.0.0.1".into(), "osm-controller".into()], LONG_VALIDITY).unwrap();
+        let c = ca
+            .issue_server("ads.cluster.local", &["127.0.0.1".into(), "osm-controller".into()], LONG_VALIDITY)
+            .unwrap();
         let (_, sans, _) = parse(&c.cert_pem);
         assert!(sans.contains(&"IPAddress(7f:00:00:01)".to_owned()), "{sans:?}");
         assert!(sans.contains(&"DNSName(osm-controller)".to_owned()));

@@ -1,1 +1,10 @@
-//! k8s
+//! The edge to Kubernetes-shaped input: real Kubernetes types (k8s-openapi) converted to the mesh model.
+//!
+//! Data flow: [`yaml_dir::YamlDir`] (the embedded default: a directory of manifests on disk) produces
+//! `SourceEvent`s for the catalog actor; [`convert`] is the one place Kubernetes objects become
+//! `messages` model values, so the kube-rs watchers will share it.
+
+pub mod convert;
+pub mod yaml_dir;
+
+pub use yaml_dir::{FileError, Scan, YamlDir};

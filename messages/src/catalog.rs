@@ -33,7 +33,9 @@ impl Dirty {
 /// Why a connecting proxy is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
-    #[error("no pod in the mesh has proxy UUID {0} (hint: is the pod described in the mesh directory, with label osm-proxy-uuid?)")]
+    #[error(
+        "no pod in the mesh has proxy UUID {0} (hint: is the pod described in the mesh directory, with label osm-proxy-uuid?)"
+    )]
     UnknownProxy(ProxyUuid),
     #[error("proxy UUID {uuid} is claimed by more than one pod: {pods:?}")]
     DuplicateProxy { uuid: ProxyUuid, pods: Vec<String> },
@@ -381,7 +383,12 @@ mod tests {
             key: ServiceKey::new(ns, name),
             cluster_ip: Some(ip.parse().unwrap()),
             selector: Some(BTreeMap::from([("app".into(), app.into())])),
-            ports: vec![ServicePort { name: Some("http".into()), port: 80, target_port: target, protocol: AppProtocol::Http }],
+            ports: vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: target,
+                protocol: AppProtocol::Http,
+            }],
         }
     }
 

@@ -232,11 +232,9 @@ impl Pod {
     pub fn resolve_target_port(&self, target: &TargetPort) -> Option<u16> {
         match target {
             TargetPort::Number(n) => Some(*n),
-            TargetPort::Name(name) => self
-                .container_ports
-                .iter()
-                .find(|p| p.name.as_deref() == Some(name.as_str()))
-                .map(|p| p.port),
+            TargetPort::Name(name) => {
+                self.container_ports.iter().find(|p| p.name.as_deref() == Some(name.as_str())).map(|p| p.port)
+            }
         }
     }
 }
@@ -270,9 +268,7 @@ impl MeshObject {
             MeshObject::Service(s) => ObjectKey::new(Kind::Service, s.key.namespace.clone(), s.key.name.clone()),
             MeshObject::Endpoints(e) => e.key.clone(),
             MeshObject::Pod(p) => ObjectKey::new(Kind::Pod, p.namespace.clone(), p.name.clone()),
-            MeshObject::ServiceAccount(s) => {
-                ObjectKey::new(Kind::ServiceAccount, s.namespace.clone(), s.name.clone())
-            }
+            MeshObject::ServiceAccount(s) => ObjectKey::new(Kind::ServiceAccount, s.namespace.clone(), s.name.clone()),
         }
     }
 }
@@ -355,10 +351,7 @@ pub struct ProxyId {
 
 impl ProxyId {
     pub fn common_name(&self, trust_domain: &str) -> String {
-        format!(
-            "{}.sidecar.{}.{}.{}",
-            self.uuid, self.identity.service_account, self.identity.namespace, trust_domain
-        )
+        format!("{}.sidecar.{}.{}.{}", self.uuid, self.identity.service_account, self.identity.namespace, trust_domain)
     }
 
     /// Parses the common name of an xDS client certificate.

@@ -1,0 +1,239 @@
+//! Kubernetes objects (k8s-openapi types) → mesh model.
+//!
+//! Every conversion error names the object and the field, so a bad manifest is easy to find.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use messages::*;
+
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{object}: {reason}")]
+pub struct ConvertError {
+    pub object: String,
+    pub reason: String,
+}
+
+fn err(object: &str, reason: impl Into<String>) -> ConvertError {
+    ConvertError { object: object.to_owned(), reason: reason.into() }
+}
+
+fn name_ns(kind: &str, meta: &ObjectMeta, namespaced: bool) -> Result<(String, String, String), ConvertError> {
+    let name = meta.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| err(kind, "metadata.name is missing"))?;
+    let ns = if namespaced { meta.namespace.clone().unwrap_or_else(|| "default".to_owned()) } else { String::new() };
+    let label = if namespaced { format!("{kind} {ns}/{name}") } else { format!("{kind} {name}") };
+    Ok((ns, name, label))
+}
+
+fn port_u16(object: &str, field: &str, v: i32) -> Result<u16, ConvertError> {
+    u16::try_from(v).ok().filter(|p| *p > 0).ok_or_else(|| err(object, format!("{field} {v} is not a port (1-65535)")))
+}
+
+fn parse_ip(object: &str, field: &str, v: &str) -> Result<IpAddr, ConvertError> {
+    v.parse().map_err(|_| err(object, format!("{field} {v:?} is not an IP address")))
+}
+
+fn is_tcp(protocol: Option<&str>) -> bool {
+    // Only TCP is intercepted by the sidecar; UDP/SCTP ports pass by the mesh.
+    protocol.is_none_or(|p| p.eq_ignore_ascii_case("TCP"))
+}
+
+pub fn namespace(o: &core::Namespace) -> Result<Namespace, ConvertError> {
+    let (_, name, _) = name_ns("Namespace", &o.metadata, false)?;
+    Ok(Namespace { name, labels: o.metadata.labels.clone().unwrap_or_default() })
+}
+
+pub fn service_account(o: &core::ServiceAccount) -> Result<ServiceAccount, ConvertError> {
+    let (namespace, name, _) = name_ns("ServiceAccount", &o.metadata, true)?;
+    Ok(ServiceAccount { namespace, name })
+}
+
+pub fn service(o: &core::Service) -> Result<Service, ConvertError> {
+    let (ns, name, label) = name_ns("Service", &o.metadata, true)?;
+    let spec = o.spec.clone().unwrap_or_default();
+    let cluster_ip = match spec.cluster_ip.as_deref() {
+        None | Some("") | Some("None") => None,
+        Some(ip) => Some(parse_ip(&label, "spec.clusterIP", ip)?),
+    };
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.unwrap_or_default().iter().enumerate() {
+        if !is_tcp(p.protocol.as_deref()) {
+            continue;
+        }
+        let port = port_u16(&label, &format!("spec.ports[{i}].port"), p.port)?;
+        let target_port = match &p.target_port {
+            None => TargetPort::Number(port),
+            Some(IntOrString::Int(n)) => {
+                TargetPort::Number(port_u16(&label, &format!("spec.ports[{i}].targetPort"), *n)?)
+            }
+            Some(IntOrString::String(s)) => match s.parse::<i32>() {
+                Ok(n) => TargetPort::Number(port_u16(&label, &format!("spec.ports[{i}].targetPort"), n)?),
+                Err(_) => TargetPort::Name(s.clone()),
+            },
+        };
+        ports.push(ServicePort {
+            name: p.name.clone().filter(|n| !n.is_empty()),
+            port,
+            target_port,
+            protocol: AppProtocol::select(p.app_protocol.as_deref(), p.name.as_deref()),
+        });
+    }
+    let selector: Option<BTreeMap<String, String>> = spec.selector.filter(|s| !s.is_empty());
+    Ok(Service { key: ServiceKey::new(ns, name), cluster_ip, selector, ports })
+}
+
+pub fn endpoints(o: &core::Endpoints) -> Result<Endpoints, ConvertError> {
+    let (ns, name, label) = name_ns("Endpoints", &o.metadata, true)?;
+    let mut subsets = Vec::new();
+    for (i, s) in o.subsets.clone().unwrap_or_default().iter().enumerate() {
+        let mut addresses = Vec::new();
+        for (j, a) in s.addresses.clone().unwrap_or_default().iter().enumerate() {
+            addresses.push(parse_ip(&label, &format!("subsets[{i}].addresses[{j}].ip"), &a.ip)?);
+        }
+        let mut ports = Vec::new();
+        for (j, p) in s.ports.clone().unwrap_or_default().iter().enumerate() {
+            if is_tcp(p.protocol.as_deref()) {
+                let port = port_u16(&label, &format!("subsets[{i}].ports[{j}].port"), p.port)?;
+                ports.push(EndpointPort { name: p.name.clone().filter(|n| !n.is_empty()), port });
+            }
+        }
+        subsets.push(EndpointSubset { addresses, ports });
+    }
+    Ok(Endpoints {
+        key: ObjectKey::new(Kind::Endpoints, ns.clone(), name.clone()),
+        service: ServiceKey::new(ns, name),
+        subsets,
+    })
+}
+
+pub fn endpoint_slice(o: &discovery::EndpointSlice) -> Result<Endpoints, ConvertError> {
+    let (ns, name, label) = name_ns("EndpointSlice", &o.metadata, true)?;
+    let service = o
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .cloned()
+        .ok_or_else(|| err(&label, format!("label {SERVICE_NAME_LABEL} is missing: the slice names no Service")))?;
+    let mut addresses = Vec::new();
+    for (i, e) in o.endpoints.iter().flatten().enumerate() {
+        // A not-ready endpoint receives no traffic, as with kube-proxy.
+        if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+            continue;
+        }
+        for (j, a) in e.addresses.iter().enumerate() {
+            addresses.push(parse_ip(&label, &format!("endpoints[{i}].addresses[{j}]"), a)?);
+        }
+    }
+    let mut ports = Vec::new();
+    for (j, p) in o.ports.clone().unwrap_or_default().iter().enumerate() {
+        if is_tcp(p.protocol.as_deref()) {
+            let port = p.port.ok_or_else(|| err(&label, format!("ports[{j}].port is missing")))?;
+            let port = port_u16(&label, &format!("ports[{j}].port"), port)?;
+            ports.push(EndpointPort { name: p.name.clone().filter(|n| !n.is_empty()), port });
+        }
+    }
+    Ok(Endpoints {
+        key: ObjectKey::new(Kind::EndpointSlice, ns.clone(), name),
+        service: ServiceKey::new(ns, service),
+        subsets: vec![EndpointSubset { addresses, ports }],
+    })
+}
+
+pub fn pod(o: &core::Pod) -> Result<Pod, ConvertError> {
+    let (ns, name, label) = name_ns("Pod", &o.metadata, true)?;
+    let labels = o.metadata.labels.clone().unwrap_or_default();
+    let proxy_uuid = match labels.get(PROXY_UUID_LABEL) {
+        Some(v) => ProxyUuid::parse(v).map_err(|e| err(&label, format!("label {PROXY_UUID_LABEL}: {e}")))?,
+        None => ProxyUuid::derived(&ns, &name),
+    };
+    let spec = o.spec.clone().unwrap_or_default();
+    let service_account =
+        spec.service_account_name.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "default".to_owned());
+    let ip = match o.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
+        None | Some("") => None,
+        Some(ip) => Some(parse_ip(&label, "status.podIP", ip)?),
+    };
+    let mut container_ports = Vec::new();
+    for c in &spec.containers {
+        for (j, p) in c.ports.clone().unwrap_or_default().iter().enumerate() {
+            if is_tcp(p.protocol.as_deref()) {
+                let port =
+                    port_u16(&label, &format!("containers[{}].ports[{j}].containerPort", c.name), p.container_port)?;
+                container_ports.push(ContainerPort { name: p.name.clone(), port });
+            }
+        }
+    }
+    Ok(Pod { namespace: ns, name, labels, service_account, ip, proxy_uuid, container_ports })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn service_ports_protocols_and_headless() {
+        let svc: core::Service = from_json(serde_json::json!({
+            "metadata": {"name": "db", "namespace": "data"},
+            "spec": {"clusterIP": "None", "selector": {"app": "db"}, "ports": [
+                {"name": "tcp-server-first-mysql", "port": 3306},
+                {"name": "metrics", "port": 9000, "targetPort": "prom", "appProtocol": "tcp"},
+                {"name": "dns", "port": 53, "protocol": "UDP"}
+            ]}
+        }));
+        let s = service(&svc).unwrap();
+        assert_eq!(s.cluster_ip, None);
+        assert_eq!(s.ports.len(), 2);
+        assert_eq!(s.ports[0].protocol, AppProtocol::TcpServerFirst);
+        assert_eq!(s.ports[0].target_port, TargetPort::Number(3306));
+        assert_eq!(s.ports[1].target_port, TargetPort::Name("prom".into()));
+        assert_eq!(s.ports[1].protocol, AppProtocol::Tcp);
+    }
+
+    #[test]
+    fn bad_fields_name_the_object() {
+        let svc: core::Service = from_json(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "demo"},
+            "spec": {"clusterIP": "10.96.0.300", "ports": [{"port": 80}]}
+        }));
+        assert_eq!(
+            service(&svc).unwrap_err().to_string(),
+            "Service demo/web: spec.clusterIP \"10.96.0.300\" is not an IP address"
+        );
+        let p: core::Pod = from_json(serde_json::json!({
+            "metadata": {"name": "p", "labels": {"osm-proxy-uuid": "a.b"}}
+        }));
+        assert!(pod(&p).unwrap_err().to_string().starts_with("Pod default/p: label osm-proxy-uuid"));
+    }
+
+    #[test]
+    fn slice_without_service_label_is_rejected_and_unready_endpoints_skipped() {
+        let s: discovery::EndpointSlice = from_json(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "demo"}, "addressType": "IPv4", "endpoints": []
+        }));
+        assert!(endpoint_slice(&s).unwrap_err().to_string().contains("kubernetes.io/service-name"));
+        let s: discovery::EndpointSlice = from_json(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "demo", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "conditions": {"ready": true}},
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": false}}
+            ],
+            "ports": [{"name": "http", "port": 8080}]
+        }));
+        let e = endpoint_slice(&s).unwrap();
+        assert_eq!(e.service, ServiceKey::new("demo", "web"));
+        assert_eq!(e.subsets[0].addresses, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
+    }
+}

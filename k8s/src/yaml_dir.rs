@@ -1,0 +1,401 @@
+//! The embedded source: a directory of Kubernetes-format YAML, scanned for changes.
+//!
+//! [`YamlDir::scan`] is synchronous and pure apart from reading the directory; the source actor calls it
+//! on a timer. A file that fails to parse is reported with its path and reason, and the objects it last
+//! defined are kept, so a half-saved edit never tears down the mesh. Deleting a file deletes its objects.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use messages::{MeshObject, ObjectKey, SourceEvent};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::convert;
+
+/// A file that could not be used, and why. Its previous objects (if any) stay in force.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct FileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// What one scan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub events: Vec<SourceEvent>,
+    pub errors: Vec<FileError>,
+}
+
+#[derive(Debug, Clone)]
+struct FileState {
+    stamp: (SystemTime, u64),
+    digest: [u8; 32],
+    /// The objects the file last parsed to; kept while the file is broken.
+    objects: Vec<MeshObject>,
+    /// The error of the current content, if it does not parse.
+    error: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct YamlDir {
+    root: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+    /// What the catalog has been told, so each scan emits only differences.
+    emitted: BTreeMap<ObjectKey, MeshObject>,
+    started: bool,
+}
+
+/// The kinds a mesh directory may hold; other kinds (Deployments, ConfigMaps, ...) are skipped.
+fn is_known(api_version: &str, kind: &str) -> bool {
+    matches!(
+        (api_version, kind),
+        ("v1", "Namespace" | "Service" | "Endpoints" | "Pod" | "ServiceAccount" | "List")
+            | ("discovery.k8s.io/v1", "EndpointSlice")
+    )
+}
+
+fn typed<T: DeserializeOwned>(doc: serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(doc).map_err(|e| e.to_string())
+}
+
+fn describe(doc: &serde_json::Value) -> String {
+    let kind = doc.get("kind").and_then(|k| k.as_str()).unwrap_or("object");
+    let name = doc.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("<unnamed>");
+    format!("{kind} {name:?}")
+}
+
+/// Parses one YAML document into mesh objects (a `List` holds several).
+fn convert_doc(doc: serde_json::Value, out: &mut Vec<MeshObject>) -> Result<(), String> {
+    if doc.is_null() {
+        return Ok(()); // an empty document, e.g. a trailing `---`
+    }
+    let api_version = doc.get("apiVersion").and_then(|v| v.as_str()).ok_or("apiVersion is missing")?.to_owned();
+    let kind = doc.get("kind").and_then(|v| v.as_str()).ok_or("kind is missing")?.to_owned();
+    if !is_known(&api_version, &kind) {
+        tracing::debug!(%api_version, %kind, "skipping a kind the mesh does not use");
+        return Ok(());
+    }
+    let what = describe(&doc);
+    let bad = |e: String| format!("{what}: {e}");
+    let obj = match kind.as_str() {
+        "List" => {
+            let items = doc.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default();
+            for (i, item) in items.into_iter().enumerate() {
+                convert_doc(item, out).map_err(|e| format!("items[{i}]: {e}"))?;
+            }
+            return Ok(());
+        }
+        "Namespace" => MeshObject::Namespace(
+            convert::namespace(&typed::<core::Namespace>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
+        ),
+        "ServiceAccount" => MeshObject::ServiceAccount(
+            convert::service_account(&typed::<core::ServiceAccount>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
+        ),
+        "Service" => MeshObject::Service(
+            convert::service(&typed::<core::Service>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
+        ),
+        "Endpoints" => MeshObject::Endpoints(
+            convert::endpoints(&typed::<core::Endpoints>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
+        ),
+        "EndpointSlice" => MeshObject::Endpoints(
+            convert::endpoint_slice(&typed::<discovery::EndpointSlice>(doc).map_err(bad)?)
+                .map_err(|e| e.to_string())?,
+        ),
+        "Pod" => MeshObject::Pod(convert::pod(&typed::<core::Pod>(doc).map_err(bad)?).map_err(|e| e.to_string())?),
+        _ => return Ok(()),
+    };
+    out.push(obj);
+    Ok(())
+}
+
+/// Parses a whole multi-document file. Any error rejects the file as a whole: half a file is worse than
+/// the last good version of it.
+pub fn parse_file(text: &str) -> Result<Vec<MeshObject>, String> {
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).map_err(|e| format!("invalid YAML: {e}"))?;
+    let mut out = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        convert_doc(doc, &mut out).map_err(|e| format!("document {}: {e}", i + 1))?;
+    }
+    Ok(out)
+}
+
+fn is_manifest(path: &Path) -> bool {
+    let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.') || n.ends_with('~'));
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    !hidden && matches!(ext, "yaml" | "yml" | "json")
+}
+
+fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+                list_files(&path, out)?;
+            }
+        } else if is_manifest(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+impl YamlDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into(), files: BTreeMap::new(), emitted: BTreeMap::new(), started: false }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Files that currently fail to parse (their previous objects stay in force).
+    pub fn broken_files(&self) -> Vec<FileError> {
+        self.files
+            .iter()
+            .filter_map(|(p, f)| f.error.as_ref().map(|e| FileError { path: p.clone(), reason: e.clone() }))
+            .collect()
+    }
+
+    /// Reads the directory and reports what changed since the last scan. The first scan emits a `Reset`
+    /// with the full content; later scans emit `Apply`/`Delete`.
+    pub fn scan(&mut self) -> Scan {
+        let mut scan = Scan::default();
+        let mut paths = Vec::new();
+        if let Err(e) = list_files(&self.root, &mut paths) {
+            // An unreadable directory must not empty the mesh: keep everything and say why.
+            scan.errors
+                .push(FileError { path: self.root.clone(), reason: format!("cannot read the mesh directory: {e}") });
+            return scan;
+        }
+        paths.sort();
+        let present: BTreeSet<PathBuf> = paths.iter().cloned().collect();
+        self.files.retain(|p, _| present.contains(p));
+        for path in paths {
+            if let Some(err) = self.refresh(&path) {
+                scan.errors.push(err);
+            }
+        }
+
+        // Desired state: the union of every file's objects; a key defined twice is an error of the later file.
+        let mut desired: BTreeMap<ObjectKey, MeshObject> = BTreeMap::new();
+        let mut owner: BTreeMap<ObjectKey, PathBuf> = BTreeMap::new();
+        for (path, state) in &self.files {
+            for obj in &state.objects {
+                let key = obj.key();
+                if let Some(first) = owner.get(&key) {
+                    scan.errors.push(FileError {
+                        path: path.clone(),
+                        reason: format!("{key} is already defined in {}; this definition is ignored", first.display()),
+                    });
+                    continue;
+                }
+                owner.insert(key.clone(), path.clone());
+                desired.insert(key, obj.clone());
+            }
+        }
+
+        if !self.started {
+            self.started = true;
+            scan.events.push(SourceEvent::Reset(desired.values().cloned().collect()));
+        } else {
+            for key in self.emitted.keys() {
+                if !desired.contains_key(key) {
+                    scan.events.push(SourceEvent::Delete(key.clone()));
+                }
+            }
+            for (key, obj) in &desired {
+                if self.emitted.get(key) != Some(obj) {
+                    scan.events.push(SourceEvent::Apply(obj.clone()));
+                }
+            }
+        }
+        self.emitted = desired;
+        scan
+    }
+
+    /// Re-reads one file if it changed; returns its error if it is (still) broken and changed now.
+    fn refresh(&mut self, path: &Path) -> Option<FileError> {
+        let fail = |reason: String| FileError { path: path.to_owned(), reason };
+        let meta = match fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) => return Some(fail(format!("cannot stat: {e}"))),
+        };
+        let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+        if self.files.get(path).is_some_and(|f| f.stamp == stamp) {
+            return None;
+        }
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) => return Some(fail(format!("cannot read: {e}"))),
+        };
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        if let Some(f) = self.files.get_mut(path)
+            && f.digest == digest
+        {
+            f.stamp = stamp;
+            return None;
+        }
+        let parsed = match String::from_utf8(bytes) {
+            Ok(text) => parse_file(&text),
+            Err(_) => Err("not UTF-8 text".to_owned()),
+        };
+        match parsed {
+            Ok(objects) => {
+                self.files.insert(path.to_owned(), FileState { stamp, digest, objects, error: None });
+                None
+            }
+            Err(reason) => {
+                let previous = self.files.get(path).map(|f| f.objects.clone()).unwrap_or_default();
+                self.files.insert(
+                    path.to_owned(),
+                    FileState { stamp, digest, objects: previous, error: Some(reason.clone()) },
+                );
+                Some(fail(reason))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use messages::Kind;
+
+    const SERVER: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: server, namespace: demo}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: demo}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: server}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server-1, namespace: demo, labels: {app: server}}
+spec:
+  serviceAccountName: server
+  containers: [{name: app, image: x}]
+status: {podIP: 10.244.1.2}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ignored}
+"#;
+
+    fn keys(events: &[SourceEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                SourceEvent::Apply(o) => format!("apply {}", o.key()),
+                SourceEvent::Delete(k) => format!("delete {k}"),
+                SourceEvent::Reset(objs) => format!("reset {}", objs.len()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_scan_resets_then_changes_are_incremental() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("server.yaml"), SERVER).unwrap();
+        let mut src = YamlDir::new(dir.path());
+        let scan = src.scan();
+        assert!(scan.errors.is_empty(), "{:?}", scan.errors);
+        assert_eq!(keys(&scan.events), vec!["reset 3"]);
+        assert!(src.scan().events.is_empty());
+
+        let client =
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nstatus: {podIP: 10.244.1.1}\n";
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("sub/client.yml"), client).unwrap();
+        assert_eq!(keys(&src.scan().events), vec!["apply Pod demo/client"]);
+
+        fs::remove_file(dir.path().join("server.yaml")).unwrap();
+        let mut got = keys(&src.scan().events);
+        got.sort();
+        assert_eq!(
+            got,
+            vec!["delete Pod demo/server-1", "delete Service demo/server", "delete ServiceAccount demo/server"]
+        );
+    }
+
+    #[test]
+    fn broken_file_is_reported_and_keeps_its_last_good_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.yaml");
+        fs::write(&path, SERVER).unwrap();
+        let mut src = YamlDir::new(dir.path());
+        src.scan();
+
+        fs::write(&path, "apiVersion: v1\nkind: Service\nmetadata: {name: server, namespace: demo}\nspec: {ports: [{port: 99999}]}\n").unwrap();
+        let scan = src.scan();
+        assert!(scan.events.is_empty(), "a broken file must not delete objects: {:?}", keys(&scan.events));
+        assert_eq!(scan.errors.len(), 1);
+        let msg = scan.errors[0].to_string();
+        assert!(msg.contains("server.yaml"), "{msg}");
+        assert!(msg.contains("Service demo/server: spec.ports[0].port 99999 is not a port"), "{msg}");
+        assert_eq!(src.broken_files().len(), 1);
+
+        fs::write(&path, "key: [unclosed\n").unwrap();
+        let msg = src.scan().errors[0].to_string();
+        assert!(msg.contains("invalid YAML"), "{msg}");
+
+        fs::write(&path, SERVER.replace("10.244.1.2", "10.244.1.9")).unwrap();
+        let scan = src.scan();
+        assert!(scan.errors.is_empty());
+        assert_eq!(keys(&scan.events), vec!["apply Pod demo/server-1"]);
+        assert!(src.broken_files().is_empty());
+    }
+
+    #[test]
+    fn duplicate_definitions_name_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.yaml"), SERVER).unwrap();
+        fs::write(dir.path().join("b.yaml"), SERVER).unwrap();
+        let scan = YamlDir::new(dir.path()).scan();
+        assert_eq!(scan.errors.len(), 3);
+        assert!(scan.errors[0].to_string().contains("already defined in"));
+        match &scan.events[0] {
+            SourceEvent::Reset(objs) => assert_eq!(objs.len(), 3),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_directory_keeps_state() {
+        let mut src = YamlDir::new("/nonexistent/mesh");
+        let scan = src.scan();
+        assert!(scan.events.is_empty());
+        assert!(scan.errors[0].reason.contains("cannot read the mesh directory"));
+    }
+
+    #[test]
+    fn lists_and_endpoint_slices_parse() {
+        let text = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.0.0.1]}]
+  ports: [{name: http, port: 80}]
+"#;
+        let objs = parse_file(text).unwrap();
+        assert_eq!(objs.len(), 1);
+        assert_eq!(objs[0].key().kind, Kind::EndpointSlice);
+    }
+}
