@@ -1,0 +1,702 @@
+//! Builds one proxy's Envoy configuration from its [`ProxyView`] (permissive traffic policy).
+//!
+//! Names and shapes follow OSM's generated configuration: listeners `outbound-listener` (:15001) and
+//! `inbound-listener` (:15003), clusters `<ns>/<svc>|<targetPort>` and `…|local`, routes
+//! `rds-outbound.<port>` / `rds-inbound.<targetPort>`, secrets `service-cert:<ns>/<sa>`,
+//! `root-cert-for-mtls-inbound` and `root-cert-for-mtls-outbound:<ns>/<svc>`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, CidrRange, ConfigSource, DataSource, Http1ProtocolOptions,
+    Http2ProtocolOptions, SocketAddress, SubstitutionFormatString, TrafficDirection, TransportSocket, address,
+    config_source, data_source, socket_address, substitution_format_string, transport_socket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
+};
+use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{StdoutAccessLog, stdout_access_log};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
+    SubjectAltNameMatcher, TlsCertificate, TlsParameters, UpstreamTlsContext, common_tls_context, secret,
+    subject_alt_name_matcher, tls_parameters,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration as PbDuration, UInt32Value};
+use envoy_types::util::pack_any;
+use messages::{AppProtocol, ProxyView, ServiceKey, ServiceView, ports};
+
+use crate::snapshot::{ProxySnapshot, Resource, ResourceType, SnapshotError};
+
+pub const OUTBOUND_LISTENER: &str = "outbound-listener";
+pub const INBOUND_LISTENER: &str = "inbound-listener";
+pub const ROOT_CERT_INBOUND: &str = "root-cert-for-mtls-inbound";
+/// ALPN the mesh's upstream TLS offers; the inbound filter chains match on it.
+pub const MESH_ALPN: &str = "osm";
+
+/// The certificate material a proxy's snapshot carries.
+#[derive(Debug, Clone, Copy)]
+pub struct CertInput<'a> {
+    pub cert_pem: &'a str,
+    pub key_pem: &'a str,
+    /// Roots that validate peers (more than one while a root rotates).
+    pub trust_bundle_pem: &'a str,
+}
+
+fn upstream_root_name(svc: &ServiceKey) -> String {
+    format!("root-cert-for-mtls-outbound:{svc}")
+}
+
+fn socket(ip: IpAddr, port: u16) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port.into())),
+            ..Default::default()
+        })),
+    }
+}
+
+fn any_addr(port: u16) -> Address {
+    socket(IpAddr::from([0, 0, 0, 0]), port)
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        resource_api_version: ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+fn sds(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig { name: name.to_owned(), sds_config: Some(ads()) }
+}
+
+fn inline(bytes: &str) -> DataSource {
+    DataSource { specifier: Some(data_source::Specifier::InlineBytes(bytes.as_bytes().to_vec())), ..Default::default() }
+}
+
+fn seconds(s: i64) -> PbDuration {
+    PbDuration { seconds: s, nanos: 0 }
+}
+
+fn tls_params() -> TlsParameters {
+    TlsParameters {
+        tls_minimum_protocol_version: tls_parameters::TlsProtocol::TlSv12 as i32,
+        tls_maximum_protocol_version: tls_parameters::TlsProtocol::TlSv13 as i32,
+        ..Default::default()
+    }
+}
+
+fn cidr(ip: IpAddr) -> CidrRange {
+    let len = if ip.is_ipv4() { 32 } else { 128 };
+    CidrRange { address_prefix: ip.to_string(), prefix_len: Some(UInt32Value { value: len }) }
+}
+
+fn tls_socket(any: Any) -> TransportSocket {
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any)),
+    }
+}
+
+fn network_filter(name: &str, any: Any) -> Filter {
+    Filter { name: name.to_owned(), config_type: Some(filter::ConfigType::TypedConfig(any)) }
+}
+
+fn listener_filter(name: &str, any: Any) -> ListenerFilter {
+    ListenerFilter {
+        name: name.to_owned(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(any)),
+        ..Default::default()
+    }
+}
+
+/// Access log written to Envoy's stdout for every request/connection, as OSM does by default (JSON).
+fn access_log() -> AccessLog {
+    const FORMAT: &str = concat!(
+        r#"{"start_time":"%START_TIME%","method":"%REQ(:METHOD)%","path":"%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%","#,
+        r#""protocol":"%PROTOCOL%","response_code":"%RESPONSE_CODE%","response_flags":"%RESPONSE_FLAGS%","#,
+        r#""bytes_received":"%BYTES_RECEIVED%","bytes_sent":"%BYTES_SENT%","duration":"%DURATION%","#,
+        r#""upstream_cluster":"%UPSTREAM_CLUSTER%","upstream_host":"%UPSTREAM_HOST%","authority":"%REQ(:AUTHORITY)%","#,
+        r#""requested_server_name":"%REQUESTED_SERVER_NAME%"}"#,
+        "\n"
+    );
+    let fmt = SubstitutionFormatString {
+        format: Some(substitution_format_string::Format::TextFormatSource(DataSource {
+            specifier: Some(data_source::Specifier::InlineString(FORMAT.to_owned())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    AccessLog {
+        name: "envoy.access_loggers.stream".to_owned(),
+        config_type: Some(access_log::ConfigType::TypedConfig(pack_any(StdoutAccessLog {
+            access_log_format: Some(stdout_access_log::AccessLogFormat::LogFormat(fmt)),
+        }))),
+        ..Default::default()
+    }
+}
+
+fn http_connection_manager(route_config: &str, stat_prefix: &str) -> Filter {
+    let router = HttpFilter {
+        name: "envoy.filters.http.router".to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+        ..Default::default()
+    };
+    let hcm = HttpConnectionManager {
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        stat_prefix: stat_prefix.to_owned(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: route_config.to_owned(),
+        })),
+        http_filters: vec![router],
+        access_log: vec![access_log()],
+        upgrade_configs: vec![http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".to_owned(),
+            ..Default::default()
+        }],
+        generate_request_id: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    network_filter("envoy.filters.network.http_connection_manager", pack_any(hcm))
+}
+
+fn tcp_proxy_filter(cluster: &str, stat_prefix: &str) -> Filter {
+    let tcp = TcpProxy {
+        stat_prefix: stat_prefix.to_owned(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+        access_log: vec![access_log()],
+        ..Default::default()
+    };
+    network_filter("envoy.filters.network.tcp_proxy", pack_any(tcp))
+}
+
+/// Hostnames a Service answers to from a client in `client_ns`, each also with `:<port>`. The ClusterIP is
+/// included because in-mesh clients often dial it directly.
+fn hostnames(svc: &ServiceView, port: u16, client_ns: &str) -> Vec<String> {
+    let ServiceKey { namespace: ns, name } = &svc.key;
+    let mut base = Vec::new();
+    if client_ns == ns {
+        base.push(name.clone());
+    }
+    base.push(format!("{name}.{ns}"));
+    base.push(format!("{name}.{ns}.svc"));
+    base.push(format!("{name}.{ns}.svc.cluster"));
+    base.push(format!("{name}.{ns}.svc.cluster.local"));
+    if let Some(ip) = svc.cluster_ip {
+        base.push(ip.to_string());
+    }
+    let mut out = Vec::with_capacity(base.len() * 2);
+    for h in base {
+        out.push(format!("{h}:{port}"));
+        out.push(h);
+    }
+    out
+}
+
+fn route_to(cluster: &str) -> Route {
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_owned())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.to_owned())),
+            // No route timeout: streaming and long requests are the application's business.
+            timeout: Some(seconds(0)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// Collects resources and the references between them, then checks the references resolve.
+struct Builder {
+    snap: ProxySnapshot,
+    refs: Vec<(ResourceType, String, String)>,
+}
+
+impl Builder {
+    fn add<M: prost::Name + prost::Message>(
+        &mut self,
+        ty: ResourceType,
+        name: &str,
+        msg: M,
+    ) -> Result<(), SnapshotError> {
+        self.snap.insert(ty, Resource::new(name, pack_any(msg)))
+    }
+
+    fn refer(&mut self, ty: ResourceType, name: &str, by: &str) {
+        self.refs.push((ty, name.to_owned(), by.to_owned()));
+    }
+}
+
+/// Builds a consistent snapshot for one proxy.
+pub fn build(view: &ProxyView, certs: CertInput<'_>) -> Result<ProxySnapshot, SnapshotError> {
+    let mut b = Builder { snap: ProxySnapshot::default(), refs: Vec::new() };
+    let identity = view.identity();
+    let own_cert = identity.sds_cert_name();
+
+    // --- SDS -------------------------------------------------------------------------------------
+    b.add(
+        ResourceType::Secret,
+        &own_cert,
+        Secret {
+            name: own_cert.clone(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: Some(inline(certs.cert_pem)),
+                private_key: Some(inline(certs.key_pem)),
+                ..Default::default()
+            })),
+        },
+    )?;
+    b.add(
+        ResourceType::Secret,
+        ROOT_CERT_INBOUND,
+        Secret {
+            name: ROOT_CERT_INBOUND.to_owned(),
+            r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(inline(certs.trust_bundle_pem)),
+                ..Default::default()
+            })),
+        },
+    )?;
+
+    // --- Outbound: clusters, endpoints, filter chains, routes -------------------------------------
+    let mut outbound_chains = Vec::new();
+    let mut outbound_routes: BTreeMap<u16, Vec<VirtualHost>> = BTreeMap::new();
+    let mut used_domains: HashMap<u16, BTreeSet<String>> = HashMap::new();
+    let mut clusters_done = BTreeSet::new();
+    for svc in &view.upstream {
+        let root_name = upstream_root_name(&svc.key);
+        let sans = svc
+            .identities
+            .iter()
+            .map(|id| SubjectAltNameMatcher {
+                san_type: subject_alt_name_matcher::SanType::Dns as i32,
+                matcher: Some(StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Exact(id.principal(&view.trust_domain))),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        b.add(
+            ResourceType::Secret,
+            &root_name,
+            Secret {
+                name: root_name.clone(),
+                r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
+                    trusted_ca: Some(inline(certs.trust_bundle_pem)),
+                    match_typed_subject_alt_names: sans,
+                    ..Default::default()
+                })),
+            },
+        )?;
+
+        for port in &svc.ports {
+            let cluster_name = port.cluster_name(&svc.key);
+            if clusters_done.insert(cluster_name.clone()) {
+                b.add(
+                    ResourceType::Cluster,
+                    &cluster_name,
+                    upstream_cluster(svc, port.protocol, &cluster_name, &own_cert, &root_name),
+                )?;
+                b.refer(ResourceType::Endpoint, &cluster_name, &cluster_name);
+                b.refer(ResourceType::Secret, &root_name, &cluster_name);
+                b.refer(ResourceType::Secret, &own_cert, &cluster_name);
+                let endpoints = port.endpoints.clone();
+                b.add(ResourceType::Endpoint, &cluster_name, load_assignment(&cluster_name, &endpoints))?;
+            }
+
+            // Which destination addresses this chain catches: the ClusterIP, or for a headless Service
+            // its endpoints.
+            let prefixes: Vec<CidrRange> = match svc.cluster_ip {
+                Some(ip) => vec![cidr(ip)],
+                None => port.endpoints.iter().map(|a| a.ip()).collect::<BTreeSet<_>>().into_iter().map(cidr).collect(),
+            };
+            if prefixes.is_empty() {
+                continue;
+            }
+            let chain_name = format!("outbound_{}_{}_{}", svc.key, port.port, port.protocol);
+            let filters = if port.protocol.is_http() {
+                let rds = format!("rds-outbound.{}", port.port);
+                b.refer(ResourceType::Route, &rds, &chain_name);
+                let used = used_domains.entry(port.port).or_default();
+                let domains: Vec<String> = hostnames(svc, port.port, &view.pod.namespace)
+                    .into_iter()
+                    .filter(|d| used.insert(d.clone()))
+                    .collect();
+                outbound_routes.entry(port.port).or_default().push(VirtualHost {
+                    name: format!("outbound_virtual-host|{}", svc.key.fqdn()),
+                    domains,
+                    routes: vec![route_to(&cluster_name)],
+                    ..Default::default()
+                });
+                vec![http_connection_manager(&rds, &rds)]
+            } else {
+                vec![tcp_proxy_filter(&cluster_name, &format!("outbound-tcp.{cluster_name}"))]
+            };
+            outbound_chains.push(FilterChain {
+                name: chain_name,
+                filter_chain_match: Some(FilterChainMatch {
+                    destination_port: Some(UInt32Value { value: port.port.into() }),
+                    prefix_ranges: prefixes,
+                    ..Default::default()
+                }),
+                filters,
+                ..Default::default()
+            });
+        }
+    }
+    for (port, vhosts) in outbound_routes {
+        let name = format!("rds-outbound.{port}");
+        b.add(
+            ResourceType::Route,
+            &name,
+            RouteConfiguration {
+                name: name.clone(),
+                virtual_hosts: vhosts,
+                validate_clusters: Some(BoolValue { value: false }),
+                ..Default::default()
+            },
+        )?;
+    }
+    if !outbound_chains.is_empty() {
+        b.add(
+            ResourceType::Listener,
+            OUTBOUND_LISTENER,
+            Listener {
+                name: OUTBOUND_LISTENER.to_owned(),
+                address: Some(any_addr(ports::OUTBOUND)),
+                listener_filters: vec![listener_filter(
+                    "envoy.filters.listener.original_dst",
+                    pack_any(OriginalDst::default()),
+                )],
+                filter_chains: outbound_chains,
+                traffic_direction: TrafficDirection::Outbound as i32,
+                ..Default::default()
+            },
+        )?;
+    }
+
+    // --- Inbound: mTLS-terminating filter chains to local clusters -------------------------------
+    let mut inbound_chains = Vec::new();
+    let mut inbound_routes: BTreeMap<u16, Vec<VirtualHost>> = BTreeMap::new();
+    let mut inbound_domains: HashMap<u16, BTreeSet<String>> = HashMap::new();
+    for svc in &view.local {
+        for port in &svc.ports {
+            let local_cluster = format!("{}|{}|local", svc.key, port.target_port);
+            if clusters_done.insert(local_cluster.clone()) {
+                b.add(ResourceType::Cluster, &local_cluster, local_cluster_resource(&local_cluster, port.target_port))?;
+            }
+            let chain_name = format!("inbound_{}_{}_{}", svc.key, port.target_port, port.protocol);
+            let filters = if port.protocol.is_http() {
+                let rds = format!("rds-inbound.{}", port.target_port);
+                b.refer(ResourceType::Route, &rds, &chain_name);
+                let used = inbound_domains.entry(port.target_port).or_default();
+                let domains: Vec<String> = hostnames(svc, port.port, &svc.key.namespace)
+                    .into_iter()
+                    .filter(|d| used.insert(d.clone()))
+                    .collect();
+                inbound_routes.entry(port.target_port).or_default().push(VirtualHost {
+                    name: format!("inbound_virtual-host|{}", svc.key.fqdn()),
+                    domains,
+                    routes: vec![route_to(&local_cluster)],
+                    ..Default::default()
+                });
+                vec![http_connection_manager(&rds, &rds)]
+            } else {
+                vec![tcp_proxy_filter(&local_cluster, &format!("inbound-tcp.{local_cluster}"))]
+            };
+            b.refer(ResourceType::Secret, &own_cert, &chain_name);
+            b.refer(ResourceType::Secret, ROOT_CERT_INBOUND, &chain_name);
+            let tls = DownstreamTlsContext {
+                common_tls_context: Some(CommonTlsContext {
+                    tls_params: Some(tls_params()),
+                    tls_certificate_sds_secret_configs: vec![sds(&own_cert)],
+                    validation_context_type: Some(
+                        common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds(
+                            ROOT_CERT_INBOUND,
+                        )),
+                    ),
+                    ..Default::default()
+                }),
+                require_client_certificate: Some(BoolValue { value: true }),
+                ..Default::default()
+            };
+            inbound_chains.push(FilterChain {
+                name: chain_name,
+                filter_chain_match: Some(FilterChainMatch {
+                    destination_port: Some(UInt32Value { value: port.target_port.into() }),
+                    server_names: vec![svc.key.fqdn()],
+                    transport_protocol: "tls".to_owned(),
+                    application_protocols: vec![MESH_ALPN.to_owned()],
+                    ..Default::default()
+                }),
+                filters,
+                transport_socket: Some(tls_socket(pack_any(tls))),
+                ..Default::default()
+            });
+        }
+    }
+    for (port, vhosts) in inbound_routes {
+        let name = format!("rds-inbound.{port}");
+        b.add(
+            ResourceType::Route,
+            &name,
+            RouteConfiguration {
+                name: name.clone(),
+                virtual_hosts: vhosts,
+                validate_clusters: Some(BoolValue { value: false }),
+                ..Default::default()
+            },
+        )?;
+    }
+    if !inbound_chains.is_empty() {
+        b.add(
+            ResourceType::Listener,
+            INBOUND_LISTENER,
+            Listener {
+                name: INBOUND_LISTENER.to_owned(),
+                address: Some(any_addr(ports::INBOUND)),
+                listener_filters: vec![
+                    listener_filter("envoy.filters.listener.tls_inspector", pack_any(TlsInspector::default())),
+                    listener_filter("envoy.filters.listener.original_dst", pack_any(OriginalDst::default())),
+                ],
+                filter_chains: inbound_chains,
+                traffic_direction: TrafficDirection::Inbound as i32,
+                ..Default::default()
+            },
+        )?;
+    }
+
+    b.snap.check_references(&b.refs)?;
+    Ok(b.snap)
+}
+
+fn upstream_cluster(svc: &ServiceView, protocol: AppProtocol, name: &str, own_cert: &str, root_name: &str) -> Cluster {
+    let tls = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_params: Some(tls_params()),
+            tls_certificate_sds_secret_configs: vec![sds(own_cert)],
+            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                sds(root_name),
+            )),
+            alpn_protocols: vec![MESH_ALPN.to_owned()],
+            ..Default::default()
+        }),
+        sni: svc.key.fqdn(),
+        ..Default::default()
+    };
+    let mut options = HashMap::new();
+    if protocol.is_http() {
+        // Speak to the upstream in whatever protocol the client used (HTTP/1.1 or HTTP/2, e.g. gRPC).
+        let http = HttpProtocolOptions {
+            upstream_protocol_options: Some(
+                http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                    http_protocol_options::UseDownstreamHttpConfig {
+                        http_protocol_options: Some(Http1ProtocolOptions::default()),
+                        http2_protocol_options: Some(Http2ProtocolOptions::default()),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        };
+        options.insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(), pack_any(http));
+    }
+    Cluster {
+        name: name.to_owned(),
+        alt_stat_name: name.replace(['/', '|'], "_"),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(cluster::EdsClusterConfig { eds_config: Some(ads()), service_name: String::new() }),
+        connect_timeout: Some(seconds(1)),
+        lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        transport_socket: Some(tls_socket(pack_any(tls))),
+        typed_extension_protocol_options: options,
+        ..Default::default()
+    }
+}
+
+fn local_cluster_resource(name: &str, port: u16) -> Cluster {
+    Cluster {
+        name: name.to_owned(),
+        alt_stat_name: name.replace(['/', '|'], "_"),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static as i32)),
+        connect_timeout: Some(seconds(1)),
+        load_assignment: Some(load_assignment(name, &[SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port)])),
+        ..Default::default()
+    }
+}
+
+fn load_assignment(cluster: &str, endpoints: &[SocketAddr]) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: cluster.to_owned(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: endpoints
+                .iter()
+                .map(|a| LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket(a.ip(), a.port())),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use messages::{MeshCatalog, MeshObject, ProxyUuid, SourceEvent};
+    use prost::Message;
+
+    fn view_for(pod: &str) -> ProxyView {
+        let mut c = MeshCatalog::new("cluster.local");
+        let objs: Vec<MeshObject> = objects();
+        c.apply(SourceEvent::Reset(objs));
+        c.proxy_view(&ProxyUuid::derived("demo", pod)).unwrap()
+    }
+
+    /// Two Services (HTTP :80→8080, TCP :7000) backed by pod web-1, and a client pod.
+    fn objects() -> Vec<MeshObject> {
+        use messages::*;
+        use std::collections::BTreeMap;
+        let web = |name: &str, ip: &str, port: ServicePort| {
+            MeshObject::Service(Service {
+                key: ServiceKey::new("demo", name),
+                cluster_ip: Some(ip.parse().unwrap()),
+                selector: Some(BTreeMap::from([("app".into(), "web".into())])),
+                ports: vec![port],
+            })
+        };
+        let pod = |name: &str, sa: &str, ip: &str, app: &str| {
+            MeshObject::Pod(Pod {
+                namespace: "demo".into(),
+                name: name.into(),
+                labels: BTreeMap::from([("app".into(), app.into())]),
+                service_account: sa.into(),
+                ip: Some(ip.parse().unwrap()),
+                proxy_uuid: ProxyUuid::derived("demo", name),
+                container_ports: vec![],
+            })
+        };
+        vec![
+            web(
+                "web",
+                "10.96.0.10",
+                ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    target_port: TargetPort::Number(8080),
+                    protocol: AppProtocol::Http,
+                },
+            ),
+            web(
+                "echo",
+                "10.96.0.11",
+                ServicePort {
+                    name: Some("tcp-echo".into()),
+                    port: 7000,
+                    target_port: TargetPort::Number(7000),
+                    protocol: AppProtocol::Tcp,
+                },
+            ),
+            pod("web-1", "web", "10.244.1.2", "web"),
+            pod("client", "client", "10.244.1.1", "client"),
+        ]
+    }
+
+    const CERTS: CertInput<'static> = CertInput { cert_pem: "CERT", key_pem: "KEY", trust_bundle_pem: "ROOT" };
+
+    fn names(s: &ProxySnapshot, ty: ResourceType) -> Vec<String> {
+        s.get(ty).resources.keys().cloned().collect()
+    }
+
+    #[test]
+    fn client_gets_outbound_config_with_osm_names() {
+        let snap = build(&view_for("client"), CERTS).unwrap();
+        assert_eq!(names(&snap, ResourceType::Cluster), vec!["demo/echo|7000", "demo/web|8080"]);
+        assert_eq!(names(&snap, ResourceType::Endpoint), vec!["demo/echo|7000", "demo/web|8080"]);
+        assert_eq!(names(&snap, ResourceType::Listener), vec![OUTBOUND_LISTENER]);
+        assert_eq!(names(&snap, ResourceType::Route), vec!["rds-outbound.80"]);
+        assert_eq!(
+            names(&snap, ResourceType::Secret),
+            vec![
+                "root-cert-for-mtls-inbound",
+                "root-cert-for-mtls-outbound:demo/echo",
+                "root-cert-for-mtls-outbound:demo/web",
+                "service-cert:demo/client"
+            ]
+        );
+        let l = Listener::decode(snap.get(ResourceType::Listener).resources[OUTBOUND_LISTENER].body.value.as_slice())
+            .unwrap();
+        let chains: Vec<&str> = l.filter_chains.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(chains, vec!["outbound_demo/echo_7000_tcp", "outbound_demo/web_80_http"]);
+        let m = l.filter_chains[1].filter_chain_match.as_ref().unwrap();
+        assert_eq!(m.prefix_ranges[0].address_prefix, "10.96.0.10");
+        let c =
+            Cluster::decode(snap.get(ResourceType::Cluster).resources["demo/web|8080"].body.value.as_slice()).unwrap();
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = c.transport_socket.unwrap().config_type else {
+            panic!()
+        };
+        let tls = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+        assert_eq!(tls.sni, "web.demo.svc.cluster.local");
+        let s = Secret::decode(
+            snap.get(ResourceType::Secret).resources["root-cert-for-mtls-outbound:demo/web"].body.value.as_slice(),
+        )
+        .unwrap();
+        let Some(secret::Type::ValidationContext(vc)) = s.r#type else { panic!() };
+        let san = vc.match_typed_subject_alt_names[0].matcher.clone().unwrap().match_pattern.unwrap();
+        assert_eq!(san, string_matcher::MatchPattern::Exact("web.demo.cluster.local".into()));
+    }
+
+    #[test]
+    fn server_gets_inbound_mtls_chains_and_local_clusters() {
+        let snap = build(&view_for("web-1"), CERTS).unwrap();
+        let l = Listener::decode(snap.get(ResourceType::Listener).resources[INBOUND_LISTENER].body.value.as_slice())
+            .unwrap();
+        let chains: Vec<&str> = l.filter_chains.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(chains, vec!["inbound_demo/echo_7000_tcp", "inbound_demo/web_8080_http"]);
+        let m = l.filter_chains[1].filter_chain_match.as_ref().unwrap();
+        assert_eq!(m.server_names, vec!["web.demo.svc.cluster.local"]);
+        assert_eq!(m.application_protocols, vec!["osm"]);
+        assert!(snap.get(ResourceType::Cluster).resources.contains_key("demo/web|8080|local"));
+        assert!(snap.get(ResourceType::Route).resources.contains_key("rds-inbound.8080"));
+    }
+
+    #[test]
+    fn identical_inputs_give_identical_versions() {
+        let a = build(&view_for("client"), CERTS).unwrap();
+        let b = build(&view_for("client"), CERTS).unwrap();
+        assert_eq!(a, b);
+        let c = build(&view_for("client"), CertInput { cert_pem: "CERT2", ..CERTS }).unwrap();
+        assert_eq!(a.get(ResourceType::Listener), c.get(ResourceType::Listener));
+        assert_ne!(a.get(ResourceType::Secret).version_of(None), c.get(ResourceType::Secret).version_of(None));
+    }
+}

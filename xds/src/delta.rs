@@ -1,0 +1,190 @@
+//! Incremental (delta) ADS session: a pure state machine.
+//!
+//! Per type the session tracks what the proxy holds (name → version). A response carries only resources
+//! whose version differs, and `removed_resources` for ones that went away. The first request of a type is
+//! always answered (even empty) so Envoy finishes its initial fetch; an ACK is a request with a nonce and
+//! no subscription change.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as PbResource,
+};
+
+use crate::snapshot::{ProxySnapshot, ResourceType};
+use crate::sotw::{Nack, Outcome};
+
+#[derive(Debug, Default)]
+struct TypeState {
+    started: bool,
+    wildcard: bool,
+    subscribed: BTreeSet<String>,
+    /// What the proxy holds: name → version.
+    held: BTreeMap<String, String>,
+    pending_first: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct DeltaSession {
+    types: HashMap<ResourceType, TypeState>,
+    snapshot: Option<Arc<ProxySnapshot>>,
+    nonce: u64,
+}
+
+impl DeltaSession {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn on_request(&mut self, req: &DeltaDiscoveryRequest) -> Outcome<DeltaDiscoveryResponse> {
+        let mut out = Outcome::default();
+        let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
+            out.unknown_type = Some(req.type_url.clone());
+            return out;
+        };
+        let state = self.types.entry(ty).or_default();
+        if !state.started {
+            state.started = true;
+            state.pending_first = true;
+            // An empty first subscription means "everything" for clusters and listeners.
+            state.wildcard = ty.is_wildcard() && req.resource_names_subscribe.is_empty();
+            // After a reconnect Envoy tells what it still holds; do not resend identical content.
+            state.held = req.initial_resource_versions.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                state.wildcard = true;
+            } else {
+                state.subscribed.insert(name.clone());
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                state.wildcard = false;
+            } else {
+                state.subscribed.remove(name);
+                // Forget it, so a later re-subscription sends it again.
+                state.held.remove(name);
+            }
+        }
+        if let Some(err) = &req.error_detail {
+            out.nack =
+                Some(Nack { type_url: req.type_url.clone(), version: String::new(), message: err.message.clone() });
+        }
+        if let Some(r) = self.respond(ty) {
+            out.responses.push(r);
+        }
+        out
+    }
+
+    pub fn on_snapshot(&mut self, snap: Arc<ProxySnapshot>) -> Vec<DeltaDiscoveryResponse> {
+        self.snapshot = Some(snap);
+        ResourceType::ALL.into_iter().filter_map(|ty| self.respond(ty)).collect()
+    }
+
+    fn respond(&mut self, ty: ResourceType) -> Option<DeltaDiscoveryResponse> {
+        let snap = self.snapshot.clone()?;
+        let state = self.types.get_mut(&ty)?;
+        let res = &snap.get(ty).resources;
+        let in_scope = |name: &str| state.wildcard || state.subscribed.contains(name);
+        let mut resources = Vec::new();
+        for (name, r) in res {
+            if in_scope(name) && state.held.get(name) != Some(&r.version) {
+                resources.push(PbResource {
+                    name: name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.body.clone()),
+                    ..Default::default()
+                });
+            }
+        }
+        let removed: Vec<String> =
+            state.held.keys().filter(|name| !res.contains_key(*name) || !in_scope(name)).cloned().collect();
+        if resources.is_empty() && removed.is_empty() && !state.pending_first {
+            return None;
+        }
+        state.pending_first = false;
+        for r in &resources {
+            state.held.insert(r.name.clone(), r.version.clone());
+        }
+        for name in &removed {
+            state.held.remove(name);
+        }
+        self.nonce += 1;
+        Some(DeltaDiscoveryResponse {
+            system_version_info: snap.get(ty).version_of(None),
+            resources,
+            type_url: ty.type_url().to_owned(),
+            removed_resources: removed,
+            nonce: self.nonce.to_string(),
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Resource;
+    use envoy_types::pb::google::protobuf::Any;
+
+    fn snap(clusters: &[(&str, &str)]) -> Arc<ProxySnapshot> {
+        let mut s = ProxySnapshot::default();
+        for (name, body) in clusters {
+            s.insert(
+                ResourceType::Cluster,
+                Resource::new(*name, Any { type_url: "t".into(), value: body.as_bytes().to_vec() }),
+            )
+            .unwrap();
+        }
+        Arc::new(s)
+    }
+
+    fn req(ty: ResourceType, sub: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: ty.type_url().into(),
+            resource_names_subscribe: sub.iter().map(|s| s.to_string()).collect(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn wildcard_sends_changes_and_removals_only() {
+        let mut s = DeltaSession::new();
+        s.on_snapshot(snap(&[("a", "1"), ("b", "1")]));
+        let r = s.on_request(&req(ResourceType::Cluster, &[], "")).responses;
+        assert_eq!(r[0].resources.len(), 2);
+        assert!(s.on_request(&req(ResourceType::Cluster, &[], &r[0].nonce)).responses.is_empty());
+        let r = s.on_snapshot(snap(&[("a", "2")]));
+        assert_eq!(r[0].resources.len(), 1);
+        assert_eq!(r[0].resources[0].name, "a");
+        assert_eq!(r[0].removed_resources, vec!["b"]);
+        assert!(s.on_snapshot(snap(&[("a", "2")])).is_empty());
+    }
+
+    #[test]
+    fn first_request_is_answered_even_when_empty() {
+        let mut s = DeltaSession::new();
+        s.on_snapshot(snap(&[]));
+        let r = s.on_request(&req(ResourceType::Listener, &[], "")).responses;
+        assert_eq!(r.len(), 1);
+        assert!(r[0].resources.is_empty());
+    }
+
+    #[test]
+    fn named_subscriptions_and_reconnect_with_initial_versions() {
+        let mut s = DeltaSession::new();
+        let snapshot = snap(&[("a", "1"), ("b", "1")]);
+        let va = snapshot.get(ResourceType::Cluster).resources["a"].version.clone();
+        s.on_snapshot(snapshot);
+        let mut first = req(ResourceType::Cluster, &["a", "b"], "");
+        first.initial_resource_versions.insert("a".into(), va);
+        let r = s.on_request(&first).responses;
+        assert_eq!(r[0].resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["b"]);
+        let mut unsub = req(ResourceType::Cluster, &[], &r[0].nonce);
+        unsub.resource_names_unsubscribe = vec!["b".into()];
+        assert!(s.on_request(&unsub).responses.is_empty());
+    }
+}

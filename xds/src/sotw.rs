@@ -1,0 +1,214 @@
+//! State-of-the-world ADS session: a pure state machine fed with requests and snapshots.
+//!
+//! Rules (xDS protocol): a response is sent for a type only after Envoy asked for it; an ACK (a request
+//! echoing the last nonce, without `error_detail`) is never answered unless it changes the subscribed
+//! names; a request carrying an older nonce is stale and ignored; a NACK keeps Envoy on its last good
+//! config and is reported, and the same content is not sent again.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+use crate::snapshot::{ProxySnapshot, ResourceType, short_hash};
+
+/// A NACK reported by the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nack {
+    pub type_url: String,
+    pub version: String,
+    pub message: String,
+}
+
+/// What a request produced.
+#[derive(Debug, Default)]
+pub struct Outcome<R> {
+    pub responses: Vec<R>,
+    pub nack: Option<Nack>,
+    /// Set when the request was for a type the control plane does not serve.
+    pub unknown_type: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    requested: bool,
+    names: BTreeSet<String>,
+    last_nonce: Option<String>,
+    last_version: Option<String>,
+    /// Version and names of the last response, to skip sending identical content.
+    last_sent: Option<(String, BTreeSet<String>)>,
+    acked_version: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct SotwSession {
+    types: HashMap<ResourceType, TypeState>,
+    snapshot: Option<Arc<ProxySnapshot>>,
+    nonce: u64,
+}
+
+impl SotwSession {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The version of each type the proxy last acknowledged.
+    pub fn acked_version(&self, ty: ResourceType) -> Option<&str> {
+        self.types.get(&ty).and_then(|t| t.acked_version.as_deref())
+    }
+
+    pub fn on_request(&mut self, req: &DiscoveryRequest) -> Outcome<DiscoveryResponse> {
+        let mut out = Outcome::default();
+        let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
+            out.unknown_type = Some(req.type_url.clone());
+            return out;
+        };
+        let state = self.types.entry(ty).or_default();
+        let names: BTreeSet<String> = req.resource_names.iter().filter(|n| n.as_str() != "*").cloned().collect();
+        let first = req.response_nonce.is_empty();
+        if !first && state.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
+            return out; // stale: Envoy will send a request for the latest nonce too
+        }
+        state.requested = true;
+        let names_changed = state.names != names;
+        state.names = names;
+        if let Some(err) = &req.error_detail {
+            out.nack = Some(Nack {
+                type_url: req.type_url.clone(),
+                version: req.version_info.clone(),
+                message: err.message.clone(),
+            });
+        } else if !first {
+            state.acked_version = Some(req.version_info.clone());
+        }
+        if first || names_changed {
+            // A new stream, or a new set of names: Envoy waits for an answer, even an unchanged one.
+            if let Some(r) = self.respond(ty, true) {
+                out.responses.push(r);
+            }
+        }
+        out
+    }
+
+    pub fn on_snapshot(&mut self, snap: Arc<ProxySnapshot>) -> Vec<DiscoveryResponse> {
+        self.snapshot = Some(snap);
+        ResourceType::ALL.into_iter().filter_map(|ty| self.respond(ty, false)).collect()
+    }
+
+    fn respond(&mut self, ty: ResourceType, force: bool) -> Option<DiscoveryResponse> {
+        let snap = self.snapshot.clone()?;
+        let state = self.types.get_mut(&ty)?;
+        if !state.requested {
+            return None;
+        }
+        let res = snap.get(ty);
+        let scope = if ty.is_wildcard() { None } else { Some(&state.names) };
+        let version = res.version_of(scope);
+        let sent_key = (version.clone(), state.names.clone());
+        if !force && state.last_sent.as_ref() == Some(&sent_key) {
+            return None;
+        }
+        let resources = res
+            .resources
+            .iter()
+            .filter(|(name, _)| scope.is_none_or(|n| n.contains(*name)))
+            .map(|(_, r)| r.body.clone())
+            .collect();
+        self.nonce += 1;
+        let nonce = format!("{}-{}", self.nonce, short_hash(&[version.as_bytes()]));
+        state.last_nonce = Some(nonce.clone());
+        state.last_version = Some(version.clone());
+        state.last_sent = Some(sent_key);
+        Some(DiscoveryResponse {
+            version_info: version,
+            resources,
+            type_url: ty.type_url().to_owned(),
+            nonce,
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Resource;
+    use envoy_types::pb::google::protobuf::Any;
+    use envoy_types::pb::google::rpc::Status;
+
+    fn snap(eds: &[(&str, &str)]) -> Arc<ProxySnapshot> {
+        let mut s = ProxySnapshot::default();
+        s.insert(ResourceType::Cluster, Resource::new("c1", Any { type_url: "t".into(), value: b"c1".to_vec() }))
+            .unwrap();
+        for (name, body) in eds {
+            s.insert(
+                ResourceType::Endpoint,
+                Resource::new(*name, Any { type_url: "t".into(), value: body.as_bytes().to_vec() }),
+            )
+            .unwrap();
+        }
+        Arc::new(s)
+    }
+
+    fn req(ty: ResourceType, names: &[&str], nonce: &str, version: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: ty.type_url().into(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            response_nonce: nonce.into(),
+            version_info: version.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nothing_is_sent_before_a_request_and_acks_are_not_answered() {
+        let mut s = SotwSession::new();
+        assert!(s.on_snapshot(snap(&[])).is_empty());
+        let r = s.on_request(&req(ResourceType::Cluster, &[], "", "")).responses;
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].resources.len(), 1);
+        let ack = s.on_request(&req(ResourceType::Cluster, &[], &r[0].nonce, &r[0].version_info));
+        assert!(ack.responses.is_empty());
+        assert_eq!(s.acked_version(ResourceType::Cluster), Some(r[0].version_info.as_str()));
+        // An identical snapshot sends nothing.
+        assert!(s.on_snapshot(snap(&[])).is_empty());
+    }
+
+    #[test]
+    fn named_types_follow_the_requested_names() {
+        let mut s = SotwSession::new();
+        s.on_snapshot(snap(&[("a", "1"), ("b", "1")]));
+        let r = s.on_request(&req(ResourceType::Endpoint, &["a"], "", "")).responses;
+        assert_eq!(r[0].resources.len(), 1);
+        // Changing b alone does not concern this proxy.
+        assert!(s.on_snapshot(snap(&[("a", "1"), ("b", "2")])).is_empty());
+        // Changing a does.
+        let r2 = s.on_snapshot(snap(&[("a", "2"), ("b", "2")]));
+        assert_eq!(r2.len(), 1);
+        // Subscribing to b as well, while acking, is answered.
+        let r3 = s.on_request(&req(ResourceType::Endpoint, &["a", "b"], &r2[0].nonce, &r2[0].version_info)).responses;
+        assert_eq!(r3[0].resources.len(), 2);
+    }
+
+    #[test]
+    fn nack_is_reported_and_not_resent_and_stale_nonces_ignored() {
+        let mut s = SotwSession::new();
+        s.on_snapshot(snap(&[]));
+        let r = s.on_request(&req(ResourceType::Cluster, &[], "", "")).responses;
+        let mut nack = req(ResourceType::Cluster, &[], &r[0].nonce, "");
+        nack.error_detail = Some(Status { code: 3, message: "bad cluster".into(), details: vec![] });
+        let out = s.on_request(&nack);
+        assert_eq!(out.nack.unwrap().message, "bad cluster");
+        assert!(out.responses.is_empty());
+        assert!(s.on_snapshot(snap(&[])).is_empty());
+        let stale = s.on_request(&req(ResourceType::Cluster, &["x"], "0-old", ""));
+        assert!(stale.responses.is_empty());
+    }
+
+    #[test]
+    fn unknown_types_are_flagged() {
+        let mut s = SotwSession::new();
+        let out = s.on_request(&DiscoveryRequest { type_url: "type.googleapis.com/x.Y".into(), ..Default::default() });
+        assert_eq!(out.unknown_type.as_deref(), Some("type.googleapis.com/x.Y"));
+    }
+}
