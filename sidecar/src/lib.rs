@@ -1,1 +1,362 @@
-//! sidecar
+//! What a pod gets when it joins the mesh: the Envoy bootstrap, the xDS client certificate and trust
+//! root, the Envoy command line, and the iptables rules of the init container.
+//!
+//! Data flow: [`sidecar_for_pod`] is the one function that turns a pod (mesh model) and the CA into
+//! a [`SidecarBundle`]. The local mesh harness (`testbed`), the `osm-controller bootstrap` command for
+//! machines outside Kubernetes, and the Kubernetes injector all call it, so every sidecar starts alike.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use certs::{CertificateAuthority, IssuedCert};
+use messages::{ENVOY_UID, Pod, ProxyId, ports};
+use serde_json::{Value, json};
+
+/// Name of the bootstrap's static cluster pointing at the control plane.
+pub const CONTROLLER_CLUSTER: &str = "osm-controller";
+pub const BOOTSTRAP_FILE: &str = "bootstrap.yaml";
+pub const CERT_FILE: &str = "sds_cert.pem";
+pub const KEY_FILE: &str = "sds_key.pem";
+pub const CA_FILE: &str = "cacert.pem";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error("pod {0}: cannot issue its xDS client certificate: {1}")]
+    Cert(String, certs::CertError),
+    #[error("invalid interception option: {0}")]
+    Option(String),
+}
+
+/// Which ADS flavour the sidecar speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdsApi {
+    /// State of the world (`GRPC`).
+    #[default]
+    Sotw,
+    /// Incremental (`DELTA_GRPC`).
+    Delta,
+}
+
+impl AdsApi {
+    fn api_type(self) -> &'static str {
+        match self {
+            AdsApi::Sotw => "GRPC",
+            AdsApi::Delta => "DELTA_GRPC",
+        }
+    }
+}
+
+/// Traffic the init container leaves alone (MeshConfig `traffic.*ExclusionList` and pod annotations).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterceptOptions {
+    pub outbound_port_exclusions: Vec<u16>,
+    pub inbound_port_exclusions: Vec<u16>,
+    /// CIDRs that bypass the sidecar on the way out.
+    pub outbound_ip_range_exclusions: Vec<String>,
+    /// When non-empty, only these CIDRs are redirected on the way out.
+    pub outbound_ip_range_inclusions: Vec<String>,
+    pub network_interface_exclusions: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SidecarOptions {
+    /// Host (IP or DNS name) and port where the sidecar reaches the ADS server.
+    pub controller_host: String,
+    pub controller_port: u16,
+    pub ads_api: AdsApi,
+    /// Directory where the bundle's files are mounted in the sidecar (`/etc/envoy` under Kubernetes).
+    pub config_dir: String,
+    pub log_level: String,
+    pub intercept: InterceptOptions,
+    pub client_cert_validity: Duration,
+}
+
+impl Default for SidecarOptions {
+    fn default() -> Self {
+        Self {
+            controller_host: "osm-controller.osm-system.svc.cluster.local".to_owned(),
+            controller_port: ports::ADS,
+            ads_api: AdsApi::Sotw,
+            config_dir: "/etc/envoy".to_owned(),
+            log_level: "error".to_owned(),
+            intercept: InterceptOptions::default(),
+            client_cert_validity: certs::LONG_VALIDITY,
+        }
+    }
+}
+
+/// Everything one sidecar needs.
+#[derive(Debug, Clone)]
+pub struct SidecarBundle {
+    pub proxy: ProxyId,
+    pub bootstrap: String,
+    pub client_cert: IssuedCert,
+    pub ca_pem: String,
+    pub iptables_rules: String,
+    pub envoy_args: Vec<String>,
+}
+
+impl SidecarBundle {
+    /// The files to place in `config_dir`: (name, contents, unix mode).
+    pub fn files(&self) -> Vec<(&'static str, &str, u32)> {
+        vec![
+            (BOOTSTRAP_FILE, self.bootstrap.as_str(), 0o644),
+            (CERT_FILE, self.client_cert.cert_pem.as_str(), 0o644),
+            (KEY_FILE, self.client_cert.key_pem.as_str(), 0o600),
+            (CA_FILE, self.ca_pem.as_str(), 0o644),
+        ]
+    }
+}
+
+/// Builds the complete sidecar of one pod, issuing its xDS client certificate from `ca`.
+pub fn sidecar_for_pod(
+    pod: &Pod,
+    ca: &CertificateAuthority,
+    opts: &SidecarOptions,
+) -> Result<SidecarBundle, SidecarError> {
+    let proxy = ProxyId { uuid: pod.proxy_uuid.clone(), identity: pod.identity() };
+    let client_cert = ca
+        .issue_proxy_client(&proxy, opts.client_cert_validity)
+        .map_err(|e| SidecarError::Cert(format!("{}/{}", pod.namespace, pod.name), e))?;
+    let bootstrap = bootstrap(&proxy, ca.trust_domain(), opts);
+    let bootstrap = serde_json::to_string_pretty(&bootstrap).unwrap_or_default();
+    Ok(SidecarBundle {
+        envoy_args: envoy_args(&proxy, opts),
+        iptables_rules: iptables_rules(&opts.intercept)?,
+        proxy,
+        bootstrap,
+        client_cert,
+        ca_pem: ca.root_pem().to_owned(),
+    })
+}
+
+/// Envoy's arguments, as the injected container runs it.
+pub fn envoy_args(proxy: &ProxyId, opts: &SidecarOptions) -> Vec<String> {
+    vec![
+        "--log-level".to_owned(),
+        opts.log_level.clone(),
+        "--config-path".to_owned(),
+        format!("{}/{BOOTSTRAP_FILE}", opts.config_dir),
+        "--service-cluster".to_owned(),
+        proxy.identity.to_string(),
+    ]
+}
+
+/// The Envoy bootstrap (JSON, which Envoy reads as YAML): node id = proxy UUID, admin on 127.0.0.1:15000,
+/// ADS over mTLS to the controller; clusters and listeners come from ADS.
+pub fn bootstrap(proxy: &ProxyId, trust_domain: &str, opts: &SidecarOptions) -> Value {
+    let dir = &opts.config_dir;
+    let ads_cn = certs::ads_server_common_name(trust_domain);
+    let is_ip = opts.controller_host.parse::<std::net::IpAddr>().is_ok();
+    json!({
+        "node": {
+            "id": proxy.uuid.as_str(),
+            "cluster": proxy.identity.to_string(),
+        },
+        "admin": {
+            "access_log": [{
+                "name": "envoy.access_loggers.stream",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"}
+            }],
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports::ADMIN}}
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": opts.ads_api.api_type(),
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": CONTROLLER_CLUSTER}}]
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"}
+        },
+        "static_resources": {
+            "clusters": [{
+                "name": CONTROLLER_CLUSTER,
+                "type": if is_ip { "STATIC" } else { "LOGICAL_DNS" },
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": CONTROLLER_CLUSTER,
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                        "address": opts.controller_host, "port_value": opts.controller_port
+                    }}}}]}]
+                },
+                // xDS is gRPC: without explicit HTTP/2 Envoy never opens the stream.
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}
+                    }
+                },
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        "sni": ads_cn,
+                        "common_tls_context": {
+                            "alpn_protocols": ["h2"],
+                            "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"},
+                            "tls_certificates": [{
+                                "certificate_chain": {"filename": format!("{dir}/{CERT_FILE}")},
+                                "private_key": {"filename": format!("{dir}/{KEY_FILE}")}
+                            }],
+                            "validation_context": {
+                                "trusted_ca": {"filename": format!("{dir}/{CA_FILE}")},
+                                "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": ads_cn}}]
+                            }
+                        }
+                    }
+                },
+                "upstream_connection_options": {
+                    "tcp_keepalive": {"keepalive_probes": 5, "keepalive_time": 60, "keepalive_interval": 5}
+                }
+            }]
+        }
+    })
+}
+
+fn check_cidr(c: &str) -> Result<(), SidecarError> {
+    let (ip, len) = c.split_once('/').ok_or_else(|| SidecarError::Option(format!("{c:?} is not a CIDR (a.b.c.d/n)")))?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| SidecarError::Option(format!("{c:?}: bad address")))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    match len.parse::<u8>() {
+        Ok(n) if n <= max => Ok(()),
+        _ => Err(SidecarError::Option(format!("{c:?}: bad prefix length"))),
+    }
+}
+
+fn check_iface(i: &str) -> Result<(), SidecarError> {
+    let ok = !i.is_empty() && i.len() <= 15 && i.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+    if ok { Ok(()) } else { Err(SidecarError::Option(format!("{i:?} is not an interface name"))) }
+}
+
+fn multiport(ports: &[u16]) -> String {
+    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// The init container's rules, for `iptables-restore --noflush` (nat table): inbound TCP is redirected to
+/// 15003, outbound TCP to 15001; Envoy's own traffic (uid 1500) and loopback are left alone.
+pub fn iptables_rules(opts: &InterceptOptions) -> Result<String, SidecarError> {
+    for c in opts.outbound_ip_range_exclusions.iter().chain(&opts.outbound_ip_range_inclusions) {
+        check_cidr(c)?;
+    }
+    for i in &opts.network_interface_exclusions {
+        check_iface(i)?;
+    }
+    let mut r = String::new();
+    let uid = ENVOY_UID;
+    let _ = writeln!(r, "*nat");
+    for chain in ["OSM_PROXY_INBOUND", "OSM_PROXY_IN_REDIRECT", "OSM_PROXY_OUTBOUND", "OSM_PROXY_OUT_REDIRECT"] {
+        let _ = writeln!(r, ":{chain} - [0:0]");
+    }
+    // Inbound.
+    let _ = writeln!(r, "-A OSM_PROXY_IN_REDIRECT -p tcp -j REDIRECT --to-port {}", ports::INBOUND);
+    let _ = writeln!(r, "-A PREROUTING -p tcp -j OSM_PROXY_INBOUND");
+    for port in [ports::PROMETHEUS, ports::LIVENESS, ports::READINESS, ports::STARTUP, ports::HEALTHCHECK] {
+        let _ = writeln!(r, "-A OSM_PROXY_INBOUND -p tcp --dport {port} -j RETURN");
+    }
+    for iface in &opts.network_interface_exclusions {
+        let _ = writeln!(r, "-A OSM_PROXY_INBOUND -i {iface} -j RETURN");
+    }
+    if !opts.inbound_port_exclusions.is_empty() {
+        let _ = writeln!(
+            r,
+            "-A OSM_PROXY_INBOUND -p tcp --match multiport --dports {} -j RETURN",
+            multiport(&opts.inbound_port_exclusions)
+        );
+    }
+    let _ = writeln!(r, "-A OSM_PROXY_INBOUND -p tcp -j OSM_PROXY_IN_REDIRECT");
+    // Outbound.
+    let _ = writeln!(r, "-A OSM_PROXY_OUT_REDIRECT -p tcp -j REDIRECT --to-port {}", ports::OUTBOUND);
+    let _ = writeln!(r, "-A OUTPUT -p tcp -j OSM_PROXY_OUTBOUND");
+    // Envoy calling its own pod's address goes through the inbound path (a pod calling its own Service).
+    let _ = writeln!(r, "-A OSM_PROXY_OUTBOUND -o lo ! -d 127.0.0.1/32 -m owner --uid-owner {uid} -j OSM_PROXY_IN_REDIRECT");
+    let _ = writeln!(r, "-A OSM_PROXY_OUTBOUND -o lo -m owner ! --uid-owner {uid} -j RETURN");
+    let _ = writeln!(r, "-A OSM_PROXY_OUTBOUND -m owner --uid-owner {uid} -j RETURN");
+    let _ = writeln!(r, "-A OSM_PROXY_OUTBOUND -d 127.0.0.1/32 -j RETURN");
+    for iface in &opts.network_interface_exclusions {
+        let _ = writeln!(r, "-A OSM_PROXY_OUTBOUND -o {iface} -j RETURN");
+    }
+    for c in &opts.outbound_ip_range_exclusions {
+        let _ = writeln!(r, "-A OSM_PROXY_OUTBOUND -d {c} -j RETURN");
+    }
+    if !opts.outbound_port_exclusions.is_empty() {
+        let _ = writeln!(
+            r,
+            "-A OSM_PROXY_OUTBOUND -p tcp --match multiport --dports {} -j RETURN",
+            multiport(&opts.outbound_port_exclusions)
+        );
+    }
+    if opts.outbound_ip_range_inclusions.is_empty() {
+        let _ = writeln!(r, "-A OSM_PROXY_OUTBOUND -j OSM_PROXY_OUT_REDIRECT");
+    } else {
+        for c in &opts.outbound_ip_range_inclusions {
+            let _ = writeln!(r, "-A OSM_PROXY_OUTBOUND -d {c} -j OSM_PROXY_OUT_REDIRECT");
+        }
+        let _ = writeln!(r, "-A OSM_PROXY_OUTBOUND -j RETURN");
+    }
+    let _ = writeln!(r, "COMMIT");
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use messages::ProxyUuid;
+    use std::collections::BTreeMap;
+
+    fn pod() -> Pod {
+        Pod {
+            namespace: "demo".into(),
+            name: "client".into(),
+            labels: BTreeMap::new(),
+            service_account: "client".into(),
+            ip: Some("10.244.1.1".parse().unwrap()),
+            proxy_uuid: ProxyUuid::parse("11111111-2222-3333-4444-555555555555").unwrap(),
+            container_ports: vec![],
+        }
+    }
+
+    #[test]
+    fn bundle_names_the_proxy_everywhere() {
+        let ca = CertificateAuthority::generate("cluster.local").unwrap();
+        let opts = SidecarOptions { controller_host: "10.1.0.1".into(), ads_api: AdsApi::Delta, ..Default::default() };
+        let b = sidecar_for_pod(&pod(), &ca, &opts).unwrap();
+        let v: Value = serde_json::from_str(&b.bootstrap).unwrap();
+        assert_eq!(v["node"]["id"], "11111111-2222-3333-4444-555555555555");
+        assert_eq!(v["admin"]["address"]["socket_address"]["port_value"], 15000);
+        assert_eq!(v["dynamic_resources"]["ads_config"]["api_type"], "DELTA_GRPC");
+        let cluster = &v["static_resources"]["clusters"][0];
+        assert_eq!(cluster["type"], "STATIC");
+        assert_eq!(cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"], 15128);
+        assert_eq!(b.client_cert.common_name, "11111111-2222-3333-4444-555555555555.sidecar.client.demo.cluster.local");
+        assert_eq!(b.ca_pem, ca.root_pem());
+        assert_eq!(b.envoy_args[3], "/etc/envoy/bootstrap.yaml");
+        assert_eq!(b.files().iter().find(|f| f.0 == KEY_FILE).unwrap().2, 0o600);
+    }
+
+    #[test]
+    fn iptables_rules_redirect_and_exempt_envoy() {
+        let r = iptables_rules(&InterceptOptions::default()).unwrap();
+        assert!(r.starts_with("*nat\n"));
+        assert!(r.contains("-A OSM_PROXY_IN_REDIRECT -p tcp -j REDIRECT --to-port 15003"));
+        assert!(r.contains("-A OSM_PROXY_OUT_REDIRECT -p tcp -j REDIRECT --to-port 15001"));
+        assert!(r.contains("-A OSM_PROXY_OUTBOUND -m owner --uid-owner 1500 -j RETURN"));
+        assert!(r.contains("-A OSM_PROXY_INBOUND -p tcp --dport 15010 -j RETURN"));
+        assert!(r.trim_end().ends_with("COMMIT"));
+    }
+
+    #[test]
+    fn exclusions_and_inclusions() {
+        let opts = InterceptOptions {
+            outbound_port_exclusions: vec![5432, 6379],
+            outbound_ip_range_inclusions: vec!["10.96.0.0/12".into()],
+            ..Default::default()
+        };
+        let r = iptables_rules(&opts).unwrap();
+        assert!(r.contains("--dports 5432,6379 -j RETURN"));
+        assert!(r.contains("-A OSM_PROXY_OUTBOUND -d 10.96.0.0/12 -j OSM_PROXY_OUT_REDIRECT\n-A OSM_PROXY_OUTBOUND -j RETURN"));
+        let bad = InterceptOptions { outbound_ip_range_exclusions: vec!["10.0.0.0".into()], ..Default::default() };
+        assert!(iptables_rules(&bad).unwrap_err().to_string().contains("not a CIDR"));
+    }
+}

@@ -16,3 +16,39 @@ pub mod sotw;
 pub use builder::{CertInput, build};
 pub use server::{AdsStream, ServerTls, SessionHandler, serve};
 pub use snapshot::{ProxySnapshot, Resource, ResourceType, SnapshotError};
+
+use std::sync::Arc;
+
+/// The two ADS flavours behind one interface, so a session driver serves either.
+pub trait Protocol: Unpin + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// `"sotw"` or `"delta"`, for logs and metrics.
+    const NAME: &'static str;
+    fn on_request(&mut self, req: &Self::Request) -> sotw::Outcome<Self::Response>;
+    fn on_snapshot(&mut self, snap: Arc<ProxySnapshot>) -> Vec<Self::Response>;
+}
+
+impl Protocol for sotw::SotwSession {
+    type Request = envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    type Response = envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+    const NAME: &'static str = "sotw";
+    fn on_request(&mut self, req: &Self::Request) -> sotw::Outcome<Self::Response> {
+        sotw::SotwSession::on_request(self, req)
+    }
+    fn on_snapshot(&mut self, snap: Arc<ProxySnapshot>) -> Vec<Self::Response> {
+        sotw::SotwSession::on_snapshot(self, snap)
+    }
+}
+
+impl Protocol for delta::DeltaSession {
+    type Request = envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    type Response = envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+    const NAME: &'static str = "delta";
+    fn on_request(&mut self, req: &Self::Request) -> sotw::Outcome<Self::Response> {
+        delta::DeltaSession::on_request(self, req)
+    }
+    fn on_snapshot(&mut self, snap: Arc<ProxySnapshot>) -> Vec<Self::Response> {
+        delta::DeltaSession::on_snapshot(self, snap)
+    }
+}
