@@ -1,1 +1,91 @@
-//! actors
+//! The running control plane: actix actors around the pure cores, and their wiring.
+//!
+//! Data flow: [`source::DirSourceActor`] scans the mesh directory → [`catalog::CatalogActor`] applies the
+//! events to the mesh index and marks proxies dirty → [`snapshot::SnapshotActor`] builds their snapshots
+//! (with certificates from [`certs::CertActor`]) and publishes each through a `watch` channel →
+//! [`session::ProxySession`], one actor per connected Envoy, streams what changed over ADS. This is the
+//! only crate that knows actix.
+
+pub mod catalog;
+pub mod certs;
+pub mod session;
+pub mod snapshot;
+pub mod source;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use ::certs::CertificateAuthority;
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub mesh_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub ads_addr: SocketAddr,
+    pub trust_domain: String,
+    pub scan_interval: Duration,
+    pub service_cert_validity: Duration,
+    /// Extra DNS names / IPs for the ADS server certificate.
+    pub ads_server_names: Vec<String>,
+    /// Threads that run proxy sessions.
+    pub session_threads: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Cert(#[from] ::certs::CertError),
+    #[error("cannot listen for ADS on {addr}: {source} (hint: is another controller running, or is --ads-addr wrong?)")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("mesh directory {0}: {1}")]
+    MeshDir(PathBuf, String),
+    #[error(transparent)]
+    Serve(#[from] xds::server::ServeError),
+}
+
+/// Runs the controller until `shutdown` resolves. Must run inside an actix `System`.
+pub async fn run(config: ControllerConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), ControllerError> {
+    if !config.mesh_dir.is_dir() {
+        return Err(ControllerError::MeshDir(config.mesh_dir.clone(), "not a directory".to_owned()));
+    }
+    let ca = Arc::new(CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)?);
+
+    let catalog = catalog::CatalogActor::new(&config.trust_domain).start();
+    let cert_actor = certs::CertActor::new(ca.clone(), config.service_cert_validity).start();
+    let snapshots = snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), ca.root_pem()).start();
+    // Mailbox errors only happen when an actor is gone, which cannot be the case for ones just started.
+    let _ = catalog.send(catalog::ConnectSnapshots(snapshots.clone())).await;
+    let _ = cert_actor.send(certs::ConnectSnapshots(snapshots.clone())).await;
+    let source = source::DirSourceActor::new(config.mesh_dir.clone(), catalog.clone(), config.scan_interval).start();
+    // No config is served before the first full scan has reached the catalog.
+    let _ = source.send(source::ScanNow).await;
+
+    let arbiters: Vec<Arbiter> = (0..config.session_threads.max(1)).map(|_| Arbiter::new()).collect();
+    let manager =
+        Arc::new(session::SessionManager::new(catalog, snapshots, arbiters.iter().map(Arbiter::handle).collect()));
+
+    let mut names = config.ads_server_names.clone();
+    names.extend(["osm-controller".to_owned(), "osm-controller.osm-system.svc".to_owned()]);
+    if !config.ads_addr.ip().is_unspecified() {
+        names.push(config.ads_addr.ip().to_string());
+    }
+    let server_cert =
+        ca.issue_server(&::certs::ads_server_common_name(&config.trust_domain), &names, ::certs::LONG_VALIDITY)?;
+    let tls = xds::ServerTls {
+        cert_pem: server_cert.cert_pem,
+        key_pem: server_cert.key_pem,
+        client_ca_pem: ca.root_pem().to_owned(),
+    };
+    let listener = tokio::net::TcpListener::bind(config.ads_addr)
+        .await
+        .map_err(|source| ControllerError::Bind { addr: config.ads_addr, source })?;
+    tracing::info!(addr = %config.ads_addr, mesh_dir = %config.mesh_dir.display(), "ADS server listening (mTLS)");
+    let result = xds::serve(listener, tls, manager, shutdown).await;
+    for a in arbiters {
+        a.stop();
+    }
+    result.map_err(Into::into)
+}

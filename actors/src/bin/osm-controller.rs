@@ -1,1 +1,171 @@
-fn main() {}
+//! `osm-controller`: the control plane binary. Runs on the embedded default, a directory of
+//! Kubernetes-format YAML, and can write the sidecar bundle of one pod for machines outside Kubernetes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use messages::{MeshCatalog, SourceEvent};
+
+#[derive(Parser, Debug)]
+#[command(name = "osm-controller", version, about = "Service-mesh control plane: programs Envoy sidecars over mTLS ADS")]
+struct Cli {
+    /// Directory of Kubernetes-format YAML describing the mesh (watched for changes).
+    #[arg(long, default_value = "mesh", global = true)]
+    mesh_dir: PathBuf,
+    /// Where the mesh root CA is kept across restarts.
+    #[arg(long, default_value = "state", global = true)]
+    state_dir: PathBuf,
+    #[arg(long, default_value = "cluster.local", global = true)]
+    trust_domain: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address of the ADS (xDS) gRPC server.
+    #[arg(long, default_value = "0.0.0.0:15128")]
+    ads_addr: SocketAddr,
+    /// How often the mesh directory is scanned for changes, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    scan_interval_ms: u64,
+    /// Lifetime of service (SDS) certificates, in seconds (minimum 600).
+    #[arg(long, default_value_t = 24 * 3600)]
+    service_cert_validity_s: u64,
+    /// Extra DNS names or IPs for the ADS server certificate (repeatable).
+    #[arg(long = "ads-server-name")]
+    ads_server_names: Vec<String>,
+    /// Threads running proxy sessions (default: one per core).
+    #[arg(long)]
+    session_threads: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write the sidecar bundle (Envoy bootstrap, client certificate, CA, iptables rules) of one pod.
+    Bootstrap {
+        /// The pod, as <namespace>/<name>, described in the mesh directory.
+        #[arg(long)]
+        pod: String,
+        /// Host (IP or DNS name) where the sidecar reaches the controller.
+        #[arg(long)]
+        controller_host: String,
+        #[arg(long, default_value_t = messages::ports::ADS)]
+        controller_port: u16,
+        /// Use incremental (delta) ADS instead of state-of-the-world.
+        #[arg(long)]
+        delta: bool,
+        /// Directory the files are written to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Directory the sidecar will read them from (defaults to --out).
+        #[arg(long)]
+        config_dir: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Bootstrap { pod, controller_host, controller_port, delta, out, config_dir }) => {
+            write_bootstrap(&cli.mesh_dir, &cli.state_dir, &cli.trust_domain, &pod, controller_host, controller_port, delta, &out, config_dir)
+        }
+        None => serve(cli.mesh_dir, cli.state_dir, cli.trust_domain, cli.serve),
+    }
+}
+
+fn serve(mesh_dir: PathBuf, state_dir: PathBuf, trust_domain: String, args: ServeArgs) -> anyhow::Result<()> {
+    if args.service_cert_validity_s < 600 {
+        bail!("--service-cert-validity-s must be at least 600 (10 minutes)");
+    }
+    let config = actors::ControllerConfig {
+        mesh_dir,
+        state_dir,
+        ads_addr: args.ads_addr,
+        trust_domain,
+        scan_interval: Duration::from_millis(args.scan_interval_ms.max(50)),
+        service_cert_validity: Duration::from_secs(args.service_cert_validity_s),
+        ads_server_names: args.ads_server_names,
+        session_threads: args
+            .session_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+    };
+    let system = actix_rt::System::new();
+    system.block_on(async move {
+        let shutdown = async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+        };
+        actors::run(config, shutdown).await
+    })?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_bootstrap(
+    mesh_dir: &std::path::Path,
+    state_dir: &std::path::Path,
+    trust_domain: &str,
+    pod: &str,
+    controller_host: String,
+    controller_port: u16,
+    delta: bool,
+    out: &std::path::Path,
+    config_dir: Option<String>,
+) -> anyhow::Result<()> {
+    let (ns, name) = pod.split_once('/').context("--pod must be <namespace>/<name>")?;
+    let mut dir = k8s::YamlDir::new(mesh_dir);
+    let scan = dir.scan();
+    for e in &scan.errors {
+        tracing::warn!("{e}");
+    }
+    let mut catalog = MeshCatalog::new(trust_domain);
+    for ev in scan.events {
+        let _: messages::Dirty = catalog.apply(ev as SourceEvent);
+    }
+    let pod = catalog.pod(ns, name).with_context(|| format!("pod {ns}/{name} is not in {}", mesh_dir.display()))?;
+    let ca = certs::CertificateAuthority::load_or_create(state_dir, trust_domain)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let out_abs = std::fs::canonicalize(out)?;
+    let opts = sidecar::SidecarOptions {
+        controller_host,
+        controller_port,
+        ads_api: if delta { sidecar::AdsApi::Delta } else { sidecar::AdsApi::Sotw },
+        config_dir: config_dir.unwrap_or_else(|| out_abs.display().to_string()),
+        ..Default::default()
+    };
+    let bundle = sidecar::sidecar_for_pod(pod, &ca, &opts)?;
+    for (file, contents, mode) in bundle.files() {
+        let path = out.join(file);
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&path)?.permissions(), mode);
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    }
+    std::fs::write(out.join("iptables.rules"), &bundle.iptables_rules)?;
+    println!("proxy {} ({})", bundle.proxy.uuid, bundle.proxy.identity);
+    println!("files written to {}; run: envoy {}", out.display(), bundle.envoy_args.join(" "));
+    println!("interception: iptables-restore --noflush < {}", out.join("iptables.rules").display());
+    Ok(())
+}

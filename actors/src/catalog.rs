@@ -1,0 +1,104 @@
+//! The catalog actor: owns the [`MeshCatalog`], applies source events, tells the snapshot actor who is
+//! dirty, and answers proxy verification and view queries.
+
+use actix::prelude::*;
+use messages::{Dirty, MeshCatalog, ProxyId, ProxyUuid, ProxyView, SourceEvent, VerifyError};
+
+use crate::snapshot::{MarkDirty, SnapshotActor};
+
+/// A batch of source events; answered once the catalog applied them and the snapshot actor took the
+/// dirty set, so a fast source slows down instead of queueing without bound.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ApplyEvents(pub Vec<SourceEvent>);
+
+#[derive(Message)]
+#[rtype(result = "Result<(), VerifyError>")]
+pub struct Verify(pub ProxyId);
+
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct IsSynced;
+
+/// Views of the given proxies; `None` for a proxy whose pod is gone.
+#[derive(Message)]
+#[rtype(result = "Vec<(ProxyUuid, Option<ProxyView>)>")]
+pub struct GetViews(pub Vec<ProxyUuid>);
+
+pub struct CatalogActor {
+    catalog: MeshCatalog,
+    snapshots: Option<Addr<SnapshotActor>>,
+}
+
+impl CatalogActor {
+    pub fn new(trust_domain: &str) -> Self {
+        Self { catalog: MeshCatalog::new(trust_domain), snapshots: None }
+    }
+}
+
+impl Actor for CatalogActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Queries from many sessions arrive at once on a restart; give them room.
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnectSnapshots(pub Addr<SnapshotActor>);
+
+impl Handler<ConnectSnapshots> for CatalogActor {
+    type Result = ();
+    fn handle(&mut self, msg: ConnectSnapshots, _: &mut Self::Context) {
+        self.snapshots = Some(msg.0);
+    }
+}
+
+impl Handler<ApplyEvents> for CatalogActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: ApplyEvents, _: &mut Self::Context) -> Self::Result {
+        let mut dirty = Dirty::Nothing;
+        for event in msg.0 {
+            dirty = dirty.merge(self.catalog.apply(event));
+        }
+        let (services, endpoints, pods) = self.catalog.counts();
+        tracing::debug!(services, endpoints, pods, ?dirty, "catalog updated");
+        let snapshots = self.snapshots.clone();
+        Box::pin(
+            async move {
+                if let (Some(addr), false) = (snapshots, dirty == Dirty::Nothing) {
+                    // Awaited: the catalog waits while the snapshot actor's mailbox is full.
+                    let _ = addr.send(MarkDirty(dirty)).await;
+                }
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<Verify> for CatalogActor {
+    type Result = Result<(), VerifyError>;
+    fn handle(&mut self, msg: Verify, _: &mut Self::Context) -> Self::Result {
+        self.catalog.verify(&msg.0).map(|_| ())
+    }
+}
+
+impl Handler<IsSynced> for CatalogActor {
+    type Result = bool;
+    fn handle(&mut self, _: IsSynced, _: &mut Self::Context) -> bool {
+        self.catalog.is_synced()
+    }
+}
+
+impl Handler<GetViews> for CatalogActor {
+    type Result = MessageResult<GetViews>;
+    fn handle(&mut self, msg: GetViews, _: &mut Self::Context) -> Self::Result {
+        MessageResult(msg.0.into_iter().map(|u| {
+            let v = self.catalog.proxy_view(&u);
+            (u, v)
+        }).collect())
+    }
+}

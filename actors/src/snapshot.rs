@@ -1,0 +1,227 @@
+//! The snapshot actor: keeps the latest snapshot of every connected proxy in a `watch` channel and
+//! rebuilds only dirty proxies. One build runs at a time, on the blocking pool; whatever turns dirty
+//! meanwhile goes into the next build, so there is no fixed debounce delay and bursts coalesce.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use messages::{Dirty, ProxyUuid, ServiceIdentity};
+use tokio::sync::watch;
+use xds::{CertInput, ProxySnapshot};
+
+use crate::catalog::{CatalogActor, GetViews};
+use crate::certs::{CertActor, GetCerts};
+
+/// What a session sees of its proxy's configuration.
+#[derive(Debug, Clone)]
+pub enum ProxyState {
+    /// Not built yet.
+    Pending,
+    Ready(Arc<ProxySnapshot>),
+    /// The pod left the mesh: the session ends with this reason.
+    Gone(String),
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MarkDirty(pub Dirty);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct IdentitiesRenewed(pub Vec<ServiceIdentity>);
+
+/// A session starts: it gets the proxy's latest state and all later ones.
+#[derive(Message)]
+#[rtype(result = "watch::Receiver<ProxyState>")]
+pub struct Subscribe {
+    pub uuid: ProxyUuid,
+    pub identity: ServiceIdentity,
+}
+
+/// A session ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe(pub ProxyUuid);
+
+struct Entry {
+    identity: ServiceIdentity,
+    tx: watch::Sender<ProxyState>,
+}
+
+pub struct SnapshotActor {
+    catalog: Addr<CatalogActor>,
+    certs: Addr<CertActor>,
+    root_pem: Arc<str>,
+    proxies: HashMap<ProxyUuid, Entry>,
+    pending: Dirty,
+    building: bool,
+    builds: u64,
+}
+
+type BuildResult = Vec<(ProxyUuid, Result<Arc<ProxySnapshot>, String>)>;
+
+impl SnapshotActor {
+    pub fn new(catalog: Addr<CatalogActor>, certs: Addr<CertActor>, root_pem: &str) -> Self {
+        Self {
+            catalog,
+            certs,
+            root_pem: root_pem.into(),
+            proxies: HashMap::new(),
+            pending: Dirty::Nothing,
+            building: false,
+            builds: 0,
+        }
+    }
+
+    fn kick(&mut self, ctx: &mut Context<Self>) {
+        if self.building {
+            return;
+        }
+        let uuids: Vec<ProxyUuid> = match std::mem::replace(&mut self.pending, Dirty::Nothing) {
+            Dirty::Nothing => return,
+            Dirty::All => self.proxies.keys().cloned().collect(),
+            Dirty::Proxies(set) => set.into_iter().filter(|u| self.proxies.contains_key(u)).collect(),
+        };
+        if uuids.is_empty() {
+            return;
+        }
+        self.building = true;
+        let catalog = self.catalog.clone();
+        let certs = self.certs.clone();
+        let root = self.root_pem.clone();
+        let work = async move {
+            let views = catalog.send(GetViews(uuids)).await.map_err(|e| format!("catalog unavailable: {e}"))?;
+            let identities: BTreeSet<ServiceIdentity> =
+                views.iter().filter_map(|(_, v)| v.as_ref().map(|v| v.identity())).collect();
+            let certs = certs
+                .send(GetCerts(identities.into_iter().collect()))
+                .await
+                .map_err(|e| format!("certificate actor unavailable: {e}"))?
+                .map_err(|e| format!("cannot issue service certificates: {e}"))?;
+            // Encoding is CPU work: keep it off the actor thread.
+            tokio::task::spawn_blocking(move || {
+                views
+                    .into_iter()
+                    .map(|(uuid, view)| {
+                        let result = match view {
+                            None => Err("the proxy's pod is no longer in the mesh".to_owned()),
+                            Some(view) => match certs.get(&view.identity()) {
+                                None => Err(format!("no certificate for {}", view.identity())),
+                                Some(cert) => xds::build(
+                                    &view,
+                                    CertInput { cert_pem: &cert.cert_pem, key_pem: &cert.key_pem, trust_bundle_pem: &root },
+                                )
+                                .map(Arc::new)
+                                .map_err(|e| format!("build failed: {e}")),
+                            },
+                        };
+                        (uuid, result)
+                    })
+                    .collect::<BuildResult>()
+            })
+            .await
+            .map_err(|e| format!("build task failed: {e}"))
+        };
+        ctx.spawn(work.into_actor(self).map(|res, act, ctx| {
+            act.building = false;
+            act.builds += 1;
+            match res {
+                Ok(results) => act.publish(results),
+                Err(e) => tracing::error!(error = %e, "snapshot build failed; proxies keep their last config"),
+            }
+            act.kick(ctx);
+        }));
+    }
+
+    fn publish(&mut self, results: BuildResult) {
+        for (uuid, result) in results {
+            let Some(entry) = self.proxies.get(&uuid) else { continue };
+            match result {
+                Ok(snap) => {
+                    entry.tx.send_if_modified(|cur| match cur {
+                        ProxyState::Ready(old) if **old == *snap => false,
+                        _ => {
+                            *cur = ProxyState::Ready(snap.clone());
+                            true
+                        }
+                    });
+                    tracing::debug!(proxy = %uuid, resources = snap.len(), "snapshot published");
+                }
+                Err(reason) if reason.contains("no longer in the mesh") => {
+                    tracing::info!(proxy = %uuid, "pod left the mesh; closing its session");
+                    entry.tx.send_replace(ProxyState::Gone(reason));
+                }
+                Err(reason) => tracing::error!(proxy = %uuid, error = %reason, "keeping the last good snapshot"),
+            }
+        }
+    }
+}
+
+impl Actor for SnapshotActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+impl Handler<MarkDirty> for SnapshotActor {
+    type Result = ();
+    fn handle(&mut self, msg: MarkDirty, ctx: &mut Self::Context) {
+        let pending = std::mem::replace(&mut self.pending, Dirty::Nothing);
+        self.pending = pending.merge(msg.0);
+        self.kick(ctx);
+    }
+}
+
+impl Handler<IdentitiesRenewed> for SnapshotActor {
+    type Result = ();
+    fn handle(&mut self, msg: IdentitiesRenewed, ctx: &mut Self::Context) {
+        let set: BTreeSet<ProxyUuid> =
+            self.proxies.iter().filter(|(_, e)| msg.0.contains(&e.identity)).map(|(u, _)| u.clone()).collect();
+        let pending = std::mem::replace(&mut self.pending, Dirty::Nothing);
+        self.pending = pending.merge(Dirty::Proxies(set));
+        self.kick(ctx);
+    }
+}
+
+impl Handler<Subscribe> for SnapshotActor {
+    type Result = MessageResult<Subscribe>;
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
+        let entry = self.proxies.entry(msg.uuid.clone()).or_insert_with(|| Entry {
+            identity: msg.identity.clone(),
+            tx: watch::Sender::new(ProxyState::Pending),
+        });
+        let rx = entry.tx.subscribe();
+        if matches!(*rx.borrow(), ProxyState::Pending | ProxyState::Gone(_)) {
+            entry.tx.send_replace(ProxyState::Pending);
+            let pending = std::mem::replace(&mut self.pending, Dirty::Nothing);
+            self.pending = pending.merge(Dirty::Proxies(BTreeSet::from([msg.uuid])));
+            self.kick(ctx);
+        }
+        MessageResult(rx)
+    }
+}
+
+impl Handler<Unsubscribe> for SnapshotActor {
+    type Result = ();
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Self::Context) {
+        // Another stream of the same proxy (a reconnect racing the old one) may still be watching.
+        if self.proxies.get(&msg.0).is_some_and(|e| e.tx.receiver_count() == 0) {
+            self.proxies.remove(&msg.0);
+        }
+    }
+}
+
+/// Number of connected proxies and builds done, for status and tests.
+#[derive(Message)]
+#[rtype(result = "(usize, u64)")]
+pub struct Stats;
+
+impl Handler<Stats> for SnapshotActor {
+    type Result = MessageResult<Stats>;
+    fn handle(&mut self, _: Stats, _: &mut Self::Context) -> Self::Result {
+        MessageResult((self.proxies.len(), self.builds))
+    }
+}
