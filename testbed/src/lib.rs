@@ -1,1 +1,432 @@
-//! testbed
+//! A mesh on one machine, for end-to-end tests and the demo.
+//!
+//! Data flow: [`LocalMesh`] copies a mesh directory, starts the real `osm-controller` on it inside a hub
+//! network namespace, and for each pod creates a network namespace with the pod's IP, applies the init
+//! container's iptables rules, writes the sidecar bundle (`sidecar::sidecar_for_pod`, exactly what
+//! injection produces) and starts the real Envoy as uid 1500. Apps (`mesh-app`) run inside the pods and
+//! dial Service ClusterIPs; the sidecars intercept them transparently.
+
+pub mod netns;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use certs::CertificateAuthority;
+use messages::{ENVOY_UID, MeshCatalog, Pod, ports};
+use sidecar::{AdsApi, SidecarOptions};
+
+use crate::netns::{Hub, Netns};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    #[error("command {0} failed: {1}")]
+    Command(String, String),
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("{0}")]
+    Setup(String),
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+    #[error(transparent)]
+    Cert(#[from] certs::CertError),
+    #[error(transparent)]
+    Sidecar(#[from] sidecar::SidecarError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TestbedError + '_ {
+    move |e| TestbedError::Io(path.to_owned(), e)
+}
+
+/// Where the programs the testbed runs live.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub controller: PathBuf,
+    pub app: PathBuf,
+    pub envoy: PathBuf,
+}
+
+/// The Envoy binary installed by `scripts/setup.sh` (readable by uid 1500).
+pub const DEFAULT_ENVOY: &str = "/usr/local/bin/mesh-envoy";
+
+impl Binaries {
+    /// Builds (if needed) and locates `osm-controller` and `mesh-app` in this build's target directory.
+    pub fn locate() -> Result<Self, TestbedError> {
+        static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+        let dir = BUILT
+            .get_or_init(|| {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                // target/<profile>/deps/<test> or target/<profile>/<bin>
+                let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+                if dir.ends_with("deps") {
+                    dir.pop();
+                }
+                let release = dir.file_name().is_some_and(|n| n == "release");
+                let mut cmd = Command::new(cargo);
+                cmd.args(["build", "-q", "-p", "actors", "--bin", "osm-controller", "-p", "testbed", "--bin", "mesh-app"]);
+                if release {
+                    cmd.arg("--release");
+                }
+                let out = cmd.output().map_err(|e| format!("running cargo: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!("cargo build failed: {}", String::from_utf8_lossy(&out.stderr)));
+                }
+                Ok(dir)
+            })
+            .clone()
+            .map_err(TestbedError::Setup)?;
+        let envoy = std::env::var_os("MESH_ENVOY").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_ENVOY));
+        Ok(Self { controller: dir.join("osm-controller"), app: dir.join("mesh-app"), envoy })
+    }
+}
+
+/// Checks the machine can run a local mesh, with a message that says how to fix it.
+pub fn preflight(bins: &Binaries) -> Result<(), TestbedError> {
+    let hint = "run scripts/setup.sh as root";
+    for prog in ["ip", "iptables-restore", "setpriv"] {
+        if !Command::new("sh").args(["-c", &format!("command -v {prog}")]).output().is_ok_and(|o| o.status.success()) {
+            return Err(TestbedError::Setup(format!("{prog} is not installed ({hint})")));
+        }
+    }
+    if !bins.envoy.exists() {
+        return Err(TestbedError::Setup(format!("Envoy is not installed at {} ({hint})", bins.envoy.display())));
+    }
+    let uid = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned()));
+    if uid.as_deref() != Some("0") {
+        return Err(TestbedError::Setup("the local mesh needs root (network namespaces and iptables)".to_owned()));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// Directory of YAML to start from; copied, so tests can edit their copy.
+    pub mesh_source: PathBuf,
+    pub ads_api: AdsApi,
+    /// The hub's address: the controller listens here; pods use it as their gateway.
+    pub gateway: Ipv4Addr,
+    pub prefix_len: u8,
+    pub envoy_log_level: String,
+}
+
+impl MeshOptions {
+    pub fn new(mesh_source: impl Into<PathBuf>) -> Self {
+        Self {
+            mesh_source: mesh_source.into(),
+            ads_api: AdsApi::Sotw,
+            gateway: Ipv4Addr::new(10, 244, 0, 1),
+            prefix_len: 16,
+            envoy_log_level: "warning".to_owned(),
+        }
+    }
+}
+
+/// One running pod: its namespace, its Envoy, its files.
+#[derive(Debug)]
+pub struct PodRuntime {
+    pub key: String,
+    pub ip: Ipv4Addr,
+    pub uuid: String,
+    pub dir: PathBuf,
+    envoy: Child,
+    netns: Netns,
+}
+
+impl PodRuntime {
+    pub fn envoy_log(&self) -> String {
+        fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// The last lines of Envoy's log that are not admin-interface access logs, for error messages.
+    pub fn envoy_log_tail(&self) -> String {
+        let log = self.envoy_log();
+        let lines: Vec<&str> = log.lines().filter(|l| !l.contains("\"127.0.0.1:15000\"")).collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+}
+
+/// A running mesh: controller, pods, apps. Everything is stopped and removed on drop.
+#[derive(Debug)]
+pub struct LocalMesh {
+    pub opts: MeshOptions,
+    pub bins: Binaries,
+    pub mesh_dir: PathBuf,
+    pub state_dir: PathBuf,
+    work: tempfile::TempDir,
+    controller: Option<Child>,
+    controller_log: PathBuf,
+    apps: Vec<Child>,
+    pods: BTreeMap<String, PodRuntime>,
+    ca: CertificateAuthority,
+    // Dropped last: everything above runs inside it.
+    hub: Hub,
+}
+
+fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T, TestbedError> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            return Err(TestbedError::Timeout(timeout, what.to_owned()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn log_file(path: &Path) -> Result<Stdio, TestbedError> {
+    Ok(Stdio::from(fs::File::create(path).map_err(io(path))?))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), TestbedError> {
+    fs::create_dir_all(to).map_err(io(to))?;
+    for entry in fs::read_dir(from).map_err(io(from))? {
+        let entry = entry.map_err(io(from))?;
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target).map_err(io(&target))?;
+        }
+    }
+    Ok(())
+}
+
+impl LocalMesh {
+    /// Starts the controller on a copy of `opts.mesh_source`. No pods run yet: see [`LocalMesh::add_pod`].
+    pub fn start(opts: MeshOptions, bins: Binaries) -> Result<Self, TestbedError> {
+        preflight(&bins)?;
+        netns::sweep_stale();
+        let work = tempfile::Builder::new().prefix("osm-testbed-").tempdir().map_err(io(Path::new("/tmp")))?;
+        // Envoy runs as uid 1500 and must reach its files below this directory.
+        fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).map_err(io(work.path()))?;
+        let mesh_dir = work.path().join("mesh");
+        let state_dir = work.path().join("state");
+        copy_dir(&opts.mesh_source, &mesh_dir)?;
+        let hub = Hub::create(opts.gateway, opts.prefix_len)?;
+        let controller_log = work.path().join("controller.log");
+        let ads_addr = format!("{}:{}", opts.gateway, ports::ADS);
+        let controller = hub
+            .ns
+            .command(&bins.controller.display().to_string())
+            .args(["--mesh-dir", &mesh_dir.display().to_string(), "--state-dir", &state_dir.display().to_string()])
+            .args(["--ads-addr", &ads_addr, "--scan-interval-ms", "200"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(log_file(&controller_log)?)
+            .stderr(log_file(&work.path().join("controller.err"))?)
+            .spawn()
+            .map_err(|e| TestbedError::Setup(format!("starting {}: {e}", bins.controller.display())))?;
+        let mut mesh = Self {
+            ca: CertificateAuthority::generate("cluster.local")?, // replaced below by the controller's root
+            opts,
+            bins,
+            mesh_dir,
+            state_dir,
+            work,
+            controller: Some(controller),
+            controller_log,
+            apps: Vec::new(),
+            pods: BTreeMap::new(),
+            hub,
+        };
+        let ready = wait_for(Duration::from_secs(30), "the controller to listen", || {
+            if mesh.controller_output().contains("ADS server listening") {
+                return Some(true);
+            }
+            if let Some(c) = mesh.controller.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                return Some(false);
+            }
+            None
+        });
+        match ready {
+            Ok(true) => {}
+            Ok(false) => return Err(TestbedError::Setup(format!("controller exited:\n{}", mesh.controller_output()))),
+            Err(e) => return Err(TestbedError::Setup(format!("{e}; controller output:\n{}", mesh.controller_output()))),
+        }
+        mesh.ca = CertificateAuthority::load_or_create(&mesh.state_dir, "cluster.local")?;
+        Ok(mesh)
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// Everything the controller logged so far.
+    pub fn controller_output(&self) -> String {
+        let mut s = fs::read_to_string(&self.controller_log).unwrap_or_default();
+        s.push_str(&fs::read_to_string(self.work.path().join("controller.err")).unwrap_or_default());
+        s
+    }
+
+    /// The pod as the mesh directory describes it now.
+    pub fn pod_model(&self, namespace: &str, name: &str) -> Result<Pod, TestbedError> {
+        let mut dir = k8s::YamlDir::new(&self.mesh_dir);
+        let mut catalog = MeshCatalog::new("cluster.local");
+        for ev in dir.scan().events {
+            catalog.apply(ev);
+        }
+        catalog
+            .pod(namespace, name)
+            .cloned()
+            .ok_or_else(|| TestbedError::Setup(format!("pod {namespace}/{name} is not in {}", self.mesh_dir.display())))
+    }
+
+    /// Starts a pod described in the mesh directory and waits until its Envoy has its config.
+    pub fn add_pod(&mut self, namespace: &str, name: &str) -> Result<&PodRuntime, TestbedError> {
+        let pod = self.pod_model(namespace, name)?;
+        let key = self.start_pod(&pod)?;
+        self.wait_envoy_ready(&key)?;
+        Ok(&self.pods[&key])
+    }
+
+    /// Starts a sidecar for any pod, described or not (used to show that strangers are refused). Does not
+    /// wait for readiness.
+    pub fn start_pod(&mut self, pod: &Pod) -> Result<String, TestbedError> {
+        let key = format!("{}/{}", pod.namespace, pod.name);
+        let ip = match pod.ip {
+            Some(IpAddr::V4(ip)) => ip,
+            other => return Err(TestbedError::Setup(format!("pod {key}: needs an IPv4 status.podIP, has {other:?}"))),
+        };
+        let dir = self.work.path().join("pods").join(key.replace('/', "_"));
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io(&dir))?;
+        let opts = SidecarOptions {
+            controller_host: self.opts.gateway.to_string(),
+            ads_api: self.opts.ads_api,
+            config_dir: dir.display().to_string(),
+            log_level: self.opts.envoy_log_level.clone(),
+            ..Default::default()
+        };
+        let bundle = sidecar::sidecar_for_pod(pod, &self.ca, &opts)?;
+        for (file, contents, mode) in bundle.files() {
+            let path = dir.join(file);
+            fs::write(&path, contents).map_err(io(&path))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io(&path))?;
+            std::os::unix::fs::chown(&path, Some(ENVOY_UID), Some(ENVOY_UID)).map_err(io(&path))?;
+        }
+        let rules = dir.join("iptables.rules");
+        fs::write(&rules, &bundle.iptables_rules).map_err(io(&rules))?;
+
+        let netns = self.hub.attach(&pod.name.chars().take(12).collect::<String>(), ip)?;
+        let rules_in = fs::File::open(&rules).map_err(io(&rules))?;
+        netns::run(netns.command("iptables-restore").arg("--noflush").stdin(rules_in))?;
+
+        let log = dir.join("envoy.log");
+        let envoy = netns
+            .command("setpriv")
+            .args([format!("--reuid={ENVOY_UID}"), format!("--regid={ENVOY_UID}"), "--clear-groups".to_owned(), "--".to_owned()])
+            .arg(&self.bins.envoy)
+            .args(&bundle.envoy_args)
+            .args(["--disable-hot-restart", "--concurrency", "1"])
+            .stdout(log_file(&log)?)
+            .stderr(Stdio::from(fs::OpenOptions::new().append(true).open(&log).map_err(io(&log))?))
+            .spawn()
+            .map_err(|e| TestbedError::Setup(format!("starting Envoy for {key}: {e}")))?;
+        self.pods.insert(
+            key.clone(),
+            PodRuntime { key: key.clone(), ip, uuid: pod.proxy_uuid.to_string(), dir, envoy, netns },
+        );
+        Ok(key)
+    }
+
+    pub fn pod(&self, key: &str) -> Result<&PodRuntime, TestbedError> {
+        self.pods.get(key).ok_or_else(|| TestbedError::Setup(format!("pod {key} is not running")))
+    }
+
+    /// Runs `mesh-app <args>` inside a pod (as root, so its traffic is intercepted like an app's).
+    pub fn app(&self, pod: &str, args: &[&str]) -> Result<Output, TestbedError> {
+        let p = self.pod(pod)?;
+        let shown = format!("mesh-app {} (in {pod})", args.join(" "));
+        p.netns.command(&self.bins.app.display().to_string()).args(args).output().map_err(|e| TestbedError::Command(shown, e.to_string()))
+    }
+
+    /// Starts a long-running `mesh-app <args>` inside a pod; stopped when the mesh is dropped.
+    pub fn spawn_app(&mut self, pod: &str, args: &[&str]) -> Result<(), TestbedError> {
+        let p = self.pod(pod)?;
+        let log = p.dir.join(format!("app-{}.log", self.apps.len()));
+        let child = p
+            .netns
+            .command(&self.bins.app.display().to_string())
+            .args(args)
+            .stdout(log_file(&log)?)
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| TestbedError::Setup(format!("starting mesh-app in {pod}: {e}")))?;
+        self.apps.push(child);
+        Ok(())
+    }
+
+    /// GET on the pod's Envoy admin interface (127.0.0.1:15000 inside the pod).
+    pub fn admin(&self, pod: &str, path: &str) -> Result<String, TestbedError> {
+        let url = format!("http://127.0.0.1:{}{path}", ports::ADMIN);
+        let out = self.app(pod, &["get", &url, "--body-only"])?;
+        if !out.status.success() {
+            return Err(TestbedError::Command(format!("admin GET {path} in {pod}"), String::from_utf8_lossy(&out.stderr).into_owned()));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// One counter or gauge from the pod's Envoy stats (`None` if Envoy has no such stat).
+    pub fn stat(&self, pod: &str, name: &str) -> Result<Option<u64>, TestbedError> {
+        let body = self.admin(pod, &format!("/stats?filter=^{}$", name.replace('|', "\\|")))?;
+        Ok(body.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok())))
+    }
+
+    /// Waits until the pod's Envoy finished its initial xDS fetch (admin `/ready` is LIVE).
+    pub fn wait_envoy_ready(&self, pod: &str) -> Result<(), TestbedError> {
+        let p = self.pod(pod)?;
+        wait_for(Duration::from_secs(30), &format!("Envoy of {pod} to be ready"), || {
+            self.admin(pod, "/ready").ok().filter(|b| b.trim() == "LIVE").map(|_| ())
+        })
+        .map_err(|e| TestbedError::Setup(format!("{e}\nEnvoy log:\n{}\ncontroller:\n{}", p.envoy_log_tail(), self.controller_output())))
+    }
+
+    /// Polls `f` until it returns `Some`, for at most `timeout`.
+    pub fn eventually<T>(&self, timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> Result<T, TestbedError> {
+        wait_for(timeout, what, f)
+    }
+
+    /// Replaces (or creates) a file in the live mesh directory, atomically.
+    pub fn write_mesh_file(&self, name: &str, contents: &str) -> Result<(), TestbedError> {
+        let tmp = self.mesh_dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, contents).map_err(io(&tmp))?;
+        let path = self.mesh_dir.join(name);
+        fs::rename(&tmp, &path).map_err(io(&path))
+    }
+}
+
+impl Drop for LocalMesh {
+    fn drop(&mut self) {
+        let children = self
+            .apps
+            .iter_mut()
+            .chain(self.pods.values_mut().map(|p| &mut p.envoy))
+            .chain(self.controller.as_mut());
+        for c in children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Pod namespaces go with `self.pods`, then the hub.
+        self.pods.clear();
+        if std::env::var_os("TESTBED_KEEP").is_some() {
+            self.work.disable_cleanup(true);
+            eprintln!("testbed files kept in {}", self.work.path().display());
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! `mesh-app`: the applications that run inside testbed pods. Plain sockets, no knowledge of the mesh:
+//! an HTTP server, a TCP echo server, and their clients. Every client call is bounded in time.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mesh-app", about = "Test applications for the local mesh")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// HTTP/1.1 server answering every request with 200 and "hello from <name>".
+    HttpServer {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        name: String,
+    },
+    /// TCP server that answers each line with "<name>: <line>".
+    TcpEcho {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        name: String,
+    },
+    /// One HTTP GET; prints "status=<code>" then the body (or only the body).
+    Get {
+        url: String,
+        #[arg(long)]
+        body_only: bool,
+        #[arg(long, default_value_t = 5)]
+        timeout_s: u64,
+    },
+    /// Sends one line over TCP and prints the reply line.
+    TcpSend {
+        addr: String,
+        message: String,
+        #[arg(long, default_value_t = 5)]
+        timeout_s: u64,
+    },
+    /// Repeats GET requests and prints one line per request (bounded by --count).
+    Load {
+        url: String,
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::HttpServer { port, name } => http_server(port, &name),
+        Cmd::TcpEcho { port, name } => tcp_echo(port, &name),
+        Cmd::Get { url, body_only, timeout_s } => {
+            let (status, body) = get(&url, Duration::from_secs(timeout_s))?;
+            if !body_only {
+                println!("status={status}");
+            }
+            print!("{body}");
+            if !(200..300).contains(&status) {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
+        Cmd::TcpSend { addr, message, timeout_s } => {
+            println!("{}", tcp_send(&addr, &message, Duration::from_secs(timeout_s))?);
+            Ok(())
+        }
+        Cmd::Load { url, count, interval_ms, label } => {
+            for i in 1..=count {
+                let start = Instant::now();
+                match get(&url, Duration::from_secs(5)) {
+                    Ok((status, body)) => println!(
+                        "{label}#{i} GET {url} -> {status} in {:.1}ms: {}",
+                        start.elapsed().as_secs_f64() * 1e3,
+                        body.trim()
+                    ),
+                    Err(e) => println!("{label}#{i} GET {url} -> error: {e:#}"),
+                }
+                std::thread::sleep(Duration::from_millis(interval_ms));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn http_server(port: u16, name: &str) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding :{port}"))?;
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let name = name.to_owned();
+        std::thread::spawn(move || {
+            let _ = serve_http(conn, &name);
+        });
+    }
+    Ok(())
+}
+
+fn serve_http(conn: TcpStream, name: &str) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut out = conn;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let mut content_length = 0usize;
+        let mut close = false;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+                if k == "content-length" {
+                    content_length = v.parse().unwrap_or(0);
+                } else if k == "connection" && v.eq_ignore_ascii_case("close") {
+                    close = true;
+                }
+            }
+        }
+        let mut body = vec![0; content_length];
+        reader.read_exact(&mut body)?;
+        let reply = format!("hello from {name} path={path}\n");
+        write!(out, "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{reply}", reply.len())?;
+        out.flush()?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+fn tcp_echo(port: u16, name: &str) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding :{port}"))?;
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let name = name.to_owned();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+            let mut reader = BufReader::new(conn.try_clone()?);
+            let mut out = conn;
+            let mut line = String::new();
+            while reader.read_line(&mut line)? > 0 {
+                writeln!(out, "{name}: {}", line.trim_end())?;
+                line.clear();
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+fn connect(addr: &str, timeout: Duration) -> anyhow::Result<TcpStream> {
+    let sa = addr.to_socket_addrs()?.next().with_context(|| format!("cannot resolve {addr}"))?;
+    let s = TcpStream::connect_timeout(&sa, timeout).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+fn get(url: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = if authority.contains(':') { authority.to_owned() } else { format!("{authority}:80") };
+    let mut s = connect(&addr, timeout)?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: mesh-app\r\nconnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).context("reading the response")?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("malformed status line")?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked { dechunk(body)? } else { body.to_owned() };
+    Ok((status, body))
+}
+
+fn dechunk(mut rest: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size_line, after) = rest.split_once("\r\n").context("malformed chunk")?;
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16).context("bad chunk size")?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(after.get(..size).context("truncated chunk")?);
+        rest = after.get(size + 2..).context("truncated chunk")?;
+    }
+}
+
+fn tcp_send(addr: &str, message: &str, timeout: Duration) -> anyhow::Result<String> {
+    let mut s = connect(addr, timeout)?;
+    writeln!(s, "{message}")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).context("reading the reply")?;
+    if line.is_empty() {
+        bail!("connection closed without a reply");
+    }
+    Ok(line.trim_end().to_owned())
+}

@@ -1,0 +1,109 @@
+//! Linux network namespaces as pods: one "hub" namespace holding a bridge (the pod network, with no link
+//! to the host, so no packet can leave the machine) and one namespace per pod, wired by a veth pair.
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::TestbedError;
+
+/// Prefix of every namespace this crate creates; followed by the creating process id.
+const PREFIX: &str = "osmtb";
+
+/// Runs a command, turning a non-zero exit into an error that shows the command and its stderr.
+pub fn run(cmd: &mut Command) -> Result<Output, TestbedError> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().map_err(|e| TestbedError::Command(shown.clone(), e.to_string()))?;
+    if !out.status.success() {
+        return Err(TestbedError::Command(shown, String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+    }
+    Ok(out)
+}
+
+fn ip(args: &[&str]) -> Result<Output, TestbedError> {
+    run(Command::new("ip").args(args))
+}
+
+/// A unique name for a namespace of this process.
+pub fn unique_name(role: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{PREFIX}{}-{}-{role}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Deletes namespaces left behind by test processes that no longer exist (killed runs).
+pub fn sweep_stale() {
+    let Ok(out) = ip(&["netns", "list"]) else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn create(name: String) -> Result<Self, TestbedError> {
+        ip(&["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn ip(&self, args: &[&str]) -> Result<Output, TestbedError> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// A command that runs inside this namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// The pod network: a bridge inside its own namespace. The gateway address is where the controller runs.
+#[derive(Debug)]
+pub struct Hub {
+    pub ns: Netns,
+    pub gateway: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    veths: AtomicU32,
+}
+
+impl Hub {
+    pub fn create(gateway: std::net::Ipv4Addr, prefix_len: u8) -> Result<Self, TestbedError> {
+        let ns = Netns::create(unique_name("hub"))?;
+        ns.ip(&["link", "add", "br0", "type", "bridge"])?;
+        ns.ip(&["addr", "add", &format!("{gateway}/{prefix_len}"), "dev", "br0"])?;
+        ns.ip(&["link", "set", "br0", "up"])?;
+        Ok(Self { ns, gateway, prefix_len, veths: AtomicU32::new(0) })
+    }
+
+    /// A pod namespace with `eth0` at `addr`, attached to the bridge. Its default route points at the hub,
+    /// which routes nowhere else: traffic that escapes interception dies there.
+    pub fn attach(&self, role: &str, addr: std::net::Ipv4Addr) -> Result<Netns, TestbedError> {
+        let pod = Netns::create(unique_name(role))?;
+        let veth = format!("v{}", self.veths.fetch_add(1, Ordering::Relaxed));
+        self.ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.name])?;
+        self.ns.ip(&["link", "set", &veth, "master", "br0", "up"])?;
+        pod.ip(&["addr", "add", &format!("{addr}/{}", self.prefix_len), "dev", "eth0"])?;
+        pod.ip(&["link", "set", "eth0", "up"])?;
+        pod.ip(&["route", "add", "default", "via", &self.gateway.to_string()])?;
+        Ok(pod)
+    }
+}
