@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::prelude::*;
 use ::certs::CertificateAuthority;
+use actix::prelude::*;
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {

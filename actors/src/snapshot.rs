@@ -110,7 +110,11 @@ impl SnapshotActor {
                                 None => Err(format!("no certificate for {}", view.identity())),
                                 Some(cert) => xds::build(
                                     &view,
-                                    CertInput { cert_pem: &cert.cert_pem, key_pem: &cert.key_pem, trust_bundle_pem: &root },
+                                    CertInput {
+                                        cert_pem: &cert.cert_pem,
+                                        key_pem: &cert.key_pem,
+                                        trust_bundle_pem: &root,
+                                    },
                                 )
                                 .map(Arc::new)
                                 .map_err(|e| format!("build failed: {e}")),
@@ -189,10 +193,10 @@ impl Handler<IdentitiesRenewed> for SnapshotActor {
 impl Handler<Subscribe> for SnapshotActor {
     type Result = MessageResult<Subscribe>;
     fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
-        let entry = self.proxies.entry(msg.uuid.clone()).or_insert_with(|| Entry {
-            identity: msg.identity.clone(),
-            tx: watch::Sender::new(ProxyState::Pending),
-        });
+        let entry = self
+            .proxies
+            .entry(msg.uuid.clone())
+            .or_insert_with(|| Entry { identity: msg.identity.clone(), tx: watch::Sender::new(ProxyState::Pending) });
         let rx = entry.tx.subscribe();
         if matches!(*rx.borrow(), ProxyState::Pending | ProxyState::Gone(_)) {
             entry.tx.send_replace(ProxyState::Pending);

@@ -42,7 +42,7 @@ pub enum VerifyError {
     #[error(
         "proxy {uuid} presented identity {presented} but its pod {pod} runs as {actual} (hint: regenerate the sidecar bootstrap)"
     )]
-    IdentityMismatch { uuid: ProxyUuid, pod: String, presented: ServiceIdentity, actual: ServiceIdentity },
+    IdentityMismatch { uuid: ProxyUuid, pod: String, presented: String, actual: String },
 }
 
 /// One port of a Service as a proxy sees it: the numbers resolved and the endpoints listed.
@@ -232,8 +232,8 @@ impl MeshCatalog {
                     Err(VerifyError::IdentityMismatch {
                         uuid: proxy.uuid.clone(),
                         pod: format!("{}/{}", pod.namespace, pod.name),
-                        presented: proxy.identity.clone(),
-                        actual: pod.identity(),
+                        presented: proxy.identity.to_string(),
+                        actual: pod.identity().to_string(),
                     })
                 }
             }

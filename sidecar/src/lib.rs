@@ -216,7 +216,8 @@ pub fn bootstrap(proxy: &ProxyId, trust_domain: &str, opts: &SidecarOptions) -> 
 }
 
 fn check_cidr(c: &str) -> Result<(), SidecarError> {
-    let (ip, len) = c.split_once('/').ok_or_else(|| SidecarError::Option(format!("{c:?} is not a CIDR (a.b.c.d/n)")))?;
+    let (ip, len) =
+        c.split_once('/').ok_or_else(|| SidecarError::Option(format!("{c:?} is not a CIDR (a.b.c.d/n)")))?;
     let ip: std::net::IpAddr = ip.parse().map_err(|_| SidecarError::Option(format!("{c:?}: bad address")))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     match len.parse::<u8>() {
@@ -270,7 +271,10 @@ pub fn iptables_rules(opts: &InterceptOptions) -> Result<String, SidecarError> {
     let _ = writeln!(r, "-A OSM_PROXY_OUT_REDIRECT -p tcp -j REDIRECT --to-port {}", ports::OUTBOUND);
     let _ = writeln!(r, "-A OUTPUT -p tcp -j OSM_PROXY_OUTBOUND");
     // Envoy calling its own pod's address goes through the inbound path (a pod calling its own Service).
-    let _ = writeln!(r, "-A OSM_PROXY_OUTBOUND -o lo ! -d 127.0.0.1/32 -m owner --uid-owner {uid} -j OSM_PROXY_IN_REDIRECT");
+    let _ = writeln!(
+        r,
+        "-A OSM_PROXY_OUTBOUND -o lo ! -d 127.0.0.1/32 -m owner --uid-owner {uid} -j OSM_PROXY_IN_REDIRECT"
+    );
     let _ = writeln!(r, "-A OSM_PROXY_OUTBOUND -o lo -m owner ! --uid-owner {uid} -j RETURN");
     let _ = writeln!(r, "-A OSM_PROXY_OUTBOUND -m owner --uid-owner {uid} -j RETURN");
     let _ = writeln!(r, "-A OSM_PROXY_OUTBOUND -d 127.0.0.1/32 -j RETURN");
@@ -328,7 +332,10 @@ mod tests {
         assert_eq!(v["dynamic_resources"]["ads_config"]["api_type"], "DELTA_GRPC");
         let cluster = &v["static_resources"]["clusters"][0];
         assert_eq!(cluster["type"], "STATIC");
-        assert_eq!(cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"], 15128);
+        assert_eq!(
+            cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"],
+            15128
+        );
         assert_eq!(b.client_cert.common_name, "11111111-2222-3333-4444-555555555555.sidecar.client.demo.cluster.local");
         assert_eq!(b.ca_pem, ca.root_pem());
         assert_eq!(b.envoy_args[3], "/etc/envoy/bootstrap.yaml");
@@ -355,7 +362,9 @@ mod tests {
         };
         let r = iptables_rules(&opts).unwrap();
         assert!(r.contains("--dports 5432,6379 -j RETURN"));
-        assert!(r.contains("-A OSM_PROXY_OUTBOUND -d 10.96.0.0/12 -j OSM_PROXY_OUT_REDIRECT\n-A OSM_PROXY_OUTBOUND -j RETURN"));
+        assert!(r.contains(
+            "-A OSM_PROXY_OUTBOUND -d 10.96.0.0/12 -j OSM_PROXY_OUT_REDIRECT\n-A OSM_PROXY_OUTBOUND -j RETURN"
+        ));
         let bad = InterceptOptions { outbound_ip_range_exclusions: vec!["10.0.0.0".into()], ..Default::default() };
         assert!(iptables_rules(&bad).unwrap_err().to_string().contains("not a CIDR"));
     }

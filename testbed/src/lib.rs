@@ -69,7 +69,28 @@ impl Binaries {
                 }
                 let release = dir.file_name().is_some_and(|n| n == "release");
                 let mut cmd = Command::new(cargo);
-                cmd.args(["build", "-q", "-p", "actors", "--bin", "osm-controller", "-p", "testbed", "--bin", "mesh-app"]);
+                // Variables that cargo sets for a running test would change build fingerprints and force a
+                // full rebuild of the binaries: run this build with the user's environment only.
+                for (k, _) in std::env::vars_os() {
+                    let k = k.to_string_lossy();
+                    if (k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR")
+                        || matches!(k.as_ref(), "OUT_DIR" | "RUSTC" | "RUSTDOC" | "RUST_TEST_THREADS")
+                    {
+                        cmd.env_remove(k.as_ref());
+                    }
+                }
+                cmd.args([
+                    "build",
+                    "-q",
+                    "-p",
+                    "actors",
+                    "--bin",
+                    "osm-controller",
+                    "-p",
+                    "testbed",
+                    "--bin",
+                    "mesh-app",
+                ]);
                 if release {
                     cmd.arg("--release");
                 }
@@ -97,9 +118,9 @@ pub fn preflight(bins: &Binaries) -> Result<(), TestbedError> {
     if !bins.envoy.exists() {
         return Err(TestbedError::Setup(format!("Envoy is not installed at {} ({hint})", bins.envoy.display())));
     }
-    let uid = fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned()));
+    let uid = fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned())
+    });
     if uid.as_deref() != Some("0") {
         return Err(TestbedError::Setup("the local mesh needs root (network namespaces and iptables)".to_owned()));
     }
@@ -257,7 +278,9 @@ impl LocalMesh {
         match ready {
             Ok(true) => {}
             Ok(false) => return Err(TestbedError::Setup(format!("controller exited:\n{}", mesh.controller_output()))),
-            Err(e) => return Err(TestbedError::Setup(format!("{e}; controller output:\n{}", mesh.controller_output()))),
+            Err(e) => {
+                return Err(TestbedError::Setup(format!("{e}; controller output:\n{}", mesh.controller_output())));
+            }
         }
         mesh.ca = CertificateAuthority::load_or_create(&mesh.state_dir, "cluster.local")?;
         Ok(mesh)
@@ -330,7 +353,12 @@ impl LocalMesh {
         let log = dir.join("envoy.log");
         let envoy = netns
             .command("setpriv")
-            .args([format!("--reuid={ENVOY_UID}"), format!("--regid={ENVOY_UID}"), "--clear-groups".to_owned(), "--".to_owned()])
+            .args([
+                format!("--reuid={ENVOY_UID}"),
+                format!("--regid={ENVOY_UID}"),
+                "--clear-groups".to_owned(),
+                "--".to_owned(),
+            ])
             .arg(&self.bins.envoy)
             .args(&bundle.envoy_args)
             .args(["--disable-hot-restart", "--concurrency", "1"])
@@ -353,7 +381,11 @@ impl LocalMesh {
     pub fn app(&self, pod: &str, args: &[&str]) -> Result<Output, TestbedError> {
         let p = self.pod(pod)?;
         let shown = format!("mesh-app {} (in {pod})", args.join(" "));
-        p.netns.command(&self.bins.app.display().to_string()).args(args).output().map_err(|e| TestbedError::Command(shown, e.to_string()))
+        p.netns
+            .command(&self.bins.app.display().to_string())
+            .args(args)
+            .output()
+            .map_err(|e| TestbedError::Command(shown, e.to_string()))
     }
 
     /// Starts a long-running `mesh-app <args>` inside a pod; stopped when the mesh is dropped.
@@ -377,7 +409,10 @@ impl LocalMesh {
         let url = format!("http://127.0.0.1:{}{path}", ports::ADMIN);
         let out = self.app(pod, &["get", &url, "--body-only"])?;
         if !out.status.success() {
-            return Err(TestbedError::Command(format!("admin GET {path} in {pod}"), String::from_utf8_lossy(&out.stderr).into_owned()));
+            return Err(TestbedError::Command(
+                format!("admin GET {path} in {pod}"),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -394,11 +429,22 @@ impl LocalMesh {
         wait_for(Duration::from_secs(30), &format!("Envoy of {pod} to be ready"), || {
             self.admin(pod, "/ready").ok().filter(|b| b.trim() == "LIVE").map(|_| ())
         })
-        .map_err(|e| TestbedError::Setup(format!("{e}\nEnvoy log:\n{}\ncontroller:\n{}", p.envoy_log_tail(), self.controller_output())))
+        .map_err(|e| {
+            TestbedError::Setup(format!(
+                "{e}\nEnvoy log:\n{}\ncontroller:\n{}",
+                p.envoy_log_tail(),
+                self.controller_output()
+            ))
+        })
     }
 
     /// Polls `f` until it returns `Some`, for at most `timeout`.
-    pub fn eventually<T>(&self, timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> Result<T, TestbedError> {
+    pub fn eventually<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        f: impl FnMut() -> Option<T>,
+    ) -> Result<T, TestbedError> {
         wait_for(timeout, what, f)
     }
 
@@ -413,11 +459,8 @@ impl LocalMesh {
 
 impl Drop for LocalMesh {
     fn drop(&mut self) {
-        let children = self
-            .apps
-            .iter_mut()
-            .chain(self.pods.values_mut().map(|p| &mut p.envoy))
-            .chain(self.controller.as_mut());
+        let children =
+            self.apps.iter_mut().chain(self.pods.values_mut().map(|p| &mut p.envoy)).chain(self.controller.as_mut());
         for c in children {
             let _ = c.kill();
             let _ = c.wait();

@@ -2,6 +2,8 @@
 //! the init container's iptables rules, talking mTLS to each other. Needs root, iptables and Envoy
 //! (`scripts/setup.sh`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -42,7 +44,13 @@ fn http_get(mesh: &LocalMesh, url: &str) -> String {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.starts_with("status=200").then_some(text)
     })
-    .unwrap_or_else(|e| panic!("{e}\nclient envoy:\n{}\ncontroller:\n{}", mesh.pod(CLIENT).unwrap().envoy_log_tail(), mesh.controller_output()))
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nclient envoy:\n{}\ncontroller:\n{}",
+            mesh.pod(CLIENT).unwrap().envoy_log_tail(),
+            mesh.controller_output()
+        )
+    })
 }
 
 fn stat(mesh: &LocalMesh, pod: &str, name: &str) -> u64 {
@@ -53,9 +61,15 @@ fn check_http_and_tcp(mesh: &LocalMesh) {
     // HTTP to the ClusterIP: client app → client Envoy (15001) → mTLS → server Envoy (15003) → app.
     let body = http_get(mesh, "http://10.96.0.10/hello");
     assert!(body.contains("hello from server-1 path=/hello"), "{body}");
-    assert!(stat(mesh, SERVER, "listener.0.0.0.0_15003.ssl.handshake") > 0, "the request must arrive over mTLS on 15003");
+    assert!(
+        stat(mesh, SERVER, "listener.0.0.0.0_15003.ssl.handshake") > 0,
+        "the request must arrive over mTLS on 15003"
+    );
     let clusters = mesh.admin(CLIENT, "/clusters").unwrap();
-    assert!(clusters.contains("demo/server|8080::10.244.1.2:8080::"), "client Envoy lacks the upstream cluster:\n{clusters}");
+    assert!(
+        clusters.contains("demo/server|8080::10.244.1.2:8080::"),
+        "client Envoy lacks the upstream cluster:\n{clusters}"
+    );
     assert!(stat(mesh, CLIENT, "cluster.demo_server_8080.upstream_rq_200") >= 1);
     assert!(stat(mesh, CLIENT, "cluster.demo_server_8080.ssl.handshake") >= 1);
 
@@ -101,7 +115,8 @@ fn sotw_mesh_serves_http_and_tcp_follows_yaml_edits_and_refuses_strangers() {
     mesh.spawn_app("demo/server-2", &["http-server", "--port", "8080", "--name", "server-2"]).unwrap();
     mesh.eventually(WAIT, "client EDS to list two endpoints", || {
         let c = mesh.admin(CLIENT, "/clusters").ok()?;
-        (c.contains("demo/server|8080::10.244.1.2:8080::") && c.contains("demo/server|8080::10.244.1.3:8080::")).then_some(())
+        (c.contains("demo/server|8080::10.244.1.2:8080::") && c.contains("demo/server|8080::10.244.1.3:8080::"))
+            .then_some(())
     })
     .unwrap();
     let mut seen = std::collections::BTreeSet::new();
@@ -143,10 +158,21 @@ fn sotw_mesh_serves_http_and_tcp_follows_yaml_edits_and_refuses_strangers() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", mesh.controller_output()));
     for key in [&stranger_key, &impostor_key] {
-        assert_eq!(mesh.stat(key, "listener_manager.lds.update_success").unwrap(), Some(0), "{key} must get no listeners");
-        assert_eq!(mesh.stat(key, "cluster_manager.cds.update_success").unwrap(), Some(0), "{key} must get no clusters");
+        assert_eq!(
+            mesh.stat(key, "listener_manager.lds.update_success").unwrap(),
+            Some(0),
+            "{key} must get no listeners"
+        );
+        assert_eq!(
+            mesh.stat(key, "cluster_manager.cds.update_success").unwrap(),
+            Some(0),
+            "{key} must get no clusters"
+        );
         let log = mesh.pod(key).unwrap().envoy_log_tail();
-        assert!(log.contains("PermissionDenied") || log.contains("permission") || log.contains("gRPC config stream"), "{key}: {log}");
+        assert!(
+            log.contains("PermissionDenied") || log.contains("permission") || log.contains("gRPC config stream"),
+            "{key}: {log}"
+        );
     }
     // And the mesh still serves.
     assert!(http_get(&mesh, "http://10.96.0.10/").starts_with("status=200"));

@@ -107,7 +107,7 @@ pub struct TypeResources {
 
 impl TypeResources {
     /// Version of a selection of resources (all of them for `None`): a hash of names and versions.
-    pub fn version_of<'a>(&self, names: Option<&'a BTreeSet<String>>) -> String {
+    pub fn version_of(&self, names: Option<&BTreeSet<String>>) -> String {
         let mut parts: Vec<&[u8]> = Vec::new();
         for (name, r) in &self.resources {
             if names.is_none_or(|n| n.contains(name)) {

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use messages::{MeshCatalog, SourceEvent};
 
 #[derive(Parser, Debug)]
-#[command(name = "osm-controller", version, about = "Service-mesh control plane: programs Envoy sidecars over mTLS ADS")]
+#[command(
+    name = "osm-controller",
+    version,
+    about = "Service-mesh control plane: programs Envoy sidecars over mTLS ADS"
+)]
 struct Cli {
     /// Directory of Kubernetes-format YAML describing the mesh (watched for changes).
     #[arg(long, default_value = "mesh", global = true)]
@@ -71,16 +75,22 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Bootstrap { pod, controller_host, controller_port, delta, out, config_dir }) => {
-            write_bootstrap(&cli.mesh_dir, &cli.state_dir, &cli.trust_domain, &pod, controller_host, controller_port, delta, &out, config_dir)
-        }
+        Some(Command::Bootstrap { pod, controller_host, controller_port, delta, out, config_dir }) => write_bootstrap(
+            &cli.mesh_dir,
+            &cli.state_dir,
+            &cli.trust_domain,
+            &pod,
+            controller_host,
+            controller_port,
+            delta,
+            &out,
+            config_dir,
+        ),
         None => serve(cli.mesh_dir, cli.state_dir, cli.trust_domain, cli.serve),
     }
 }

@@ -202,7 +202,8 @@ fn dechunk(mut rest: &str) -> anyhow::Result<String> {
     let mut out = String::new();
     loop {
         let (size_line, after) = rest.split_once("\r\n").context("malformed chunk")?;
-        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16).context("bad chunk size")?;
+        let size =
+            usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16).context("bad chunk size")?;
         if size == 0 {
             return Ok(out);
         }
