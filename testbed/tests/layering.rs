@@ -1,0 +1,31 @@
+//! The crate dependency rule, checked against the resolved dependency graph: `messages` is the shared
+//! vocabulary, `xds` never pulls in a Kubernetes client, `k8s` never gRPC, and only `actors` knows actix.
+
+use std::process::Command;
+
+fn deps(package: &str) -> Vec<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = Command::new(cargo)
+        .args(["tree", "-p", package, "-e", "normal", "--prefix", "none", "--format", "{p}"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect()
+}
+
+fn assert_free_of(package: &str, forbidden: &[&str]) {
+    let d = deps(package);
+    for f in forbidden {
+        assert!(!d.iter().any(|x| x == f), "{package} must not depend on {f} (directly or not)");
+    }
+}
+
+#[test]
+fn dependency_rule_holds() {
+    assert_free_of("messages", &["actix", "tokio", "tonic", "kube", "k8s-openapi", "envoy-types", "k8s", "xds", "certs"]);
+    assert_free_of("xds", &["kube", "k8s-openapi", "k8s", "actix", "actors"]);
+    assert_free_of("k8s", &["tonic", "envoy-types", "xds", "actix", "actors"]);
+    assert_free_of("certs", &["tonic", "kube", "k8s-openapi", "actix", "xds", "k8s"]);
+    assert_free_of("sidecar", &["tonic", "actix", "xds", "k8s"]);
+}
