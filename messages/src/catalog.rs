@@ -100,6 +100,12 @@ pub struct MeshCatalog {
     pods: BTreeMap<NsName, Pod>,
     service_accounts: BTreeSet<NsName>,
     synced: bool,
+    // Indexes, maintained on every change, so a view costs what it touches rather than the whole mesh.
+    endpoints_by_service: HashMap<ServiceKey, BTreeSet<ObjectKey>>,
+    pods_by_uuid: HashMap<ProxyUuid, BTreeSet<NsName>>,
+    pods_by_ip: HashMap<IpAddr, BTreeSet<NsName>>,
+    /// (namespace, label key, label value) → pod names.
+    pods_by_label: HashMap<(String, String, String), BTreeSet<String>>,
 }
 
 impl MeshCatalog {
@@ -175,6 +181,8 @@ impl MeshCatalog {
                 if self.endpoints.get(&ep.key) == Some(&ep) {
                     return Dirty::Nothing;
                 }
+                self.remove_endpoints(&ep.key.clone());
+                self.endpoints_by_service.entry(ep.service.clone()).or_default().insert(ep.key.clone());
                 self.endpoints.insert(ep.key.clone(), ep);
                 Dirty::All
             }
@@ -182,6 +190,17 @@ impl MeshCatalog {
                 let key = (pod.namespace.clone(), pod.name.clone());
                 if self.pods.get(&key) == Some(&pod) {
                     return Dirty::Nothing;
+                }
+                self.remove_pod(&key);
+                self.pods_by_uuid.entry(pod.proxy_uuid.clone()).or_default().insert(key.clone());
+                if let Some(ip) = pod.ip {
+                    self.pods_by_ip.entry(ip).or_default().insert(key.clone());
+                }
+                for (k, v) in &pod.labels {
+                    self.pods_by_label
+                        .entry((pod.namespace.clone(), k.clone(), v.clone()))
+                        .or_default()
+                        .insert(pod.name.clone());
                 }
                 self.pods.insert(key, pod);
                 // A pod's address and labels feed other proxies' endpoints and SAN lists.
@@ -201,10 +220,41 @@ impl MeshCatalog {
                 false
             }
             Kind::Service => self.services.remove(&ServiceKey::new(key.namespace.clone(), key.name.clone())).is_some(),
-            Kind::Endpoints | Kind::EndpointSlice => self.endpoints.remove(key).is_some(),
-            Kind::Pod => self.pods.remove(&(key.namespace.clone(), key.name.clone())).is_some(),
+            Kind::Endpoints | Kind::EndpointSlice => self.remove_endpoints(key),
+            Kind::Pod => self.remove_pod(&(key.namespace.clone(), key.name.clone())),
         };
         if removed { Dirty::All } else { Dirty::Nothing }
+    }
+
+    fn remove_endpoints(&mut self, key: &ObjectKey) -> bool {
+        let Some(old) = self.endpoints.remove(key) else { return false };
+        if let Some(set) = self.endpoints_by_service.get_mut(&old.service) {
+            set.remove(key);
+            if set.is_empty() {
+                self.endpoints_by_service.remove(&old.service);
+            }
+        }
+        true
+    }
+
+    fn remove_pod(&mut self, key: &NsName) -> bool {
+        let Some(old) = self.pods.remove(key) else { return false };
+        fn unindex<K: std::hash::Hash + Eq, V: Ord>(map: &mut HashMap<K, BTreeSet<V>>, k: K, v: &V) {
+            if let Some(set) = map.get_mut(&k) {
+                set.remove(v);
+                if set.is_empty() {
+                    map.remove(&k);
+                }
+            }
+        }
+        unindex(&mut self.pods_by_uuid, old.proxy_uuid.clone(), key);
+        if let Some(ip) = old.ip {
+            unindex(&mut self.pods_by_ip, ip, key);
+        }
+        for (k, v) in &old.labels {
+            unindex(&mut self.pods_by_label, (old.namespace.clone(), k.clone(), v.clone()), &old.name);
+        }
+        true
     }
 
     pub fn pods(&self) -> impl Iterator<Item = &Pod> {
@@ -216,8 +266,15 @@ impl MeshCatalog {
     }
 
     fn pods_with_uuid(&self, uuid: &ProxyUuid) -> impl Iterator<Item = &Pod> {
-        let uuid = uuid.clone();
-        self.pods.values().filter(move |p| p.proxy_uuid == uuid)
+        self.pods_by_uuid.get(uuid).into_iter().flatten().filter_map(|k| self.pods.get(k))
+    }
+
+    fn pod_at(&self, ip: IpAddr) -> Option<&Pod> {
+        self.pods_by_ip.get(&ip).and_then(|keys| keys.iter().next()).and_then(|k| self.pods.get(k))
+    }
+
+    fn endpoint_objects<'a>(&'a self, svc: &ServiceKey) -> impl Iterator<Item = &'a Endpoints> + 'a {
+        self.endpoints_by_service.get(svc).into_iter().flatten().filter_map(|k| self.endpoints.get(k))
     }
 
     /// Checks a connecting proxy's certificate against the pod it claims to be.
@@ -251,22 +308,33 @@ impl MeshCatalog {
         if pods.next().is_some() {
             return None;
         }
-        let by_ip: HashMap<IpAddr, &Pod> = self.pods.values().filter_map(|p| p.ip.map(|ip| (ip, p))).collect();
-        let upstream = self.services.values().filter_map(|svc| self.service_view(svc, &by_ip)).collect();
-        let local = self.services.values().filter_map(|svc| self.local_view(svc, pod)).collect();
+        let upstream = self.services.values().filter_map(|svc| self.service_view(svc)).collect();
+        let local = self
+            .services
+            .range(ServiceKey::new(pod.namespace.clone(), "")..)
+            .take_while(|(k, _)| k.namespace == pod.namespace)
+            .filter_map(|(_, svc)| self.local_view(svc, pod))
+            .collect();
         Some(ProxyView { pod: pod.clone(), trust_domain: self.trust_domain.clone(), local, upstream })
     }
 
     fn has_endpoint_objects(&self, svc: &ServiceKey) -> bool {
-        self.endpoints.values().any(|e| &e.service == svc)
+        self.endpoints_by_service.contains_key(svc)
     }
 
+    /// Pods in the Service's namespace whose labels match its selector (candidates come from the index of
+    /// the selector's first label).
     fn selected_pods<'a>(&'a self, svc: &'a Service) -> impl Iterator<Item = &'a Pod> + 'a {
         let selector = svc.selector.as_ref().filter(|s| !s.is_empty());
-        self.pods.values().filter(move |p| {
-            p.namespace == svc.key.namespace
-                && selector.is_some_and(|sel| sel.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
-        })
+        let ns = &svc.key.namespace;
+        let candidates = selector
+            .and_then(|sel| sel.iter().next())
+            .and_then(|(k, v)| self.pods_by_label.get(&(ns.clone(), k.clone(), v.clone())));
+        candidates
+            .into_iter()
+            .flatten()
+            .filter_map(move |name| self.pods.get(&(ns.clone(), name.clone())))
+            .filter(move |p| selector.is_some_and(|sel| sel.iter().all(|(k, v)| p.labels.get(k) == Some(v))))
     }
 
     /// Endpoints of one Service port: from Endpoints/EndpointSlice objects when the Service has any, else
@@ -274,7 +342,7 @@ impl MeshCatalog {
     fn port_endpoints(&self, svc: &Service, sp: &ServicePort) -> Vec<SocketAddr> {
         let mut out = BTreeSet::new();
         if self.has_endpoint_objects(&svc.key) {
-            for ep in self.endpoints.values().filter(|e| e.service == svc.key) {
+            for ep in self.endpoint_objects(&svc.key) {
                 for subset in &ep.subsets {
                     let port = match_endpoint_port(svc, sp, &subset.ports);
                     if let Some(port) = port {
@@ -292,14 +360,14 @@ impl MeshCatalog {
         out.into_iter().collect()
     }
 
-    fn service_view(&self, svc: &Service, by_ip: &HashMap<IpAddr, &Pod>) -> Option<ServiceView> {
+    fn service_view(&self, svc: &Service) -> Option<ServiceView> {
         let mut identities = BTreeSet::new();
         let ports: Vec<ResolvedPort> = svc
             .ports
             .iter()
             .map(|sp| {
                 let endpoints = self.port_endpoints(svc, sp);
-                identities.extend(endpoints.iter().filter_map(|a| by_ip.get(&a.ip())).map(|p| p.identity()));
+                identities.extend(endpoints.iter().filter_map(|a| self.pod_at(a.ip())).map(|p| p.identity()));
                 let target_port = match &sp.target_port {
                     TargetPort::Number(n) => *n,
                     TargetPort::Name(_) => endpoints.first().map(|a| a.port()).unwrap_or(sp.port),
@@ -317,14 +385,15 @@ impl MeshCatalog {
         if svc.key.namespace != pod.namespace {
             return None;
         }
-        let selected = self.selected_pods(svc).any(|p| p.name == pod.name);
+        let selected = svc
+            .selector
+            .as_ref()
+            .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v)));
         let mut ports = Vec::new();
         for sp in &svc.ports {
             // A pod listed in hand-written Endpoints backs the Service with whatever port is listed there.
             let listed = pod.ip.and_then(|ip| {
-                self.endpoints
-                    .values()
-                    .filter(|e| e.service == svc.key)
+                self.endpoint_objects(&svc.key)
                     .flat_map(|e| e.subsets.iter())
                     .filter(|s| s.addresses.contains(&ip))
                     .find_map(|s| match_endpoint_port(svc, sp, &s.ports))
@@ -446,6 +515,25 @@ mod tests {
         assert_eq!(c.apply(SourceEvent::Reset(vec![MeshObject::Pod(p)])), Dirty::All);
         assert_eq!(c.counts(), (0, 0, 1));
         assert!(c.proxy_view(&ProxyUuid::derived("demo", "server")).is_none());
+    }
+
+    #[test]
+    fn indexes_follow_pod_updates_and_deletes() {
+        let mut c = mesh();
+        let client = ProxyUuid::derived("demo", "client");
+        // Relabel and move the server: it leaves the selector and its old address is forgotten.
+        let mut moved = pod("demo", "server", "server", "10.244.9.9", "other");
+        c.apply(SourceEvent::Apply(MeshObject::Pod(moved.clone())));
+        let view = c.proxy_view(&client).unwrap();
+        assert!(view.upstream[0].ports[0].endpoints.is_empty());
+        assert!(view.upstream[0].identities.is_empty());
+        moved.labels.insert("app".into(), "server".into());
+        c.apply(SourceEvent::Apply(MeshObject::Pod(moved)));
+        let view = c.proxy_view(&client).unwrap();
+        assert_eq!(view.upstream[0].ports[0].endpoints, vec!["10.244.9.9:8080".parse().unwrap()]);
+        c.apply(SourceEvent::Delete(ObjectKey::new(Kind::Pod, "demo", "server")));
+        assert!(c.proxy_view(&ProxyUuid::derived("demo", "server")).is_none());
+        assert!(c.proxy_view(&client).unwrap().upstream[0].ports[0].endpoints.is_empty());
     }
 
     #[test]
