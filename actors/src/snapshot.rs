@@ -101,7 +101,9 @@ impl SnapshotActor {
                 .map_err(|e| format!("cannot issue service certificates: {e}"))?;
             // Encoding is CPU work: keep it off the actor thread.
             tokio::task::spawn_blocking(move || {
-                views
+                // Proxies of one batch share every resource they see identically.
+                let mut cache = xds::BuildCache::new();
+                let results = views
                     .into_iter()
                     .map(|(uuid, view)| {
                         let result = match view {
@@ -122,7 +124,9 @@ impl SnapshotActor {
                         };
                         (uuid, result)
                     })
-                    .collect::<BuildResult>()
+                    .collect::<BuildResult>();
+                tracing::debug!(proxies = results.len(), shared = cache.hits, encoded = cache.misses, "batch built");
+                results
             })
             .await
             .map_err(|e| format!("build task failed: {e}"))

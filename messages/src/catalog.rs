@@ -46,7 +46,7 @@ pub enum VerifyError {
 }
 
 /// One port of a Service as a proxy sees it: the numbers resolved and the endpoints listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ResolvedPort {
     pub name: Option<String>,
     pub port: u16,
@@ -63,7 +63,7 @@ impl ResolvedPort {
 }
 
 /// A Service as seen by one proxy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServiceView {
     pub key: ServiceKey,
     pub cluster_ip: Option<IpAddr>,

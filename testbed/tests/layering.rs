@@ -11,7 +11,11 @@ fn deps(package: &str) -> Vec<String> {
         .output()
         .unwrap();
     assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn assert_free_of(package: &str, forbidden: &[&str]) {
@@ -23,7 +27,10 @@ fn assert_free_of(package: &str, forbidden: &[&str]) {
 
 #[test]
 fn dependency_rule_holds() {
-    assert_free_of("messages", &["actix", "tokio", "tonic", "kube", "k8s-openapi", "envoy-types", "k8s", "xds", "certs"]);
+    assert_free_of(
+        "messages",
+        &["actix", "tokio", "tonic", "kube", "k8s-openapi", "envoy-types", "k8s", "xds", "certs"],
+    );
     assert_free_of("xds", &["kube", "k8s-openapi", "k8s", "actix", "actors"]);
     assert_free_of("k8s", &["tonic", "envoy-types", "xds", "actix", "actors"]);
     assert_free_of("certs", &["tonic", "kube", "k8s-openapi", "actix", "xds", "k8s"]);

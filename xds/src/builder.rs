@@ -5,8 +5,11 @@
 //! `rds-outbound.<port>` / `rds-inbound.<targetPort>`, secrets `service-cert:<ns>/<sa>`,
 //! `root-cert-for-mtls-inbound` and `root-cert-for-mtls-outbound:<ns>/<svc>`.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
@@ -41,7 +44,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOption
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration as PbDuration, UInt32Value};
 use envoy_types::util::pack_any;
-use messages::{AppProtocol, ProxyView, ServiceKey, ServiceView, ports};
+use messages::{AppProtocol, ProxyView, ResolvedPort, ServiceKey, ServiceView, ports};
 
 use crate::snapshot::{ProxySnapshot, Resource, ResourceType, SnapshotError};
 
@@ -230,6 +233,43 @@ fn route_to(cluster: &str) -> Route {
     }
 }
 
+/// Encoded resources shared between the proxies of one build batch. Many proxies see the same clusters,
+/// endpoints, routes and outbound listener; each is encoded once and shared by `Arc`. Keys carry a
+/// fingerprint of every input of the resource, so equal keys mean equal bytes.
+#[derive(Debug, Default)]
+pub struct BuildCache {
+    entries: HashMap<String, Vec<Arc<Resource>>>,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl BuildCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn get_or_make(&mut self, key: String, make: impl FnOnce() -> Vec<Resource>) -> Vec<Arc<Resource>> {
+        if let Some(v) = self.entries.get(&key) {
+            self.hits += 1;
+            return v.clone();
+        }
+        self.misses += 1;
+        let v: Vec<Arc<Resource>> = make().into_iter().map(Arc::new).collect();
+        self.entries.insert(key, v.clone());
+        v
+    }
+}
+
+fn fingerprint<T: Hash + ?Sized>(v: &T) -> u64 {
+    let mut h = DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+fn resource<M: prost::Name + prost::Message>(name: &str, msg: M) -> Resource {
+    Resource::new(name, pack_any(msg))
+}
+
 /// Collects resources and the references between them, then checks the references resolve.
 struct Builder {
     snap: ProxySnapshot,
@@ -243,7 +283,11 @@ impl Builder {
         name: &str,
         msg: M,
     ) -> Result<(), SnapshotError> {
-        self.snap.insert(ty, Resource::new(name, pack_any(msg)))
+        self.snap.insert(ty, Arc::new(resource(name, msg)))
+    }
+
+    fn add_all(&mut self, ty: ResourceType, resources: Vec<Arc<Resource>>) -> Result<(), SnapshotError> {
+        resources.into_iter().try_for_each(|r| self.snap.insert(ty, r))
     }
 
     fn refer(&mut self, ty: ResourceType, name: &str, by: &str) {
@@ -253,112 +297,35 @@ impl Builder {
 
 /// Builds a consistent snapshot for one proxy.
 pub fn build(view: &ProxyView, certs: CertInput<'_>) -> Result<ProxySnapshot, SnapshotError> {
-    let mut b = Builder { snap: ProxySnapshot::default(), refs: Vec::new() };
-    let identity = view.identity();
-    let own_cert = identity.sds_cert_name();
+    build_with(view, certs, &mut BuildCache::new())
+}
 
-    // --- SDS -------------------------------------------------------------------------------------
-    b.add(
-        ResourceType::Secret,
-        &own_cert,
-        Secret {
-            name: own_cert.clone(),
-            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-                certificate_chain: Some(inline(certs.cert_pem)),
-                private_key: Some(inline(certs.key_pem)),
-                ..Default::default()
-            })),
-        },
-    )?;
-    b.add(
-        ResourceType::Secret,
-        ROOT_CERT_INBOUND,
-        Secret {
-            name: ROOT_CERT_INBOUND.to_owned(),
-            r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
-                trusted_ca: Some(inline(certs.trust_bundle_pem)),
-                ..Default::default()
-            })),
-        },
-    )?;
+/// Which destination addresses an outbound chain catches: the ClusterIP, or for a headless Service its
+/// endpoints.
+fn outbound_prefixes(svc: &ServiceView, port: &ResolvedPort) -> Vec<CidrRange> {
+    match svc.cluster_ip {
+        Some(ip) => vec![cidr(ip)],
+        None => port.endpoints.iter().map(|a| a.ip()).collect::<BTreeSet<_>>().into_iter().map(cidr).collect(),
+    }
+}
 
-    // --- Outbound: clusters, endpoints, filter chains, routes -------------------------------------
-    let mut outbound_chains = Vec::new();
-    let mut outbound_routes: BTreeMap<u16, Vec<VirtualHost>> = BTreeMap::new();
-    let mut used_domains: HashMap<u16, BTreeSet<String>> = HashMap::new();
-    let mut clusters_done = BTreeSet::new();
-    for svc in &view.upstream {
-        let root_name = upstream_root_name(&svc.key);
-        let sans = svc
-            .identities
-            .iter()
-            .map(|id| SubjectAltNameMatcher {
-                san_type: subject_alt_name_matcher::SanType::Dns as i32,
-                matcher: Some(StringMatcher {
-                    match_pattern: Some(string_matcher::MatchPattern::Exact(id.principal(&view.trust_domain))),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .collect();
-        b.add(
-            ResourceType::Secret,
-            &root_name,
-            Secret {
-                name: root_name.clone(),
-                r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
-                    trusted_ca: Some(inline(certs.trust_bundle_pem)),
-                    match_typed_subject_alt_names: sans,
-                    ..Default::default()
-                })),
-            },
-        )?;
-
+fn outbound_listener(upstream: &[ServiceView]) -> Option<Listener> {
+    let mut chains = Vec::new();
+    for svc in upstream {
         for port in &svc.ports {
-            let cluster_name = port.cluster_name(&svc.key);
-            if clusters_done.insert(cluster_name.clone()) {
-                b.add(
-                    ResourceType::Cluster,
-                    &cluster_name,
-                    upstream_cluster(svc, port.protocol, &cluster_name, &own_cert, &root_name),
-                )?;
-                b.refer(ResourceType::Endpoint, &cluster_name, &cluster_name);
-                b.refer(ResourceType::Secret, &root_name, &cluster_name);
-                b.refer(ResourceType::Secret, &own_cert, &cluster_name);
-                let endpoints = port.endpoints.clone();
-                b.add(ResourceType::Endpoint, &cluster_name, load_assignment(&cluster_name, &endpoints))?;
-            }
-
-            // Which destination addresses this chain catches: the ClusterIP, or for a headless Service
-            // its endpoints.
-            let prefixes: Vec<CidrRange> = match svc.cluster_ip {
-                Some(ip) => vec![cidr(ip)],
-                None => port.endpoints.iter().map(|a| a.ip()).collect::<BTreeSet<_>>().into_iter().map(cidr).collect(),
-            };
+            let prefixes = outbound_prefixes(svc, port);
             if prefixes.is_empty() {
                 continue;
             }
-            let chain_name = format!("outbound_{}_{}_{}", svc.key, port.port, port.protocol);
+            let cluster_name = port.cluster_name(&svc.key);
             let filters = if port.protocol.is_http() {
                 let rds = format!("rds-outbound.{}", port.port);
-                b.refer(ResourceType::Route, &rds, &chain_name);
-                let used = used_domains.entry(port.port).or_default();
-                let domains: Vec<String> = hostnames(svc, port.port, &view.pod.namespace)
-                    .into_iter()
-                    .filter(|d| used.insert(d.clone()))
-                    .collect();
-                outbound_routes.entry(port.port).or_default().push(VirtualHost {
-                    name: format!("outbound_virtual-host|{}", svc.key.fqdn()),
-                    domains,
-                    routes: vec![route_to(&cluster_name)],
-                    ..Default::default()
-                });
                 vec![http_connection_manager(&rds, &rds)]
             } else {
                 vec![tcp_proxy_filter(&cluster_name, &format!("outbound-tcp.{cluster_name}"))]
             };
-            outbound_chains.push(FilterChain {
-                name: chain_name,
+            chains.push(FilterChain {
+                name: format!("outbound_{}_{}_{}", svc.key, port.port, port.protocol),
                 filter_chain_match: Some(FilterChainMatch {
                     destination_port: Some(UInt32Value { value: port.port.into() }),
                     prefix_ranges: prefixes,
@@ -369,38 +336,172 @@ pub fn build(view: &ProxyView, certs: CertInput<'_>) -> Result<ProxySnapshot, Sn
             });
         }
     }
-    for (port, vhosts) in outbound_routes {
-        let name = format!("rds-outbound.{port}");
-        b.add(
-            ResourceType::Route,
-            &name,
-            RouteConfiguration {
+    if chains.is_empty() {
+        return None;
+    }
+    Some(Listener {
+        name: OUTBOUND_LISTENER.to_owned(),
+        address: Some(any_addr(ports::OUTBOUND)),
+        listener_filters: vec![listener_filter(
+            "envoy.filters.listener.original_dst",
+            pack_any(OriginalDst::default()),
+        )],
+        filter_chains: chains,
+        traffic_direction: TrafficDirection::Outbound as i32,
+        ..Default::default()
+    })
+}
+
+/// `rds-outbound.<port>` route configurations; short host names depend on the client's namespace.
+fn outbound_routes(upstream: &[ServiceView], client_ns: &str) -> Vec<Resource> {
+    let mut routes: BTreeMap<u16, Vec<VirtualHost>> = BTreeMap::new();
+    let mut used_domains: HashMap<u16, BTreeSet<String>> = HashMap::new();
+    for svc in upstream {
+        for port in svc.ports.iter().filter(|p| p.protocol.is_http()) {
+            if outbound_prefixes(svc, port).is_empty() {
+                continue;
+            }
+            let used = used_domains.entry(port.port).or_default();
+            let domains: Vec<String> =
+                hostnames(svc, port.port, client_ns).into_iter().filter(|d| used.insert(d.clone())).collect();
+            routes.entry(port.port).or_default().push(VirtualHost {
+                name: format!("outbound_virtual-host|{}", svc.key.fqdn()),
+                domains,
+                routes: vec![route_to(&port.cluster_name(&svc.key))],
+                ..Default::default()
+            });
+        }
+    }
+    routes
+        .into_iter()
+        .map(|(port, vhosts)| {
+            let name = format!("rds-outbound.{port}");
+            let rc = RouteConfiguration {
                 name: name.clone(),
                 virtual_hosts: vhosts,
                 validate_clusters: Some(BoolValue { value: false }),
                 ..Default::default()
-            },
-        )?;
-    }
-    if !outbound_chains.is_empty() {
-        b.add(
-            ResourceType::Listener,
-            OUTBOUND_LISTENER,
-            Listener {
-                name: OUTBOUND_LISTENER.to_owned(),
-                address: Some(any_addr(ports::OUTBOUND)),
-                listener_filters: vec![listener_filter(
-                    "envoy.filters.listener.original_dst",
-                    pack_any(OriginalDst::default()),
-                )],
-                filter_chains: outbound_chains,
-                traffic_direction: TrafficDirection::Outbound as i32,
-                ..Default::default()
-            },
-        )?;
-    }
+            };
+            resource(&name, rc)
+        })
+        .collect()
+}
 
-    // --- Inbound: mTLS-terminating filter chains to local clusters -------------------------------
+fn upstream_root_secret(svc: &ServiceView, trust_domain: &str, bundle: &str) -> Resource {
+    let name = upstream_root_name(&svc.key);
+    let sans = svc
+        .identities
+        .iter()
+        .map(|id| SubjectAltNameMatcher {
+            san_type: subject_alt_name_matcher::SanType::Dns as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(id.principal(trust_domain))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    resource(
+        &name,
+        Secret {
+            name: name.clone(),
+            r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(inline(bundle)),
+                match_typed_subject_alt_names: sans,
+                ..Default::default()
+            })),
+        },
+    )
+}
+
+/// Builds a consistent snapshot for one proxy, sharing encodings through `cache` with the other proxies of
+/// the same batch.
+pub fn build_with(
+    view: &ProxyView,
+    certs: CertInput<'_>,
+    cache: &mut BuildCache,
+) -> Result<ProxySnapshot, SnapshotError> {
+    let mut b = Builder { snap: ProxySnapshot::default(), refs: Vec::new() };
+    let identity = view.identity();
+    let own_cert = identity.sds_cert_name();
+    let bundle_fp = fingerprint(certs.trust_bundle_pem);
+    let td = &view.trust_domain;
+
+    // --- SDS -------------------------------------------------------------------------------------
+    let key = format!("sds-cert|{identity}|{:x}", fingerprint(&(certs.cert_pem, certs.key_pem)));
+    let cert = cache.get_or_make(key, || {
+        vec![resource(
+            &own_cert,
+            Secret {
+                name: own_cert.clone(),
+                r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                    certificate_chain: Some(inline(certs.cert_pem)),
+                    private_key: Some(inline(certs.key_pem)),
+                    ..Default::default()
+                })),
+            },
+        )]
+    });
+    b.add_all(ResourceType::Secret, cert)?;
+    let inbound_root = cache.get_or_make(format!("sds-root-in|{bundle_fp:x}"), || {
+        vec![resource(
+            ROOT_CERT_INBOUND,
+            Secret {
+                name: ROOT_CERT_INBOUND.to_owned(),
+                r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
+                    trusted_ca: Some(inline(certs.trust_bundle_pem)),
+                    ..Default::default()
+                })),
+            },
+        )]
+    });
+    b.add_all(ResourceType::Secret, inbound_root)?;
+
+    // --- Outbound: secrets, clusters and endpoints per upstream Service; one listener; routes ----
+    let mut clusters_done = BTreeSet::new();
+    for svc in &view.upstream {
+        let svc_fp = fingerprint(svc);
+        let root_name = upstream_root_name(&svc.key);
+        let key = format!("sds-root-out|{}|{:x}|{bundle_fp:x}|{td}", svc.key, fingerprint(&svc.identities));
+        let root = cache.get_or_make(key, || vec![upstream_root_secret(svc, td, certs.trust_bundle_pem)]);
+        b.add_all(ResourceType::Secret, root)?;
+
+        for port in &svc.ports {
+            let cluster_name = port.cluster_name(&svc.key);
+            if !clusters_done.insert(cluster_name.clone()) {
+                continue;
+            }
+            let key = format!("cds|{cluster_name}|{identity}|{svc_fp:x}");
+            let cluster = cache.get_or_make(key, || {
+                vec![resource(
+                    &cluster_name,
+                    upstream_cluster(svc, port.protocol, &cluster_name, &own_cert, &root_name),
+                )]
+            });
+            b.add_all(ResourceType::Cluster, cluster)?;
+            let key = format!("eds|{cluster_name}|{:x}", fingerprint(&port.endpoints));
+            let cla = cache
+                .get_or_make(key, || vec![resource(&cluster_name, load_assignment(&cluster_name, &port.endpoints))]);
+            b.add_all(ResourceType::Endpoint, cla)?;
+            b.refer(ResourceType::Endpoint, &cluster_name, &cluster_name);
+            b.refer(ResourceType::Secret, &root_name, &cluster_name);
+            b.refer(ResourceType::Secret, &own_cert, &cluster_name);
+            if port.protocol.is_http() && !outbound_prefixes(svc, port).is_empty() {
+                b.refer(ResourceType::Route, &format!("rds-outbound.{}", port.port), OUTBOUND_LISTENER);
+            }
+        }
+    }
+    let upstream_fp = fingerprint(&view.upstream);
+    let listener = cache.get_or_make(format!("lds-out|{upstream_fp:x}"), || {
+        outbound_listener(&view.upstream).map(|l| resource(OUTBOUND_LISTENER, l)).into_iter().collect()
+    });
+    b.add_all(ResourceType::Listener, listener)?;
+    let routes = cache.get_or_make(format!("rds-out|{}|{upstream_fp:x}", view.pod.namespace), || {
+        outbound_routes(&view.upstream, &view.pod.namespace)
+    });
+    b.add_all(ResourceType::Route, routes)?;
+
+    // --- Inbound: mTLS-terminating filter chains to local clusters (per pod, not shared) ---------
     let mut inbound_chains = Vec::new();
     let mut inbound_routes: BTreeMap<u16, Vec<VirtualHost>> = BTreeMap::new();
     let mut inbound_domains: HashMap<u16, BTreeSet<String>> = HashMap::new();
@@ -688,6 +789,32 @@ mod tests {
         assert_eq!(m.application_protocols, vec!["osm"]);
         assert!(snap.get(ResourceType::Cluster).resources.contains_key("demo/web|8080|local"));
         assert!(snap.get(ResourceType::Route).resources.contains_key("rds-inbound.8080"));
+    }
+
+    #[test]
+    fn a_batch_shares_encodings_and_matches_unshared_builds() {
+        let mut cache = BuildCache::new();
+        let client = view_for("client");
+        let mut twin = client.clone();
+        twin.pod.name = "client-2".into();
+        let a = build_with(&client, CERTS, &mut cache).unwrap();
+        let b = build_with(&twin, CERTS, &mut cache).unwrap();
+        assert_eq!(a, build(&client, CERTS).unwrap());
+        assert_eq!(a, b);
+        for ty in ResourceType::ALL {
+            for (name, r) in &a.get(ty).resources {
+                assert!(Arc::ptr_eq(r, &b.get(ty).resources[name]), "{ty} {name} was encoded twice");
+            }
+        }
+        assert!(cache.hits > 0);
+        // The server shares the outbound parts with the client but not its identity-specific clusters.
+        let server = build_with(&view_for("web-1"), CERTS, &mut cache).unwrap();
+        let l = &server.get(ResourceType::Listener).resources[OUTBOUND_LISTENER];
+        assert!(Arc::ptr_eq(l, &a.get(ResourceType::Listener).resources[OUTBOUND_LISTENER]));
+        assert!(!Arc::ptr_eq(
+            &server.get(ResourceType::Cluster).resources["demo/web|8080"],
+            &a.get(ResourceType::Cluster).resources["demo/web|8080"]
+        ));
     }
 
     #[test]

@@ -134,7 +134,7 @@ mod tests {
         for (name, body) in clusters {
             s.insert(
                 ResourceType::Cluster,
-                Resource::new(*name, Any { type_url: "t".into(), value: body.as_bytes().to_vec() }),
+                Arc::new(Resource::new(*name, Any { type_url: "t".into(), value: body.as_bytes().to_vec() })),
             )
             .unwrap();
         }

@@ -13,7 +13,7 @@ pub mod server;
 pub mod snapshot;
 pub mod sotw;
 
-pub use builder::{CertInput, build};
+pub use builder::{BuildCache, CertInput, build, build_with};
 pub use server::{AdsStream, ServerTls, SessionHandler, serve};
 pub use snapshot::{ProxySnapshot, Resource, ResourceType, SnapshotError};
 

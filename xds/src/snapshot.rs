@@ -138,12 +138,12 @@ impl ProxySnapshot {
         &self.types[ty.index()]
     }
 
-    pub fn insert(&mut self, ty: ResourceType, r: Resource) -> Result<(), SnapshotError> {
+    pub fn insert(&mut self, ty: ResourceType, r: Arc<Resource>) -> Result<(), SnapshotError> {
         let map = &mut self.types[ty.index()].resources;
         if map.contains_key(&r.name) {
-            return Err(SnapshotError::Duplicate { kind: ty, name: r.name });
+            return Err(SnapshotError::Duplicate { kind: ty, name: r.name.clone() });
         }
-        map.insert(r.name.clone(), Arc::new(r));
+        map.insert(r.name.clone(), r);
         Ok(())
     }
 

@@ -138,12 +138,15 @@ mod tests {
 
     fn snap(eds: &[(&str, &str)]) -> Arc<ProxySnapshot> {
         let mut s = ProxySnapshot::default();
-        s.insert(ResourceType::Cluster, Resource::new("c1", Any { type_url: "t".into(), value: b"c1".to_vec() }))
-            .unwrap();
+        s.insert(
+            ResourceType::Cluster,
+            Arc::new(Resource::new("c1", Any { type_url: "t".into(), value: b"c1".to_vec() })),
+        )
+        .unwrap();
         for (name, body) in eds {
             s.insert(
                 ResourceType::Endpoint,
-                Resource::new(*name, Any { type_url: "t".into(), value: body.as_bytes().to_vec() }),
+                Arc::new(Resource::new(*name, Any { type_url: "t".into(), value: body.as_bytes().to_vec() })),
             )
             .unwrap();
         }

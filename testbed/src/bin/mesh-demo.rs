@@ -32,7 +32,12 @@ fn main() -> anyhow::Result<()> {
     }
     println!("building and starting the controller on {} ...", source.display());
     let mut mesh = LocalMesh::start(opts, Binaries::locate()?).context("starting the mesh")?;
-    for (ns, name) in [("bookstore", "bookstore-v1"), ("bookstore", "bookstore-v2"), ("warehouse", "stock-1"), ("bookbuyer", "bookbuyer")] {
+    for (ns, name) in [
+        ("bookstore", "bookstore-v1"),
+        ("bookstore", "bookstore-v2"),
+        ("warehouse", "stock-1"),
+        ("bookbuyer", "bookbuyer"),
+    ] {
         let pod = mesh.add_pod(ns, name).with_context(|| format!("starting pod {ns}/{name}"))?;
         println!("pod {ns}/{name:<13} ip {:<11} sidecar {} ready", pod.ip, pod.uuid);
     }
@@ -53,7 +58,10 @@ fn main() -> anyhow::Result<()> {
         println!("  HTTP #{n:<3} bookbuyer -> bookstore.bookstore:80  {status}  {body}");
         if n % 3 == 0 {
             let out = mesh.app("bookbuyer/bookbuyer", &["tcp-send", "10.96.1.20:9000", &format!("restock {n}")])?;
-            println!("  TCP  #{n:<3} bookbuyer -> stock.warehouse:9000  {}", String::from_utf8_lossy(&out.stdout).trim());
+            println!(
+                "  TCP  #{n:<3} bookbuyer -> stock.warehouse:9000  {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
