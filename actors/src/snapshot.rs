@@ -110,13 +110,14 @@ impl SnapshotActor {
                             None => Err("the proxy's pod is no longer in the mesh".to_owned()),
                             Some(view) => match certs.get(&view.identity()) {
                                 None => Err(format!("no certificate for {}", view.identity())),
-                                Some(cert) => xds::build(
+                                Some(cert) => xds::build_with(
                                     &view,
                                     CertInput {
                                         cert_pem: &cert.cert_pem,
                                         key_pem: &cert.key_pem,
                                         trust_bundle_pem: &root,
                                     },
+                                    &mut cache,
                                 )
                                 .map(Arc::new)
                                 .map_err(|e| format!("build failed: {e}")),

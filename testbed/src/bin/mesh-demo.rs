@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         let status = text.lines().next().unwrap_or("no answer");
         let body = text.lines().nth(1).unwrap_or("").trim();
         println!("  HTTP #{n:<3} bookbuyer -> bookstore.bookstore:80  {status}  {body}");
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             let out = mesh.app("bookbuyer/bookbuyer", &["tcp-send", "10.96.1.20:9000", &format!("restock {n}")])?;
             println!(
                 "  TCP  #{n:<3} bookbuyer -> stock.warehouse:9000  {}",
