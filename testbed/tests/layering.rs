@@ -1,6 +1,8 @@
 //! The crate dependency rule, checked against the resolved dependency graph: `messages` is the shared
 //! vocabulary, `xds` never pulls in a Kubernetes client, `k8s` never gRPC, and only `actors` knows actix.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure report
+
 use std::process::Command;
 
 fn deps(package: &str) -> Vec<String> {
