@@ -48,6 +48,18 @@ pub enum ControllerError {
 
 /// Runs the controller until `shutdown` resolves. Must run inside an actix `System`.
 pub async fn run(config: ControllerConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), ControllerError> {
+    let listener = tokio::net::TcpListener::bind(config.ads_addr)
+        .await
+        .map_err(|source| ControllerError::Bind { addr: config.ads_addr, source })?;
+    run_on(config, listener, shutdown).await
+}
+
+/// Like [`run`], on an already-bound ADS listener (tests bind port 0).
+pub async fn run_on(
+    config: ControllerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ControllerError> {
     if !config.mesh_dir.is_dir() {
         return Err(ControllerError::MeshDir(config.mesh_dir.clone(), "not a directory".to_owned()));
     }
@@ -79,10 +91,8 @@ pub async fn run(config: ControllerConfig, shutdown: impl Future<Output = ()> + 
         key_pem: server_cert.key_pem,
         client_ca_pem: ca.root_pem().to_owned(),
     };
-    let listener = tokio::net::TcpListener::bind(config.ads_addr)
-        .await
-        .map_err(|source| ControllerError::Bind { addr: config.ads_addr, source })?;
-    tracing::info!(addr = %config.ads_addr, mesh_dir = %config.mesh_dir.display(), "ADS server listening (mTLS)");
+    let addr = listener.local_addr().unwrap_or(config.ads_addr);
+    tracing::info!(addr = %addr, mesh_dir = %config.mesh_dir.display(), "ADS server listening (mTLS)");
     let result = xds::serve(listener, tls, manager, shutdown).await;
     for a in arbiters {
         a.stop();
