@@ -4,7 +4,7 @@
 use actix::prelude::*;
 use messages::{Dirty, MeshCatalog, ProxyId, ProxyUuid, ProxyView, SourceEvent, VerifyError};
 
-use crate::snapshot::{MarkDirty, SnapshotActor};
+use crate::snapshot::{ConnectSnapshots, MarkDirty, SnapshotActor};
 
 /// A batch of source events; answered once the catalog applied them and the snapshot actor took the
 /// dirty set, so a fast source slows down instead of queueing without bound.
@@ -44,10 +44,6 @@ impl Actor for CatalogActor {
         ctx.set_mailbox_capacity(1024);
     }
 }
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ConnectSnapshots(pub Addr<SnapshotActor>);
 
 impl Handler<ConnectSnapshots> for CatalogActor {
     type Result = ();

@@ -9,7 +9,7 @@ use actix::prelude::*;
 use certs::{CertificateAuthority, IssuedCert};
 use messages::ServiceIdentity;
 
-use crate::snapshot::{IdentitiesRenewed, SnapshotActor};
+use crate::snapshot::{ConnectSnapshots, IdentitiesRenewed, SnapshotActor};
 
 /// Certificates for these identities (issued on first request).
 #[derive(Message)]
@@ -73,10 +73,6 @@ impl CertActor {
 impl Actor for CertActor {
     type Context = Context<Self>;
 }
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ConnectSnapshots(pub Addr<SnapshotActor>);
 
 impl Handler<ConnectSnapshots> for CertActor {
     type Result = ();

@@ -69,8 +69,8 @@ pub async fn run_on(
     let cert_actor = certs::CertActor::new(ca.clone(), config.service_cert_validity).start();
     let snapshots = snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), ca.root_pem()).start();
     // Mailbox errors only happen when an actor is gone, which cannot be the case for ones just started.
-    let _ = catalog.send(catalog::ConnectSnapshots(snapshots.clone())).await;
-    let _ = cert_actor.send(certs::ConnectSnapshots(snapshots.clone())).await;
+    let _ = catalog.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
+    let _ = cert_actor.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
     let source = source::DirSourceActor::new(config.mesh_dir.clone(), catalog.clone(), config.scan_interval).start();
     // No config is served before the first full scan has reached the catalog.
     let _ = source.send(source::ScanNow).await;

@@ -27,6 +27,11 @@ pub enum ProxyState {
 #[rtype(result = "()")]
 pub struct MarkDirty(pub Dirty);
 
+/// Tells an actor that reports to the snapshot actor where it is (the actors are started in a cycle).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnectSnapshots(pub Addr<SnapshotActor>);
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct IdentitiesRenewed(pub Vec<ServiceIdentity>);

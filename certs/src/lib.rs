@@ -104,6 +104,16 @@ fn random_serial() -> Result<SerialNumber, CertError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
+/// Parameters with the subject every mesh certificate carries: the CN and the mesh's organization.
+fn params_for(cn: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn.push(DnType::OrganizationName, CA_ORGANIZATION);
+    params.distinguished_name = dn;
+    params
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -112,11 +122,7 @@ impl CertificateAuthority {
     /// A new self-signed root.
     pub fn generate(trust_domain: &str) -> Result<Self, CertError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, CA_COMMON_NAME);
-        dn.push(DnType::OrganizationName, CA_ORGANIZATION);
-        params.distinguished_name = dn;
+        let mut params = params_for(CA_COMMON_NAME);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
@@ -163,11 +169,7 @@ impl CertificateAuthority {
             return Err(CertError::Validity(validity));
         }
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, cn);
-        dn.push(DnType::OrganizationName, CA_ORGANIZATION);
-        params.distinguished_name = dn;
+        let mut params = params_for(cn);
         params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
