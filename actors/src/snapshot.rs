@@ -64,7 +64,15 @@ pub struct SnapshotActor {
     builds: u64,
 }
 
-type BuildResult = Vec<(ProxyUuid, Result<Arc<ProxySnapshot>, String>)>;
+/// The outcome of building one proxy.
+enum Built {
+    Ok(Arc<ProxySnapshot>),
+    /// No single pod has this proxy's UUID any more.
+    PodGone,
+    Failed(String),
+}
+
+type BuildResult = Vec<(ProxyUuid, Built)>;
 
 impl SnapshotActor {
     pub fn new(catalog: Addr<CatalogActor>, certs: Addr<CertActor>, root_pem: &str) -> Self {
@@ -79,10 +87,17 @@ impl SnapshotActor {
         }
     }
 
+    fn mark(&mut self, dirty: Dirty) {
+        let pending = std::mem::replace(&mut self.pending, Dirty::Nothing);
+        self.pending = pending.merge(dirty);
+    }
+
     fn kick(&mut self, ctx: &mut Context<Self>) {
         if self.building {
             return;
         }
+        // Sessions drop their receiver when they end; a proxy nobody watches needs no snapshot.
+        self.proxies.retain(|_, e| e.tx.receiver_count() > 0);
         let uuids: Vec<ProxyUuid> = match std::mem::replace(&mut self.pending, Dirty::Nothing) {
             Dirty::Nothing => return,
             Dirty::All => self.proxies.keys().cloned().collect(),
@@ -92,6 +107,7 @@ impl SnapshotActor {
             return;
         }
         self.building = true;
+        let retry: BTreeSet<ProxyUuid> = uuids.iter().cloned().collect();
         let catalog = self.catalog.clone();
         let certs = self.certs.clone();
         let root = self.root_pem.clone();
@@ -112,10 +128,10 @@ impl SnapshotActor {
                     .into_iter()
                     .map(|(uuid, view)| {
                         let result = match view {
-                            None => Err("the proxy's pod is no longer in the mesh".to_owned()),
+                            None => Built::PodGone,
                             Some(view) => match certs.get(&view.identity()) {
-                                None => Err(format!("no certificate for {}", view.identity())),
-                                Some(cert) => xds::build_with(
+                                None => Built::Failed(format!("no certificate for {}", view.identity())),
+                                Some(cert) => match xds::build_with(
                                     &view,
                                     CertInput {
                                         cert_pem: &cert.cert_pem,
@@ -123,9 +139,10 @@ impl SnapshotActor {
                                         trust_bundle_pem: &root,
                                     },
                                     &mut cache,
-                                )
-                                .map(Arc::new)
-                                .map_err(|e| format!("build failed: {e}")),
+                                ) {
+                                    Ok(snap) => Built::Ok(Arc::new(snap)),
+                                    Err(e) => Built::Failed(format!("build failed: {e}")),
+                                },
                             },
                         };
                         (uuid, result)
@@ -141,10 +158,17 @@ impl SnapshotActor {
             act.building = false;
             act.builds += 1;
             match res {
-                Ok(results) => act.publish(results),
-                Err(e) => tracing::error!(error = %e, "snapshot build failed; proxies keep their last config"),
+                Ok(results) => {
+                    act.publish(results);
+                    act.kick(ctx);
+                }
+                Err(e) => {
+                    // Keep the proxies dirty and try again shortly; meanwhile they keep their last config.
+                    tracing::error!(error = %e, proxies = retry.len(), "snapshot build failed; retrying in 1s");
+                    act.mark(Dirty::Proxies(retry));
+                    ctx.run_later(std::time::Duration::from_secs(1), |act, ctx| act.kick(ctx));
+                }
             }
-            act.kick(ctx);
         }));
     }
 
@@ -152,7 +176,7 @@ impl SnapshotActor {
         for (uuid, result) in results {
             let Some(entry) = self.proxies.get(&uuid) else { continue };
             match result {
-                Ok(snap) => {
+                Built::Ok(snap) => {
                     entry.tx.send_if_modified(|cur| match cur {
                         ProxyState::Ready(old) if **old == *snap => false,
                         _ => {
@@ -162,11 +186,13 @@ impl SnapshotActor {
                     });
                     tracing::debug!(proxy = %uuid, resources = snap.len(), "snapshot published");
                 }
-                Err(reason) if reason.contains("no longer in the mesh") => {
+                Built::PodGone => {
                     tracing::info!(proxy = %uuid, "pod left the mesh; closing its session");
-                    entry.tx.send_replace(ProxyState::Gone(reason));
+                    entry.tx.send_replace(ProxyState::Gone("the proxy's pod is no longer in the mesh".to_owned()));
                 }
-                Err(reason) => tracing::error!(proxy = %uuid, error = %reason, "keeping the last good snapshot"),
+                Built::Failed(reason) => {
+                    tracing::error!(proxy = %uuid, error = %reason, "keeping the last good snapshot")
+                }
             }
         }
     }
@@ -183,8 +209,7 @@ impl Actor for SnapshotActor {
 impl Handler<MarkDirty> for SnapshotActor {
     type Result = ();
     fn handle(&mut self, msg: MarkDirty, ctx: &mut Self::Context) {
-        let pending = std::mem::replace(&mut self.pending, Dirty::Nothing);
-        self.pending = pending.merge(msg.0);
+        self.mark(msg.0);
         self.kick(ctx);
     }
 }
@@ -194,8 +219,7 @@ impl Handler<IdentitiesRenewed> for SnapshotActor {
     fn handle(&mut self, msg: IdentitiesRenewed, ctx: &mut Self::Context) {
         let set: BTreeSet<ProxyUuid> =
             self.proxies.iter().filter(|(_, e)| msg.0.contains(&e.identity)).map(|(u, _)| u.clone()).collect();
-        let pending = std::mem::replace(&mut self.pending, Dirty::Nothing);
-        self.pending = pending.merge(Dirty::Proxies(set));
+        self.mark(Dirty::Proxies(set));
         self.kick(ctx);
     }
 }
@@ -210,8 +234,7 @@ impl Handler<Subscribe> for SnapshotActor {
         let rx = entry.tx.subscribe();
         if matches!(*rx.borrow(), ProxyState::Pending | ProxyState::Gone(_)) {
             entry.tx.send_replace(ProxyState::Pending);
-            let pending = std::mem::replace(&mut self.pending, Dirty::Nothing);
-            self.pending = pending.merge(Dirty::Proxies(BTreeSet::from([msg.uuid])));
+            self.mark(Dirty::Proxies(BTreeSet::from([msg.uuid])));
             self.kick(ctx);
         }
         MessageResult(rx)
@@ -220,11 +243,14 @@ impl Handler<Subscribe> for SnapshotActor {
 
 impl Handler<Unsubscribe> for SnapshotActor {
     type Result = ();
-    fn handle(&mut self, msg: Unsubscribe, _: &mut Self::Context) {
-        // Another stream of the same proxy (a reconnect racing the old one) may still be watching.
-        if self.proxies.get(&msg.0).is_some_and(|e| e.tx.receiver_count() == 0) {
-            self.proxies.remove(&msg.0);
-        }
+    fn handle(&mut self, msg: Unsubscribe, ctx: &mut Self::Context) {
+        // The session's receiver is dropped just after it sends this; prune once it is gone. Another
+        // stream of the same proxy (a reconnect racing the old one) may still be watching.
+        ctx.run_later(std::time::Duration::from_millis(100), move |act, _| {
+            if act.proxies.get(&msg.0).is_some_and(|e| e.tx.receiver_count() == 0) {
+                act.proxies.remove(&msg.0);
+            }
+        });
     }
 }
 

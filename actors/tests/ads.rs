@@ -222,3 +222,20 @@ async fn delta_session_sends_changes_and_removals() {
     assert_eq!(removal.removed_resources, vec!["demo/web|8080"]);
     assert!(removal.resources.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_removed_from_the_mesh_loses_its_stream() {
+    let c = Controller::start();
+    let mut client = c.client("client-uuid", "client").await;
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(request(ResourceType::Cluster, &[], None)).await.unwrap();
+    let mut stream = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    next(&mut stream).await;
+    let without_client: String =
+        MESH.split("\n---\n").filter(|d| !d.contains("name: client")).collect::<Vec<_>>().join("\n---\n");
+    std::fs::write(c.mesh_dir().join("mesh.yaml"), without_client).unwrap();
+    let status =
+        tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("stream ends").unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(status.message().contains("no longer in the mesh"), "{}", status.message());
+}
