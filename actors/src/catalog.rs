@@ -2,7 +2,7 @@
 //! dirty, and answers proxy verification and view queries.
 
 use actix::prelude::*;
-use messages::{Dirty, MeshCatalog, ProxyId, ProxyUuid, ProxyView, SourceEvent, VerifyError};
+use messages::{Dirty, MeshCatalog, MeshSettings, ProxyId, ProxyUuid, ProxyView, SourceEvent, VerifyError};
 
 use crate::snapshot::{ConnectSnapshots, MarkDirty, SnapshotActor};
 
@@ -31,8 +31,10 @@ pub struct CatalogActor {
 }
 
 impl CatalogActor {
-    pub fn new(trust_domain: &str) -> Self {
-        Self { catalog: MeshCatalog::new(trust_domain), snapshots: None }
+    pub fn new(trust_domain: &str, settings: MeshSettings) -> Self {
+        let mut catalog = MeshCatalog::new(trust_domain);
+        catalog.set_settings(settings);
+        Self { catalog, snapshots: None }
     }
 }
 

@@ -32,6 +32,7 @@ pub struct ControllerConfig {
     pub ads_server_names: Vec<String>,
     /// Threads that run proxy sessions.
     pub session_threads: usize,
+    pub settings: messages::MeshSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +66,7 @@ pub async fn run_on(
     }
     let ca = Arc::new(CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)?);
 
-    let catalog = catalog::CatalogActor::new(&config.trust_domain).start();
+    let catalog = catalog::CatalogActor::new(&config.trust_domain, config.settings.clone()).start();
     let cert_actor = certs::CertActor::new(ca.clone(), config.service_cert_validity).start();
     let snapshots = snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), ca.root_pem()).start();
     // Mailbox errors only happen when an actor is gone, which cannot be the case for ones just started.

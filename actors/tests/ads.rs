@@ -60,6 +60,7 @@ impl Controller {
             service_cert_validity: Duration::from_secs(3600),
             ads_server_names: vec![],
             session_threads: 2,
+            settings: Default::default(),
         };
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -141,7 +142,7 @@ async fn sotw_session_serves_acks_quietly_and_survives_a_nack() {
     let mut stream = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
     let cds = next(&mut stream).await;
     assert_eq!(cds.type_url, ResourceType::Cluster.type_url());
-    assert_eq!(cds.resources.len(), 1, "one upstream cluster: demo/web|8080");
+    assert_eq!(cds.resources.len(), 2, "one upstream cluster (demo/web|8080) and egress passthrough");
 
     tx.send(request(ResourceType::Cluster, &[], Some(&cds))).await.unwrap(); // ACK
     silent(&mut stream).await;
@@ -211,7 +212,10 @@ async fn delta_session_sends_changes_and_removals() {
     tx.send(sub("")).await.unwrap();
     let mut stream = client.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
     let first: DeltaDiscoveryResponse = next(&mut stream).await;
-    assert_eq!(first.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["demo/web|8080"]);
+    assert_eq!(
+        first.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        vec!["demo/web|8080", "passthrough-outbound"]
+    );
     tx.send(sub(&first.nonce)).await.unwrap(); // ACK
     silent(&mut stream).await;
 

@@ -77,6 +77,7 @@ pub struct ServiceView {
 pub struct ProxyView {
     pub pod: Pod,
     pub trust_domain: String,
+    pub settings: MeshSettings,
     /// Services this pod backs (inbound); `target_port` resolved for this pod, `endpoints` empty.
     pub local: Vec<ServiceView>,
     /// Services this pod may call (outbound).
@@ -94,6 +95,7 @@ type NsName = (String, String);
 #[derive(Debug, Clone, Default)]
 pub struct MeshCatalog {
     trust_domain: String,
+    settings: MeshSettings,
     namespaces: BTreeMap<String, Namespace>,
     services: BTreeMap<ServiceKey, Service>,
     endpoints: BTreeMap<ObjectKey, Endpoints>,
@@ -115,6 +117,19 @@ impl MeshCatalog {
 
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
+    }
+
+    pub fn settings(&self) -> &MeshSettings {
+        &self.settings
+    }
+
+    /// Replaces the mesh-wide settings; every proxy is dirty when they change.
+    pub fn set_settings(&mut self, settings: MeshSettings) -> Dirty {
+        if self.settings == settings {
+            return Dirty::Nothing;
+        }
+        self.settings = settings;
+        Dirty::All
     }
 
     /// True once a source has delivered its first full content (`Reset`); no config is served before.
@@ -315,7 +330,13 @@ impl MeshCatalog {
             .take_while(|(k, _)| k.namespace == pod.namespace)
             .filter_map(|(_, svc)| self.local_view(svc, pod))
             .collect();
-        Some(ProxyView { pod: pod.clone(), trust_domain: self.trust_domain.clone(), local, upstream })
+        Some(ProxyView {
+            pod: pod.clone(),
+            trust_domain: self.trust_domain.clone(),
+            settings: self.settings.clone(),
+            local,
+            upstream,
+        })
     }
 
     fn has_endpoint_objects(&self, svc: &ServiceKey) -> bool {

@@ -27,6 +27,20 @@ pub mod ports {
     pub const ADS: u16 = 15128;
 }
 
+/// Mesh-wide settings (MeshConfig). Defaults follow the Helm chart's preset.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MeshSettings {
+    /// `traffic.enableEgress`: traffic to destinations outside the mesh passes through the sidecar to its
+    /// original destination. Without it, only mesh Services are reachable.
+    pub enable_egress: bool,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        Self { enable_egress: true }
+    }
+}
+
 /// The kinds of object the mesh model understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {

@@ -136,6 +136,8 @@ pub struct MeshOptions {
     pub gateway: Ipv4Addr,
     pub prefix_len: u8,
     pub envoy_log_level: String,
+    /// Extra `osm-controller` flags, e.g. `--enable-egress false`.
+    pub controller_args: Vec<String>,
 }
 
 impl MeshOptions {
@@ -146,6 +148,7 @@ impl MeshOptions {
             gateway: Ipv4Addr::new(10, 244, 0, 1),
             prefix_len: 16,
             envoy_log_level: "warning".to_owned(),
+            controller_args: Vec::new(),
         }
     }
 }
@@ -157,7 +160,8 @@ pub struct PodRuntime {
     pub ip: Ipv4Addr,
     pub uuid: String,
     pub dir: PathBuf,
-    envoy: Child,
+    /// `None` for a host outside the mesh.
+    envoy: Option<Child>,
     netns: Netns,
 }
 
@@ -245,6 +249,7 @@ impl LocalMesh {
             .command(&bins.controller.display().to_string())
             .args(["--mesh-dir", &mesh_dir.display().to_string(), "--state-dir", &state_dir.display().to_string()])
             .args(["--ads-addr", &ads_addr, "--scan-interval-ms", "200"])
+            .args(&opts.controller_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(log_file(&controller_log)?)
@@ -368,8 +373,20 @@ impl LocalMesh {
             .map_err(|e| TestbedError::Setup(format!("starting Envoy for {key}: {e}")))?;
         self.pods.insert(
             key.clone(),
-            PodRuntime { key: key.clone(), ip, uuid: pod.proxy_uuid.to_string(), dir, envoy, netns },
+            PodRuntime { key: key.clone(), ip, uuid: pod.proxy_uuid.to_string(), dir, envoy: Some(envoy), netns },
         );
+        Ok(key)
+    }
+
+    /// A host on the pod network outside the mesh: no sidecar, no interception. Apps run in it as in a pod
+    /// (key `external/<name>`).
+    pub fn add_external_host(&mut self, name: &str, ip: Ipv4Addr) -> Result<String, TestbedError> {
+        let key = format!("external/{name}");
+        let dir = self.work.path().join("pods").join(key.replace('/', "_"));
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let netns = self.hub.attach(&name.chars().take(12).collect::<String>(), ip)?;
+        self.pods
+            .insert(key.clone(), PodRuntime { key: key.clone(), ip, uuid: String::new(), dir, envoy: None, netns });
         Ok(key)
     }
 
@@ -459,8 +476,11 @@ impl LocalMesh {
 
 impl Drop for LocalMesh {
     fn drop(&mut self) {
-        let children =
-            self.apps.iter_mut().chain(self.pods.values_mut().map(|p| &mut p.envoy)).chain(self.controller.as_mut());
+        let children = self
+            .apps
+            .iter_mut()
+            .chain(self.pods.values_mut().filter_map(|p| p.envoy.as_mut()))
+            .chain(self.controller.as_mut());
         for c in children {
             let _ = c.kill();
             let _ = c.wait();

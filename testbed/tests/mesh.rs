@@ -198,3 +198,39 @@ fn delta_mesh_serves_http_and_tcp_and_follows_edits() {
     .unwrap();
     assert!(http_get(&mesh, "http://10.96.0.10/").contains("server-1"));
 }
+
+/// A client pod and a host outside the mesh (no sidecar) serving HTTP on 10.244.9.1:8080.
+fn start_with_outside_host(controller_args: &[&str]) -> (LocalMesh, String) {
+    let mut opts = MeshOptions::new(fixture());
+    opts.controller_args = controller_args.iter().map(|s| s.to_string()).collect();
+    let mut mesh = LocalMesh::start(opts, bins()).expect("starting the local mesh");
+    mesh.add_pod("demo", "client").unwrap();
+    let outside = mesh.add_external_host("outside", "10.244.9.1".parse().unwrap()).unwrap();
+    mesh.spawn_app(&outside, &["http-server", "--port", "8080", "--name", "outside"]).unwrap();
+    (mesh, outside)
+}
+
+#[test]
+fn egress_passthrough_reaches_hosts_outside_the_mesh() {
+    let (mesh, _) = start_with_outside_host(&[]);
+    let body = http_get(&mesh, "http://10.244.9.1:8080/external");
+    assert!(body.contains("hello from outside"), "{body}");
+    // It went through the sidecar's passthrough cluster, not around it.
+    assert!(stat(&mesh, CLIENT, "cluster.passthrough-outbound.upstream_cx_total") >= 1);
+}
+
+#[test]
+fn without_egress_only_mesh_services_are_reachable() {
+    let (mesh, outside) = start_with_outside_host(&["--enable-egress", "false"]);
+    // The outside host is up (reachable from a host without a sidecar)...
+    mesh.eventually(WAIT, "the outside server to listen", || {
+        let out = mesh.app(&outside, &["get", "http://127.0.0.1:8080/"]).ok()?;
+        out.status.success().then_some(())
+    })
+    .unwrap();
+    // ...but the client's sidecar has nowhere to send traffic for it.
+    let out = mesh.app(CLIENT, &["get", "http://10.244.9.1:8080/", "--timeout-s", "2"]).unwrap();
+    assert!(!out.status.success(), "egress must be blocked: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(mesh.stat(CLIENT, "cluster.passthrough-outbound.upstream_cx_total").unwrap(), None);
+    assert!(stat(&mesh, CLIENT, "listener.0.0.0.0_15001.no_filter_chain_match") >= 1);
+}

@@ -44,13 +44,16 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOption
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration as PbDuration, UInt32Value};
 use envoy_types::util::pack_any;
-use messages::{AppProtocol, ProxyView, ResolvedPort, ServiceKey, ServiceView, ports};
+use messages::{AppProtocol, MeshSettings, ProxyView, ResolvedPort, ServiceKey, ServiceView, ports};
 
 use crate::snapshot::{ProxySnapshot, Resource, ResourceType, SnapshotError};
 
 pub const OUTBOUND_LISTENER: &str = "outbound-listener";
 pub const INBOUND_LISTENER: &str = "inbound-listener";
 pub const ROOT_CERT_INBOUND: &str = "root-cert-for-mtls-inbound";
+/// Egress passthrough: the outbound listener's default chain and its original-destination cluster.
+pub const EGRESS_CHAIN: &str = "outbound-egress-filter-chain";
+pub const PASSTHROUGH_CLUSTER: &str = "passthrough-outbound";
 /// ALPN the mesh's upstream TLS offers; the inbound filter chains match on it.
 pub const MESH_ALPN: &str = "osm";
 
@@ -309,7 +312,7 @@ fn outbound_prefixes(svc: &ServiceView, port: &ResolvedPort) -> Vec<CidrRange> {
     }
 }
 
-fn outbound_listener(upstream: &[ServiceView]) -> Option<Listener> {
+fn outbound_listener(upstream: &[ServiceView], settings: &MeshSettings) -> Option<Listener> {
     let mut chains = Vec::new();
     for svc in upstream {
         for port in &svc.ports {
@@ -336,7 +339,13 @@ fn outbound_listener(upstream: &[ServiceView]) -> Option<Listener> {
             });
         }
     }
-    if chains.is_empty() {
+    // With egress enabled, whatever no mesh chain matches goes on to where the application sent it.
+    let default_chain = settings.enable_egress.then(|| FilterChain {
+        name: EGRESS_CHAIN.to_owned(),
+        filters: vec![tcp_proxy_filter(PASSTHROUGH_CLUSTER, &format!("egress-tcp-proxy.{PASSTHROUGH_CLUSTER}"))],
+        ..Default::default()
+    });
+    if chains.is_empty() && default_chain.is_none() {
         return None;
     }
     Some(Listener {
@@ -347,6 +356,7 @@ fn outbound_listener(upstream: &[ServiceView]) -> Option<Listener> {
             pack_any(OriginalDst::default()),
         )],
         filter_chains: chains,
+        default_filter_chain: default_chain,
         traffic_direction: TrafficDirection::Outbound as i32,
         ..Default::default()
     })
@@ -492,10 +502,17 @@ pub fn build_with(
         }
     }
     let upstream_fp = fingerprint(&view.upstream);
-    let listener = cache.get_or_make(format!("lds-out|{upstream_fp:x}"), || {
-        outbound_listener(&view.upstream).map(|l| resource(OUTBOUND_LISTENER, l)).into_iter().collect()
+    let settings_fp = fingerprint(&view.settings);
+    let listener = cache.get_or_make(format!("lds-out|{upstream_fp:x}|{settings_fp:x}"), || {
+        outbound_listener(&view.upstream, &view.settings).map(|l| resource(OUTBOUND_LISTENER, l)).into_iter().collect()
     });
     b.add_all(ResourceType::Listener, listener)?;
+    if view.settings.enable_egress {
+        let passthrough = cache
+            .get_or_make("cds-passthrough".to_owned(), || vec![resource(PASSTHROUGH_CLUSTER, passthrough_cluster())]);
+        b.add_all(ResourceType::Cluster, passthrough)?;
+        b.refer(ResourceType::Cluster, PASSTHROUGH_CLUSTER, EGRESS_CHAIN);
+    }
     let routes = cache.get_or_make(format!("rds-out|{}|{upstream_fp:x}", view.pod.namespace), || {
         outbound_routes(&view.upstream, &view.pod.namespace)
     });
@@ -640,6 +657,17 @@ fn upstream_cluster(svc: &ServiceView, protocol: AppProtocol, name: &str, own_ce
     }
 }
 
+/// Sends a connection to the address it was originally sent to (egress passthrough).
+fn passthrough_cluster() -> Cluster {
+    Cluster {
+        name: PASSTHROUGH_CLUSTER.to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::OriginalDst as i32)),
+        lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(seconds(1)),
+        ..Default::default()
+    }
+}
+
 fn local_cluster_resource(name: &str, port: u16) -> Cluster {
     Cluster {
         name: name.to_owned(),
@@ -742,7 +770,7 @@ mod tests {
     #[test]
     fn client_gets_outbound_config_with_osm_names() {
         let snap = build(&view_for("client"), CERTS).unwrap();
-        assert_eq!(names(&snap, ResourceType::Cluster), vec!["demo/echo|7000", "demo/web|8080"]);
+        assert_eq!(names(&snap, ResourceType::Cluster), vec!["demo/echo|7000", "demo/web|8080", PASSTHROUGH_CLUSTER]);
         assert_eq!(names(&snap, ResourceType::Endpoint), vec!["demo/echo|7000", "demo/web|8080"]);
         assert_eq!(names(&snap, ResourceType::Listener), vec![OUTBOUND_LISTENER]);
         assert_eq!(names(&snap, ResourceType::Route), vec!["rds-outbound.80"]);
@@ -775,6 +803,23 @@ mod tests {
         let Some(secret::Type::ValidationContext(vc)) = s.r#type else { panic!() };
         let san = vc.match_typed_subject_alt_names[0].matcher.clone().unwrap().match_pattern.unwrap();
         assert_eq!(san, string_matcher::MatchPattern::Exact("web.demo.cluster.local".into()));
+    }
+
+    #[test]
+    fn egress_passthrough_follows_the_setting() {
+        let mut view = view_for("client");
+        let snap = build(&view, CERTS).unwrap();
+        let l = Listener::decode(snap.get(ResourceType::Listener).resources[OUTBOUND_LISTENER].body.value.as_slice())
+            .unwrap();
+        assert_eq!(l.default_filter_chain.unwrap().name, EGRESS_CHAIN);
+        view.settings.enable_egress = false;
+        let snap = build(&view, CERTS).unwrap();
+        assert!(!snap.get(ResourceType::Cluster).resources.contains_key(PASSTHROUGH_CLUSTER));
+        let l = Listener::decode(snap.get(ResourceType::Listener).resources[OUTBOUND_LISTENER].body.value.as_slice())
+            .unwrap();
+        assert!(l.default_filter_chain.is_none());
+        view.upstream.clear();
+        assert!(build(&view, CERTS).unwrap().get(ResourceType::Listener).resources.is_empty());
     }
 
     #[test]

@@ -47,6 +47,10 @@ struct ServeArgs {
     /// Threads running proxy sessions (default: one per core).
     #[arg(long)]
     session_threads: Option<usize>,
+    /// Let traffic to destinations outside the mesh pass through the sidecars (MeshConfig
+    /// `traffic.enableEgress`); with `false` only mesh Services are reachable.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    enable_egress: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +114,7 @@ fn serve(mesh_dir: PathBuf, state_dir: PathBuf, trust_domain: String, args: Serv
         session_threads: args
             .session_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+        settings: messages::MeshSettings { enable_egress: args.enable_egress },
     };
     let system = actix_rt::System::new();
     system.block_on(async move {
