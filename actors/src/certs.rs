@@ -11,10 +11,16 @@ use messages::ServiceIdentity;
 
 use crate::snapshot::{ConnectSnapshots, IdentitiesRenewed, SnapshotActor};
 
-/// Certificates for these identities (issued on first request).
+/// Certificates for these identities (issued on first request). One identity that cannot be issued does
+/// not hold back the others.
 #[derive(Message)]
-#[rtype(result = "Result<HashMap<ServiceIdentity, Arc<IssuedCert>>, Arc<certs::CertError>>")]
+#[rtype(result = "HashMap<ServiceIdentity, Result<Arc<IssuedCert>, String>>")]
 pub struct GetCerts(pub Vec<ServiceIdentity>);
+
+/// Identities no connected proxy uses any more: stop renewing them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Forget(pub Vec<ServiceIdentity>);
 
 pub struct CertActor {
     ca: Arc<CertificateAuthority>,
@@ -82,18 +88,33 @@ impl Handler<ConnectSnapshots> for CertActor {
 }
 
 impl Handler<GetCerts> for CertActor {
-    type Result = Result<HashMap<ServiceIdentity, Arc<IssuedCert>>, Arc<certs::CertError>>;
+    type Result = MessageResult<GetCerts>;
 
     fn handle(&mut self, msg: GetCerts, ctx: &mut Self::Context) -> Self::Result {
         let mut out = HashMap::new();
         for id in msg.0 {
             let cert = match self.cache.get(&id) {
-                Some(c) => c.clone(),
-                None => self.issue(&id, ctx).map_err(Arc::new)?,
+                Some(c) => Ok(c.clone()),
+                None => self.issue(&id, ctx).map_err(|e| {
+                    tracing::error!(identity = %id, error = %e, "cannot issue service certificate");
+                    e.to_string()
+                }),
             };
             out.insert(id, cert);
         }
-        Ok(out)
+        MessageResult(out)
+    }
+}
+
+impl Handler<Forget> for CertActor {
+    type Result = ();
+    fn handle(&mut self, msg: Forget, _: &mut Self::Context) {
+        for id in msg.0 {
+            // A pending renewal finds no cache entry and stops.
+            if self.cache.remove(&id).is_some() {
+                tracing::debug!(identity = %id, "certificate no longer needed");
+            }
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use xds::{CertInput, ProxySnapshot};
 
 use crate::catalog::{CatalogActor, GetViews};
-use crate::certs::{CertActor, GetCerts};
+use crate::certs::{CertActor, Forget, GetCerts};
 
 /// What a session sees of its proxy's configuration.
 #[derive(Debug, Clone)]
@@ -69,6 +69,9 @@ enum Built {
     Ok(Arc<ProxySnapshot>),
     /// No single pod has this proxy's UUID any more.
     PodGone,
+    /// The pod now runs as another service account than the one the proxy authenticated as: it must not
+    /// receive that identity's key.
+    IdentityChanged(ServiceIdentity),
     Failed(String),
 }
 
@@ -108,6 +111,9 @@ impl SnapshotActor {
         }
         self.building = true;
         let retry: BTreeSet<ProxyUuid> = uuids.iter().cloned().collect();
+        // The identity each proxy authenticated with; its pod must still run as that identity.
+        let expected: HashMap<ProxyUuid, ServiceIdentity> =
+            uuids.iter().filter_map(|u| self.proxies.get(u).map(|e| (u.clone(), e.identity.clone()))).collect();
         let catalog = self.catalog.clone();
         let certs = self.certs.clone();
         let root = self.root_pem.clone();
@@ -118,8 +124,7 @@ impl SnapshotActor {
             let certs = certs
                 .send(GetCerts(identities.into_iter().collect()))
                 .await
-                .map_err(|e| format!("certificate actor unavailable: {e}"))?
-                .map_err(|e| format!("cannot issue service certificates: {e}"))?;
+                .map_err(|e| format!("certificate actor unavailable: {e}"))?;
             // Encoding is CPU work: keep it off the actor thread.
             tokio::task::spawn_blocking(move || {
                 // Proxies of one batch share every resource they see identically.
@@ -129,9 +134,13 @@ impl SnapshotActor {
                     .map(|(uuid, view)| {
                         let result = match view {
                             None => Built::PodGone,
+                            Some(view) if expected.get(&uuid) != Some(&view.identity()) => {
+                                Built::IdentityChanged(view.identity())
+                            }
                             Some(view) => match certs.get(&view.identity()) {
                                 None => Built::Failed(format!("no certificate for {}", view.identity())),
-                                Some(cert) => match xds::build_with(
+                                Some(Err(e)) => Built::Failed(format!("no certificate for {}: {e}", view.identity())),
+                                Some(Ok(cert)) => match xds::build_with(
                                     &view,
                                     CertInput {
                                         cert_pem: &cert.cert_pem,
@@ -190,6 +199,13 @@ impl SnapshotActor {
                     tracing::info!(proxy = %uuid, "pod left the mesh; closing its session");
                     entry.tx.send_replace(ProxyState::Gone("the proxy's pod is no longer in the mesh".to_owned()));
                 }
+                Built::IdentityChanged(now) => {
+                    tracing::warn!(proxy = %uuid, was = %entry.identity, now = %now, "pod changed service account; closing its session");
+                    entry.tx.send_replace(ProxyState::Gone(format!(
+                        "the pod now runs as {now}, not {}: bootstrap the sidecar again",
+                        entry.identity
+                    )));
+                }
                 Built::Failed(reason) => {
                     tracing::error!(proxy = %uuid, error = %reason, "keeping the last good snapshot")
                 }
@@ -217,8 +233,14 @@ impl Handler<MarkDirty> for SnapshotActor {
 impl Handler<IdentitiesRenewed> for SnapshotActor {
     type Result = ();
     fn handle(&mut self, msg: IdentitiesRenewed, ctx: &mut Self::Context) {
+        self.proxies.retain(|_, e| e.tx.receiver_count() > 0);
         let set: BTreeSet<ProxyUuid> =
             self.proxies.iter().filter(|(_, e)| msg.0.contains(&e.identity)).map(|(u, _)| u.clone()).collect();
+        let unused: Vec<ServiceIdentity> =
+            msg.0.into_iter().filter(|id| !self.proxies.values().any(|e| &e.identity == id)).collect();
+        if !unused.is_empty() {
+            self.certs.do_send(Forget(unused));
+        }
         self.mark(Dirty::Proxies(set));
         self.kick(ctx);
     }

@@ -243,3 +243,20 @@ async fn a_pod_removed_from_the_mesh_loses_its_stream() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert!(status.message().contains("no longer in the mesh"), "{}", status.message());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_changes_service_account_loses_its_stream_not_gains_a_key() {
+    let c = Controller::start();
+    let mut client = c.client("client-uuid", "client").await;
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(request(ResourceType::Cluster, &[], None)).await.unwrap();
+    let mut stream = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    next(&mut stream).await;
+    let moved = MESH.replace("spec: {serviceAccountName: client,", "spec: {serviceAccountName: web,");
+    assert_ne!(moved, MESH);
+    std::fs::write(c.mesh_dir().join("mesh.yaml"), moved).unwrap();
+    let status =
+        tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("stream ends").unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(status.message().contains("now runs as web.demo"), "{}", status.message());
+}

@@ -6,7 +6,7 @@
 //! `root-cert-for-mtls-inbound` and `root-cert-for-mtls-outbound:<ns>/<svc>`.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -209,13 +209,16 @@ fn hostnames(svc: &ServiceView, port: u16, client_ns: &str) -> Vec<String> {
     base.push(format!("{name}.{ns}.svc"));
     base.push(format!("{name}.{ns}.svc.cluster"));
     base.push(format!("{name}.{ns}.svc.cluster.local"));
-    if let Some(ip) = svc.cluster_ip {
-        base.push(ip.to_string());
-    }
-    let mut out = Vec::with_capacity(base.len() * 2);
+    let mut out = Vec::with_capacity(base.len() * 2 + 2);
     for h in base {
         out.push(format!("{h}:{port}"));
         out.push(h);
+    }
+    match svc.cluster_ip {
+        Some(IpAddr::V4(ip)) => out.extend([format!("{ip}:{port}"), ip.to_string()]),
+        // A Host header carries an IPv6 address in brackets.
+        Some(IpAddr::V6(ip)) => out.extend([format!("[{ip}]:{port}"), format!("[{ip}]")]),
+        None => {}
     }
     out
 }
@@ -305,18 +308,25 @@ pub fn build(view: &ProxyView, certs: CertInput<'_>) -> Result<ProxySnapshot, Sn
 
 /// Which destination addresses an outbound chain catches: the ClusterIP, or for a headless Service its
 /// endpoints.
-fn outbound_prefixes(svc: &ServiceView, port: &ResolvedPort) -> Vec<CidrRange> {
+fn outbound_prefixes(svc: &ServiceView, port: &ResolvedPort) -> Vec<IpAddr> {
     match svc.cluster_ip {
-        Some(ip) => vec![cidr(ip)],
-        None => port.endpoints.iter().map(|a| a.ip()).collect::<BTreeSet<_>>().into_iter().map(cidr).collect(),
+        Some(ip) => vec![ip],
+        None => port.endpoints.iter().map(|a| a.ip()).collect::<BTreeSet<_>>().into_iter().collect(),
     }
 }
 
 fn outbound_listener(upstream: &[ServiceView], settings: &MeshSettings) -> Option<Listener> {
     let mut chains = Vec::new();
+    // Each (port, address) may be matched by one chain only, or Envoy rejects the listener; two headless
+    // Services over the same pods would otherwise both claim those pods' addresses.
+    let mut claimed: HashSet<(u16, IpAddr)> = HashSet::new();
     for svc in upstream {
         for port in &svc.ports {
-            let prefixes = outbound_prefixes(svc, port);
+            let prefixes: Vec<CidrRange> = outbound_prefixes(svc, port)
+                .into_iter()
+                .filter(|ip| claimed.insert((port.port, *ip)))
+                .map(cidr)
+                .collect();
             if prefixes.is_empty() {
                 continue;
             }
@@ -481,6 +491,16 @@ pub fn build_with(
             if !clusters_done.insert(cluster_name.clone()) {
                 continue;
             }
+            // Service ports that lead to the same target port share the cluster: its endpoints are theirs
+            // together.
+            let endpoints: Vec<SocketAddr> = svc
+                .ports
+                .iter()
+                .filter(|p| p.target_port == port.target_port)
+                .flat_map(|p| p.endpoints.iter().copied())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
             let key = format!("cds|{cluster_name}|{identity}|{svc_fp:x}");
             let cluster = cache.get_or_make(key, || {
                 vec![resource(
@@ -489,9 +509,9 @@ pub fn build_with(
                 )]
             });
             b.add_all(ResourceType::Cluster, cluster)?;
-            let key = format!("eds|{cluster_name}|{:x}", fingerprint(&port.endpoints));
-            let cla = cache
-                .get_or_make(key, || vec![resource(&cluster_name, load_assignment(&cluster_name, &port.endpoints))]);
+            let key = format!("eds|{cluster_name}|{:x}", fingerprint(&endpoints));
+            let cla =
+                cache.get_or_make(key, || vec![resource(&cluster_name, load_assignment(&cluster_name, &endpoints))]);
             b.add_all(ResourceType::Endpoint, cla)?;
             b.refer(ResourceType::Endpoint, &cluster_name, &cluster_name);
             b.refer(ResourceType::Secret, &root_name, &cluster_name);
@@ -523,7 +543,14 @@ pub fn build_with(
     let mut inbound_routes: BTreeMap<u16, Vec<VirtualHost>> = BTreeMap::new();
     let mut inbound_domains: HashMap<u16, BTreeSet<String>> = HashMap::new();
     for svc in &view.local {
+        // Several Service ports may lead to one target port: they share one chain (the match would be
+        // identical) whose virtual host answers to every one of those ports.
+        let mut by_target: BTreeMap<u16, Vec<&ResolvedPort>> = BTreeMap::new();
         for port in &svc.ports {
+            by_target.entry(port.target_port).or_default().push(port);
+        }
+        for group in by_target.values() {
+            let port = group[0];
             let local_cluster = format!("{}|{}|local", svc.key, port.target_port);
             if clusters_done.insert(local_cluster.clone()) {
                 b.add(ResourceType::Cluster, &local_cluster, local_cluster_resource(&local_cluster, port.target_port))?;
@@ -533,8 +560,9 @@ pub fn build_with(
                 let rds = format!("rds-inbound.{}", port.target_port);
                 b.refer(ResourceType::Route, &rds, &chain_name);
                 let used = inbound_domains.entry(port.target_port).or_default();
-                let domains: Vec<String> = hostnames(svc, port.port, &svc.key.namespace)
-                    .into_iter()
+                let domains: Vec<String> = group
+                    .iter()
+                    .flat_map(|p| hostnames(svc, p.port, &svc.key.namespace))
                     .filter(|d| used.insert(d.clone()))
                     .collect();
                 inbound_routes.entry(port.target_port).or_default().push(VirtualHost {
@@ -820,6 +848,75 @@ mod tests {
         assert!(l.default_filter_chain.is_none());
         view.upstream.clear();
         assert!(build(&view, CERTS).unwrap().get(ResourceType::Listener).resources.is_empty());
+    }
+
+    fn port(name: &str, port: u16, target: u16, protocol: AppProtocol, eps: &[&str]) -> ResolvedPort {
+        ResolvedPort {
+            name: Some(name.into()),
+            port,
+            target_port: target,
+            protocol,
+            endpoints: eps.iter().map(|e| e.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn two_service_ports_on_one_target_port_share_one_inbound_chain() {
+        let mut view = view_for("web-1");
+        view.local.retain(|s| s.key.name == "web");
+        view.local[0].ports =
+            vec![port("http", 80, 8080, AppProtocol::Http, &[]), port("http-alt", 8080, 8080, AppProtocol::Http, &[])];
+        let snap = build(&view, CERTS).unwrap();
+        let l = Listener::decode(snap.get(ResourceType::Listener).resources[INBOUND_LISTENER].body.value.as_slice())
+            .unwrap();
+        assert_eq!(l.filter_chains.len(), 1);
+        let rc = RouteConfiguration::decode(
+            snap.get(ResourceType::Route).resources["rds-inbound.8080"].body.value.as_slice(),
+        )
+        .unwrap();
+        assert_eq!(rc.virtual_hosts.len(), 1);
+        let domains = &rc.virtual_hosts[0].domains;
+        assert!(domains.contains(&"web:80".to_owned()) && domains.contains(&"web:8080".to_owned()), "{domains:?}");
+    }
+
+    #[test]
+    fn overlapping_headless_services_never_claim_an_address_twice() {
+        let mut view = view_for("client");
+        let headless = |name: &str| ServiceView {
+            key: ServiceKey::new("demo", name),
+            cluster_ip: None,
+            ports: vec![port("tcp-pg", 5432, 5432, AppProtocol::Tcp, &["10.244.1.2:5432", "10.244.1.3:5432"])],
+            identities: Default::default(),
+        };
+        view.upstream = vec![headless("pg"), headless("pg-read")];
+        let snap = build(&view, CERTS).unwrap();
+        let l = Listener::decode(snap.get(ResourceType::Listener).resources[OUTBOUND_LISTENER].body.value.as_slice())
+            .unwrap();
+        let mut seen = BTreeSet::new();
+        for c in &l.filter_chains {
+            let m = c.filter_chain_match.as_ref().unwrap();
+            for p in &m.prefix_ranges {
+                assert!(
+                    seen.insert((m.destination_port.clone().unwrap().value, p.address_prefix.clone())),
+                    "{} claimed twice",
+                    p.address_prefix
+                );
+            }
+        }
+        assert_eq!(seen.len(), 2);
+    }
+
+    #[test]
+    fn ipv6_cluster_ips_are_bracketed_in_domains() {
+        let mut view = view_for("client");
+        view.upstream.retain(|s| s.key.name == "web");
+        view.upstream[0].cluster_ip = Some("fd00::a".parse().unwrap());
+        let snap = build(&view, CERTS).unwrap();
+        let rc = RouteConfiguration::decode(
+            snap.get(ResourceType::Route).resources["rds-outbound.80"].body.value.as_slice(),
+        )
+        .unwrap();
+        assert!(rc.virtual_hosts[0].domains.contains(&"[fd00::a]:80".to_owned()));
     }
 
     #[test]
