@@ -897,7 +897,7 @@ mod tests {
             let m = c.filter_chain_match.as_ref().unwrap();
             for p in &m.prefix_ranges {
                 assert!(
-                    seen.insert((m.destination_port.clone().unwrap().value, p.address_prefix.clone())),
+                    seen.insert((m.destination_port.unwrap().value, p.address_prefix.clone())),
                     "{} claimed twice",
                     p.address_prefix
                 );
