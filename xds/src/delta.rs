@@ -80,7 +80,25 @@ impl DeltaSession {
 
     pub fn on_snapshot(&mut self, snap: Arc<ProxySnapshot>) -> Vec<DeltaDiscoveryResponse> {
         self.snapshot = Some(snap);
-        ResourceType::ALL.into_iter().filter_map(|ty| self.respond(ty)).collect()
+        let mut out = Vec::new();
+        for ty in ResourceType::ALL {
+            let before = self.types.get(&ty).map(|t| t.held.clone()).unwrap_or_default();
+            if let Some(r) = self.respond(ty) {
+                if ty == ResourceType::Cluster {
+                    // Envoy re-warms an updated cluster and waits for its endpoints again, even unchanged
+                    // ones: forget that it holds them so they are sent after the cluster.
+                    let updated: Vec<&str> =
+                        r.resources.iter().filter(|x| before.contains_key(&x.name)).map(|x| x.name.as_str()).collect();
+                    if let Some(eds) = self.types.get_mut(&ResourceType::Endpoint) {
+                        for name in updated {
+                            eds.held.remove(name);
+                        }
+                    }
+                }
+                out.push(r);
+            }
+        }
+        out
     }
 
     fn respond(&mut self, ty: ResourceType) -> Option<DeltaDiscoveryResponse> {
@@ -162,6 +180,27 @@ mod tests {
         assert_eq!(r[0].resources[0].name, "a");
         assert_eq!(r[0].removed_resources, vec!["b"]);
         assert!(s.on_snapshot(snap(&[("a", "2")])).is_empty());
+    }
+
+    #[test]
+    fn an_updated_cluster_is_followed_by_its_endpoints() {
+        let mut s = DeltaSession::new();
+        let mut snapshot = ProxySnapshot::default();
+        let body = |v: &str| Any { type_url: "t".into(), value: v.as_bytes().to_vec() };
+        snapshot.insert(ResourceType::Cluster, Arc::new(Resource::new("a", body("c1")))).unwrap();
+        snapshot.insert(ResourceType::Endpoint, Arc::new(Resource::new("a", body("e1")))).unwrap();
+        s.on_snapshot(Arc::new(snapshot));
+        let cds = s.on_request(&req(ResourceType::Cluster, &[], "")).responses;
+        s.on_request(&req(ResourceType::Cluster, &[], &cds[0].nonce));
+        let eds = s.on_request(&req(ResourceType::Endpoint, &["a"], "")).responses;
+        assert_eq!(eds[0].resources.len(), 1);
+        let mut changed = ProxySnapshot::default();
+        changed.insert(ResourceType::Cluster, Arc::new(Resource::new("a", body("c2")))).unwrap();
+        changed.insert(ResourceType::Endpoint, Arc::new(Resource::new("a", body("e1")))).unwrap();
+        let out = s.on_snapshot(Arc::new(changed));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].type_url, ResourceType::Endpoint.type_url());
+        assert_eq!(out[1].resources[0].name, "a");
     }
 
     #[test]

@@ -5,12 +5,12 @@
 //! names; a request carrying an older nonce is stale and ignored; a NACK keeps Envoy on its last good
 //! config and is reported, and the same content is not sent again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
-use crate::snapshot::{ProxySnapshot, ResourceType, short_hash};
+use crate::snapshot::{ProxySnapshot, Resource, ResourceType, short_hash};
 
 /// A NACK reported by the proxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +37,8 @@ struct TypeState {
     last_version: Option<String>,
     /// Version and names of the last response, to skip sending identical content.
     last_sent: Option<(String, BTreeSet<String>)>,
+    /// Per-resource versions of the last response.
+    sent_versions: BTreeMap<String, String>,
     acked_version: Option<String>,
 }
 
@@ -92,7 +94,22 @@ impl SotwSession {
 
     pub fn on_snapshot(&mut self, snap: Arc<ProxySnapshot>) -> Vec<DiscoveryResponse> {
         self.snapshot = Some(snap);
-        ResourceType::ALL.into_iter().filter_map(|ty| self.respond(ty, false)).collect()
+        let mut out = Vec::new();
+        let mut clusters_changed = false;
+        for ty in ResourceType::ALL {
+            // Envoy re-warms an updated cluster and waits for its endpoints again, even unchanged ones:
+            // follow a cluster update with the endpoints.
+            let force = ty == ResourceType::Endpoint && clusters_changed;
+            let before = self.types.get(&ty).map(|t| t.sent_versions.clone()).unwrap_or_default();
+            if let Some(r) = self.respond(ty, force) {
+                if ty == ResourceType::Cluster {
+                    let after = &self.types[&ty].sent_versions;
+                    clusters_changed = before.iter().any(|(name, v)| after.get(name).is_some_and(|new| new != v));
+                }
+                out.push(r);
+            }
+        }
+        out
     }
 
     fn respond(&mut self, ty: ResourceType, force: bool) -> Option<DiscoveryResponse> {
@@ -108,12 +125,10 @@ impl SotwSession {
         if !force && state.last_sent.as_ref() == Some(&sent_key) {
             return None;
         }
-        let resources = res
-            .resources
-            .iter()
-            .filter(|(name, _)| scope.is_none_or(|n| n.contains(*name)))
-            .map(|(_, r)| r.body.clone())
-            .collect();
+        let included: Vec<&Arc<Resource>> =
+            res.resources.iter().filter(|(name, _)| scope.is_none_or(|n| n.contains(*name))).map(|(_, r)| r).collect();
+        state.sent_versions = included.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
+        let resources = included.iter().map(|r| r.body.clone()).collect();
         self.nonce += 1;
         let nonce = format!("{}-{}", self.nonce, short_hash(&[version.as_bytes()]));
         state.last_nonce = Some(nonce.clone());
@@ -206,6 +221,26 @@ mod tests {
         assert!(s.on_snapshot(snap(&[])).is_empty());
         let stale = s.on_request(&req(ResourceType::Cluster, &["x"], "0-old", ""));
         assert!(stale.responses.is_empty());
+    }
+
+    #[test]
+    fn an_updated_cluster_is_followed_by_its_endpoints() {
+        let mut s = SotwSession::new();
+        s.on_snapshot(snap(&[("c1", "1")]));
+        let cds = s.on_request(&req(ResourceType::Cluster, &[], "", "")).responses;
+        s.on_request(&req(ResourceType::Cluster, &[], &cds[0].nonce, &cds[0].version_info));
+        let eds = s.on_request(&req(ResourceType::Endpoint, &["c1"], "", "")).responses;
+        s.on_request(&req(ResourceType::Endpoint, &["c1"], &eds[0].nonce, &eds[0].version_info));
+        // Same endpoints, changed cluster: both are sent, clusters first.
+        let old = snap(&[("c1", "1")]);
+        let mut cluster = (*old.get(ResourceType::Cluster).resources["c1"]).clone();
+        cluster.version = "other".into();
+        let mut changed = ProxySnapshot::default();
+        changed.insert(ResourceType::Cluster, Arc::new(cluster)).unwrap();
+        changed.insert(ResourceType::Endpoint, old.get(ResourceType::Endpoint).resources["c1"].clone()).unwrap();
+        let out = s.on_snapshot(Arc::new(changed));
+        let types: Vec<&str> = out.iter().map(|r| r.type_url.as_str()).collect();
+        assert_eq!(types, vec![ResourceType::Cluster.type_url(), ResourceType::Endpoint.type_url()]);
     }
 
     #[test]
