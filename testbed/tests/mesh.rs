@@ -176,6 +176,7 @@ fn sotw_mesh_serves_http_and_tcp_follows_yaml_edits_and_refuses_strangers() {
     }
     // And the mesh still serves.
     assert!(http_get(&mesh, "http://10.96.0.10/").starts_with("status=200"));
+    cluster_update_keeps_endpoints(&mesh);
 }
 
 #[test]
@@ -197,6 +198,32 @@ fn delta_mesh_serves_http_and_tcp_and_follows_edits() {
     })
     .unwrap();
     assert!(http_get(&mesh, "http://10.96.0.10/").contains("server-1"));
+    cluster_update_keeps_endpoints(&mesh);
+}
+
+/// Switching the HTTP Service to plain TCP changes its cluster but not its endpoints; Envoy re-warms the
+/// cluster and must get the endpoints again, or the cluster would come up empty.
+fn cluster_update_keeps_endpoints(mesh: &LocalMesh) {
+    let text = std::fs::read_to_string(mesh.mesh_dir.join("server.yaml")).unwrap();
+    let as_tcp = text.replace(
+        "- {name: http, port: 80, targetPort: 8080}",
+        "- {name: http, port: 80, targetPort: 8080, appProtocol: tcp}",
+    );
+    assert_ne!(as_tcp, text);
+    mesh.write_mesh_file("server.yaml", &as_tcp).unwrap();
+    mesh.eventually(WAIT, "the client's listener to use tcp_proxy for the server", || {
+        let dump = mesh.admin(CLIENT, "/config_dump?resource=dynamic_listeners").ok()?;
+        dump.contains("outbound_demo/server_80_tcp").then_some(())
+    })
+    .unwrap();
+    mesh.eventually(WAIT, "no cluster left warming", || {
+        (mesh.stat(CLIENT, "cluster_manager.warming_clusters").ok()?? == 0).then_some(())
+    })
+    .unwrap();
+    // The endpoints came with the cluster: Envoy did not have to give up waiting for them.
+    assert_eq!(stat(mesh, CLIENT, "cluster.demo_server_8080.init_fetch_timeout"), 0);
+    // HTTP still flows, now proxied as TCP, to a cluster that kept its endpoint.
+    assert!(http_get(mesh, "http://10.96.0.10/tcp").contains("server-1 path=/tcp"));
 }
 
 /// A client pod and a host outside the mesh (no sidecar) serving HTTP on 10.244.9.1:8080.
