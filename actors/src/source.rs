@@ -1,7 +1,7 @@
 //! The directory source actor: scans the mesh directory on a timer and forwards changes to the catalog.
 //! A scan waits for the catalog to take its events before the next one starts.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,8 +14,8 @@ pub struct DirSourceActor {
     dir: YamlDir,
     catalog: Addr<CatalogActor>,
     interval: Duration,
-    /// Errors already reported, so a broken file is logged once per change, not once per scan.
-    reported: BTreeMap<PathBuf, String>,
+    /// Problems already reported, so each is logged once, not once per scan.
+    reported: BTreeSet<(PathBuf, String)>,
 }
 
 /// Scan now; answered once the catalog applied the result.
@@ -25,24 +25,22 @@ pub struct ScanNow;
 
 impl DirSourceActor {
     pub fn new(dir: PathBuf, catalog: Addr<CatalogActor>, interval: Duration) -> Self {
-        Self { dir: YamlDir::new(dir), catalog, interval, reported: BTreeMap::new() }
+        Self { dir: YamlDir::new(dir), catalog, interval, reported: BTreeSet::new() }
     }
 
     fn scan(&mut self) -> ResponseActFuture<Self, ()> {
         let scan = self.dir.scan();
-        let mut now_broken = BTreeMap::new();
-        for e in &scan.errors {
-            if self.reported.get(&e.path) != Some(&e.reason) {
-                tracing::error!(file = %e.path.display(), error = %e.reason, "mesh file rejected; its previous objects stay in force");
-            }
-            now_broken.insert(e.path.clone(), e.reason.clone());
+        // `scan.errors` lists every problem that holds now: log each once, and say when a file is fine again.
+        let now: BTreeSet<(PathBuf, String)> = scan.errors.iter().map(|e| (e.path.clone(), e.reason.clone())).collect();
+        for (path, reason) in now.difference(&self.reported) {
+            tracing::error!(file = %path.display(), error = %reason, "mesh file rejected; what it defined before stays in force");
         }
-        for path in self.reported.keys() {
-            if !now_broken.contains_key(path) {
-                tracing::info!(file = %path.display(), "mesh file accepted again");
-            }
+        let broken: BTreeSet<&PathBuf> = now.iter().map(|(p, _)| p).collect();
+        let fixed: BTreeSet<&PathBuf> = self.reported.iter().map(|(p, _)| p).filter(|p| !broken.contains(p)).collect();
+        for path in fixed {
+            tracing::info!(file = %path.display(), "mesh file problems resolved");
         }
-        self.reported = now_broken;
+        self.reported = now;
         let catalog = self.catalog.clone();
         let events = scan.events;
         Box::pin(

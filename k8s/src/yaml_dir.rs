@@ -48,6 +48,8 @@ pub struct YamlDir {
     files: BTreeMap<PathBuf, FileState>,
     /// What the catalog has been told, so each scan emits only differences.
     emitted: BTreeMap<ObjectKey, MeshObject>,
+    /// Which file each object's definition in force came from.
+    owners: BTreeMap<ObjectKey, PathBuf>,
     started: bool,
 }
 
@@ -149,7 +151,13 @@ fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 
 impl YamlDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), files: BTreeMap::new(), emitted: BTreeMap::new(), started: false }
+        Self {
+            root: root.into(),
+            files: BTreeMap::new(),
+            emitted: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            started: false,
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -165,7 +173,8 @@ impl YamlDir {
     }
 
     /// Reads the directory and reports what changed since the last scan. The first scan emits a `Reset`
-    /// with the full content; later scans emit `Apply`/`Delete`.
+    /// with the full content; later scans emit `Apply`/`Delete`. `errors` lists every problem that holds
+    /// now (not only new ones), so a caller can tell when one is fixed.
     pub fn scan(&mut self) -> Scan {
         let mut scan = Scan::default();
         let mut paths = Vec::new();
@@ -178,29 +187,37 @@ impl YamlDir {
         paths.sort();
         let present: BTreeSet<PathBuf> = paths.iter().cloned().collect();
         self.files.retain(|p, _| present.contains(p));
-        for path in paths {
-            if let Some(err) = self.refresh(&path) {
-                scan.errors.push(err);
-            }
+        for path in &paths {
+            self.refresh(path);
         }
+        scan.errors = self.broken_files();
 
-        // Desired state: the union of every file's objects; a key defined twice is an error of the later file.
-        let mut desired: BTreeMap<ObjectKey, MeshObject> = BTreeMap::new();
-        let mut owner: BTreeMap<ObjectKey, PathBuf> = BTreeMap::new();
+        // Desired state: the union of every file's objects. An object defined in several files keeps the
+        // definition that was in force (so adding a file never silently takes an object over); a new one
+        // takes the first file in path order.
+        let mut definitions: BTreeMap<ObjectKey, Vec<(&PathBuf, &MeshObject)>> = BTreeMap::new();
         for (path, state) in &self.files {
             for obj in &state.objects {
-                let key = obj.key();
-                if let Some(first) = owner.get(&key) {
-                    scan.errors.push(FileError {
-                        path: path.clone(),
-                        reason: format!("{key} is already defined in {}; this definition is ignored", first.display()),
-                    });
-                    continue;
-                }
-                owner.insert(key.clone(), path.clone());
-                desired.insert(key, obj.clone());
+                definitions.entry(obj.key()).or_default().push((path, obj));
             }
         }
+        let mut desired: BTreeMap<ObjectKey, MeshObject> = BTreeMap::new();
+        let mut owners: BTreeMap<ObjectKey, PathBuf> = BTreeMap::new();
+        for (key, defs) in definitions {
+            let winner = defs.iter().position(|(p, _)| self.owners.get(&key) == Some(*p)).unwrap_or(0);
+            let (owner, obj) = defs[winner];
+            for (i, (path, _)) in defs.iter().enumerate() {
+                if i != winner {
+                    scan.errors.push(FileError {
+                        path: (*path).clone(),
+                        reason: format!("{key} is already defined in {}; this definition is ignored", owner.display()),
+                    });
+                }
+            }
+            owners.insert(key.clone(), owner.clone());
+            desired.insert(key, obj.clone());
+        }
+        self.owners = owners;
 
         if !self.started {
             self.started = true;
@@ -221,27 +238,34 @@ impl YamlDir {
         scan
     }
 
-    /// Re-reads one file if it changed; returns its error if it is (still) broken and changed now.
-    fn refresh(&mut self, path: &Path) -> Option<FileError> {
-        let fail = |reason: String| FileError { path: path.to_owned(), reason };
+    fn fail(&mut self, path: &Path, stamp: (SystemTime, u64), digest: [u8; 32], reason: String) {
+        let previous = self.files.get(path).map(|f| f.objects.clone()).unwrap_or_default();
+        self.files.insert(path.to_owned(), FileState { stamp, digest, objects: previous, error: Some(reason) });
+    }
+
+    /// Re-reads one file if it changed. A file that cannot be read or parsed keeps its last good objects
+    /// and records why.
+    fn refresh(&mut self, path: &Path) {
+        // A failed stat or read gets a zero stamp, so the next scan tries again.
+        let unknown = (SystemTime::UNIX_EPOCH, 0);
         let meta = match fs::metadata(path) {
             Ok(m) => m,
-            Err(e) => return Some(fail(format!("cannot stat: {e}"))),
+            Err(e) => return self.fail(path, unknown, [0; 32], format!("cannot stat: {e}")),
         };
         let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
-        if self.files.get(path).is_some_and(|f| f.stamp == stamp) {
-            return None;
+        if self.files.get(path).is_some_and(|f| f.stamp == stamp && f.stamp != unknown) {
+            return;
         }
         let bytes = match fs::read(path) {
             Ok(b) => b,
-            Err(e) => return Some(fail(format!("cannot read: {e}"))),
+            Err(e) => return self.fail(path, unknown, [0; 32], format!("cannot read: {e}")),
         };
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         if let Some(f) = self.files.get_mut(path)
             && f.digest == digest
         {
             f.stamp = stamp;
-            return None;
+            return;
         }
         let parsed = match String::from_utf8(bytes) {
             Ok(text) => parse_file(&text),
@@ -250,16 +274,8 @@ impl YamlDir {
         match parsed {
             Ok(objects) => {
                 self.files.insert(path.to_owned(), FileState { stamp, digest, objects, error: None });
-                None
             }
-            Err(reason) => {
-                let previous = self.files.get(path).map(|f| f.objects.clone()).unwrap_or_default();
-                self.files.insert(
-                    path.to_owned(),
-                    FileState { stamp, digest, objects: previous, error: Some(reason.clone()) },
-                );
-                Some(fail(reason))
-            }
+            Err(reason) => self.fail(path, stamp, digest, reason),
         }
     }
 }
@@ -371,6 +387,36 @@ metadata: {name: ignored}
             SourceEvent::Reset(objs) => assert_eq!(objs.len(), 3),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_new_file_never_takes_over_an_object_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("server.yaml"), SERVER).unwrap();
+        let mut src = YamlDir::new(dir.path());
+        src.scan();
+        // Sorts first, redefines the pod with another address.
+        fs::write(dir.path().join("00-override.yaml"), SERVER.replace("10.244.1.2", "10.244.1.66")).unwrap();
+        let scan = src.scan();
+        assert!(scan.events.is_empty(), "{:?}", keys(&scan.events));
+        assert!(scan.errors.iter().all(|e| e.path.ends_with("00-override.yaml")), "{:?}", scan.errors);
+        assert!(scan.errors[0].reason.contains("already defined in"));
+        // Once the original file goes, the other definition takes over.
+        fs::remove_file(dir.path().join("server.yaml")).unwrap();
+        let scan = src.scan();
+        assert!(scan.errors.is_empty());
+        assert_eq!(keys(&scan.events), vec!["apply Pod demo/server-1"]);
+    }
+
+    #[test]
+    fn errors_are_reported_while_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("bad.yaml"), "kind: [").unwrap();
+        let mut src = YamlDir::new(dir.path());
+        assert_eq!(src.scan().errors.len(), 1);
+        assert_eq!(src.scan().errors.len(), 1, "still broken, still reported");
+        fs::remove_file(dir.path().join("bad.yaml")).unwrap();
+        assert!(src.scan().errors.is_empty());
     }
 
     #[test]

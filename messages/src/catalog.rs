@@ -284,8 +284,9 @@ impl MeshCatalog {
         self.pods_by_uuid.get(uuid).into_iter().flatten().filter_map(|k| self.pods.get(k))
     }
 
-    fn pod_at(&self, ip: IpAddr) -> Option<&Pod> {
-        self.pods_by_ip.get(&ip).and_then(|keys| keys.iter().next()).and_then(|k| self.pods.get(k))
+    /// Every pod with this address (usually one; a reused address can briefly have two).
+    fn pods_at(&self, ip: IpAddr) -> impl Iterator<Item = &Pod> {
+        self.pods_by_ip.get(&ip).into_iter().flatten().filter_map(|k| self.pods.get(k))
     }
 
     fn endpoint_objects<'a>(&'a self, svc: &ServiceKey) -> impl Iterator<Item = &'a Endpoints> + 'a {
@@ -388,7 +389,7 @@ impl MeshCatalog {
             .iter()
             .map(|sp| {
                 let endpoints = self.port_endpoints(svc, sp);
-                identities.extend(endpoints.iter().filter_map(|a| self.pod_at(a.ip())).map(|p| p.identity()));
+                identities.extend(endpoints.iter().flat_map(|a| self.pods_at(a.ip())).map(|p| p.identity()));
                 let target_port = match &sp.target_port {
                     TargetPort::Number(n) => *n,
                     TargetPort::Name(_) => endpoints.first().map(|a| a.port()).unwrap_or(sp.port),
