@@ -242,38 +242,55 @@ impl LocalMesh {
         let state_dir = work.path().join("state");
         copy_dir(&opts.mesh_source, &mesh_dir)?;
         let hub = Hub::create(opts.gateway, opts.prefix_len)?;
+        // The mesh root, created here and found by the controller in its state directory, as after a restart.
+        let ca = CertificateAuthority::load_or_create(&state_dir, "cluster.local")?;
         let controller_log = work.path().join("controller.log");
-        let ads_addr = format!("{}:{}", opts.gateway, ports::ADS);
-        let controller = hub
-            .ns
-            .command(&bins.controller.display().to_string())
-            .args(["--mesh-dir", &mesh_dir.display().to_string(), "--state-dir", &state_dir.display().to_string()])
-            .args(["--ads-addr", &ads_addr, "--scan-interval-ms", "200"])
-            .args(&opts.controller_args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(log_file(&controller_log)?)
-            .stderr(log_file(&work.path().join("controller.err"))?)
-            .spawn()
-            .map_err(|e| TestbedError::Setup(format!("starting {}: {e}", bins.controller.display())))?;
         let mut mesh = Self {
-            ca: CertificateAuthority::generate("cluster.local")?, // replaced below by the controller's root
+            ca,
             opts,
             bins,
             mesh_dir,
             state_dir,
             work,
-            controller: Some(controller),
+            controller: None,
             controller_log,
             apps: Vec::new(),
             pods: BTreeMap::new(),
             hub,
         };
+        mesh.start_controller()?;
+        Ok(mesh)
+    }
+
+    /// Starts the controller (again) and waits until it serves ADS.
+    pub fn start_controller(&mut self) -> Result<(), TestbedError> {
+        const READY: &str = "ADS server listening";
+        let before = self.controller_output().matches(READY).count();
+        let append = |path: &Path| -> Result<Stdio, TestbedError> {
+            let f = fs::OpenOptions::new().create(true).append(true).open(path).map_err(io(path))?;
+            Ok(Stdio::from(f))
+        };
+        let ads_addr = format!("{}:{}", self.opts.gateway, ports::ADS);
+        let child = self
+            .hub
+            .ns
+            .command(&self.bins.controller.display().to_string())
+            .args(["--mesh-dir", &self.mesh_dir.display().to_string()])
+            .args(["--state-dir", &self.state_dir.display().to_string()])
+            .args(["--ads-addr", &ads_addr, "--scan-interval-ms", "200"])
+            .args(&self.opts.controller_args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(append(&self.controller_log)?)
+            .stderr(append(&self.work.path().join("controller.err"))?)
+            .spawn()
+            .map_err(|e| TestbedError::Setup(format!("starting {}: {e}", self.bins.controller.display())))?;
+        self.controller = Some(child);
         let ready = wait_for(Duration::from_secs(30), "the controller to listen", || {
-            if mesh.controller_output().contains("ADS server listening") {
+            if self.controller_output().matches(READY).count() > before {
                 return Some(true);
             }
-            if let Some(c) = mesh.controller.as_mut()
+            if let Some(c) = self.controller.as_mut()
                 && let Ok(Some(_)) = c.try_wait()
             {
                 return Some(false);
@@ -281,14 +298,18 @@ impl LocalMesh {
             None
         });
         match ready {
-            Ok(true) => {}
-            Ok(false) => return Err(TestbedError::Setup(format!("controller exited:\n{}", mesh.controller_output()))),
-            Err(e) => {
-                return Err(TestbedError::Setup(format!("{e}; controller output:\n{}", mesh.controller_output())));
-            }
+            Ok(true) => Ok(()),
+            Ok(false) => Err(TestbedError::Setup(format!("controller exited:\n{}", self.controller_output()))),
+            Err(e) => Err(TestbedError::Setup(format!("{e}; controller output:\n{}", self.controller_output()))),
         }
-        mesh.ca = CertificateAuthority::load_or_create(&mesh.state_dir, "cluster.local")?;
-        Ok(mesh)
+    }
+
+    /// Stops the controller; sidecars keep running on their last config.
+    pub fn stop_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     pub fn work_dir(&self) -> &Path {

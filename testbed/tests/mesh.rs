@@ -261,3 +261,41 @@ fn without_egress_only_mesh_services_are_reachable() {
     assert_eq!(mesh.stat(CLIENT, "cluster.passthrough-outbound.upstream_cx_total").unwrap(), None);
     assert!(stat(&mesh, CLIENT, "listener.0.0.0.0_15001.no_filter_chain_match") >= 1);
 }
+
+#[test]
+fn sidecars_ride_out_a_controller_restart() {
+    let mut mesh = start(AdsApi::Delta);
+    assert!(http_get(&mesh, "http://10.96.0.10/").contains("server-1"));
+
+    // Control plane down: the sidecars keep their last config and traffic keeps flowing.
+    mesh.stop_controller();
+    mesh.eventually(WAIT, "the client to notice the controller is gone", || {
+        (mesh.stat(CLIENT, "control_plane.connected_state").ok()?? == 0).then_some(())
+    })
+    .unwrap();
+    assert!(http_get(&mesh, "http://10.96.0.10/down").contains("server-1"));
+
+    // Back up, with the root from its state directory: the sidecars reconnect with the bootstrap files they
+    // have (they verify the ADS server against that root, and the server their client certificates).
+    mesh.start_controller().unwrap();
+    for pod in [CLIENT, SERVER] {
+        mesh.eventually(WAIT, &format!("{pod} to reconnect"), || {
+            (mesh.stat(pod, "control_plane.connected_state").ok()?? == 1).then_some(())
+        })
+        .unwrap();
+    }
+    // The new sessions are live: an edit reaches the client.
+    let without_echo: String = std::fs::read_to_string(fixture().join("server.yaml"))
+        .unwrap()
+        .split("\n---\n")
+        .filter(|doc| !doc.contains("name: echo"))
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    mesh.write_mesh_file("server.yaml", &without_echo).unwrap();
+    mesh.eventually(WAIT, "the edit to reach the client after the restart", || {
+        let c = mesh.admin(CLIENT, "/clusters").ok()?;
+        (!c.contains("demo/echo|7070")).then_some(())
+    })
+    .unwrap();
+    assert!(http_get(&mesh, "http://10.96.0.10/up").contains("server-1"));
+}
