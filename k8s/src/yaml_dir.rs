@@ -119,7 +119,11 @@ fn convert_doc(doc: serde_json::Value, out: &mut Vec<MeshObject>) -> Result<(), 
 /// Parses a whole multi-document file. Any error rejects the file as a whole: half a file is worse than
 /// the last good version of it.
 pub fn parse_file(text: &str) -> Result<Vec<MeshObject>, String> {
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).map_err(|e| format!("invalid YAML: {e}"))?;
+    // YAML 1.2 booleans only: `namespace: no` or `name: y` are strings in a manifest, not booleans.
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| format!("invalid YAML: {e}"))?;
     let mut out = Vec::new();
     for (i, doc) in docs.into_iter().enumerate() {
         convert_doc(doc, &mut out).map_err(|e| format!("document {}: {e}", i + 1))?;
@@ -417,6 +421,20 @@ metadata: {name: ignored}
         assert_eq!(src.scan().errors.len(), 1, "still broken, still reported");
         fs::remove_file(dir.path().join("bad.yaml")).unwrap();
         assert!(src.scan().errors.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_pass_and_wrong_types_name_the_object() {
+        let ok =
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: n}\nspec: {futureField: 1, containers: []}\n";
+        assert_eq!(parse_file(ok).unwrap().len(), 1);
+        let bad =
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec: {ports: [{port: eighty}]}\n";
+        let err = parse_file(bad).unwrap_err();
+        assert!(err.starts_with("document 1: Service \"web\": "), "{err}");
+        assert!(err.contains("invalid type"), "{err}");
+        let no_kind = "apiVersion: v1\nmetadata: {name: x}\n";
+        assert_eq!(parse_file(no_kind).unwrap_err(), "document 1: kind is missing");
     }
 
     #[test]
