@@ -37,12 +37,23 @@ pub fn sweep_stale() {
         let Some(rest) = name.strip_prefix(PREFIX) else { continue };
         let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
         if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            kill_all_in(name);
             let _ = ip(&["netns", "del", name]);
         }
     }
 }
 
-/// A network namespace, deleted on drop.
+/// Kills every process still running in a namespace (a killed test run leaves its Envoys behind).
+fn kill_all_in(name: &str) {
+    let Ok(out) = ip(&["netns", "pids", name]) else { return };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if pid.chars().all(|c| c.is_ascii_digit()) {
+            let _ = Command::new("kill").args(["-9", pid]).output();
+        }
+    }
+}
+
+/// A network namespace, deleted on drop (with anything still running in it).
 #[derive(Debug)]
 pub struct Netns {
     pub name: String,
@@ -72,6 +83,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        kill_all_in(&self.name);
         let _ = ip(&["netns", "del", &self.name]);
     }
 }

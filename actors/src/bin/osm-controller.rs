@@ -22,6 +22,7 @@ struct Cli {
     /// Where the mesh root CA is kept across restarts.
     #[arg(long, default_value = "state", global = true)]
     state_dir: PathBuf,
+    /// Trust domain of mesh identities (`<sa>.<ns>.<trust-domain>`).
     #[arg(long, default_value = "cluster.local", global = true)]
     trust_domain: String,
     #[command(subcommand)]
