@@ -33,6 +33,7 @@ fn start(api: AdsApi) -> LocalMesh {
     mesh.add_pod("demo", "server-1").expect("server pod");
     mesh.spawn_app(SERVER, &["http-server", "--port", "8080", "--name", "server-1"]).unwrap();
     mesh.spawn_app(SERVER, &["tcp-echo", "--port", "7070", "--name", "server-1"]).unwrap();
+    mesh.spawn_app(SERVER, &["banner-server", "--port", "3306", "--name", "server-1"]).unwrap();
     mesh.add_pod("demo", "client").expect("client pod");
     mesh
 }
@@ -84,6 +85,16 @@ fn check_http_and_tcp(mesh: &LocalMesh) {
     assert_eq!(reply, "server-1: ping");
     assert!(stat(mesh, SERVER, "listener.0.0.0.0_15003.ssl.handshake") > handshakes);
     assert!(stat(mesh, CLIENT, "cluster.demo_echo_7070.upstream_cx_total") >= 1);
+
+    // Server-first TCP (appProtocol tcp-server-first): the server speaks first, nothing waits for the client.
+    let greeting = mesh
+        .eventually(WAIT, "a server-first greeting through the mesh", || {
+            let out = mesh.app(CLIENT, &["tcp-read", "10.96.0.11:3306", "--timeout-s", "3"]).ok()?;
+            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        })
+        .unwrap();
+    assert_eq!(greeting, "server-1 ready");
+    assert!(stat(mesh, CLIENT, "cluster.demo_echo_3306.upstream_cx_total") >= 1);
 }
 
 #[test]

@@ -31,6 +31,19 @@ enum Cmd {
         #[arg(long)]
         name: String,
     },
+    /// Server-first TCP (like a database): greets every connection with "<name> ready" before reading.
+    BannerServer {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        name: String,
+    },
+    /// Connects and prints the first line the server sends, without sending anything.
+    TcpRead {
+        addr: String,
+        #[arg(long, default_value_t = 5)]
+        timeout_s: u64,
+    },
     /// One HTTP GET; prints "status=<code>" then the body (or only the body).
     Get {
         url: String,
@@ -62,6 +75,17 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::HttpServer { port, name } => http_server(port, &name),
         Cmd::TcpEcho { port, name } => tcp_echo(port, &name),
+        Cmd::BannerServer { port, name } => banner_server(port, &name),
+        Cmd::TcpRead { addr, timeout_s } => {
+            let s = connect(&addr, Duration::from_secs(timeout_s))?;
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).context("reading the greeting")?;
+            if line.is_empty() {
+                bail!("connection closed without a greeting");
+            }
+            println!("{}", line.trim_end());
+            Ok(())
+        }
         Cmd::Get { url, body_only, timeout_s } => {
             let (status, body) = get(&url, Duration::from_secs(timeout_s))?;
             if !body_only {
@@ -164,6 +188,18 @@ fn tcp_echo(port: u16, name: &str) -> anyhow::Result<()> {
             }
             Ok(())
         });
+    }
+    Ok(())
+}
+
+fn banner_server(port: u16, name: &str) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding :{port}"))?;
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = writeln!(conn, "{name} ready");
+        // Keep the connection open briefly so the client can read; it is closed when dropped.
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = conn.read(&mut [0u8; 64]);
     }
     Ok(())
 }
