@@ -133,6 +133,23 @@ async fn silent<T: std::fmt::Debug>(stream: &mut tonic::Streaming<T>) {
     }
 }
 
+/// The client pod's sidecar, connected (SotW) and holding its first CDS response.
+async fn connected_client(c: &Controller) -> (mpsc::Sender<DiscoveryRequest>, tonic::Streaming<DiscoveryResponse>) {
+    let mut client = c.client("client-uuid", "client").await;
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(request(ResourceType::Cluster, &[], None)).await.unwrap();
+    let mut stream = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    next(&mut stream).await;
+    (tx, stream)
+}
+
+async fn stream_ends_with(stream: &mut tonic::Streaming<DiscoveryResponse>, code: tonic::Code, reason: &str) {
+    let status =
+        tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("stream ends").unwrap_err();
+    assert_eq!(status.code(), code);
+    assert!(status.message().contains(reason), "{}", status.message());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sotw_session_serves_acks_quietly_and_survives_a_nack() {
     let c = Controller::start();
@@ -230,33 +247,19 @@ async fn delta_session_sends_changes_and_removals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_removed_from_the_mesh_loses_its_stream() {
     let c = Controller::start();
-    let mut client = c.client("client-uuid", "client").await;
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(request(ResourceType::Cluster, &[], None)).await.unwrap();
-    let mut stream = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
-    next(&mut stream).await;
+    let (_tx, mut stream) = connected_client(&c).await;
     let without_client: String =
         MESH.split("\n---\n").filter(|d| !d.contains("name: client")).collect::<Vec<_>>().join("\n---\n");
     std::fs::write(c.mesh_dir().join("mesh.yaml"), without_client).unwrap();
-    let status =
-        tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("stream ends").unwrap_err();
-    assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    assert!(status.message().contains("no longer in the mesh"), "{}", status.message());
+    stream_ends_with(&mut stream, tonic::Code::PermissionDenied, "no longer in the mesh").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_that_changes_service_account_loses_its_stream_not_gains_a_key() {
     let c = Controller::start();
-    let mut client = c.client("client-uuid", "client").await;
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(request(ResourceType::Cluster, &[], None)).await.unwrap();
-    let mut stream = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
-    next(&mut stream).await;
+    let (_tx, mut stream) = connected_client(&c).await;
     let moved = MESH.replace("spec: {serviceAccountName: client,", "spec: {serviceAccountName: web,");
     assert_ne!(moved, MESH);
     std::fs::write(c.mesh_dir().join("mesh.yaml"), moved).unwrap();
-    let status =
-        tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("stream ends").unwrap_err();
-    assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    assert!(status.message().contains("now runs as web.demo"), "{}", status.message());
+    stream_ends_with(&mut stream, tonic::Code::PermissionDenied, "now runs as web.demo").await;
 }

@@ -199,18 +199,7 @@ fn delta_mesh_serves_http_and_tcp_and_follows_edits() {
     check_http_and_tcp(&mesh);
     assert!(stat(&mesh, CLIENT, "cluster_manager.cds.update_success") >= 1);
     // Removing the TCP service removes its cluster and listener chain from the client (delta removal).
-    let without_echo: String = std::fs::read_to_string(fixture().join("server.yaml"))
-        .unwrap()
-        .split("\n---\n")
-        .filter(|doc| !doc.contains("name: echo"))
-        .collect::<Vec<_>>()
-        .join("\n---\n");
-    mesh.write_mesh_file("server.yaml", &without_echo).unwrap();
-    mesh.eventually(WAIT, "the echo cluster to disappear from the client", || {
-        let c = mesh.admin(CLIENT, "/clusters").ok()?;
-        (!c.contains("demo/echo|7070")).then_some(())
-    })
-    .unwrap();
+    remove_echo_service(&mesh);
     assert!(http_get(&mesh, "http://10.96.0.10/").contains("server-1"));
     cluster_update_keeps_endpoints(&mesh);
 }
@@ -238,6 +227,22 @@ fn cluster_update_keeps_endpoints(mesh: &LocalMesh) {
     assert_eq!(stat(mesh, CLIENT, "cluster.demo_server_8080.init_fetch_timeout"), 0);
     // HTTP still flows, now proxied as TCP, to a cluster that kept its endpoint.
     assert!(http_get(mesh, "http://10.96.0.10/tcp").contains("path=/tcp"));
+}
+
+/// Deletes the `echo` Service from the mesh directory and waits until the client's Envoy dropped its cluster.
+fn remove_echo_service(mesh: &LocalMesh) {
+    let without_echo: String = std::fs::read_to_string(fixture().join("server.yaml"))
+        .unwrap()
+        .split("\n---\n")
+        .filter(|doc| !doc.contains("name: echo"))
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    mesh.write_mesh_file("server.yaml", &without_echo).unwrap();
+    mesh.eventually(WAIT, "the echo cluster to disappear from the client", || {
+        let c = mesh.admin(CLIENT, "/clusters").ok()?;
+        (!c.contains("demo/echo|7070")).then_some(())
+    })
+    .unwrap();
 }
 
 /// A client pod and a host outside the mesh (no sidecar) serving HTTP on 10.244.9.1:8080.
@@ -299,17 +304,6 @@ fn sidecars_ride_out_a_controller_restart() {
         .unwrap();
     }
     // The new sessions are live: an edit reaches the client.
-    let without_echo: String = std::fs::read_to_string(fixture().join("server.yaml"))
-        .unwrap()
-        .split("\n---\n")
-        .filter(|doc| !doc.contains("name: echo"))
-        .collect::<Vec<_>>()
-        .join("\n---\n");
-    mesh.write_mesh_file("server.yaml", &without_echo).unwrap();
-    mesh.eventually(WAIT, "the edit to reach the client after the restart", || {
-        let c = mesh.admin(CLIENT, "/clusters").ok()?;
-        (!c.contains("demo/echo|7070")).then_some(())
-    })
-    .unwrap();
+    remove_echo_service(&mesh);
     assert!(http_get(&mesh, "http://10.96.0.10/up").contains("server-1"));
 }
