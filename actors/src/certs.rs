@@ -9,6 +9,7 @@ use actix::prelude::*;
 use certs::{CertificateAuthority, IssuedCert};
 use messages::ServiceIdentity;
 
+use crate::metrics::Metrics;
 use crate::snapshot::{ConnectSnapshots, IdentitiesRenewed, SnapshotActor};
 
 /// Certificates for these identities (issued on first request). One identity that cannot be issued does
@@ -23,6 +24,7 @@ pub struct GetCerts(pub Vec<ServiceIdentity>);
 pub struct Forget(pub Vec<ServiceIdentity>);
 
 pub struct CertActor {
+    metrics: Arc<Metrics>,
     ca: Arc<CertificateAuthority>,
     validity: Duration,
     cache: HashMap<ServiceIdentity, Arc<IssuedCert>>,
@@ -40,12 +42,14 @@ pub fn renew_after(cert: &IssuedCert, now: SystemTime) -> Duration {
 }
 
 impl CertActor {
-    pub fn new(ca: Arc<CertificateAuthority>, validity: Duration) -> Self {
-        Self { ca, validity, cache: HashMap::new(), snapshots: None }
+    pub fn new(ca: Arc<CertificateAuthority>, validity: Duration, metrics: Arc<Metrics>) -> Self {
+        Self { metrics, ca, validity, cache: HashMap::new(), snapshots: None }
     }
 
     fn issue(&mut self, id: &ServiceIdentity, ctx: &mut Context<Self>) -> Result<Arc<IssuedCert>, certs::CertError> {
+        let started = std::time::Instant::now();
         let cert = Arc::new(self.ca.issue_service(id, self.validity, false)?);
+        self.metrics.cert_issued(started.elapsed());
         let wait = renew_after(&cert, SystemTime::now());
         tracing::debug!(identity = %id, serial = %cert.serial, renew_in_s = wait.as_secs(), "issued service certificate");
         let id2 = id.clone();

@@ -8,6 +8,8 @@
 
 pub mod catalog;
 pub mod certs;
+pub mod http;
+pub mod metrics;
 pub mod session;
 pub mod snapshot;
 pub mod source;
@@ -15,6 +17,7 @@ pub mod source;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ::certs::CertificateAuthority;
@@ -33,13 +36,22 @@ pub struct ControllerConfig {
     /// Threads that run proxy sessions.
     pub session_threads: usize,
     pub settings: messages::MeshSettings,
+    /// Health, readiness and metrics endpoint (OSM: :9091); `None` serves none.
+    pub http_addr: Option<SocketAddr>,
+}
+
+/// Already-bound listeners for [`run_on`] (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    pub ads: tokio::net::TcpListener,
+    pub http: Option<tokio::net::TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     #[error(transparent)]
     Cert(#[from] ::certs::CertError),
-    #[error("cannot listen for ADS on {addr}: {source} (hint: is another controller running, or is --ads-addr wrong?)")]
+    #[error("cannot listen on {addr}: {source} (hint: is another controller running, or is the address wrong?)")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("mesh directory {0}: {1}")]
     MeshDir(PathBuf, String),
@@ -49,26 +61,53 @@ pub enum ControllerError {
 
 /// Runs the controller until `shutdown` resolves. Must run inside an actix `System`.
 pub async fn run(config: ControllerConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), ControllerError> {
-    let listener = tokio::net::TcpListener::bind(config.ads_addr)
-        .await
-        .map_err(|source| ControllerError::Bind { addr: config.ads_addr, source })?;
-    run_on(config, listener, shutdown).await
+    async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ControllerError> {
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| ControllerError::Bind { addr, source })
+    }
+    let ads = bind(config.ads_addr).await?;
+    let http = match config.http_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    run_on(config, Listeners { ads, http }, shutdown).await
 }
 
-/// Like [`run`], on an already-bound ADS listener (tests bind port 0).
+/// Like [`run`], on already-bound listeners.
 pub async fn run_on(
     config: ControllerConfig,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ControllerError> {
     if !config.mesh_dir.is_dir() {
         return Err(ControllerError::MeshDir(config.mesh_dir.clone(), "not a directory".to_owned()));
     }
+    let metrics = Arc::new(metrics::Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    // The HTTP endpoint comes up first: liveness answers, readiness says why not yet.
+    if let Some(listener) = listeners.http {
+        let addr = listener.local_addr().ok();
+        let state = http::HttpState { metrics: metrics.clone(), ready: ready.clone() };
+        let until = stopped();
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(listener, state, until).await {
+                tracing::error!(error = %e, "HTTP endpoint failed");
+            }
+        });
+        tracing::info!(addr = ?addr, "HTTP endpoint listening (/health/ready, /health/alive, /metrics)");
+    }
     let ca = Arc::new(CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)?);
 
     let catalog = catalog::CatalogActor::new(&config.trust_domain, config.settings.clone()).start();
-    let cert_actor = certs::CertActor::new(ca.clone(), config.service_cert_validity).start();
-    let snapshots = snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), ca.root_pem()).start();
+    let cert_actor = certs::CertActor::new(ca.clone(), config.service_cert_validity, metrics.clone()).start();
+    let snapshots =
+        snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), ca.root_pem(), metrics.clone()).start();
     // Mailbox errors only happen when an actor is gone, which cannot be the case for ones just started.
     let _ = catalog.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
     let _ = cert_actor.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
@@ -77,8 +116,12 @@ pub async fn run_on(
     let _ = source.send(source::ScanNow).await;
 
     let arbiters: Vec<Arbiter> = (0..config.session_threads.max(1)).map(|_| Arbiter::new()).collect();
-    let manager =
-        Arc::new(session::SessionManager::new(catalog, snapshots, arbiters.iter().map(Arbiter::handle).collect()));
+    let manager = Arc::new(session::SessionManager::new(
+        catalog,
+        snapshots,
+        arbiters.iter().map(Arbiter::handle).collect(),
+        metrics,
+    ));
 
     let mut names = config.ads_server_names.clone();
     names.extend(["osm-controller".to_owned(), "osm-controller.osm-system.svc".to_owned()]);
@@ -92,9 +135,14 @@ pub async fn run_on(
         key_pem: server_cert.key_pem,
         client_ca_pem: ca.root_pem().to_owned(),
     };
-    let addr = listener.local_addr().unwrap_or(config.ads_addr);
+    let addr = listeners.ads.local_addr().unwrap_or(config.ads_addr);
     tracing::info!(addr = %addr, mesh_dir = %config.mesh_dir.display(), "ADS server listening (mTLS)");
-    let result = xds::serve(listener, tls, manager, shutdown).await;
+    ready.store(true, Ordering::Relaxed);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let result = xds::serve(listeners.ads, tls, manager, shutdown).await;
     for a in arbiters {
         a.stop();
     }

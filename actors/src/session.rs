@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::prelude::*;
-use messages::ProxyId;
+use messages::{ProxyId, VerifyError};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::WatchStream;
 use tonic::Status;
@@ -19,10 +19,14 @@ use xds::sotw::Outcome;
 use xds::{AdsStream, Protocol, SessionHandler};
 
 use crate::catalog::{CatalogActor, IsSynced, Verify};
+use crate::metrics::Metrics;
 use crate::snapshot::{ProxyState, SnapshotActor, Subscribe, Unsubscribe};
 
 pub struct ProxySession<P: Protocol> {
     proxy: ProxyId,
+    uuid: String,
+    identity: String,
+    metrics: Arc<Metrics>,
     protocol: P,
     responses: mpsc::Sender<Result<P::Response, Status>>,
     snapshots: Addr<SnapshotActor>,
@@ -35,10 +39,14 @@ impl<P: Protocol> ProxySession<P> {
             return;
         }
         let tx = self.responses.clone();
+        let (metrics, uuid, identity) = (self.metrics.clone(), self.uuid.clone(), self.identity.clone());
         ctx.wait(
             async move {
                 for r in out {
-                    if tx.send(Ok(r)).await.is_err() {
+                    let ty = xds::type_label(P::response_type_url(&r));
+                    let ok = tx.send(Ok(r)).await.is_ok();
+                    metrics.response_sent(&uuid, &identity, ty, ok);
+                    if !ok {
                         return false;
                     }
                 }
@@ -55,6 +63,7 @@ impl<P: Protocol> ProxySession<P> {
 
     fn handle_outcome(&mut self, out: Outcome<P::Response>, ctx: &mut Context<Self>) {
         if let Some(nack) = &out.nack {
+            self.metrics.nack(xds::type_label(&nack.type_url));
             tracing::warn!(
                 proxy = %self.proxy, type_url = %nack.type_url, version = %nack.version, error = %nack.message,
                 "proxy rejected config (NACK); it keeps its last good config"
@@ -75,10 +84,12 @@ impl<P: Protocol> Actor for ProxySession<P> {
             ctx.add_stream(requests);
             ctx.add_stream(WatchStream::new(states));
         }
+        self.metrics.proxy_connected();
         tracing::info!(proxy = %self.proxy, api = P::NAME, "proxy connected");
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.metrics.proxy_disconnected(&self.uuid);
         tracing::info!(proxy = %self.proxy, "proxy disconnected");
         self.snapshots.do_send(Unsubscribe(self.proxy.uuid.clone()));
     }
@@ -88,6 +99,7 @@ impl<P: Protocol> StreamHandler<Result<P::Request, Status>> for ProxySession<P> 
     fn handle(&mut self, item: Result<P::Request, Status>, ctx: &mut Self::Context) {
         match item {
             Ok(req) => {
+                self.metrics.xds_request(&self.uuid, &self.identity, xds::type_label(P::request_type_url(&req)));
                 let out = self.protocol.on_request(&req);
                 self.handle_outcome(out, ctx);
             }
@@ -134,11 +146,17 @@ pub struct SessionManager {
     snapshots: Addr<SnapshotActor>,
     arbiters: Vec<ArbiterHandle>,
     next: AtomicUsize,
+    metrics: Arc<Metrics>,
 }
 
 impl SessionManager {
-    pub fn new(catalog: Addr<CatalogActor>, snapshots: Addr<SnapshotActor>, arbiters: Vec<ArbiterHandle>) -> Self {
-        Self { catalog, snapshots, arbiters, next: AtomicUsize::new(0) }
+    pub fn new(
+        catalog: Addr<CatalogActor>,
+        snapshots: Addr<SnapshotActor>,
+        arbiters: Vec<ArbiterHandle>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { catalog, snapshots, arbiters, next: AtomicUsize::new(0), metrics }
     }
 
     fn arbiter(&self) -> ArbiterHandle {
@@ -150,18 +168,26 @@ impl SessionManager {
     }
 }
 
-fn start<P: Protocol + Send>(
-    arbiter: &ArbiterHandle,
+/// What a session actor starts with.
+struct SessionParts<P: Protocol> {
     proxy: ProxyId,
     protocol: P,
     requests: RequestStream<P::Request>,
     responses: mpsc::Sender<Result<P::Response, Status>>,
     states: watch::Receiver<ProxyState>,
     snapshots: Addr<SnapshotActor>,
-) where
+    metrics: Arc<Metrics>,
+}
+
+fn start<P: Protocol + Send>(arbiter: &ArbiterHandle, parts: SessionParts<P>)
+where
     P::Response: Send,
 {
+    let SessionParts { proxy, protocol, requests, responses, states, snapshots, metrics } = parts;
     ProxySession::start_in_arbiter(arbiter, move |_| ProxySession {
+        uuid: proxy.uuid.to_string(),
+        identity: proxy.identity.to_string(),
+        metrics,
         proxy,
         protocol,
         responses,
@@ -180,13 +206,20 @@ impl SessionHandler for SessionManager {
         let catalog = self.catalog.clone();
         let snapshots = self.snapshots.clone();
         let arbiter = self.arbiter();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let unavailable = |e: MailboxError| Status::unavailable(format!("control plane busy: {e}"));
             if !catalog.send(IsSynced).await.map_err(unavailable)? {
+                metrics.rejected("not_synced");
                 return Err(Status::unavailable("the mesh catalog has not finished its first sync; retry shortly"));
             }
             if let Err(e) = catalog.send(Verify(proxy.clone())).await.map_err(unavailable)? {
                 tracing::warn!(proxy = %proxy, peer = ?peer, error = %e, "refused proxy");
+                metrics.rejected(match e {
+                    VerifyError::UnknownProxy(_) => "unknown_proxy",
+                    VerifyError::DuplicateProxy { .. } => "duplicate_proxy",
+                    VerifyError::IdentityMismatch { .. } => "identity_mismatch",
+                });
                 return Err(Status::permission_denied(e.to_string()));
             }
             let states = snapshots
@@ -195,10 +228,12 @@ impl SessionHandler for SessionManager {
                 .map_err(unavailable)?;
             match stream {
                 AdsStream::Sotw { requests, responses } => {
-                    start(&arbiter, proxy, xds::sotw::SotwSession::new(), requests, responses, states, snapshots)
+                    let protocol = xds::sotw::SotwSession::new();
+                    start(&arbiter, SessionParts { proxy, protocol, requests, responses, states, snapshots, metrics })
                 }
                 AdsStream::Delta { requests, responses } => {
-                    start(&arbiter, proxy, xds::delta::DeltaSession::new(), requests, responses, states, snapshots)
+                    let protocol = xds::delta::DeltaSession::new();
+                    start(&arbiter, SessionParts { proxy, protocol, requests, responses, states, snapshots, metrics })
                 }
             }
             Ok(())

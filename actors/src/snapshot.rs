@@ -12,6 +12,7 @@ use xds::{CertInput, ProxySnapshot};
 
 use crate::catalog::{CatalogActor, GetViews};
 use crate::certs::{CertActor, Forget, GetCerts};
+use crate::metrics::Metrics;
 
 /// What a session sees of its proxy's configuration.
 #[derive(Debug, Clone)]
@@ -55,6 +56,7 @@ struct Entry {
 }
 
 pub struct SnapshotActor {
+    metrics: Arc<Metrics>,
     catalog: Addr<CatalogActor>,
     certs: Addr<CertActor>,
     root_pem: Arc<str>,
@@ -78,8 +80,9 @@ enum Built {
 type BuildResult = Vec<(ProxyUuid, Built)>;
 
 impl SnapshotActor {
-    pub fn new(catalog: Addr<CatalogActor>, certs: Addr<CertActor>, root_pem: &str) -> Self {
+    pub fn new(catalog: Addr<CatalogActor>, certs: Addr<CertActor>, root_pem: &str, metrics: Arc<Metrics>) -> Self {
         Self {
+            metrics,
             catalog,
             certs,
             root_pem: root_pem.into(),
@@ -117,6 +120,7 @@ impl SnapshotActor {
         let catalog = self.catalog.clone();
         let certs = self.certs.clone();
         let root = self.root_pem.clone();
+        let metrics = self.metrics.clone();
         let work = async move {
             let views = catalog.send(GetViews(uuids)).await.map_err(|e| format!("catalog unavailable: {e}"))?;
             let identities: BTreeSet<ServiceIdentity> =
@@ -127,6 +131,7 @@ impl SnapshotActor {
                 .map_err(|e| format!("certificate actor unavailable: {e}"))?;
             // Encoding is CPU work: keep it off the actor thread.
             tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
                 // Proxies of one batch share every resource they see identically.
                 let mut cache = xds::BuildCache::new();
                 let results = views
@@ -157,6 +162,7 @@ impl SnapshotActor {
                         (uuid, result)
                     })
                     .collect::<BuildResult>();
+                metrics.snapshots_built(results.len(), started.elapsed());
                 tracing::debug!(proxies = results.len(), shared = cache.hits, encoded = cache.misses, "batch built");
                 results
             })

@@ -39,6 +39,7 @@ status: {podIP: 10.244.1.1}
 
 struct Controller {
     port: u16,
+    http_port: u16,
     ca: certs::CertificateAuthority,
     dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -61,22 +62,24 @@ impl Controller {
             ads_server_names: vec![],
             session_threads: 2,
             settings: Default::default(),
+            http_addr: None,
         };
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                port_tx.send(listener.local_addr().unwrap().port()).unwrap();
-                actors::run_on(config, listener, async {
+                let ads = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                port_tx.send((ads.local_addr().unwrap().port(), http.local_addr().unwrap().port())).unwrap();
+                actors::run_on(config, actors::Listeners { ads, http: Some(http) }, async {
                     let _ = stop_rx.await;
                 })
                 .await
                 .unwrap();
             });
         });
-        let port = port_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Self { port, ca, dir, stop: Some(stop), thread: Some(thread) }
+        let (port, http_port) = port_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        Self { port, http_port, ca, dir, stop: Some(stop), thread: Some(thread) }
     }
 
     fn mesh_dir(&self) -> PathBuf {
@@ -98,6 +101,19 @@ impl Controller {
             .await
             .unwrap();
         AggregatedDiscoveryServiceClient::new(channel)
+    }
+}
+
+impl Controller {
+    /// GET on the controller's HTTP endpoint: (status, body).
+    async fn http(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_owned())
     }
 }
 
@@ -262,4 +278,36 @@ async fn a_pod_that_changes_service_account_loses_its_stream_not_gains_a_key() {
     assert_ne!(moved, MESH);
     std::fs::write(c.mesh_dir().join("mesh.yaml"), moved).unwrap();
     stream_ends_with(&mut stream, tonic::Code::PermissionDenied, "now runs as web.demo").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_endpoint() {
+    let c = Controller::start();
+    let wait_ready = async {
+        loop {
+            if c.http("/health/ready").await.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait_ready).await.expect("ready");
+    assert_eq!(c.http("/health/alive").await.0, 200);
+    let (_tx, _stream) = connected_client(&c).await;
+    let mut nobody = c.client("nobody", "client").await;
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(request(ResourceType::Cluster, &[], None)).await.unwrap();
+    assert!(nobody.stream_aggregated_resources(ReceiverStream::new(rx)).await.is_err());
+    let (status, text) = c.http("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("osm_proxy_connect_count 1\n"), "{text}");
+    assert!(
+        text.contains(
+            "osm_proxy_xds_request_count{proxy_uuid=\"client-uuid\",identity=\"client.demo\",type=\"CDS\"} 1\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("osm_proxy_response_send_success_count{proxy_uuid=\"client-uuid\",identity=\"client.demo\",type=\"CDS\"} 1\n"), "{text}");
+    assert!(text.contains("osm_proxy_rejected_count{reason=\"unknown_proxy\"} 1\n"), "{text}");
+    assert!(text.contains("osm_cert_issued_count 1\n"), "{text}");
 }

@@ -304,6 +304,22 @@ impl LocalMesh {
         }
     }
 
+    /// GET on the controller's HTTP endpoint (:9091 on the hub), e.g. `/metrics`.
+    pub fn controller_http(&self, path: &str) -> Result<String, TestbedError> {
+        let url = format!("http://{}:9091{path}", self.opts.gateway);
+        let out = self
+            .hub
+            .ns
+            .command(&self.bins.app.display().to_string())
+            .args(["get", &url, "--body-only"])
+            .output()
+            .map_err(|e| TestbedError::Command(format!("GET {url}"), e.to_string()))?;
+        if !out.status.success() {
+            return Err(TestbedError::Command(format!("GET {url}"), String::from_utf8_lossy(&out.stdout).into_owned()));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Stops the controller; sidecars keep running on their last config.
     pub fn stop_controller(&mut self) {
         if let Some(mut c) = self.controller.take() {

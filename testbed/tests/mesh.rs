@@ -59,6 +59,11 @@ fn stat(mesh: &LocalMesh, pod: &str, name: &str) -> u64 {
 }
 
 fn check_http_and_tcp(mesh: &LocalMesh) {
+    // The controller reports itself ready and counts both sidecars.
+    assert_eq!(mesh.controller_http("/health/ready").unwrap().trim(), "ready");
+    let metrics = mesh.controller_http("/metrics").unwrap();
+    assert!(metrics.contains("osm_proxy_connect_count 2\n"), "{metrics}");
+
     // HTTP to the ClusterIP: client app → client Envoy (15001) → mTLS → server Envoy (15003) → app.
     let body = http_get(mesh, "http://10.96.0.10/hello");
     assert!(body.contains("hello from server-1 path=/hello"), "{body}");

@@ -27,6 +27,13 @@ pub trait Protocol: Unpin + 'static {
     const NAME: &'static str;
     fn on_request(&mut self, req: &Self::Request) -> sotw::Outcome<Self::Response>;
     fn on_snapshot(&mut self, snap: Arc<ProxySnapshot>) -> Vec<Self::Response>;
+    fn request_type_url(req: &Self::Request) -> &str;
+    fn response_type_url(resp: &Self::Response) -> &str;
+}
+
+/// `CDS`, `EDS`, ... for a type URL this control plane serves; `other` for the rest (metric labels).
+pub fn type_label(type_url: &str) -> &'static str {
+    ResourceType::from_type_url(type_url).map_or("other", ResourceType::short)
 }
 
 impl Protocol for sotw::SotwSession {
@@ -39,6 +46,12 @@ impl Protocol for sotw::SotwSession {
     fn on_snapshot(&mut self, snap: Arc<ProxySnapshot>) -> Vec<Self::Response> {
         sotw::SotwSession::on_snapshot(self, snap)
     }
+    fn request_type_url(req: &Self::Request) -> &str {
+        &req.type_url
+    }
+    fn response_type_url(resp: &Self::Response) -> &str {
+        &resp.type_url
+    }
 }
 
 impl Protocol for delta::DeltaSession {
@@ -50,5 +63,11 @@ impl Protocol for delta::DeltaSession {
     }
     fn on_snapshot(&mut self, snap: Arc<ProxySnapshot>) -> Vec<Self::Response> {
         delta::DeltaSession::on_snapshot(self, snap)
+    }
+    fn request_type_url(req: &Self::Request) -> &str {
+        &req.type_url
+    }
+    fn response_type_url(resp: &Self::Response) -> &str {
+        &resp.type_url
     }
 }

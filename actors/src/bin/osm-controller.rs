@@ -36,6 +36,9 @@ struct ServeArgs {
     /// Address of the ADS (xDS) gRPC server.
     #[arg(long, default_value = "0.0.0.0:15128")]
     ads_addr: SocketAddr,
+    /// Address of the HTTP endpoint: /health/alive, /health/ready, /metrics, /version ("off" for none).
+    #[arg(long, default_value = "0.0.0.0:9091")]
+    http_addr: String,
     /// How often the mesh directory is scanned for changes, in milliseconds.
     #[arg(long, default_value_t = 500)]
     scan_interval_ms: u64,
@@ -116,6 +119,10 @@ fn serve(mesh_dir: PathBuf, state_dir: PathBuf, trust_domain: String, args: Serv
             .session_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
         settings: messages::MeshSettings { enable_egress: args.enable_egress },
+        http_addr: match args.http_addr.as_str() {
+            "off" => None,
+            a => Some(a.parse().with_context(|| format!("--http-addr {a:?} is not an address (or off)"))?),
+        },
     };
     let system = actix_rt::System::new();
     system.block_on(async move {

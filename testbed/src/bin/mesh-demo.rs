@@ -77,6 +77,16 @@ fn main() -> anyhow::Result<()> {
     ] {
         println!("  {pod:<24} {stat:<50} {}", mesh.stat(pod, stat)?.map_or("-".to_owned(), |v| v.to_string()));
     }
+    println!("\ncontroller metrics (GET :9091/metrics, excerpt):");
+    for line in mesh.controller_http("/metrics")?.lines() {
+        if line.starts_with("osm_proxy_connect_count")
+            || line.starts_with("osm_cert_issued_count")
+            || line.starts_with("osm_snapshot_proxies_built_count")
+            || (line.starts_with("osm_proxy_response_send_success_count") && line.contains("bookbuyer"))
+        {
+            println!("  {line}");
+        }
+    }
     println!("\ncontroller log:\n{}", mesh.controller_output());
     Ok(())
 }

@@ -1,0 +1,227 @@
+//! Control-plane metrics, exposed in the Prometheus text format on `/metrics`.
+//!
+//! Names and labels follow OSM (`osm_proxy_connect_count`, `osm_proxy_xds_request_count{proxy_uuid,identity,type}`,
+//! ...) so existing dashboards keep working; written by hand because OpenMetrics client libraries append
+//! `_total` to counter names. Per-proxy series are removed when the proxy disconnects, so their number is
+//! bounded by the connected proxies.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A histogram with fixed upper bounds, in seconds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    inner: Mutex<(Vec<u64>, f64, u64)>,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self { bounds, inner: Mutex::new((vec![0; bounds.len()], 0.0, 0)) }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let v = d.as_secs_f64();
+        if let Ok(mut g) = self.inner.lock() {
+            for (i, b) in self.bounds.iter().enumerate() {
+                if v <= *b {
+                    g.0[i] += 1;
+                }
+            }
+            g.1 += v;
+            g.2 += 1;
+        }
+    }
+
+    fn encode(&self, out: &mut String, name: &str, help: &str) {
+        let Ok(g) = self.inner.lock() else { return };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, c) in self.bounds.iter().zip(&g.0) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}", g.2, g.1, g.2);
+    }
+}
+
+type ProxyKey = (String, String, &'static str);
+
+#[derive(Debug)]
+pub struct Metrics {
+    connected: AtomicI64,
+    xds_requests: Mutex<BTreeMap<ProxyKey, u64>>,
+    responses_ok: Mutex<BTreeMap<ProxyKey, u64>>,
+    responses_err: Mutex<BTreeMap<ProxyKey, u64>>,
+    nacks: Mutex<BTreeMap<&'static str, u64>>,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    certs_issued: AtomicU64,
+    pub cert_issue_time: Histogram,
+    pub snapshot_build_time: Histogram,
+    proxies_built: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        const FAST: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        Self {
+            connected: AtomicI64::new(0),
+            xds_requests: Mutex::default(),
+            responses_ok: Mutex::default(),
+            responses_err: Mutex::default(),
+            nacks: Mutex::default(),
+            rejected: Mutex::default(),
+            certs_issued: AtomicU64::new(0),
+            cert_issue_time: Histogram::new(FAST),
+            snapshot_build_time: Histogram::new(FAST),
+            proxies_built: AtomicU64::new(0),
+        }
+    }
+}
+
+fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
+    if let Ok(mut m) = map.lock() {
+        *m.entry(key).or_default() += 1;
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn proxy_connected(&self) {
+        self.connected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops the proxy's series: a disconnected proxy's counters go with it.
+    pub fn proxy_disconnected(&self, uuid: &str) {
+        self.connected.fetch_sub(1, Ordering::Relaxed);
+        for map in [&self.xds_requests, &self.responses_ok, &self.responses_err] {
+            if let Ok(mut m) = map.lock() {
+                m.retain(|(u, _, _), _| u != uuid);
+            }
+        }
+    }
+
+    pub fn xds_request(&self, uuid: &str, identity: &str, ty: &'static str) {
+        bump(&self.xds_requests, (uuid.to_owned(), identity.to_owned(), ty));
+    }
+
+    pub fn response_sent(&self, uuid: &str, identity: &str, ty: &'static str, ok: bool) {
+        let map = if ok { &self.responses_ok } else { &self.responses_err };
+        bump(map, (uuid.to_owned(), identity.to_owned(), ty));
+    }
+
+    pub fn nack(&self, ty: &'static str) {
+        bump(&self.nacks, ty);
+    }
+
+    /// A proxy refused at connection; `reason` is a short stable code.
+    pub fn rejected(&self, reason: &'static str) {
+        bump(&self.rejected, reason);
+    }
+
+    pub fn cert_issued(&self, took: Duration) {
+        self.certs_issued.fetch_add(1, Ordering::Relaxed);
+        self.cert_issue_time.observe(took);
+    }
+
+    pub fn snapshots_built(&self, proxies: usize, took: Duration) {
+        self.proxies_built.fetch_add(proxies as u64, Ordering::Relaxed);
+        self.snapshot_build_time.observe(took);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP osm_version_info Version of the control plane\n# TYPE osm_version_info gauge\nosm_version_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = writeln!(
+            out,
+            "# HELP osm_proxy_connect_count Number of connected proxies\n# TYPE osm_proxy_connect_count gauge\nosm_proxy_connect_count {}",
+            self.connected.load(Ordering::Relaxed)
+        );
+        for (name, help, map) in [
+            ("osm_proxy_xds_request_count", "xDS requests received from proxies", &self.xds_requests),
+            ("osm_proxy_response_send_success_count", "xDS responses sent to proxies", &self.responses_ok),
+            ("osm_proxy_response_send_error_count", "xDS responses that could not be sent", &self.responses_err),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            if let Ok(m) = map.lock() {
+                for ((uuid, identity, ty), v) in m.iter() {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{proxy_uuid=\"{}\",identity=\"{}\",type=\"{ty}\"}} {v}",
+                        escape(uuid),
+                        escape(identity)
+                    );
+                }
+            }
+        }
+        for (name, help, label, map) in [
+            ("osm_proxy_nack_count", "xDS responses proxies rejected (NACK)", "type", &self.nacks),
+            ("osm_proxy_rejected_count", "proxies refused at connection", "reason", &self.rejected),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            if let Ok(m) = map.lock() {
+                for (k, v) in m.iter() {
+                    let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP osm_cert_issued_count Certificates issued\n# TYPE osm_cert_issued_count counter\nosm_cert_issued_count {}",
+            self.certs_issued.load(Ordering::Relaxed)
+        );
+        self.cert_issue_time.encode(&mut out, "osm_cert_issued_time", "Time to issue a certificate, seconds");
+        let _ = writeln!(
+            out,
+            "# HELP osm_snapshot_proxies_built_count Proxy snapshots built\n# TYPE osm_snapshot_proxies_built_count counter\nosm_snapshot_proxies_built_count {}",
+            self.proxies_built.load(Ordering::Relaxed)
+        );
+        self.snapshot_build_time.encode(
+            &mut out,
+            "osm_snapshot_build_time",
+            "Time to build one batch of snapshots, seconds",
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_uses_osm_names_and_drops_departed_proxies() {
+        let m = Metrics::default();
+        m.proxy_connected();
+        m.xds_request("u1", "sa.ns", "CDS");
+        m.xds_request("u1", "sa.ns", "CDS");
+        m.response_sent("u1", "sa.ns", "CDS", true);
+        m.nack("LDS");
+        m.snapshots_built(3, Duration::from_millis(2));
+        let text = m.encode();
+        assert!(text.contains("osm_proxy_connect_count 1\n"), "{text}");
+        assert!(text.contains("osm_proxy_xds_request_count{proxy_uuid=\"u1\",identity=\"sa.ns\",type=\"CDS\"} 2\n"));
+        assert!(
+            text.contains(
+                "osm_proxy_response_send_success_count{proxy_uuid=\"u1\",identity=\"sa.ns\",type=\"CDS\"} 1\n"
+            )
+        );
+        assert!(text.contains("osm_proxy_nack_count{type=\"LDS\"} 1\n"));
+        assert!(text.contains("osm_snapshot_build_time_bucket{le=\"0.0025\"} 1\n"));
+        assert!(text.contains("osm_snapshot_build_time_bucket{le=\"0.001\"} 0\n"));
+        assert!(text.contains("osm_snapshot_build_time_count 1\n"));
+        m.proxy_disconnected("u1");
+        let text = m.encode();
+        assert!(text.contains("osm_proxy_connect_count 0\n"));
+        assert!(!text.contains("proxy_uuid=\"u1\""));
+    }
+}
