@@ -491,16 +491,6 @@ pub fn build_with(
             if !clusters_done.insert(cluster_name.clone()) {
                 continue;
             }
-            // Service ports that lead to the same target port share the cluster: its endpoints are theirs
-            // together.
-            let endpoints: Vec<SocketAddr> = svc
-                .ports
-                .iter()
-                .filter(|p| p.target_port == port.target_port)
-                .flat_map(|p| p.endpoints.iter().copied())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
             let key = format!("cds|{cluster_name}|{identity}|{svc_fp:x}");
             let cluster = cache.get_or_make(key, || {
                 vec![resource(
@@ -509,14 +499,25 @@ pub fn build_with(
                 )]
             });
             b.add_all(ResourceType::Cluster, cluster)?;
-            let key = format!("eds|{cluster_name}|{:x}", fingerprint(&endpoints));
-            let cla =
-                cache.get_or_make(key, || vec![resource(&cluster_name, load_assignment(&cluster_name, &endpoints))]);
+            // The Service's fingerprint covers every port's endpoints, so it keys the assignment too.
+            let cla = cache.get_or_make(format!("eds|{cluster_name}|{svc_fp:x}"), || {
+                // Service ports that lead to the same target port share the cluster: its endpoints are theirs
+                // together.
+                let endpoints: Vec<SocketAddr> = svc
+                    .ports
+                    .iter()
+                    .filter(|p| p.target_port == port.target_port)
+                    .flat_map(|p| p.endpoints.iter().copied())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                vec![resource(&cluster_name, load_assignment(&cluster_name, &endpoints))]
+            });
             b.add_all(ResourceType::Endpoint, cla)?;
             b.refer(ResourceType::Endpoint, &cluster_name, &cluster_name);
             b.refer(ResourceType::Secret, &root_name, &cluster_name);
             b.refer(ResourceType::Secret, &own_cert, &cluster_name);
-            if port.protocol.is_http() && !outbound_prefixes(svc, port).is_empty() {
+            if port.protocol.is_http() && (svc.cluster_ip.is_some() || !port.endpoints.is_empty()) {
                 b.refer(ResourceType::Route, &format!("rds-outbound.{}", port.port), OUTBOUND_LISTENER);
             }
         }
