@@ -11,6 +11,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use messages::*;
 
+/// Pod annotation that asks for the sidecar's Prometheus listener (set by injection when the namespace has
+/// metrics enabled).
+pub const PROMETHEUS_SCRAPE_ANNOTATION: &str = "prometheus.io/scrape";
+
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -171,7 +175,13 @@ pub fn pod(o: &core::Pod) -> Result<Pod, ConvertError> {
             }
         }
     }
-    Ok(Pod { namespace: ns, name, labels, service_account, ip, proxy_uuid, container_ports })
+    let prometheus_scrape = o
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PROMETHEUS_SCRAPE_ANNOTATION))
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    Ok(Pod { namespace: ns, name, labels, service_account, ip, proxy_uuid, container_ports, prometheus_scrape })
 }
 
 #[cfg(test)]

@@ -466,6 +466,7 @@ mod tests {
             ip: Some(ip.parse().unwrap()),
             proxy_uuid: ProxyUuid::derived(ns, name),
             container_ports: vec![ContainerPort { name: Some("web".into()), port: 8080 }],
+            prometheus_scrape: false,
         }
     }
 

@@ -235,6 +235,8 @@ pub struct Pod {
     pub ip: Option<IpAddr>,
     pub proxy_uuid: ProxyUuid,
     pub container_ports: Vec<ContainerPort>,
+    /// Annotation `prometheus.io/scrape: "true"`: the sidecar serves its stats for Prometheus on :15010.
+    pub prometheus_scrape: bool,
 }
 
 impl Pod {

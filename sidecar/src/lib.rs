@@ -318,6 +318,7 @@ mod tests {
             ip: Some("10.244.1.1".parse().unwrap()),
             proxy_uuid: ProxyUuid::parse("11111111-2222-3333-4444-555555555555").unwrap(),
             container_ports: vec![],
+            prometheus_scrape: false,
         }
     }
 

@@ -306,12 +306,16 @@ impl LocalMesh {
 
     /// GET on the controller's HTTP endpoint (:9091 on the hub), e.g. `/metrics`.
     pub fn controller_http(&self, path: &str) -> Result<String, TestbedError> {
-        let url = format!("http://{}:9091{path}", self.opts.gateway);
+        self.get_from_hub(&format!("http://{}:9091{path}", self.opts.gateway))
+    }
+
+    /// GET from the hub, a vantage point outside every pod (as Prometheus scraping pods would be).
+    pub fn get_from_hub(&self, url: &str) -> Result<String, TestbedError> {
         let out = self
             .hub
             .ns
             .command(&self.bins.app.display().to_string())
-            .args(["get", &url, "--body-only"])
+            .args(["get", url, "--body-only"])
             .output()
             .map_err(|e| TestbedError::Command(format!("GET {url}"), e.to_string()))?;
         if !out.status.success() {

@@ -78,6 +78,13 @@ fn check_http_and_tcp(mesh: &LocalMesh) {
     );
     assert!(stat(mesh, CLIENT, "cluster.demo_server_8080.upstream_rq_200") >= 1);
     assert!(stat(mesh, CLIENT, "cluster.demo_server_8080.ssl.handshake") >= 1);
+    // The annotated server exposes its sidecar's stats for Prometheus on :15010; the client does not.
+    let scraped = mesh.get_from_hub("http://10.244.1.2:15010/stats/prometheus").unwrap();
+    assert!(
+        scraped.contains("envoy_listener_ssl_handshake{envoy_listener_address=\"0.0.0.0_15003\"}"),
+        "{scraped:.2000}"
+    );
+    assert!(mesh.get_from_hub("http://10.244.1.1:15010/stats/prometheus").is_err());
 
     // TCP (non-HTTP) through both sidecars.
     let handshakes = stat(mesh, SERVER, "listener.0.0.0.0_15003.ssl.handshake");
@@ -158,6 +165,7 @@ fn sotw_mesh_serves_http_and_tcp_follows_yaml_edits_and_refuses_strangers() {
         ip: Some("10.244.1.9".parse().unwrap()),
         proxy_uuid: ProxyUuid::derived("demo", "stranger"),
         container_ports: vec![],
+        prometheus_scrape: false,
     };
     let stranger_key = mesh.start_pod(&stranger).unwrap();
     // A pod that claims another identity than its pod's service account is refused too.

@@ -33,6 +33,7 @@ fn mesh(n: usize) -> MeshCatalog {
                 ip: Some(format!("10.{}.{}.{}", 100 + r, i / 250, i % 250 + 1).parse().unwrap()),
                 proxy_uuid: ProxyUuid::derived(&ns, &name),
                 container_ports: vec![],
+                prometheus_scrape: false,
             }));
         }
     }

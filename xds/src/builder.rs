@@ -54,6 +54,10 @@ pub const ROOT_CERT_INBOUND: &str = "root-cert-for-mtls-inbound";
 /// Egress passthrough: the outbound listener's default chain and its original-destination cluster.
 pub const EGRESS_CHAIN: &str = "outbound-egress-filter-chain";
 pub const PASSTHROUGH_CLUSTER: &str = "passthrough-outbound";
+/// The sidecar's Prometheus endpoint, for pods annotated `prometheus.io/scrape: "true"`.
+pub const PROMETHEUS_LISTENER: &str = "inbound-prometheus-listener";
+pub const METRICS_CLUSTER: &str = "envoy-metrics-cluster";
+const PROMETHEUS_PATH: &str = "/stats/prometheus";
 /// ALPN the mesh's upstream TLS offers; the inbound filter chains match on it.
 pub const MESH_ALPN: &str = "osm";
 
@@ -638,8 +642,76 @@ pub fn build_with(
         )?;
     }
 
+    if view.pod.prometheus_scrape {
+        let listener = cache
+            .get_or_make("lds-prometheus".to_owned(), || vec![resource(PROMETHEUS_LISTENER, prometheus_listener())]);
+        b.add_all(ResourceType::Listener, listener)?;
+        let cluster = cache.get_or_make("cds-metrics".to_owned(), || {
+            let addr = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), ports::ADMIN);
+            let cluster = Cluster {
+                name: METRICS_CLUSTER.to_owned(),
+                cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                    cluster::DiscoveryType::Static as i32,
+                )),
+                connect_timeout: Some(seconds(1)),
+                load_assignment: Some(load_assignment(METRICS_CLUSTER, &[addr])),
+                ..Default::default()
+            };
+            vec![resource(METRICS_CLUSTER, cluster)]
+        });
+        b.add_all(ResourceType::Cluster, cluster)?;
+        b.refer(ResourceType::Cluster, METRICS_CLUSTER, PROMETHEUS_LISTENER);
+    }
+
     b.snap.check_references(&b.refs)?;
     Ok(b.snap)
+}
+
+/// :15010 → Envoy's own admin `/stats/prometheus` (and nothing else of the admin interface).
+fn prometheus_listener() -> Listener {
+    let route = Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix(PROMETHEUS_PATH.to_owned())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(METRICS_CLUSTER.to_owned())),
+            prefix_rewrite: PROMETHEUS_PATH.to_owned(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let router = HttpFilter {
+        name: "envoy.filters.http.router".to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+        ..Default::default()
+    };
+    let hcm = HttpConnectionManager {
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        stat_prefix: "prometheus-http-conn-manager".to_owned(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(RouteConfiguration {
+            name: "prometheus-route-config".to_owned(),
+            virtual_hosts: vec![VirtualHost {
+                name: "prometheus-inbound-virtual-host".to_owned(),
+                domains: vec!["*".to_owned()],
+                routes: vec![route],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        http_filters: vec![router],
+        ..Default::default()
+    };
+    Listener {
+        name: PROMETHEUS_LISTENER.to_owned(),
+        address: Some(any_addr(ports::PROMETHEUS)),
+        filter_chains: vec![FilterChain {
+            filters: vec![network_filter("envoy.filters.network.http_connection_manager", pack_any(hcm))],
+            ..Default::default()
+        }],
+        traffic_direction: TrafficDirection::Inbound as i32,
+        ..Default::default()
+    }
 }
 
 fn upstream_cluster(svc: &ServiceView, protocol: AppProtocol, name: &str, own_cert: &str, root_name: &str) -> Cluster {
@@ -762,6 +834,7 @@ mod tests {
                 ip: Some(ip.parse().unwrap()),
                 proxy_uuid: ProxyUuid::derived("demo", name),
                 container_ports: vec![],
+                prometheus_scrape: false,
             })
         };
         vec![
@@ -918,6 +991,18 @@ mod tests {
         )
         .unwrap();
         assert!(rc.virtual_hosts[0].domains.contains(&"[fd00::a]:80".to_owned()));
+    }
+
+    #[test]
+    fn prometheus_listener_only_when_annotated() {
+        let mut view = view_for("web-1");
+        assert!(!build(&view, CERTS).unwrap().get(ResourceType::Listener).resources.contains_key(PROMETHEUS_LISTENER));
+        view.pod.prometheus_scrape = true;
+        let snap = build(&view, CERTS).unwrap();
+        let l = Listener::decode(snap.get(ResourceType::Listener).resources[PROMETHEUS_LISTENER].body.value.as_slice())
+            .unwrap();
+        assert_eq!(l.address.unwrap(), any_addr(15010));
+        assert!(snap.get(ResourceType::Cluster).resources.contains_key(METRICS_CLUSTER));
     }
 
     #[test]
