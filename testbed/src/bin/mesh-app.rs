@@ -71,7 +71,17 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::HttpServer { port, name } => http_server(port, &name),
         Cmd::TcpEcho { port, name } => tcp_echo(port, &name),
