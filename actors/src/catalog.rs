@@ -1,6 +1,9 @@
 //! The catalog actor: owns the [`MeshCatalog`], applies source events, tells the snapshot actor who is
 //! dirty, and answers proxy verification and view queries.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use actix::prelude::*;
 use messages::{Dirty, MeshCatalog, MeshSettings, ProxyId, ProxyUuid, ProxyView, SourceEvent, VerifyError};
 
@@ -28,13 +31,15 @@ pub struct GetViews(pub Vec<ProxyUuid>);
 pub struct CatalogActor {
     catalog: MeshCatalog,
     snapshots: Option<Addr<SnapshotActor>>,
+    /// Raised once the catalog has its first full content (`/health/ready`).
+    synced: Arc<AtomicBool>,
 }
 
 impl CatalogActor {
-    pub fn new(trust_domain: &str, settings: MeshSettings) -> Self {
+    pub fn new(trust_domain: &str, settings: MeshSettings, synced: Arc<AtomicBool>) -> Self {
         let mut catalog = MeshCatalog::new(trust_domain);
         catalog.set_settings(settings);
-        Self { catalog, snapshots: None }
+        Self { catalog, snapshots: None, synced }
     }
 }
 
@@ -61,6 +66,9 @@ impl Handler<ApplyEvents> for CatalogActor {
         let mut dirty = Dirty::Nothing;
         for event in msg.0 {
             dirty = dirty.merge(self.catalog.apply(event));
+        }
+        if self.catalog.is_synced() {
+            self.synced.store(true, Ordering::Relaxed);
         }
         let (services, endpoints, pods) = self.catalog.counts();
         tracing::debug!(services, endpoints, pods, ?dirty, "catalog updated");

@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 #[derive(Clone, Debug)]
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
-    /// True once the catalog finished its first sync and ADS is being served.
+    /// True once the catalog has its first full content (the ADS listener is bound before that).
     pub ready: Arc<AtomicBool>,
 }
 

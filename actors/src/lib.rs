@@ -17,7 +17,7 @@ pub mod source;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ::certs::CertificateAuthority;
@@ -104,7 +104,7 @@ pub async fn run_on(
     }
     let ca = Arc::new(CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)?);
 
-    let catalog = catalog::CatalogActor::new(&config.trust_domain, config.settings.clone()).start();
+    let catalog = catalog::CatalogActor::new(&config.trust_domain, config.settings.clone(), ready.clone()).start();
     let cert_actor = certs::CertActor::new(ca.clone(), config.service_cert_validity, metrics.clone()).start();
     let snapshots =
         snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), ca.root_pem(), metrics.clone()).start();
@@ -137,7 +137,6 @@ pub async fn run_on(
     };
     let addr = listeners.ads.local_addr().unwrap_or(config.ads_addr);
     tracing::info!(addr = %addr, mesh_dir = %config.mesh_dir.display(), "ADS server listening (mTLS)");
-    ready.store(true, Ordering::Relaxed);
     let shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(true);

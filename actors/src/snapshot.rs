@@ -52,6 +52,8 @@ pub struct Unsubscribe(pub ProxyUuid);
 
 struct Entry {
     identity: ServiceIdentity,
+    /// Changes when the entry is replaced, so a build started for its predecessor is not published to it.
+    generation: u64,
     tx: watch::Sender<ProxyState>,
 }
 
@@ -64,6 +66,7 @@ pub struct SnapshotActor {
     pending: Dirty,
     building: bool,
     builds: u64,
+    generations: u64,
 }
 
 /// The outcome of building one proxy.
@@ -77,7 +80,7 @@ enum Built {
     Failed(String),
 }
 
-type BuildResult = Vec<(ProxyUuid, Built)>;
+type BuildResult = Vec<(ProxyUuid, u64, Built)>;
 
 impl SnapshotActor {
     pub fn new(catalog: Addr<CatalogActor>, certs: Addr<CertActor>, root_pem: &str, metrics: Arc<Metrics>) -> Self {
@@ -90,6 +93,7 @@ impl SnapshotActor {
             pending: Dirty::Nothing,
             building: false,
             builds: 0,
+            generations: 0,
         }
     }
 
@@ -114,9 +118,12 @@ impl SnapshotActor {
         }
         self.building = true;
         let retry: BTreeSet<ProxyUuid> = uuids.iter().cloned().collect();
-        // The identity each proxy authenticated with; its pod must still run as that identity.
-        let expected: HashMap<ProxyUuid, ServiceIdentity> =
-            uuids.iter().filter_map(|u| self.proxies.get(u).map(|e| (u.clone(), e.identity.clone()))).collect();
+        // The identity each proxy authenticated with (its pod must still run as that identity), and which
+        // entry the build is for.
+        let expected: HashMap<ProxyUuid, (ServiceIdentity, u64)> = uuids
+            .iter()
+            .filter_map(|u| self.proxies.get(u).map(|e| (u.clone(), (e.identity.clone(), e.generation))))
+            .collect();
         let catalog = self.catalog.clone();
         let certs = self.certs.clone();
         let root = self.root_pem.clone();
@@ -137,11 +144,13 @@ impl SnapshotActor {
                 let results = views
                     .into_iter()
                     .map(|(uuid, view)| {
+                        let (identity, generation) = match expected.get(&uuid) {
+                            Some((id, g)) => (Some(id), *g),
+                            None => (None, 0),
+                        };
                         let result = match view {
                             None => Built::PodGone,
-                            Some(view) if expected.get(&uuid) != Some(&view.identity()) => {
-                                Built::IdentityChanged(view.identity())
-                            }
+                            Some(view) if identity != Some(&view.identity()) => Built::IdentityChanged(view.identity()),
                             Some(view) => match certs.get(&view.identity()) {
                                 None => Built::Failed(format!("no certificate for {}", view.identity())),
                                 Some(Err(e)) => Built::Failed(format!("no certificate for {}: {e}", view.identity())),
@@ -159,7 +168,7 @@ impl SnapshotActor {
                                 },
                             },
                         };
-                        (uuid, result)
+                        (uuid, generation, result)
                     })
                     .collect::<BuildResult>();
                 metrics.snapshots_built(results.len(), started.elapsed());
@@ -174,7 +183,14 @@ impl SnapshotActor {
             act.builds += 1;
             match res {
                 Ok(results) => {
-                    act.publish(results);
+                    let failed = act.publish(results);
+                    if !failed.is_empty() {
+                        // Try those again shortly (e.g. a certificate that could not be issued).
+                        ctx.run_later(std::time::Duration::from_secs(1), move |act, ctx| {
+                            act.mark(Dirty::Proxies(failed));
+                            act.kick(ctx);
+                        });
+                    }
                     act.kick(ctx);
                 }
                 Err(e) => {
@@ -187,9 +203,11 @@ impl SnapshotActor {
         }));
     }
 
-    fn publish(&mut self, results: BuildResult) {
-        for (uuid, result) in results {
-            let Some(entry) = self.proxies.get(&uuid) else { continue };
+    /// Hands each result to its proxy's session; returns the proxies whose build failed.
+    fn publish(&mut self, results: BuildResult) -> BTreeSet<ProxyUuid> {
+        let mut failed = BTreeSet::new();
+        for (uuid, generation, result) in results {
+            let Some(entry) = self.proxies.get(&uuid).filter(|e| e.generation == generation) else { continue };
             match result {
                 Built::Ok(snap) => {
                     entry.tx.send_if_modified(|cur| match cur {
@@ -213,10 +231,16 @@ impl SnapshotActor {
                     )));
                 }
                 Built::Failed(reason) => {
-                    tracing::error!(proxy = %uuid, error = %reason, "keeping the last good snapshot")
+                    if matches!(*entry.tx.borrow(), ProxyState::Ready(_)) {
+                        tracing::error!(proxy = %uuid, error = %reason, "build failed; the proxy keeps its last good config");
+                    } else {
+                        tracing::error!(proxy = %uuid, error = %reason, "build failed; the proxy has no config yet");
+                    }
+                    failed.insert(uuid);
                 }
             }
         }
+        failed
     }
 }
 
@@ -255,10 +279,24 @@ impl Handler<IdentitiesRenewed> for SnapshotActor {
 impl Handler<Subscribe> for SnapshotActor {
     type Result = MessageResult<Subscribe>;
     fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
-        let entry = self
-            .proxies
-            .entry(msg.uuid.clone())
-            .or_insert_with(|| Entry { identity: msg.identity.clone(), tx: watch::Sender::new(ProxyState::Pending) });
+        // A session for another identity than the entry's (the pod changed service account and its sidecar
+        // was bootstrapped again) must never see the old identity's snapshot: start a fresh entry, and end
+        // the sessions of the old one.
+        if let Some(old) = self.proxies.get(&msg.uuid)
+            && old.identity != msg.identity
+        {
+            old.tx.send_replace(ProxyState::Gone(format!("proxy {} now connects as {}", msg.uuid, msg.identity)));
+            self.proxies.remove(&msg.uuid);
+        }
+        let generations = &mut self.generations;
+        let entry = self.proxies.entry(msg.uuid.clone()).or_insert_with(|| {
+            *generations += 1;
+            Entry {
+                identity: msg.identity.clone(),
+                generation: *generations,
+                tx: watch::Sender::new(ProxyState::Pending),
+            }
+        });
         let rx = entry.tx.subscribe();
         if matches!(*rx.borrow(), ProxyState::Pending | ProxyState::Gone(_)) {
             entry.tx.send_replace(ProxyState::Pending);

@@ -72,30 +72,32 @@ impl DeltaSession {
             out.nack =
                 Some(Nack { type_url: req.type_url.clone(), version: String::new(), message: err.message.clone() });
         }
-        if let Some(r) = self.respond(ty) {
-            out.responses.push(r);
-        }
+        out.responses = self.respond_with_endpoints(ty);
         out
     }
 
     pub fn on_snapshot(&mut self, snap: Arc<ProxySnapshot>) -> Vec<DeltaDiscoveryResponse> {
         self.snapshot = Some(snap);
-        let mut out = Vec::new();
-        for ty in ResourceType::ALL {
-            let before = self.types.get(&ty).map(|t| t.held.clone()).unwrap_or_default();
-            if let Some(r) = self.respond(ty) {
-                if ty == ResourceType::Cluster {
-                    // Envoy re-warms an updated cluster and waits for its endpoints again, even unchanged
-                    // ones: forget that it holds them so they are sent after the cluster.
-                    let updated: Vec<&str> =
-                        r.resources.iter().filter(|x| before.contains_key(&x.name)).map(|x| x.name.as_str()).collect();
-                    if let Some(eds) = self.types.get_mut(&ResourceType::Endpoint) {
-                        for name in updated {
-                            eds.held.remove(name);
-                        }
-                    }
+        ResourceType::ALL.into_iter().flat_map(|ty| self.respond_with_endpoints(ty)).collect()
+    }
+
+    /// Responds for `ty`; after clusters that replace ones the proxy held, also sends their endpoints:
+    /// Envoy re-warms an updated cluster and waits for its endpoints again, even unchanged ones. This holds
+    /// for a reconnect too, where the proxy reported what it held in `initial_resource_versions`.
+    fn respond_with_endpoints(&mut self, ty: ResourceType) -> Vec<DeltaDiscoveryResponse> {
+        let before = self.types.get(&ty).map(|t| t.held.clone()).unwrap_or_default();
+        let Some(r) = self.respond(ty) else { return Vec::new() };
+        let mut out = vec![r];
+        if ty == ResourceType::Cluster {
+            let updated: Vec<String> =
+                out[0].resources.iter().filter(|x| before.contains_key(&x.name)).map(|x| x.name.clone()).collect();
+            if let Some(eds) = self.types.get_mut(&ResourceType::Endpoint)
+                && !updated.is_empty()
+            {
+                for name in &updated {
+                    eds.held.remove(name);
                 }
-                out.push(r);
+                out.extend(self.respond(ResourceType::Endpoint));
             }
         }
         out
@@ -199,6 +201,27 @@ mod tests {
         changed.insert(ResourceType::Endpoint, Arc::new(Resource::new("a", body("e1")))).unwrap();
         let out = s.on_snapshot(Arc::new(changed));
         assert_eq!(out.len(), 2);
+        assert_eq!(out[1].type_url, ResourceType::Endpoint.type_url());
+        assert_eq!(out[1].resources[0].name, "a");
+    }
+
+    #[test]
+    fn after_a_reconnect_an_updated_cluster_still_gets_its_endpoints() {
+        let body = |v: &str| Any { type_url: "t".into(), value: v.as_bytes().to_vec() };
+        let mut snapshot = ProxySnapshot::default();
+        snapshot.insert(ResourceType::Cluster, Arc::new(Resource::new("a", body("c2")))).unwrap();
+        let cla = Arc::new(Resource::new("a", body("e1")));
+        snapshot.insert(ResourceType::Endpoint, cla.clone()).unwrap();
+        let mut s = DeltaSession::new();
+        s.on_snapshot(Arc::new(snapshot));
+        // The proxy held the old cluster and the current endpoints; it asks for endpoints first.
+        let mut eds = req(ResourceType::Endpoint, &["a"], "");
+        eds.initial_resource_versions.insert("a".into(), cla.version.clone());
+        assert!(s.on_request(&eds).responses[0].resources.is_empty());
+        let mut cds = req(ResourceType::Cluster, &[], "");
+        cds.initial_resource_versions.insert("a".into(), "old".into());
+        let out = s.on_request(&cds).responses;
+        assert_eq!(out.len(), 2, "cluster, then its endpoints");
         assert_eq!(out[1].type_url, ResourceType::Endpoint.type_url());
         assert_eq!(out[1].resources[0].name, "a");
     }
