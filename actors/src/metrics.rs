@@ -46,14 +46,24 @@ impl Histogram {
     }
 }
 
-type ProxyKey = (String, String, &'static str);
+/// Counters of one connected proxy, dropped with its last session.
+#[derive(Debug, Default)]
+struct ProxySeries {
+    identity: String,
+    sessions: u32,
+    /// (metric, type) → count.
+    counts: BTreeMap<(&'static str, &'static str), u64>,
+}
+
+const XDS_REQUESTS: &str = "osm_proxy_xds_request_count";
+const RESPONSES_OK: &str = "osm_proxy_response_send_success_count";
+const RESPONSES_ERR: &str = "osm_proxy_response_send_error_count";
 
 #[derive(Debug)]
 pub struct Metrics {
     connected: AtomicI64,
-    xds_requests: Mutex<BTreeMap<ProxyKey, u64>>,
-    responses_ok: Mutex<BTreeMap<ProxyKey, u64>>,
-    responses_err: Mutex<BTreeMap<ProxyKey, u64>>,
+    /// Per-proxy series by UUID: a disconnect drops one entry, not a scan of every series.
+    proxies: Mutex<BTreeMap<String, ProxySeries>>,
     nacks: Mutex<BTreeMap<&'static str, u64>>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     certs_issued: AtomicU64,
@@ -67,9 +77,7 @@ impl Default for Metrics {
         const FAST: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
         Self {
             connected: AtomicI64::new(0),
-            xds_requests: Mutex::default(),
-            responses_ok: Mutex::default(),
-            responses_err: Mutex::default(),
+            proxies: Mutex::default(),
             nacks: Mutex::default(),
             rejected: Mutex::default(),
             certs_issued: AtomicU64::new(0),
@@ -91,27 +99,42 @@ fn escape(v: &str) -> String {
 }
 
 impl Metrics {
-    pub fn proxy_connected(&self) {
+    pub fn proxy_connected(&self, uuid: &str, identity: &str) {
         self.connected.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.proxies.lock() {
+            let p = m.entry(uuid.to_owned()).or_default();
+            p.identity = identity.to_owned();
+            p.sessions += 1;
+        }
     }
 
-    /// Drops the proxy's series: a disconnected proxy's counters go with it.
+    /// Drops the proxy's series once its last session ended (a reconnect may overlap the old stream).
     pub fn proxy_disconnected(&self, uuid: &str) {
         self.connected.fetch_sub(1, Ordering::Relaxed);
-        for map in [&self.xds_requests, &self.responses_ok, &self.responses_err] {
-            if let Ok(mut m) = map.lock() {
-                m.retain(|(u, _, _), _| u != uuid);
+        if let Ok(mut m) = self.proxies.lock()
+            && let Some(p) = m.get_mut(uuid)
+        {
+            p.sessions = p.sessions.saturating_sub(1);
+            if p.sessions == 0 {
+                m.remove(uuid);
             }
         }
     }
 
-    pub fn xds_request(&self, uuid: &str, identity: &str, ty: &'static str) {
-        bump(&self.xds_requests, (uuid.to_owned(), identity.to_owned(), ty));
+    fn count(&self, uuid: &str, metric: &'static str, ty: &'static str) {
+        if let Ok(mut m) = self.proxies.lock()
+            && let Some(p) = m.get_mut(uuid)
+        {
+            *p.counts.entry((metric, ty)).or_default() += 1;
+        }
     }
 
-    pub fn response_sent(&self, uuid: &str, identity: &str, ty: &'static str, ok: bool) {
-        let map = if ok { &self.responses_ok } else { &self.responses_err };
-        bump(map, (uuid.to_owned(), identity.to_owned(), ty));
+    pub fn xds_request(&self, uuid: &str, ty: &'static str) {
+        self.count(uuid, XDS_REQUESTS, ty);
+    }
+
+    pub fn response_sent(&self, uuid: &str, ty: &'static str, ok: bool) {
+        self.count(uuid, if ok { RESPONSES_OK } else { RESPONSES_ERR }, ty);
     }
 
     pub fn nack(&self, ty: &'static str) {
@@ -146,20 +169,24 @@ impl Metrics {
             "# HELP osm_proxy_connect_count Number of connected proxies\n# TYPE osm_proxy_connect_count gauge\nosm_proxy_connect_count {}",
             self.connected.load(Ordering::Relaxed)
         );
-        for (name, help, map) in [
-            ("osm_proxy_xds_request_count", "xDS requests received from proxies", &self.xds_requests),
-            ("osm_proxy_response_send_success_count", "xDS responses sent to proxies", &self.responses_ok),
-            ("osm_proxy_response_send_error_count", "xDS responses that could not be sent", &self.responses_err),
+        for (name, help) in [
+            (XDS_REQUESTS, "xDS requests received from proxies"),
+            (RESPONSES_OK, "xDS responses sent to proxies"),
+            (RESPONSES_ERR, "xDS responses that could not be sent"),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            if let Ok(m) = map.lock() {
-                for ((uuid, identity, ty), v) in m.iter() {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{proxy_uuid=\"{}\",identity=\"{}\",type=\"{ty}\"}} {v}",
-                        escape(uuid),
-                        escape(identity)
-                    );
+            if let Ok(m) = self.proxies.lock() {
+                for (uuid, p) in m.iter() {
+                    for ((metric, ty), v) in &p.counts {
+                        if *metric == name {
+                            let _ = writeln!(
+                                out,
+                                "{name}{{proxy_uuid=\"{}\",identity=\"{}\",type=\"{ty}\"}} {v}",
+                                escape(uuid),
+                                escape(&p.identity)
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -201,10 +228,10 @@ mod tests {
     #[test]
     fn exposition_uses_osm_names_and_drops_departed_proxies() {
         let m = Metrics::default();
-        m.proxy_connected();
-        m.xds_request("u1", "sa.ns", "CDS");
-        m.xds_request("u1", "sa.ns", "CDS");
-        m.response_sent("u1", "sa.ns", "CDS", true);
+        m.proxy_connected("u1", "sa.ns");
+        m.xds_request("u1", "CDS");
+        m.xds_request("u1", "CDS");
+        m.response_sent("u1", "CDS", true);
         m.nack("LDS");
         m.snapshots_built(3, Duration::from_millis(2));
         let text = m.encode();
@@ -219,6 +246,10 @@ mod tests {
         assert!(text.contains("osm_snapshot_build_time_bucket{le=\"0.0025\"} 1\n"));
         assert!(text.contains("osm_snapshot_build_time_bucket{le=\"0.001\"} 0\n"));
         assert!(text.contains("osm_snapshot_build_time_count 1\n"));
+        // A reconnect overlapping the old stream keeps the series until the last session ends.
+        m.proxy_connected("u1", "sa.ns");
+        m.proxy_disconnected("u1");
+        assert!(m.encode().contains("proxy_uuid=\"u1\""));
         m.proxy_disconnected("u1");
         let text = m.encode();
         assert!(text.contains("osm_proxy_connect_count 0\n"));

@@ -39,13 +39,13 @@ impl<P: Protocol> ProxySession<P> {
             return;
         }
         let tx = self.responses.clone();
-        let (metrics, uuid, identity) = (self.metrics.clone(), self.uuid.clone(), self.identity.clone());
+        let (metrics, uuid) = (self.metrics.clone(), self.uuid.clone());
         ctx.wait(
             async move {
                 for r in out {
                     let ty = xds::type_label(P::response_type_url(&r));
                     let ok = tx.send(Ok(r)).await.is_ok();
-                    metrics.response_sent(&uuid, &identity, ty, ok);
+                    metrics.response_sent(&uuid, ty, ok);
                     if !ok {
                         return false;
                     }
@@ -84,7 +84,7 @@ impl<P: Protocol> Actor for ProxySession<P> {
             ctx.add_stream(requests);
             ctx.add_stream(WatchStream::new(states));
         }
-        self.metrics.proxy_connected();
+        self.metrics.proxy_connected(&self.uuid, &self.identity);
         tracing::info!(proxy = %self.proxy, api = P::NAME, "proxy connected");
     }
 
@@ -99,7 +99,7 @@ impl<P: Protocol> StreamHandler<Result<P::Request, Status>> for ProxySession<P> 
     fn handle(&mut self, item: Result<P::Request, Status>, ctx: &mut Self::Context) {
         match item {
             Ok(req) => {
-                self.metrics.xds_request(&self.uuid, &self.identity, xds::type_label(P::request_type_url(&req)));
+                self.metrics.xds_request(&self.uuid, xds::type_label(P::request_type_url(&req)));
                 let out = self.protocol.on_request(&req);
                 self.handle_outcome(out, ctx);
             }

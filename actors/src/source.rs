@@ -25,7 +25,9 @@ pub struct ScanNow;
 
 impl DirSourceActor {
     pub fn new(dir: PathBuf, catalog: Addr<CatalogActor>, interval: Duration) -> Self {
-        Self { dir: YamlDir::new(dir), catalog, interval, reported: BTreeSet::new() }
+        // Give writers a moment: a file is read once it has not changed for a short while.
+        let settle = interval.min(Duration::from_millis(100));
+        Self { dir: YamlDir::new(dir).with_settle(settle), catalog, interval, reported: BTreeSet::new() }
     }
 
     fn scan(&mut self) -> ResponseActFuture<Self, ()> {

@@ -104,6 +104,13 @@ impl Controller {
     }
 }
 
+/// Replaces the mesh file atomically, as a careful operator (or kubectl-like tool) would.
+fn write_mesh(c: &Controller, text: impl AsRef<str>) -> std::io::Result<()> {
+    let tmp = c.mesh_dir().join(".mesh.yaml.tmp");
+    std::fs::write(&tmp, text.as_ref())?;
+    std::fs::rename(tmp, c.mesh_dir().join("mesh.yaml"))
+}
+
 impl Controller {
     /// GET on the controller's HTTP endpoint: (status, body).
     async fn http(&self, path: &str) -> (u16, String) {
@@ -194,7 +201,7 @@ async fn sotw_session_serves_acks_quietly_and_survives_a_nack() {
 
     // A change in the mesh still reaches the proxy after its NACK.
     let more = MESH.replace("status: {podIP: 10.244.1.2}", "status: {podIP: 10.244.1.3}");
-    std::fs::write(c.mesh_dir().join("mesh.yaml"), more).unwrap();
+    write_mesh(&c, more).unwrap();
     let update = next(&mut stream).await;
     assert_eq!(update.type_url, ResourceType::Endpoint.type_url(), "only EDS changed");
 }
@@ -254,7 +261,7 @@ async fn delta_session_sends_changes_and_removals() {
 
     let without_service: String =
         MESH.split("\n---\n").filter(|d| !d.contains("kind: Service")).collect::<Vec<_>>().join("\n---\n");
-    std::fs::write(c.mesh_dir().join("mesh.yaml"), without_service).unwrap();
+    write_mesh(&c, without_service).unwrap();
     let removal = next(&mut stream).await;
     assert_eq!(removal.removed_resources, vec!["demo/web|8080"]);
     assert!(removal.resources.is_empty());
@@ -266,7 +273,7 @@ async fn a_pod_removed_from_the_mesh_loses_its_stream() {
     let (_tx, mut stream) = connected_client(&c).await;
     let without_client: String =
         MESH.split("\n---\n").filter(|d| !d.contains("name: client")).collect::<Vec<_>>().join("\n---\n");
-    std::fs::write(c.mesh_dir().join("mesh.yaml"), without_client).unwrap();
+    write_mesh(&c, without_client).unwrap();
     stream_ends_with(&mut stream, tonic::Code::PermissionDenied, "no longer in the mesh").await;
 }
 
@@ -276,7 +283,7 @@ async fn a_pod_that_changes_service_account_loses_its_stream_not_gains_a_key() {
     let (_tx, mut stream) = connected_client(&c).await;
     let moved = MESH.replace("spec: {serviceAccountName: client,", "spec: {serviceAccountName: web,");
     assert_ne!(moved, MESH);
-    std::fs::write(c.mesh_dir().join("mesh.yaml"), moved).unwrap();
+    write_mesh(&c, moved).unwrap();
     stream_ends_with(&mut stream, tonic::Code::PermissionDenied, "now runs as web.demo").await;
 }
 

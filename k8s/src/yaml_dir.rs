@@ -50,6 +50,9 @@ pub struct YamlDir {
     emitted: BTreeMap<ObjectKey, MeshObject>,
     /// Which file each object's definition in force came from.
     owners: BTreeMap<ObjectKey, PathBuf>,
+    /// A file modified less than this long ago is read at a later scan: an editor or `cp` may still be
+    /// writing it, and a half-written file would drop objects.
+    settle: std::time::Duration,
     started: bool,
 }
 
@@ -160,8 +163,15 @@ impl YamlDir {
             files: BTreeMap::new(),
             emitted: BTreeMap::new(),
             owners: BTreeMap::new(),
+            settle: std::time::Duration::ZERO,
             started: false,
         }
+    }
+
+    /// Waits until a changed file has been left alone for `settle` before reading it.
+    pub fn with_settle(mut self, settle: std::time::Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -259,6 +269,10 @@ impl YamlDir {
         let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
         if self.files.get(path).is_some_and(|f| f.stamp == stamp && f.stamp != unknown) {
             return;
+        }
+        let age = SystemTime::now().duration_since(stamp.0).unwrap_or_default();
+        if self.started && age < self.settle {
+            return; // still being written, perhaps: next scan
         }
         let bytes = match fs::read(path) {
             Ok(b) => b,
@@ -435,6 +449,19 @@ metadata: {name: ignored}
         assert!(err.contains("invalid type"), "{err}");
         let no_kind = "apiVersion: v1\nmetadata: {name: x}\n";
         assert_eq!(parse_file(no_kind).unwrap_err(), "document 1: kind is missing");
+    }
+
+    #[test]
+    fn a_file_being_written_is_read_once_it_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("server.yaml"), SERVER).unwrap();
+        let mut src = YamlDir::new(dir.path()).with_settle(std::time::Duration::from_millis(300));
+        src.scan();
+        fs::write(dir.path().join("server.yaml"), "").unwrap(); // truncated mid-write
+        assert!(src.scan().events.is_empty(), "a fresh change waits");
+        fs::write(dir.path().join("server.yaml"), SERVER.replace("10.244.1.2", "10.244.1.7")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(350));
+        assert_eq!(keys(&src.scan().events), vec!["apply Pod demo/server-1"]);
     }
 
     #[test]
