@@ -495,11 +495,20 @@ pub fn build_with(
             if !clusters_done.insert(cluster_name.clone()) {
                 continue;
             }
+            // Ports sharing the cluster may disagree on protocol: HTTP options on a cluster are harmless to
+            // tcp_proxy, while their absence would downgrade HTTP/2 (gRPC) to HTTP/1.1.
+            let cluster_protocol = svc
+                .ports
+                .iter()
+                .filter(|p| p.target_port == port.target_port)
+                .map(|p| p.protocol)
+                .find(|p| p.is_http())
+                .unwrap_or(port.protocol);
             let key = format!("cds|{cluster_name}|{identity}|{svc_fp:x}");
             let cluster = cache.get_or_make(key, || {
                 vec![resource(
                     &cluster_name,
-                    upstream_cluster(svc, port.protocol, &cluster_name, &own_cert, &root_name),
+                    upstream_cluster(svc, cluster_protocol, &cluster_name, &own_cert, &root_name),
                 )]
             });
             b.add_all(ResourceType::Cluster, cluster)?;
