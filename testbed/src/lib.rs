@@ -43,6 +43,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TestbedError + '_ {
     move |e| TestbedError::Io(path.to_owned(), e)
 }
 
+/// A binary's exit: the error's chain of causes on stderr (no backtrace) and status 1.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Where the programs the testbed runs live.
 #[derive(Debug, Clone)]
 pub struct Binaries {

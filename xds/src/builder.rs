@@ -166,12 +166,16 @@ fn access_log() -> AccessLog {
     }
 }
 
-fn http_connection_manager(route_config: &str, stat_prefix: &str) -> Filter {
-    let router = HttpFilter {
+fn router_filter() -> HttpFilter {
+    HttpFilter {
         name: "envoy.filters.http.router".to_owned(),
         config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
         ..Default::default()
-    };
+    }
+}
+
+fn http_connection_manager(route_config: &str, stat_prefix: &str) -> Filter {
+    let router = router_filter();
     let hcm = HttpConnectionManager {
         codec_type: http_connection_manager::CodecType::Auto as i32,
         stat_prefix: stat_prefix.to_owned(),
@@ -690,11 +694,6 @@ fn prometheus_listener() -> Listener {
         })),
         ..Default::default()
     };
-    let router = HttpFilter {
-        name: "envoy.filters.http.router".to_owned(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
-        ..Default::default()
-    };
     let hcm = HttpConnectionManager {
         codec_type: http_connection_manager::CodecType::Auto as i32,
         stat_prefix: "prometheus-http-conn-manager".to_owned(),
@@ -708,7 +707,7 @@ fn prometheus_listener() -> Listener {
             }],
             ..Default::default()
         })),
-        http_filters: vec![router],
+        http_filters: vec![router_filter()],
         ..Default::default()
     };
     Listener {

@@ -72,13 +72,7 @@ enum Cmd {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    testbed::exit_code(run())
 }
 
 fn run() -> anyhow::Result<()> {
