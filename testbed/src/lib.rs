@@ -44,7 +44,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TestbedError + '_ {
 }
 
 /// A binary's exit: the error's chain of causes on stderr (no backtrace) and status 1.
-pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
