@@ -240,6 +240,3 @@ impl SessionHandler for SessionManager {
         })
     }
 }
-
-/// Shared so the tonic service can hold it.
-pub type SharedSessionManager = Arc<SessionManager>;

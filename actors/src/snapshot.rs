@@ -65,7 +65,6 @@ pub struct SnapshotActor {
     proxies: HashMap<ProxyUuid, Entry>,
     pending: Dirty,
     building: bool,
-    builds: u64,
     generations: u64,
 }
 
@@ -92,7 +91,6 @@ impl SnapshotActor {
             proxies: HashMap::new(),
             pending: Dirty::Nothing,
             building: false,
-            builds: 0,
             generations: 0,
         }
     }
@@ -180,7 +178,6 @@ impl SnapshotActor {
         };
         ctx.spawn(work.into_actor(self).map(|res, act, ctx| {
             act.building = false;
-            act.builds += 1;
             match res {
                 Ok(results) => {
                     let failed = act.publish(results);
@@ -317,17 +314,5 @@ impl Handler<Unsubscribe> for SnapshotActor {
                 act.proxies.remove(&msg.0);
             }
         });
-    }
-}
-
-/// Number of connected proxies and builds done, for status and tests.
-#[derive(Message)]
-#[rtype(result = "(usize, u64)")]
-pub struct Stats;
-
-impl Handler<Stats> for SnapshotActor {
-    type Result = MessageResult<Stats>;
-    fn handle(&mut self, _: Stats, _: &mut Self::Context) -> Self::Result {
-        MessageResult((self.proxies.len(), self.builds))
     }
 }

@@ -174,10 +174,6 @@ impl YamlDir {
         self
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Files that currently fail to parse (their previous objects stay in force).
     pub fn broken_files(&self) -> Vec<FileError> {
         self.files

@@ -119,10 +119,6 @@ impl MeshCatalog {
         &self.trust_domain
     }
 
-    pub fn settings(&self) -> &MeshSettings {
-        &self.settings
-    }
-
     /// Replaces the mesh-wide settings; every proxy is dirty when they change.
     pub fn set_settings(&mut self, settings: MeshSettings) -> Dirty {
         if self.settings == settings {
@@ -270,10 +266,6 @@ impl MeshCatalog {
             unindex(&mut self.pods_by_label, (old.namespace.clone(), k.clone(), v.clone()), &old.name);
         }
         true
-    }
-
-    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
-        self.pods.values()
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {

@@ -187,10 +187,6 @@ impl PodRuntime {
         let lines: Vec<&str> = log.lines().filter(|l| !l.contains("\"127.0.0.1:15000\"")).collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
-
-    pub fn netns(&self) -> &Netns {
-        &self.netns
-    }
 }
 
 /// A running mesh: controller, pods, apps. Everything is stopped and removed on drop.
@@ -341,10 +337,6 @@ impl LocalMesh {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-
-    pub fn work_dir(&self) -> &Path {
-        self.work.path()
     }
 
     /// Everything the controller logged so far.
