@@ -22,4 +22,4 @@ if ! "$ENVOY_BIN" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
   # Sidecars run as uid 1500, which cannot reach into root's home: install a world-readable copy.
   install -m 0755 "$src" "$ENVOY_BIN"
 fi
-"$ENVOY_BIN" --version | grep -o "[0-9a-f]*/$ENVOY_VERSION/[A-Za-z]*/[A-Z-]*" || true
+echo "Envoy: $("$ENVOY_BIN" --version | grep -o "[0-9a-f]*/$ENVOY_VERSION/[A-Za-z]*/[A-Z-]*")"
