@@ -3,8 +3,12 @@
 //! Data flow: [`source::DirSourceActor`] scans the mesh directory → [`catalog::CatalogActor`] applies the
 //! events to the mesh index and marks proxies dirty → [`snapshot::SnapshotActor`] builds their snapshots
 //! (with certificates from [`certs::CertActor`]) and publishes each through a `watch` channel →
-//! [`session::ProxySession`], one actor per connected Envoy, streams what changed over ADS. This is the
-//! only crate that knows actix.
+//! a session per connected Envoy ([`session`]) streams what changed over ADS. This is the only crate
+//! that knows actix.
+//!
+//! Threads: the actors (catalog, snapshots, certificates, directory source) live on one actix system
+//! thread of their own; the ADS server, its TLS handshakes and every proxy session run on the caller's
+//! multi-threaded tokio runtime, so serving uses every core and never waits behind signing or file reading.
 
 pub mod catalog;
 pub mod certs;
@@ -33,8 +37,8 @@ pub struct ControllerConfig {
     pub service_cert_validity: Duration,
     /// Extra DNS names / IPs for the ADS server certificate.
     pub ads_server_names: Vec<String>,
-    /// Threads that run proxy sessions.
-    pub session_threads: usize,
+    /// Bounds on ADS peers (connections, handshake time, streams, shutdown drain).
+    pub limits: xds::ServeLimits,
     pub settings: messages::MeshSettings,
     /// Health, readiness and metrics endpoint (OSM: :9091); `None` serves none.
     pub http_addr: Option<SocketAddr>,
@@ -57,19 +61,78 @@ pub enum ControllerError {
     MeshDir(PathBuf, String),
     #[error(transparent)]
     Serve(#[from] xds::server::ServeError),
+    #[error("cannot start the actor system: {0}")]
+    Actors(String),
 }
 
-/// Runs the controller until `shutdown` resolves. Must run inside an actix `System`.
+/// Runs the controller until `shutdown` resolves. Must run on a multi-threaded tokio runtime (it serves
+/// from there) and outside any actix `System` (it starts its own).
 pub async fn run(config: ControllerConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), ControllerError> {
-    async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ControllerError> {
-        tokio::net::TcpListener::bind(addr).await.map_err(|source| ControllerError::Bind { addr, source })
+    fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ControllerError> {
+        xds::server::bind(addr).map_err(|source| ControllerError::Bind { addr, source })
     }
-    let ads = bind(config.ads_addr).await?;
+    let ads = bind(config.ads_addr)?;
     let http = match config.http_addr {
-        Some(addr) => Some(bind(addr).await?),
+        Some(addr) => Some(bind(addr)?),
         None => None,
     };
     run_on(config, Listeners { ads, http }, shutdown).await
+}
+
+/// The actors and the thread their actix system runs on.
+struct ActorSystem {
+    system: actix_rt::System,
+    thread: std::thread::JoinHandle<()>,
+    catalog: Addr<catalog::CatalogActor>,
+    snapshots: Addr<snapshot::SnapshotActor>,
+    source: Addr<source::DirSourceActor>,
+}
+
+impl ActorSystem {
+    async fn start(
+        config: &ControllerConfig,
+        ca: Arc<CertificateAuthority>,
+        metrics: Arc<metrics::Metrics>,
+        ready: Arc<AtomicBool>,
+    ) -> Result<Self, ControllerError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let config = config.clone();
+        let thread = std::thread::Builder::new()
+            .name("actors".to_owned())
+            .spawn(move || {
+                let runner = actix_rt::System::new();
+                runner.block_on(async move {
+                    let catalog =
+                        catalog::CatalogActor::new(&config.trust_domain, config.settings.clone(), ready).start();
+                    let cert_actor =
+                        certs::CertActor::new(ca.clone(), config.service_cert_validity, metrics.clone()).start();
+                    let snapshots =
+                        snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), ca.root_pem(), metrics)
+                            .start();
+                    // Mailbox errors only happen when an actor is gone, which cannot be the case for ones just
+                    // started.
+                    let _ = catalog.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
+                    let _ = cert_actor.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
+                    let source =
+                        source::DirSourceActor::new(config.mesh_dir.clone(), catalog.clone(), config.scan_interval)
+                            .start();
+                    let _ = tx.send((actix_rt::System::current(), catalog, snapshots, source));
+                });
+                if let Err(e) = runner.run() {
+                    tracing::error!(error = %e, "actor system failed");
+                }
+            })
+            .map_err(|e| ControllerError::Actors(e.to_string()))?;
+        let (system, catalog, snapshots, source) =
+            rx.await.map_err(|_| ControllerError::Actors("the actor thread ended at start".to_owned()))?;
+        Ok(Self { system, thread, catalog, snapshots, source })
+    }
+
+    async fn stop(self) {
+        self.system.stop();
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
 }
 
 /// Like [`run`], on already-bound listeners.
@@ -84,6 +147,7 @@ pub async fn run_on(
     let metrics = Arc::new(metrics::Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_sessions = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -103,24 +167,14 @@ pub async fn run_on(
         tracing::info!(addr = ?addr, "HTTP endpoint listening (/health/ready, /health/alive, /metrics)");
     }
     let ca = Arc::new(CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)?);
-
-    let catalog = catalog::CatalogActor::new(&config.trust_domain, config.settings.clone(), ready.clone()).start();
-    let cert_actor = certs::CertActor::new(ca.clone(), config.service_cert_validity, metrics.clone()).start();
-    let snapshots =
-        snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), ca.root_pem(), metrics.clone()).start();
-    // Mailbox errors only happen when an actor is gone, which cannot be the case for ones just started.
-    let _ = catalog.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
-    let _ = cert_actor.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
-    let source = source::DirSourceActor::new(config.mesh_dir.clone(), catalog.clone(), config.scan_interval).start();
+    let actors = ActorSystem::start(&config, ca.clone(), metrics.clone(), ready).await?;
     // No config is served before the first full scan has reached the catalog.
-    let _ = source.send(source::ScanNow).await;
-
-    let arbiters: Vec<Arbiter> = (0..config.session_threads.max(1)).map(|_| Arbiter::new()).collect();
+    let _ = actors.source.send(source::ScanNow).await;
     let manager = Arc::new(session::SessionManager::new(
-        catalog,
-        snapshots,
-        arbiters.iter().map(Arbiter::handle).collect(),
+        actors.catalog.clone(),
+        actors.snapshots.clone(),
         metrics,
+        stop_rx_sessions,
     ));
 
     let mut names = config.ads_server_names.clone();
@@ -141,9 +195,7 @@ pub async fn run_on(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    let result = xds::serve(listeners.ads, tls, manager, shutdown).await;
-    for a in arbiters {
-        a.stop();
-    }
+    let result = xds::serve(listeners.ads, tls, manager, config.limits.clone(), shutdown).await;
+    actors.stop().await;
     result.map_err(Into::into)
 }

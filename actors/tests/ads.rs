@@ -48,11 +48,15 @@ struct Controller {
 
 impl Controller {
     fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    fn start_with(tweak: impl FnOnce(&mut actors::ControllerConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("mesh")).unwrap();
         std::fs::write(dir.path().join("mesh/mesh.yaml"), MESH).unwrap();
         let ca = certs::CertificateAuthority::load_or_create(&dir.path().join("state"), "cluster.local").unwrap();
-        let config = actors::ControllerConfig {
+        let mut config = actors::ControllerConfig {
             mesh_dir: dir.path().join("mesh"),
             state_dir: dir.path().join("state"),
             ads_addr: "127.0.0.1:0".parse().unwrap(),
@@ -60,16 +64,18 @@ impl Controller {
             scan_interval: Duration::from_millis(50),
             service_cert_validity: Duration::from_secs(3600),
             ads_server_names: vec![],
-            session_threads: 2,
+            limits: Default::default(),
             settings: Default::default(),
             http_addr: None,
         };
+        tweak(&mut config);
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            actix_rt::System::new().block_on(async move {
-                let ads = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let ads = xds::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                let http = xds::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
                 port_tx.send((ads.local_addr().unwrap().port(), http.local_addr().unwrap().port())).unwrap();
                 actors::run_on(config, actors::Listeners { ads, http: Some(http) }, async {
                     let _ = stop_rx.await;
@@ -317,4 +323,41 @@ async fn health_and_metrics_endpoint() {
     assert!(text.contains("osm_proxy_response_send_success_count{proxy_uuid=\"client-uuid\",identity=\"client.demo\",type=\"CDS\"} 1\n"), "{text}");
     assert!(text.contains("osm_proxy_rejected_count{reason=\"unknown_proxy\"} 1\n"), "{text}");
     assert!(text.contains("osm_cert_issued_count 1\n"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_connected_sidecars_to_go_and_completes() {
+    let mut c = Controller::start();
+    let (_tx, mut stream) = connected_client(&c).await;
+    let _ = c.stop.take().unwrap().send(());
+    stream_ends_with(&mut stream, tonic::Code::Unavailable, "shutting down").await;
+    // The controller returns although the sidecar never closed its side.
+    let thread = c.thread.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || thread.join().unwrap()))
+        .await
+        .expect("controller stops within its drain period")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_wait_and_idle_handshakes_time_out() {
+    let c = Controller::start_with(|config| {
+        config.limits.max_connections = 2;
+        config.limits.handshake_timeout = Duration::from_millis(300);
+    });
+    // Two sockets that never speak TLS take both connection slots ...
+    let idle: Vec<tokio::net::TcpStream> =
+        futures::future::join_all((0..2).map(|_| tokio::net::TcpStream::connect(("127.0.0.1", c.port))))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    // ... and are dropped at the handshake timeout, after which a real sidecar gets through.
+    let (_tx, _stream) = tokio::time::timeout(Duration::from_secs(10), connected_client(&c)).await.expect("served");
+    use tokio::io::AsyncReadExt;
+    for mut s in idle {
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed by the server");
+        assert!(matches!(n, Ok(0) | Err(_)), "the idle connection was closed");
+    }
 }

@@ -14,7 +14,7 @@ pub mod snapshot;
 pub mod sotw;
 
 pub use builder::{BuildCache, CertInput, build, build_with};
-pub use server::{AdsStream, ServerTls, SessionHandler, serve};
+pub use server::{AdsStream, ServeLimits, ServerTls, SessionHandler, serve};
 pub use snapshot::{ProxySnapshot, Resource, ResourceType, SnapshotError};
 
 use std::sync::Arc;

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -13,8 +15,11 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use futures::Stream;
 use messages::ProxyId;
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -118,6 +123,32 @@ pub struct ServerTls {
     pub client_ca_pem: String,
 }
 
+/// Bounds on what a peer of the ADS port may hold. Every peer is hostile until bounded: an idle socket, a
+/// half-done handshake or a connection with thousands of streams must not take the server down.
+#[derive(Debug, Clone)]
+pub struct ServeLimits {
+    /// Connections held at once; past it the server stops accepting (the kernel's backlog holds the rest)
+    /// instead of running out of file descriptors.
+    pub max_connections: usize,
+    /// A TLS handshake not finished by then is dropped.
+    pub handshake_timeout: Duration,
+    /// HTTP/2 streams per connection (Envoy opens one ADS stream).
+    pub max_streams_per_connection: u32,
+    /// After shutdown, how long connected sidecars get to go before the server stops waiting for them.
+    pub drain: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            handshake_timeout: Duration::from_secs(10),
+            max_streams_per_connection: 8,
+            drain: Duration::from_secs(5),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("ADS server TLS configuration rejected: {0}")]
@@ -126,24 +157,150 @@ pub enum ServeError {
     Serve { addr: SocketAddr, source: tonic::transport::Error },
 }
 
-/// Serves ADS over mTLS (client certificate required) on an already-bound listener until `shutdown`.
+/// Listen backlog: a storm of sidecars (a controller restart) connects thousands at once; tokio's default of
+/// 128 drops them into SYN retries of 1 s and 3 s. The kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener with a backlog sized for connection storms.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// An accepted connection; holds one of the server's connection permits until it closes.
+#[derive(Debug)]
+pub struct Conn {
+    io: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Accepts connections while a permit is free. Running out of descriptors (EMFILE/ENFILE) backs off
+/// instead of spinning, and says so (at most once every ten seconds).
+pub fn incoming(listener: TcpListener, max_connections: usize) -> impl Stream<Item = std::io::Result<Conn>> {
+    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
+    let state = (listener, permits, None::<Instant>, None::<Instant>);
+    futures::stream::unfold(state, move |(listener, permits, mut fd_warned, mut full_warned)| async move {
+        loop {
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    if full_warned.is_none_or(|t| t.elapsed() > WARN_EVERY) {
+                        full_warned = Some(Instant::now());
+                        tracing::warn!(
+                            limit = max_connections,
+                            "ADS connection limit reached; new sidecars wait in the listen backlog"
+                        );
+                    }
+                    match permits.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => return None,
+                    }
+                }
+            };
+            match listener.accept().await {
+                Ok((io, _)) => {
+                    // Without it each new stream loses ~40 ms to Nagle and delayed ACKs.
+                    let _ = io.set_nodelay(true);
+                    return Some((Ok(Conn { io, _permit: permit }), (listener, permits, fd_warned, full_warned)));
+                }
+                Err(e) if is_fd_exhaustion(&e) => {
+                    if fd_warned.is_none_or(|t| t.elapsed() > WARN_EVERY) {
+                        fd_warned = Some(Instant::now());
+                        tracing::error!(
+                            error = %e,
+                            open = max_connections.saturating_sub(permits.available_permits() + 1),
+                            "out of file descriptors: sidecars are being refused (hint: raise the open-file limit, \
+                             `ulimit -n`; each sidecar holds one)"
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // Per-connection errors (a peer that reset before accept) concern that peer only.
+                Err(e) => tracing::debug!(error = %e, "accept failed"),
+            }
+        }
+    })
+}
+
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+    // EMFILE (24): this process; ENFILE (23): the whole system.
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
+/// Serves ADS over mTLS (client certificate required) on an already-bound listener until `shutdown`;
+/// then waits at most `limits.drain` for connections to close.
 pub async fn serve<H: SessionHandler>(
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     tls: ServerTls,
     handler: Arc<H>,
+    limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let tls_config = ServerTlsConfig::new()
         .identity(Identity::from_pem(tls.cert_pem, tls.key_pem))
-        .client_ca_root(Certificate::from_pem(tls.client_ca_pem));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    Server::builder()
+        .client_ca_root(Certificate::from_pem(tls.client_ca_pem))
+        .timeout(limits.handshake_timeout);
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    let server = Server::builder()
         .tls_config(tls_config)
         .map_err(ServeError::Tls)?
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .add_service(AdsService::new(handler).into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|source| ServeError::Serve { addr, source })
+        .serve_with_incoming_shutdown(incoming(listener, limits.max_connections), shutdown);
+    let drained = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(limits.drain).await;
+    };
+    tokio::select! {
+        result = server => result.map_err(|source| ServeError::Serve { addr, source }),
+        () = drained => {
+            tracing::warn!(drain_s = limits.drain.as_secs(), "connections still open after the drain period; closing them");
+            Ok(())
+        }
+    }
 }

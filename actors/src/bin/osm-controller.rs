@@ -48,9 +48,12 @@ struct ServeArgs {
     /// Extra DNS names or IPs for the ADS server certificate (repeatable).
     #[arg(long = "ads-server-name")]
     ads_server_names: Vec<String>,
-    /// Threads running proxy sessions (default: one per core).
+    /// Threads serving sidecars: TLS, HTTP/2 and every proxy session (default: one per core).
     #[arg(long)]
-    session_threads: Option<usize>,
+    serve_threads: Option<usize>,
+    /// Seconds connected sidecars get to go at shutdown before their connections are closed.
+    #[arg(long, default_value_t = 5)]
+    drain_s: u64,
     /// Let traffic to destinations outside the mesh pass through the sidecars (MeshConfig
     /// `traffic.enableEgress`); with `false` only mesh Services are reachable.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -126,17 +129,25 @@ fn serve(mesh_dir: PathBuf, state_dir: PathBuf, trust_domain: String, args: Serv
         scan_interval: Duration::from_millis(args.scan_interval_ms.max(50)),
         service_cert_validity: Duration::from_secs(args.service_cert_validity_s),
         ads_server_names: args.ads_server_names,
-        session_threads: args
-            .session_threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+        limits: xds::ServeLimits {
+            max_connections: raise_fd_limit(),
+            drain: Duration::from_secs(args.drain_s),
+            ..Default::default()
+        },
         settings: messages::MeshSettings { enable_egress: args.enable_egress },
         http_addr: match args.http_addr.as_str() {
             "off" => None,
             a => Some(a.parse().with_context(|| format!("--http-addr {a:?} is not an address (or off)"))?),
         },
     };
-    let system = actix_rt::System::new();
-    system.block_on(async move {
+    let threads = args.serve_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("serve")
+        .enable_all()
+        .build()
+        .context("starting the serving runtime")?;
+    runtime.block_on(async move {
         let shutdown = async {
             let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -155,6 +166,23 @@ fn serve(mesh_dir: PathBuf, state_dir: PathBuf, trust_domain: String, args: Serv
         actors::run(config, shutdown).await
     })?;
     Ok(())
+}
+
+/// Each sidecar holds a connection, so the soft open-file limit (often 1,024 under supervisors) caps the
+/// mesh: raise it to the hard limit and size the connection limit from it, keeping room for the files,
+/// the HTTP endpoint and the runtime.
+fn raise_fd_limit() -> usize {
+    const RESERVED: u64 = 256;
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let max = limit.saturating_sub(RESERVED).max(16);
+    tracing::info!(open_file_limit = limit, max_sidecar_connections = max, "file descriptors");
+    usize::try_from(max).unwrap_or(usize::MAX)
 }
 
 #[allow(clippy::too_many_arguments)]
