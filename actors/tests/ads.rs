@@ -15,7 +15,7 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use messages::{ProxyId, ProxyUuid, ServiceIdentity};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use xds::ResourceType;
 
 const MESH: &str = r#"
@@ -95,18 +95,17 @@ impl Controller {
     async fn client(&self, uuid: &str, sa: &str) -> AggregatedDiscoveryServiceClient<Channel> {
         let proxy = ProxyId { uuid: ProxyUuid::parse(uuid).unwrap(), identity: ServiceIdentity::new(sa, "demo") };
         let cert = self.ca.issue_proxy_client(&proxy, Duration::from_secs(3600)).unwrap();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.ca.root_pem()))
-            .identity(Identity::from_pem(cert.cert_pem, cert.key_pem))
-            .domain_name("ads.cluster.local");
-        let channel = Channel::from_shared(format!("https://127.0.0.1:{}", self.port))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        AggregatedDiscoveryServiceClient::new(channel)
+        // The load test's sidecar connection, so both exercise one client.
+        loadtest::client::connect(&loadtest::client::ConnectConfig {
+            addr: ([127, 0, 0, 1], self.port).into(),
+            server_name: "ads.cluster.local".into(),
+            ca_pem: self.ca.root_pem().into(),
+            cert_pem: cert.cert_pem,
+            key_pem: cert.key_pem,
+            local_ip: None,
+        })
+        .await
+        .unwrap()
     }
 }
 
