@@ -66,6 +66,8 @@ pub struct SnapshotActor {
     pending: Dirty,
     building: bool,
     generations: u64,
+    /// Encoded resources kept across builds (only one build runs at a time, so the lock is uncontended).
+    cache: Arc<std::sync::Mutex<xds::BuildCache>>,
 }
 
 /// The outcome of building one proxy.
@@ -92,6 +94,7 @@ impl SnapshotActor {
             pending: Dirty::Nothing,
             building: false,
             generations: 0,
+            cache: Arc::default(),
         }
     }
 
@@ -126,6 +129,7 @@ impl SnapshotActor {
         let certs = self.certs.clone();
         let root = self.root_pem.clone();
         let metrics = self.metrics.clone();
+        let cache = self.cache.clone();
         let work = async move {
             let views = catalog.send(GetViews(uuids)).await.map_err(|e| format!("catalog unavailable: {e}"))?;
             let identities: BTreeSet<ServiceIdentity> =
@@ -137,8 +141,9 @@ impl SnapshotActor {
             // Encoding is CPU work: keep it off the actor thread.
             tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
-                // Proxies of one batch share every resource they see identically.
-                let mut cache = xds::BuildCache::new();
+                // Proxies share every resource they see identically, within a batch and across batches.
+                let mut cache = cache.lock().map_err(|_| "build cache poisoned".to_owned())?;
+                cache.next_batch();
                 let results = views
                     .into_iter()
                     .map(|(uuid, view)| {
@@ -159,7 +164,7 @@ impl SnapshotActor {
                                         key_pem: &cert.key_pem,
                                         trust_bundle_pem: &root,
                                     },
-                                    &mut cache,
+                                    &mut *cache,
                                 ) {
                                     Ok(snap) => Built::Ok(Arc::new(snap)),
                                     Err(e) => Built::Failed(format!("build failed: {e}")),
@@ -170,11 +175,17 @@ impl SnapshotActor {
                     })
                     .collect::<BuildResult>();
                 metrics.snapshots_built(results.len(), started.elapsed());
-                tracing::debug!(proxies = results.len(), shared = cache.hits, encoded = cache.misses, "batch built");
-                results
+                tracing::debug!(
+                    proxies = results.len(),
+                    shared = cache.hits,
+                    encoded = cache.misses,
+                    cached = cache.len(),
+                    "batch built"
+                );
+                Ok::<BuildResult, String>(results)
             })
             .await
-            .map_err(|e| format!("build task failed: {e}"))
+            .map_err(|e| format!("build task failed: {e}"))?
         };
         ctx.spawn(work.into_actor(self).map(|res, act, ctx| {
             act.building = false;
@@ -208,7 +219,7 @@ impl SnapshotActor {
             match result {
                 Built::Ok(snap) => {
                     entry.tx.send_if_modified(|cur| match cur {
-                        ProxyState::Ready(old) if **old == *snap => false,
+                        ProxyState::Ready(old) if old.same_as(&snap) => false,
                         _ => {
                             *cur = ProxyState::Ready(snap.clone());
                             true

@@ -2,8 +2,15 @@
 //!
 //! Names and shapes follow OSM's generated configuration: listeners `outbound-listener` (:15001) and
 //! `inbound-listener` (:15003), clusters `<ns>/<svc>|<targetPort>` and `…|local`, routes
-//! `rds-outbound.<port>` / `rds-inbound.<targetPort>`, secrets `service-cert:<ns>/<sa>`,
-//! `root-cert-for-mtls-inbound` and `root-cert-for-mtls-outbound:<ns>/<svc>`.
+//! `rds-outbound.<port>` / `rds-inbound.<targetPort>`.
+//!
+//! Where OSM's names would make a resource differ between proxies that see the same thing, names are fixed
+//! instead, so one encoding serves every proxy: the proxy's own certificate is the secret `service-cert`
+//! (OSM: `service-cert:<ns>/<sa>`), upstream clusters validate against one trust bundle
+//! `root-cert-for-mtls-outbound` (OSM: one copy per upstream Service) and carry their Service's SAN list in
+//! the cluster itself, and outbound HTTP traffic of one port goes through one filter chain matching every
+//! ClusterIP on that port (OSM: one chain per Service; the routing is by Host in `rds-outbound.<port>`
+//! either way). A cluster is then a function of its Service alone.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -51,6 +58,10 @@ use crate::snapshot::{ProxySnapshot, Resource, ResourceType, SnapshotError};
 pub const OUTBOUND_LISTENER: &str = "outbound-listener";
 pub const INBOUND_LISTENER: &str = "inbound-listener";
 pub const ROOT_CERT_INBOUND: &str = "root-cert-for-mtls-inbound";
+/// The trust bundle upstream clusters validate servers against (SANs are matched per cluster).
+pub const ROOT_CERT_OUTBOUND: &str = "root-cert-for-mtls-outbound";
+/// The proxy's own service certificate and key, under one name for every proxy.
+pub const SERVICE_CERT: &str = "service-cert";
 /// Egress passthrough: the outbound listener's default chain and its original-destination cluster.
 pub const EGRESS_CHAIN: &str = "outbound-egress-filter-chain";
 pub const PASSTHROUGH_CLUSTER: &str = "passthrough-outbound";
@@ -68,10 +79,6 @@ pub struct CertInput<'a> {
     pub key_pem: &'a str,
     /// Roots that validate peers (more than one while a root rotates).
     pub trust_bundle_pem: &'a str,
-}
-
-fn upstream_root_name(svc: &ServiceKey) -> String {
-    format!("root-cert-for-mtls-outbound:{svc}")
 }
 
 fn socket(ip: IpAddr, port: u16) -> Address {
@@ -247,31 +254,72 @@ fn route_to(cluster: &str) -> Route {
     }
 }
 
-/// Encoded resources shared between the proxies of one build batch. Many proxies see the same clusters,
-/// endpoints, routes and outbound listener; each is encoded once and shared by `Arc`. Keys carry a
-/// fingerprint of every input of the resource, so equal keys mean equal bytes.
+/// Encoded resources shared between proxies and kept across builds. Many proxies see the same clusters,
+/// endpoints, routes and outbound listener; each is encoded once and shared by `Arc`, and a later build
+/// that needs the same content (a rebuild after a change elsewhere) finds it here instead of encoding it
+/// again. Keys carry a fingerprint of every input of the resource, so equal keys mean equal bytes.
+/// Entries no build used in the last [`BuildCache::KEEP_BATCHES`] batches are dropped, which bounds the
+/// cache by what recent builds needed (content that changed leaves under its old key).
 #[derive(Debug, Default)]
 pub struct BuildCache {
-    entries: HashMap<String, Vec<Arc<Resource>>>,
+    entries: HashMap<String, (Vec<Arc<Resource>>, u64)>,
+    batch: u64,
     pub hits: u64,
     pub misses: u64,
 }
 
 impl BuildCache {
+    /// Batches an unused entry survives.
+    pub const KEEP_BATCHES: u64 = 8;
+
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Starts a batch: entries unused for [`Self::KEEP_BATCHES`] batches are dropped.
+    pub fn next_batch(&mut self) {
+        self.batch += 1;
+        let oldest = self.batch.saturating_sub(Self::KEEP_BATCHES);
+        self.entries.retain(|_, (_, used)| *used >= oldest);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     fn get_or_make(&mut self, key: String, make: impl FnOnce() -> Vec<Resource>) -> Vec<Arc<Resource>> {
-        if let Some(v) = self.entries.get(&key) {
+        let batch = self.batch;
+        if let Some((v, used)) = self.entries.get_mut(&key) {
             self.hits += 1;
+            *used = batch;
             return v.clone();
         }
         self.misses += 1;
         let v: Vec<Arc<Resource>> = make().into_iter().map(Arc::new).collect();
-        self.entries.insert(key, v.clone());
+        self.entries.insert(key, (v.clone(), batch));
         v
     }
+}
+
+/// Everything the outbound listener and routes depend on: Services, addresses and ports, but endpoints
+/// only where they are the addresses matched (headless Services), so an endpoint change re-encodes neither.
+fn chains_fingerprint(upstream: &[ServiceView]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for svc in upstream {
+        svc.key.hash(&mut h);
+        svc.cluster_ip.hash(&mut h);
+        for p in &svc.ports {
+            (&p.name, p.port, p.target_port, p.protocol).hash(&mut h);
+            if svc.cluster_ip.is_none() {
+                p.endpoints.hash(&mut h);
+            }
+        }
+    }
+    h.finish()
 }
 
 fn fingerprint<T: Hash + ?Sized>(v: &T) -> u64 {
@@ -328,6 +376,9 @@ fn outbound_listener(upstream: &[ServiceView], settings: &MeshSettings) -> Optio
     // Each (port, address) may be matched by one chain only, or Envoy rejects the listener; two headless
     // Services over the same pods would otherwise both claim those pods' addresses.
     let mut claimed: HashSet<(u16, IpAddr)> = HashSet::new();
+    // HTTP ports: one chain per port for every Service on it; routing by Host happens in the port's
+    // route configuration, so the chain (and its connection manager) is written once, not per Service.
+    let mut http: BTreeMap<u16, Vec<CidrRange>> = BTreeMap::new();
     for svc in upstream {
         for port in &svc.ports {
             let prefixes: Vec<CidrRange> = outbound_prefixes(svc, port)
@@ -338,13 +389,11 @@ fn outbound_listener(upstream: &[ServiceView], settings: &MeshSettings) -> Optio
             if prefixes.is_empty() {
                 continue;
             }
+            if port.protocol.is_http() {
+                http.entry(port.port).or_default().extend(prefixes);
+                continue;
+            }
             let cluster_name = port.cluster_name(&svc.key);
-            let filters = if port.protocol.is_http() {
-                let rds = format!("rds-outbound.{}", port.port);
-                vec![http_connection_manager(&rds, &rds)]
-            } else {
-                vec![tcp_proxy_filter(&cluster_name, &format!("outbound-tcp.{cluster_name}"))]
-            };
             chains.push(FilterChain {
                 name: format!("outbound_{}_{}_{}", svc.key, port.port, port.protocol),
                 filter_chain_match: Some(FilterChainMatch {
@@ -352,10 +401,23 @@ fn outbound_listener(upstream: &[ServiceView], settings: &MeshSettings) -> Optio
                     prefix_ranges: prefixes,
                     ..Default::default()
                 }),
-                filters,
+                filters: vec![tcp_proxy_filter(&cluster_name, &format!("outbound-tcp.{cluster_name}"))],
                 ..Default::default()
             });
         }
+    }
+    for (port, prefixes) in http {
+        let rds = format!("rds-outbound.{port}");
+        chains.push(FilterChain {
+            name: format!("outbound_http_{port}"),
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: Some(UInt32Value { value: port.into() }),
+                prefix_ranges: prefixes,
+                ..Default::default()
+            }),
+            filters: vec![http_connection_manager(&rds, &rds)],
+            ..Default::default()
+        });
     }
     // With egress enabled, whatever no mesh chain matches goes on to where the application sent it.
     let default_chain = settings.enable_egress.then(|| FilterChain {
@@ -415,10 +477,9 @@ fn outbound_routes(upstream: &[ServiceView], client_ns: &str) -> Vec<Resource> {
         .collect()
 }
 
-fn upstream_root_secret(svc: &ServiceView, trust_domain: &str, bundle: &str) -> Resource {
-    let name = upstream_root_name(&svc.key);
-    let sans = svc
-        .identities
+/// The SANs an upstream connection accepts: the identities of the Service's pods.
+fn san_matchers(svc: &ServiceView, trust_domain: &str) -> Vec<SubjectAltNameMatcher> {
+    svc.identities
         .iter()
         .map(|id| SubjectAltNameMatcher {
             san_type: subject_alt_name_matcher::SanType::Dns as i32,
@@ -428,14 +489,16 @@ fn upstream_root_secret(svc: &ServiceView, trust_domain: &str, bundle: &str) -> 
             }),
             ..Default::default()
         })
-        .collect();
+        .collect()
+}
+
+fn validation_secret(name: &str, bundle: &str) -> Resource {
     resource(
-        &name,
+        name,
         Secret {
-            name: name.clone(),
+            name: name.to_owned(),
             r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
                 trusted_ca: Some(inline(bundle)),
-                match_typed_subject_alt_names: sans,
                 ..Default::default()
             })),
         },
@@ -451,7 +514,7 @@ pub fn build_with(
 ) -> Result<ProxySnapshot, SnapshotError> {
     let mut b = Builder { snap: ProxySnapshot::default(), refs: Vec::new() };
     let identity = view.identity();
-    let own_cert = identity.sds_cert_name();
+    let own_cert = SERVICE_CERT;
     let bundle_fp = fingerprint(certs.trust_bundle_pem);
     let td = &view.trust_domain;
 
@@ -459,9 +522,9 @@ pub fn build_with(
     let key = format!("sds-cert|{identity}|{:x}", fingerprint(&(certs.cert_pem, certs.key_pem)));
     let cert = cache.get_or_make(key, || {
         vec![resource(
-            &own_cert,
+            own_cert,
             Secret {
-                name: own_cert.clone(),
+                name: own_cert.to_owned(),
                 r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
                     certificate_chain: Some(inline(certs.cert_pem)),
                     private_key: Some(inline(certs.key_pem)),
@@ -471,29 +534,19 @@ pub fn build_with(
         )]
     });
     b.add_all(ResourceType::Secret, cert)?;
-    let inbound_root = cache.get_or_make(format!("sds-root-in|{bundle_fp:x}"), || {
-        vec![resource(
-            ROOT_CERT_INBOUND,
-            Secret {
-                name: ROOT_CERT_INBOUND.to_owned(),
-                r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
-                    trusted_ca: Some(inline(certs.trust_bundle_pem)),
-                    ..Default::default()
-                })),
-            },
-        )]
-    });
-    b.add_all(ResourceType::Secret, inbound_root)?;
+    for root in [ROOT_CERT_INBOUND, ROOT_CERT_OUTBOUND] {
+        let secret = cache.get_or_make(format!("sds-root|{root}|{bundle_fp:x}"), || {
+            vec![validation_secret(root, certs.trust_bundle_pem)]
+        });
+        b.add_all(ResourceType::Secret, secret)?;
+    }
 
-    // --- Outbound: secrets, clusters and endpoints per upstream Service; one listener; routes ----
+    // --- Outbound: clusters and endpoints per upstream Service; one listener; routes -------------
     let mut clusters_done = BTreeSet::new();
     for svc in &view.upstream {
         let svc_fp = fingerprint(svc);
-        let root_name = upstream_root_name(&svc.key);
-        let key = format!("sds-root-out|{}|{:x}|{bundle_fp:x}|{td}", svc.key, fingerprint(&svc.identities));
-        let root = cache.get_or_make(key, || vec![upstream_root_secret(svc, td, certs.trust_bundle_pem)]);
-        b.add_all(ResourceType::Secret, root)?;
-
+        // What a cluster is made of: not the endpoints, so an endpoint change re-encodes no cluster.
+        let identities_fp = fingerprint(&svc.identities);
         for port in &svc.ports {
             let cluster_name = port.cluster_name(&svc.key);
             if !clusters_done.insert(cluster_name.clone()) {
@@ -508,12 +561,9 @@ pub fn build_with(
                 .map(|p| p.protocol)
                 .find(|p| p.is_http())
                 .unwrap_or(port.protocol);
-            let key = format!("cds|{cluster_name}|{identity}|{svc_fp:x}");
+            let key = format!("cds|{cluster_name}|{cluster_protocol}|{identities_fp:x}|{td}");
             let cluster = cache.get_or_make(key, || {
-                vec![resource(
-                    &cluster_name,
-                    upstream_cluster(svc, cluster_protocol, &cluster_name, &own_cert, &root_name),
-                )]
+                vec![resource(&cluster_name, upstream_cluster(svc, cluster_protocol, &cluster_name, td))]
             });
             b.add_all(ResourceType::Cluster, cluster)?;
             // The Service's fingerprint covers every port's endpoints, so it keys the assignment too.
@@ -532,14 +582,14 @@ pub fn build_with(
             });
             b.add_all(ResourceType::Endpoint, cla)?;
             b.refer(ResourceType::Endpoint, &cluster_name, &cluster_name);
-            b.refer(ResourceType::Secret, &root_name, &cluster_name);
-            b.refer(ResourceType::Secret, &own_cert, &cluster_name);
+            b.refer(ResourceType::Secret, ROOT_CERT_OUTBOUND, &cluster_name);
+            b.refer(ResourceType::Secret, own_cert, &cluster_name);
             if port.protocol.is_http() && (svc.cluster_ip.is_some() || !port.endpoints.is_empty()) {
                 b.refer(ResourceType::Route, &format!("rds-outbound.{}", port.port), OUTBOUND_LISTENER);
             }
         }
     }
-    let upstream_fp = fingerprint(&view.upstream);
+    let upstream_fp = chains_fingerprint(&view.upstream);
     let settings_fp = fingerprint(&view.settings);
     let listener = cache.get_or_make(format!("lds-out|{upstream_fp:x}|{settings_fp:x}"), || {
         outbound_listener(&view.upstream, &view.settings).map(|l| resource(OUTBOUND_LISTENER, l)).into_iter().collect()
@@ -593,12 +643,12 @@ pub fn build_with(
             } else {
                 vec![tcp_proxy_filter(&local_cluster, &format!("inbound-tcp.{local_cluster}"))]
             };
-            b.refer(ResourceType::Secret, &own_cert, &chain_name);
+            b.refer(ResourceType::Secret, own_cert, &chain_name);
             b.refer(ResourceType::Secret, ROOT_CERT_INBOUND, &chain_name);
             let tls = DownstreamTlsContext {
                 common_tls_context: Some(CommonTlsContext {
                     tls_params: Some(tls_params()),
-                    tls_certificate_sds_secret_configs: vec![sds(&own_cert)],
+                    tls_certificate_sds_secret_configs: vec![sds(own_cert)],
                     validation_context_type: Some(
                         common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds(
                             ROOT_CERT_INBOUND,
@@ -722,13 +772,22 @@ fn prometheus_listener() -> Listener {
     }
 }
 
-fn upstream_cluster(svc: &ServiceView, protocol: AppProtocol, name: &str, own_cert: &str, root_name: &str) -> Cluster {
+/// An upstream cluster depends on its Service only (never on the proxy that uses it), so every proxy that
+/// sees the Service gets the same bytes.
+fn upstream_cluster(svc: &ServiceView, protocol: AppProtocol, name: &str, trust_domain: &str) -> Cluster {
     let tls = UpstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
             tls_params: Some(tls_params()),
-            tls_certificate_sds_secret_configs: vec![sds(own_cert)],
-            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
-                sds(root_name),
+            tls_certificate_sds_secret_configs: vec![sds(SERVICE_CERT)],
+            validation_context_type: Some(common_tls_context::ValidationContextType::CombinedValidationContext(
+                common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: san_matchers(svc, trust_domain),
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds(ROOT_CERT_OUTBOUND)),
+                    ..Default::default()
+                },
             )),
             alpn_protocols: vec![MESH_ALPN.to_owned()],
             ..Default::default()
@@ -884,19 +943,11 @@ mod tests {
         assert_eq!(names(&snap, ResourceType::Endpoint), vec!["demo/echo|7000", "demo/web|8080"]);
         assert_eq!(names(&snap, ResourceType::Listener), vec![OUTBOUND_LISTENER]);
         assert_eq!(names(&snap, ResourceType::Route), vec!["rds-outbound.80"]);
-        assert_eq!(
-            names(&snap, ResourceType::Secret),
-            vec![
-                "root-cert-for-mtls-inbound",
-                "root-cert-for-mtls-outbound:demo/echo",
-                "root-cert-for-mtls-outbound:demo/web",
-                "service-cert:demo/client"
-            ]
-        );
+        assert_eq!(names(&snap, ResourceType::Secret), vec![ROOT_CERT_INBOUND, ROOT_CERT_OUTBOUND, SERVICE_CERT]);
         let l = Listener::decode(snap.get(ResourceType::Listener).resources[OUTBOUND_LISTENER].body.value.as_slice())
             .unwrap();
         let chains: Vec<&str> = l.filter_chains.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(chains, vec!["outbound_demo/echo_7000_tcp", "outbound_demo/web_80_http"]);
+        assert_eq!(chains, vec!["outbound_demo/echo_7000_tcp", "outbound_http_80"]);
         let m = l.filter_chains[1].filter_chain_match.as_ref().unwrap();
         assert_eq!(m.prefix_ranges[0].address_prefix, "10.96.0.10");
         let c =
@@ -906,11 +957,14 @@ mod tests {
         };
         let tls = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
         assert_eq!(tls.sni, "web.demo.svc.cluster.local");
-        let s = Secret::decode(
-            snap.get(ResourceType::Secret).resources["root-cert-for-mtls-outbound:demo/web"].body.value.as_slice(),
-        )
-        .unwrap();
-        let Some(secret::Type::ValidationContext(vc)) = s.r#type else { panic!() };
+        // The cluster itself says which identities may serve it; the trust bundle is one secret for all.
+        let Some(common_tls_context::ValidationContextType::CombinedValidationContext(vc)) =
+            tls.common_tls_context.unwrap().validation_context_type
+        else {
+            panic!()
+        };
+        assert_eq!(vc.validation_context_sds_secret_config.unwrap().name, ROOT_CERT_OUTBOUND);
+        let vc = vc.default_validation_context.unwrap();
         let san = vc.match_typed_subject_alt_names[0].matcher.clone().unwrap().match_pattern.unwrap();
         assert_eq!(san, string_matcher::MatchPattern::Exact("web.demo.cluster.local".into()));
     }
@@ -1043,14 +1097,44 @@ mod tests {
             }
         }
         assert!(cache.hits > 0);
-        // The server shares the outbound parts with the client but not its identity-specific clusters.
+        // Another identity shares the outbound parts too: clusters name no identity.
         let server = build_with(&view_for("web-1"), CERTS, &mut cache).unwrap();
         let l = &server.get(ResourceType::Listener).resources[OUTBOUND_LISTENER];
         assert!(Arc::ptr_eq(l, &a.get(ResourceType::Listener).resources[OUTBOUND_LISTENER]));
-        assert!(!Arc::ptr_eq(
+        assert!(Arc::ptr_eq(
             &server.get(ResourceType::Cluster).resources["demo/web|8080"],
             &a.get(ResourceType::Cluster).resources["demo/web|8080"]
         ));
+        // Only the certificate differs between identities.
+        let other = CertInput { cert_pem: "CERT2", key_pem: "KEY2", ..CERTS };
+        let server2 = build_with(&view_for("web-1"), other, &mut cache).unwrap();
+        assert!(!Arc::ptr_eq(
+            &server2.get(ResourceType::Secret).resources[SERVICE_CERT],
+            &server.get(ResourceType::Secret).resources[SERVICE_CERT]
+        ));
+    }
+
+    #[test]
+    fn the_cache_outlives_a_batch_and_forgets_what_no_build_uses() {
+        let mut cache = BuildCache::new();
+        let a = build_with(&view_for("client"), CERTS, &mut cache).unwrap();
+        cache.next_batch();
+        let encoded = cache.misses;
+        let b = build_with(&view_for("client"), CERTS, &mut cache).unwrap();
+        assert_eq!(cache.misses, encoded, "a rebuild of unchanged content encodes nothing");
+        assert!(Arc::ptr_eq(
+            &a.get(ResourceType::Cluster).resources["demo/web|8080"],
+            &b.get(ResourceType::Cluster).resources["demo/web|8080"]
+        ));
+        let mut changed = view_for("client");
+        changed.upstream[1].ports[0].endpoints.push("10.244.9.9:8080".parse().unwrap());
+        let before = cache.misses;
+        build_with(&changed, CERTS, &mut cache).unwrap();
+        assert_eq!(cache.misses - before, 1, "an endpoint change re-encodes that assignment only");
+        for _ in 0..=BuildCache::KEEP_BATCHES {
+            cache.next_batch();
+        }
+        assert!(cache.is_empty());
     }
 
     #[test]

@@ -155,6 +155,17 @@ impl ProxySnapshot {
         self.len() == 0
     }
 
+    /// Same resources (names and content versions) as `other`: cheaper than comparing bodies.
+    pub fn same_as(&self, other: &ProxySnapshot) -> bool {
+        self.types.iter().zip(&other.types).all(|(a, b)| {
+            a.resources.len() == b.resources.len()
+                && a.resources
+                    .iter()
+                    .zip(&b.resources)
+                    .all(|((na, ra), (nb, rb))| na == nb && (Arc::ptr_eq(ra, rb) || ra.version == rb.version))
+        })
+    }
+
     /// Every reference must resolve within the snapshot; `refs` lists (type, name, referrer).
     pub fn check_references(&self, refs: &[(ResourceType, String, String)]) -> Result<(), SnapshotError> {
         for (kind, name, by) in refs {
