@@ -164,7 +164,7 @@ impl SnapshotActor {
                                         key_pem: &cert.key_pem,
                                         trust_bundle_pem: &root,
                                     },
-                                    &mut *cache,
+                                    &mut cache,
                                 ) {
                                     Ok(snap) => Built::Ok(Arc::new(snap)),
                                     Err(e) => Built::Failed(format!("build failed: {e}")),
