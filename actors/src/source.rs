@@ -1,21 +1,37 @@
-//! The directory source actor: scans the mesh directory on a timer and forwards changes to the catalog.
-//! A scan waits for the catalog to take its events before the next one starts.
+//! The directory source actor: reacts to file-system notifications on the mesh directory and forwards
+//! changes to the catalog, with a slow periodic rescan as a safety net (it costs a stat per file when
+//! nothing changed). A scan waits for the catalog to take its events before the next one starts.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
 use k8s::YamlDir;
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+use notify::{RecursiveMode, Watcher as _};
 
 use crate::catalog::{ApplyEvents, CatalogActor};
 
 pub struct DirSourceActor {
+    root: PathBuf,
     dir: YamlDir,
     catalog: Addr<CatalogActor>,
     interval: Duration,
+    settle: Duration,
     /// Problems already reported, so each is logged once, not once per scan.
     reported: BTreeSet<(PathBuf, String)>,
+    /// Filled by the watcher thread: files whose writer is done, and whether a scan is already asked for.
+    notified: Arc<Notified>,
+    watcher: Option<notify::RecommendedWatcher>,
+}
+
+#[derive(Debug, Default)]
+struct Notified {
+    complete: Mutex<BTreeSet<PathBuf>>,
+    scan_requested: AtomicBool,
 }
 
 /// Scan now; answered once the catalog applied the result.
@@ -23,14 +39,35 @@ pub struct DirSourceActor {
 #[rtype(result = "()")]
 pub struct ScanNow;
 
+/// The directory changed (from the watcher thread).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Changed;
+
 impl DirSourceActor {
     pub fn new(dir: PathBuf, catalog: Addr<CatalogActor>, interval: Duration) -> Self {
-        // Give writers a moment: a file is read once it has not changed for a short while.
+        // A file modified in place (no close or rename seen yet) is read once it has been left alone this
+        // long: an editor or `cp` may still be writing it, and a half-written file would drop objects.
         let settle = interval.min(Duration::from_millis(100));
-        Self { dir: YamlDir::new(dir).with_settle(settle), catalog, interval, reported: BTreeSet::new() }
+        Self {
+            root: dir.clone(),
+            dir: YamlDir::new(dir).with_settle(settle),
+            catalog,
+            interval,
+            settle,
+            reported: BTreeSet::new(),
+            notified: Arc::default(),
+            watcher: None,
+        }
     }
 
     fn scan(&mut self) -> ResponseActFuture<Self, ()> {
+        self.notified.scan_requested.store(false, Ordering::Relaxed);
+        if let Ok(mut complete) = self.notified.complete.lock() {
+            for path in std::mem::take(&mut *complete) {
+                self.dir.mark_complete(&path);
+            }
+        }
         let scan = self.dir.scan();
         // `scan.errors` lists every problem that holds now: log each once, and say when a file is fine again.
         let now: BTreeSet<(PathBuf, String)> = scan.errors.iter().map(|e| (e.path.clone(), e.reason.clone())).collect();
@@ -45,6 +82,7 @@ impl DirSourceActor {
         self.reported = now;
         let catalog = self.catalog.clone();
         let events = scan.events;
+        let deferred = scan.deferred;
         Box::pin(
             async move {
                 if !events.is_empty() {
@@ -54,8 +92,44 @@ impl DirSourceActor {
                     }
                 }
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(move |(), act, ctx| {
+                if deferred > 0 {
+                    // A file still being written: look again once it may have settled.
+                    ctx.run_later(act.settle, |act, ctx| ctx.wait(act.scan()));
+                }
+            }),
         )
+    }
+
+    fn watch(&mut self, ctx: &mut Context<Self>) -> notify::Result<()> {
+        let addr = ctx.address();
+        let notified = self.notified.clone();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let Ok(event) = res else { return };
+            // Close-after-write and rename-into-place mean the writer is done: no need to wait it out.
+            let done = matches!(
+                event.kind,
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                    | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            );
+            if matches!(
+                event.kind,
+                EventKind::Access(AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read))
+            ) {
+                return;
+            }
+            if done && let Ok(mut c) = notified.complete.lock() {
+                c.extend(event.paths.iter().cloned());
+            }
+            // One pending scan covers any number of events.
+            if !notified.scan_requested.swap(true, Ordering::Relaxed) && addr.try_send(Changed).is_err() {
+                notified.scan_requested.store(false, Ordering::Relaxed);
+            }
+        })?;
+        watcher.watch(&self.root, RecursiveMode::Recursive)?;
+        self.watcher = Some(watcher);
+        Ok(())
     }
 }
 
@@ -63,6 +137,13 @@ impl Actor for DirSourceActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        match self.watch(ctx) {
+            Ok(()) => tracing::debug!(dir = %self.root.display(), "watching the mesh directory"),
+            Err(e) => tracing::warn!(
+                dir = %self.root.display(), error = %e, interval_ms = self.interval.as_millis() as u64,
+                "cannot watch the mesh directory; changes are found by the periodic rescan only"
+            ),
+        }
         ctx.run_interval(self.interval, |act, ctx| {
             // `wait` keeps scans from overlapping when the catalog is slow.
             ctx.wait(act.scan());
@@ -74,5 +155,12 @@ impl Handler<ScanNow> for DirSourceActor {
     type Result = ResponseActFuture<Self, ()>;
     fn handle(&mut self, _: ScanNow, _: &mut Self::Context) -> Self::Result {
         self.scan()
+    }
+}
+
+impl Handler<Changed> for DirSourceActor {
+    type Result = ();
+    fn handle(&mut self, _: Changed, ctx: &mut Self::Context) {
+        ctx.wait(self.scan());
     }
 }

@@ -360,3 +360,17 @@ async fn connections_past_the_limit_wait_and_idle_handshakes_time_out() {
         assert!(matches!(n, Ok(0) | Err(_)), "the idle connection was closed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_changes_arrive_through_file_notifications_not_the_rescan() {
+    // The safety-net rescan never comes during the test: only a file-system notification can deliver it.
+    let c = Controller::start_with(|config| config.scan_interval = Duration::from_secs(3600));
+    let (tx, mut stream) = connected_client(&c).await;
+    tx.send(request(ResourceType::Endpoint, &["demo/web|8080"], None)).await.unwrap();
+    let eds = next(&mut stream).await;
+    tx.send(request(ResourceType::Endpoint, &["demo/web|8080"], Some(&eds))).await.unwrap();
+    let more = MESH.replace("status: {podIP: 10.244.1.2}", "status: {podIP: 10.244.1.3}");
+    write_mesh(&c, more).unwrap();
+    let update = next(&mut stream).await;
+    assert_eq!(update.type_url, ResourceType::Endpoint.type_url());
+}

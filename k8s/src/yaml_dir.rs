@@ -30,6 +30,9 @@ pub struct FileError {
 pub struct Scan {
     pub events: Vec<SourceEvent>,
     pub errors: Vec<FileError>,
+    /// Files that changed too recently to be read (a writer may still be at work); scan again after the
+    /// settle time.
+    pub deferred: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +53,14 @@ pub struct YamlDir {
     emitted: BTreeMap<ObjectKey, MeshObject>,
     /// Which file each object's definition in force came from.
     owners: BTreeMap<ObjectKey, PathBuf>,
+    /// Every file that defines each object (usually one).
+    defined_in: BTreeMap<ObjectKey, BTreeSet<PathBuf>>,
+    /// Objects defined in more than one file: the definitions that are ignored, and why.
+    duplicates: BTreeMap<ObjectKey, Vec<FileError>>,
+    /// Objects whose definitions changed since the last scan.
+    touched: BTreeSet<ObjectKey>,
+    /// Files whose writer is known to be done (closed after writing, or renamed into place): read at once.
+    complete: BTreeSet<PathBuf>,
     /// A file modified less than this long ago is read at a later scan: an editor or `cp` may still be
     /// writing it, and a half-written file would drop objects.
     settle: std::time::Duration,
@@ -163,6 +174,10 @@ impl YamlDir {
             files: BTreeMap::new(),
             emitted: BTreeMap::new(),
             owners: BTreeMap::new(),
+            defined_in: BTreeMap::new(),
+            duplicates: BTreeMap::new(),
+            touched: BTreeSet::new(),
+            complete: BTreeSet::new(),
             settle: std::time::Duration::ZERO,
             started: false,
         }
@@ -172,6 +187,12 @@ impl YamlDir {
     pub fn with_settle(mut self, settle: std::time::Duration) -> Self {
         self.settle = settle;
         self
+    }
+
+    /// Tells that `path`'s writer is done with it (a file-system notification of close-after-write or of a
+    /// rename into place): the next scan reads it without waiting for it to settle.
+    pub fn mark_complete(&mut self, path: &Path) {
+        self.complete.insert(path.to_owned());
     }
 
     /// Files that currently fail to parse (their previous objects stay in force).
@@ -196,56 +217,82 @@ impl YamlDir {
         }
         paths.sort();
         let present: BTreeSet<PathBuf> = paths.iter().cloned().collect();
-        self.files.retain(|p, _| present.contains(p));
-        for path in &paths {
-            self.refresh(path);
+        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !present.contains(*p)).cloned().collect();
+        for path in gone {
+            if let Some(old) = self.files.remove(&path) {
+                self.set_objects(&path, &old.objects, &[]);
+            }
         }
+        for path in &paths {
+            if !self.refresh(path) {
+                scan.deferred += 1;
+            }
+        }
+        self.complete.retain(|p| present.contains(p));
         scan.errors = self.broken_files();
 
-        // Desired state: the union of every file's objects. An object defined in several files keeps the
-        // definition that was in force (so adding a file never silently takes an object over); a new one
-        // takes the first file in path order.
-        let mut definitions: BTreeMap<ObjectKey, Vec<(&PathBuf, &MeshObject)>> = BTreeMap::new();
-        for (path, state) in &self.files {
-            for obj in &state.objects {
-                definitions.entry(obj.key()).or_default().push((path, obj));
+        // Only objects whose definitions changed are looked at again: an unchanged directory costs a
+        // listing and a stat per file, whatever the size of the mesh.
+        for key in std::mem::take(&mut self.touched) {
+            let defs: Vec<PathBuf> = self.defined_in.get(&key).map(|d| d.iter().cloned().collect()).unwrap_or_default();
+            self.duplicates.remove(&key);
+            if defs.is_empty() {
+                self.owners.remove(&key);
+                if self.emitted.remove(&key).is_some() && self.started {
+                    scan.events.push(SourceEvent::Delete(key));
+                }
+                continue;
             }
-        }
-        let mut desired: BTreeMap<ObjectKey, MeshObject> = BTreeMap::new();
-        let mut owners: BTreeMap<ObjectKey, PathBuf> = BTreeMap::new();
-        for (key, defs) in definitions {
-            let winner = defs.iter().position(|(p, _)| self.owners.get(&key) == Some(*p)).unwrap_or(0);
-            let (owner, obj) = defs[winner];
-            for (i, (path, _)) in defs.iter().enumerate() {
-                if i != winner {
-                    scan.errors.push(FileError {
-                        path: (*path).clone(),
-                        reason: format!("{key} is already defined in {}; this definition is ignored", owner.display()),
-                    });
+            // The definition in force stays (adding a file never silently takes an object over); a new
+            // object takes the first file in path order.
+            let owner = self.owners.get(&key).filter(|o| defs.contains(o)).cloned().unwrap_or_else(|| defs[0].clone());
+            let ignored: Vec<FileError> = defs
+                .iter()
+                .filter(|p| **p != owner)
+                .map(|p| FileError {
+                    path: p.clone(),
+                    reason: format!("{key} is already defined in {}; this definition is ignored", owner.display()),
+                })
+                .collect();
+            if !ignored.is_empty() {
+                self.duplicates.insert(key.clone(), ignored);
+            }
+            let obj = self.files.get(&owner).and_then(|f| f.objects.iter().find(|o| o.key() == key)).cloned();
+            self.owners.insert(key.clone(), owner);
+            if let Some(obj) = obj
+                && self.emitted.get(&key) != Some(&obj)
+            {
+                self.emitted.insert(key, obj.clone());
+                if self.started {
+                    scan.events.push(SourceEvent::Apply(obj));
                 }
             }
-            owners.insert(key.clone(), owner.clone());
-            desired.insert(key, obj.clone());
         }
-        self.owners = owners;
-
+        scan.errors.extend(self.duplicates.values().flatten().cloned());
         if !self.started {
             self.started = true;
-            scan.events.push(SourceEvent::Reset(desired.values().cloned().collect()));
-        } else {
-            for key in self.emitted.keys() {
-                if !desired.contains_key(key) {
-                    scan.events.push(SourceEvent::Delete(key.clone()));
-                }
-            }
-            for (key, obj) in &desired {
-                if self.emitted.get(key) != Some(obj) {
-                    scan.events.push(SourceEvent::Apply(obj.clone()));
-                }
-            }
+            scan.events.push(SourceEvent::Reset(self.emitted.values().cloned().collect()));
         }
-        self.emitted = desired;
         scan
+    }
+
+    /// Records that `path` now defines `new` instead of `old`.
+    fn set_objects(&mut self, path: &Path, old: &[MeshObject], new: &[MeshObject]) {
+        for o in old {
+            let key = o.key();
+            if let Some(d) = self.defined_in.get_mut(&key) {
+                d.remove(path);
+                if d.is_empty() {
+                    self.defined_in.remove(&key);
+                }
+            }
+            self.touched.insert(key);
+        }
+        for o in new {
+            let key = o.key();
+            self.defined_in.entry(key.clone()).or_default().insert(path.to_owned());
+            self.touched.insert(key);
+        }
     }
 
     fn fail(&mut self, path: &Path, stamp: (SystemTime, u64), digest: [u8; 32], reason: String) {
@@ -253,33 +300,40 @@ impl YamlDir {
         self.files.insert(path.to_owned(), FileState { stamp, digest, objects: previous, error: Some(reason) });
     }
 
-    /// Re-reads one file if it changed. A file that cannot be read or parsed keeps its last good objects
-    /// and records why.
-    fn refresh(&mut self, path: &Path) {
+    /// Re-reads one file if it changed; false when it changed too recently to be read. A file that cannot
+    /// be read or parsed keeps its last good objects and records why.
+    fn refresh(&mut self, path: &Path) -> bool {
         // A failed stat or read gets a zero stamp, so the next scan tries again.
         let unknown = (SystemTime::UNIX_EPOCH, 0);
         let meta = match fs::metadata(path) {
             Ok(m) => m,
-            Err(e) => return self.fail(path, unknown, [0; 32], format!("cannot stat: {e}")),
+            Err(e) => {
+                self.fail(path, unknown, [0; 32], format!("cannot stat: {e}"));
+                return true;
+            }
         };
         let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
         if self.files.get(path).is_some_and(|f| f.stamp == stamp && f.stamp != unknown) {
-            return;
+            return true;
         }
         let age = SystemTime::now().duration_since(stamp.0).unwrap_or_default();
-        if self.started && age < self.settle {
-            return; // still being written, perhaps: next scan
+        if self.started && age < self.settle && !self.complete.contains(path) {
+            return false; // still being written, perhaps: next scan
         }
+        self.complete.remove(path);
         let bytes = match fs::read(path) {
             Ok(b) => b,
-            Err(e) => return self.fail(path, unknown, [0; 32], format!("cannot read: {e}")),
+            Err(e) => {
+                self.fail(path, unknown, [0; 32], format!("cannot read: {e}"));
+                return true;
+            }
         };
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         if let Some(f) = self.files.get_mut(path)
             && f.digest == digest
         {
             f.stamp = stamp;
-            return;
+            return true;
         }
         let parsed = match String::from_utf8(bytes) {
             Ok(text) => parse_file(&text),
@@ -287,10 +341,15 @@ impl YamlDir {
         };
         match parsed {
             Ok(objects) => {
+                let old = self.files.get(path).map(|f| f.objects.clone()).unwrap_or_default();
+                if old != objects {
+                    self.set_objects(path, &old, &objects);
+                }
                 self.files.insert(path.to_owned(), FileState { stamp, digest, objects, error: None });
             }
             Err(reason) => self.fail(path, stamp, digest, reason),
         }
+        true
     }
 }
 

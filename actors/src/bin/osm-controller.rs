@@ -39,8 +39,9 @@ struct ServeArgs {
     /// Address of the HTTP endpoint: /health/alive, /health/ready, /metrics, /version ("off" for none).
     #[arg(long, default_value = "0.0.0.0:9091")]
     http_addr: String,
-    /// How often the mesh directory is scanned for changes, in milliseconds.
-    #[arg(long, default_value_t = 500)]
+    /// Changes are seen through file-system notifications; this is the interval of the safety-net rescan
+    /// (a stat per file when nothing changed), in milliseconds.
+    #[arg(long, default_value_t = 5000)]
     scan_interval_ms: u64,
     /// Lifetime of service (SDS) certificates, in seconds (minimum 600).
     #[arg(long, default_value_t = 24 * 3600)]
