@@ -102,14 +102,6 @@ impl Handler<IsSynced> for CatalogActor {
 impl Handler<GetViews> for CatalogActor {
     type Result = MessageResult<GetViews>;
     fn handle(&mut self, msg: GetViews, _: &mut Self::Context) -> Self::Result {
-        MessageResult(
-            msg.0
-                .into_iter()
-                .map(|u| {
-                    let v = self.catalog.proxy_view(&u);
-                    (u, v)
-                })
-                .collect(),
-        )
+        MessageResult(self.catalog.proxy_views(msg.0).collect())
     }
 }

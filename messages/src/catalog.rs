@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use crate::events::SourceEvent;
 use crate::model::*;
@@ -80,8 +81,9 @@ pub struct ProxyView {
     pub settings: MeshSettings,
     /// Services this pod backs (inbound); `target_port` resolved for this pod, `endpoints` empty.
     pub local: Vec<ServiceView>,
-    /// Services this pod may call (outbound).
-    pub upstream: Vec<ServiceView>,
+    /// Services this pod may call (outbound). Shared: in permissive mode every proxy sees the same list,
+    /// computed once per batch of views (see [`MeshCatalog::proxy_views`]).
+    pub upstream: Arc<Vec<ServiceView>>,
 }
 
 impl ProxyView {
@@ -311,12 +313,32 @@ impl MeshCatalog {
 
     /// The configuration inputs of one proxy, or `None` if no single pod has that UUID.
     pub fn proxy_view(&self, uuid: &ProxyUuid) -> Option<ProxyView> {
+        self.view_with(uuid, &Arc::new(self.upstream_views()))
+    }
+
+    /// Views of many proxies at once. The Services every proxy may call are derived once and shared by
+    /// `Arc`, so a batch of N views costs one pass over the Services, not N.
+    pub fn proxy_views<'a>(
+        &'a self,
+        uuids: impl IntoIterator<Item = ProxyUuid> + 'a,
+    ) -> impl Iterator<Item = (ProxyUuid, Option<ProxyView>)> + 'a {
+        let upstream = Arc::new(self.upstream_views());
+        uuids.into_iter().map(move |u| {
+            let v = self.view_with(&u, &upstream);
+            (u, v)
+        })
+    }
+
+    fn upstream_views(&self) -> Vec<ServiceView> {
+        self.services.values().filter_map(|svc| self.service_view(svc)).collect()
+    }
+
+    fn view_with(&self, uuid: &ProxyUuid, upstream: &Arc<Vec<ServiceView>>) -> Option<ProxyView> {
         let mut pods = self.pods_with_uuid(uuid);
         let pod = pods.next()?;
         if pods.next().is_some() {
             return None;
         }
-        let upstream = self.services.values().filter_map(|svc| self.service_view(svc)).collect();
         let local = self
             .services
             .range(ServiceKey::new(pod.namespace.clone(), "")..)
@@ -328,7 +350,7 @@ impl MeshCatalog {
             trust_domain: self.trust_domain.clone(),
             settings: self.settings.clone(),
             local,
-            upstream,
+            upstream: upstream.clone(),
         })
     }
 

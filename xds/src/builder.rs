@@ -264,6 +264,9 @@ fn route_to(cluster: &str) -> Route {
 pub struct BuildCache {
     entries: HashMap<String, (Vec<Arc<Resource>>, u64)>,
     batch: u64,
+    /// Fingerprints of the last upstream list seen (per Service, then the chains'): proxies of a batch
+    /// share one list, so it is hashed once, not once per proxy.
+    upstream_fps: Option<(Arc<Vec<ServiceView>>, Vec<u64>, u64)>,
     pub hits: u64,
     pub misses: u64,
 }
@@ -276,8 +279,21 @@ impl BuildCache {
         Self::default()
     }
 
+    fn upstream_fingerprints(&mut self, upstream: &Arc<Vec<ServiceView>>) -> (Vec<u64>, u64) {
+        if let Some((list, fps, chains)) = &self.upstream_fps
+            && Arc::ptr_eq(list, upstream)
+        {
+            return (fps.clone(), *chains);
+        }
+        let fps: Vec<u64> = upstream.iter().map(fingerprint).collect();
+        let chains = chains_fingerprint(upstream);
+        self.upstream_fps = Some((upstream.clone(), fps.clone(), chains));
+        (fps, chains)
+    }
+
     /// Starts a batch: entries unused for [`Self::KEEP_BATCHES`] batches are dropped.
     pub fn next_batch(&mut self) {
+        self.upstream_fps = None;
         self.batch += 1;
         let oldest = self.batch.saturating_sub(Self::KEEP_BATCHES);
         self.entries.retain(|_, (_, used)| *used >= oldest);
@@ -543,8 +559,8 @@ pub fn build_with(
 
     // --- Outbound: clusters and endpoints per upstream Service; one listener; routes -------------
     let mut clusters_done = BTreeSet::new();
-    for svc in &view.upstream {
-        let svc_fp = fingerprint(svc);
+    let (svc_fps, upstream_fp) = cache.upstream_fingerprints(&view.upstream);
+    for (svc, svc_fp) in view.upstream.iter().zip(svc_fps) {
         // What a cluster is made of: not the endpoints, so an endpoint change re-encodes no cluster.
         let identities_fp = fingerprint(&svc.identities);
         for port in &svc.ports {
@@ -589,7 +605,6 @@ pub fn build_with(
             }
         }
     }
-    let upstream_fp = chains_fingerprint(&view.upstream);
     let settings_fp = fingerprint(&view.settings);
     let listener = cache.get_or_make(format!("lds-out|{upstream_fp:x}|{settings_fp:x}"), || {
         outbound_listener(&view.upstream, &view.settings).map(|l| resource(OUTBOUND_LISTENER, l)).into_iter().collect()
@@ -982,7 +997,7 @@ mod tests {
         let l = Listener::decode(snap.get(ResourceType::Listener).resources[OUTBOUND_LISTENER].body.value.as_slice())
             .unwrap();
         assert!(l.default_filter_chain.is_none());
-        view.upstream.clear();
+        Arc::make_mut(&mut view.upstream).clear();
         assert!(build(&view, CERTS).unwrap().get(ResourceType::Listener).resources.is_empty());
     }
 
@@ -1024,7 +1039,7 @@ mod tests {
             ports: vec![port("tcp-pg", 5432, 5432, AppProtocol::Tcp, &["10.244.1.2:5432", "10.244.1.3:5432"])],
             identities: Default::default(),
         };
-        view.upstream = vec![headless("pg"), headless("pg-read")];
+        view.upstream = Arc::new(vec![headless("pg"), headless("pg-read")]);
         let snap = build(&view, CERTS).unwrap();
         let l = Listener::decode(snap.get(ResourceType::Listener).resources[OUTBOUND_LISTENER].body.value.as_slice())
             .unwrap();
@@ -1045,8 +1060,8 @@ mod tests {
     #[test]
     fn ipv6_cluster_ips_are_bracketed_in_domains() {
         let mut view = view_for("client");
-        view.upstream.retain(|s| s.key.name == "web");
-        view.upstream[0].cluster_ip = Some("fd00::a".parse().unwrap());
+        Arc::make_mut(&mut view.upstream).retain(|s| s.key.name == "web");
+        Arc::make_mut(&mut view.upstream)[0].cluster_ip = Some("fd00::a".parse().unwrap());
         let snap = build(&view, CERTS).unwrap();
         let rc = RouteConfiguration::decode(
             snap.get(ResourceType::Route).resources["rds-outbound.80"].body.value.as_slice(),
@@ -1127,7 +1142,7 @@ mod tests {
             &b.get(ResourceType::Cluster).resources["demo/web|8080"]
         ));
         let mut changed = view_for("client");
-        changed.upstream[1].ports[0].endpoints.push("10.244.9.9:8080".parse().unwrap());
+        Arc::make_mut(&mut changed.upstream)[1].ports[0].endpoints.push("10.244.9.9:8080".parse().unwrap());
         let before = cache.misses;
         build_with(&changed, CERTS, &mut cache).unwrap();
         assert_eq!(cache.misses - before, 1, "an endpoint change re-encodes that assignment only");
