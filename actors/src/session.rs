@@ -157,15 +157,34 @@ where
     }
 }
 
-fn spawn<P: Protocol + Send>(session: Session<P>, snapshots: Addr<SnapshotActor>)
-where
-    P::Response: Send,
-{
-    let uuid = session.proxy.uuid.clone();
-    tokio::spawn(async move {
-        session.run().await;
-        snapshots.do_send(Unsubscribe(uuid));
-    });
+/// What every session starts with, whichever protocol it speaks.
+struct Admitted {
+    proxy: ProxyId,
+    states: watch::Receiver<ProxyState>,
+    metrics: Arc<Metrics>,
+    stopping: watch::Receiver<bool>,
+    snapshots: Addr<SnapshotActor>,
+}
+
+impl Admitted {
+    /// Runs the session on the serving runtime; the snapshot actor hears when it ends.
+    fn spawn<P: Protocol + Send>(
+        self,
+        protocol: P,
+        requests: RequestStream<P::Request>,
+        responses: mpsc::Sender<Result<P::Response, Status>>,
+    ) where
+        P::Response: Send,
+    {
+        let Admitted { proxy, states, metrics, stopping, snapshots } = self;
+        let uuid = proxy.uuid.clone();
+        let session =
+            Session { uuid: uuid.to_string(), proxy, protocol, requests, responses, states, metrics, stopping };
+        tokio::spawn(async move {
+            session.run().await;
+            snapshots.do_send(Unsubscribe(uuid));
+        });
+    }
 }
 
 impl SessionHandler for SessionManager {
@@ -201,34 +220,14 @@ impl SessionHandler for SessionManager {
                 .send(Subscribe { uuid: proxy.uuid.clone(), identity: proxy.identity.clone() })
                 .await
                 .map_err(unavailable)?;
-            let uuid = proxy.uuid.to_string();
+            let admitted = Admitted { proxy, states, metrics, stopping, snapshots };
             match stream {
-                AdsStream::Sotw { requests, responses } => spawn(
-                    Session {
-                        proxy,
-                        uuid,
-                        protocol: xds::sotw::SotwSession::new(),
-                        requests,
-                        responses,
-                        states,
-                        metrics,
-                        stopping,
-                    },
-                    snapshots,
-                ),
-                AdsStream::Delta { requests, responses } => spawn(
-                    Session {
-                        proxy,
-                        uuid,
-                        protocol: xds::delta::DeltaSession::new(),
-                        requests,
-                        responses,
-                        states,
-                        metrics,
-                        stopping,
-                    },
-                    snapshots,
-                ),
+                AdsStream::Sotw { requests, responses } => {
+                    admitted.spawn(xds::sotw::SotwSession::new(), requests, responses);
+                }
+                AdsStream::Delta { requests, responses } => {
+                    admitted.spawn(xds::delta::DeltaSession::new(), requests, responses);
+                }
             }
             Ok(())
         })

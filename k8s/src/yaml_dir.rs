@@ -4,7 +4,7 @@
 //! on a timer. A file that fails to parse is reported with its path and reason, and the objects it last
 //! defined are kept, so a half-saved edit never tears down the mesh. Deleting a file deletes its objects.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -233,6 +233,9 @@ impl YamlDir {
 
         // Only objects whose definitions changed are looked at again: an unchanged directory costs a
         // listing and a stat per file, whatever the size of the mesh.
+        // Each owning file's objects are indexed once per scan, not searched once per key.
+        let files = &self.files;
+        let mut index: HashMap<&PathBuf, HashMap<ObjectKey, &MeshObject>> = HashMap::new();
         for key in std::mem::take(&mut self.touched) {
             let defs: Vec<PathBuf> = self.defined_in.get(&key).map(|d| d.iter().cloned().collect()).unwrap_or_default();
             self.duplicates.remove(&key);
@@ -257,7 +260,16 @@ impl YamlDir {
             if !ignored.is_empty() {
                 self.duplicates.insert(key.clone(), ignored);
             }
-            let obj = self.files.get(&owner).and_then(|f| f.objects.iter().find(|o| o.key() == key)).cloned();
+            let obj = files.get_key_value(&owner).and_then(|(path, f)| {
+                let objects = index.entry(path).or_insert_with(|| {
+                    let mut by_key = HashMap::new();
+                    for o in &f.objects {
+                        by_key.entry(o.key()).or_insert(o); // the first definition in a file, as before
+                    }
+                    by_key
+                });
+                objects.get(&key).map(|o| (*o).clone())
+            });
             self.owners.insert(key.clone(), owner);
             if let Some(obj) = obj
                 && self.emitted.get(&key) != Some(&obj)

@@ -140,11 +140,8 @@ pub struct SidecarStats {
     pub connect_errors: AtomicU64,
     pub stream_errors: AtomicU64,
     pub streams: AtomicU64,
-    pub nacks_sent: AtomicU64,
     /// Highest marked change seen in any endpoint assignment.
     pub max_seq: AtomicU64,
-    pub clusters: AtomicU64,
-    pub listeners: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -252,10 +249,8 @@ impl Sidecar {
         );
     }
 
-    fn on_converged(&self, view: &View) {
+    fn on_converged(&self) {
         let now = micros_since(self.epoch);
-        self.stats.clusters.store(view.clusters.len() as u64, Ordering::Relaxed);
-        self.stats.listeners.store(view.listeners.len() as u64, Ordering::Relaxed);
         if !self.stats.converged.swap(true, Ordering::Relaxed) {
             self.stats.last_converged_us.store(now, Ordering::Relaxed);
             if self.stats.converged_us.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
@@ -314,7 +309,6 @@ impl Sidecar {
             let st = state.entry(ty).or_default();
             if self.cfg.nack == Some(ty) && !nacked {
                 nacked = true;
-                self.stats.nacks_sent.fetch_add(1, Ordering::Relaxed);
                 let mut nack = request(ty, st);
                 nack.response_nonce = resp.nonce.clone();
                 nack.error_detail =
@@ -348,7 +342,7 @@ impl Sidecar {
                 send(&tx, request(next, nst))?;
             }
             if view.complete(|t| state.get(&t).map(|s| (s.got, &s.names, &s.have))) {
-                self.on_converged(&view);
+                self.on_converged();
             }
         }
         Ok(())
@@ -389,7 +383,6 @@ impl Sidecar {
             };
             if self.cfg.nack == Some(ty) && !nacked {
                 nacked = true;
-                self.stats.nacks_sent.fetch_add(1, Ordering::Relaxed);
                 let mut nack = ack;
                 nack.error_detail =
                     Some(RpcStatus { code: 3, message: "rejected by the load test".into(), details: vec![] });
@@ -443,7 +436,7 @@ impl Sidecar {
             let empty = BTreeMap::new();
             let held = &self.held;
             if view.complete(|t| names.get(&t).map(|n| (got.contains(&t), n, held.get(&t).unwrap_or(&empty)))) {
-                self.on_converged(&view);
+                self.on_converged();
             }
         }
         Ok(())

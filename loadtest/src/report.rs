@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use crate::Scenario;
 use crate::client::{Changes, SidecarStats};
@@ -70,8 +69,7 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(sc: &Scenario, stats: &[Arc<SidecarStats>], epoch: Instant, all: bool) -> Self {
-        let _ = epoch;
+    pub fn new(sc: &Scenario, stats: &[Arc<SidecarStats>], all: bool) -> Self {
         let us = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let since_launch = |f: fn(&SidecarStats) -> &std::sync::atomic::AtomicU64| {
             stats
@@ -103,7 +101,7 @@ impl Report {
         self.rss_per_sidecar_kb = (self.rss_after_connect_mb - self.rss_before_mb) * 1000.0 / n;
     }
 
-    pub fn record_changes(&mut self, changes: &Changes, n: u32, stats: &[Arc<SidecarStats>], _all: bool) {
+    pub fn record_changes(&mut self, changes: &Changes, n: u32, stats: &[Arc<SidecarStats>]) {
         self.changes = n;
         let mut complete = Vec::new();
         let mut all = Vec::new();

@@ -266,10 +266,13 @@ pub struct BuildCache {
     batch: u64,
     /// Fingerprints of the last upstream list seen (per Service, then the chains'): proxies of a batch
     /// share one list, so it is hashed once, not once per proxy.
-    upstream_fps: Option<(Arc<Vec<ServiceView>>, Vec<u64>, u64)>,
+    upstream_fps: Option<UpstreamFingerprints>,
     pub hits: u64,
     pub misses: u64,
 }
+
+/// An upstream list; per Service (everything, its identities); the outbound chains'.
+type UpstreamFingerprints = (Arc<Vec<ServiceView>>, Vec<(u64, u64)>, u64);
 
 impl BuildCache {
     /// Batches an unused entry survives.
@@ -279,13 +282,14 @@ impl BuildCache {
         Self::default()
     }
 
-    fn upstream_fingerprints(&mut self, upstream: &Arc<Vec<ServiceView>>) -> (Vec<u64>, u64) {
+    /// Per Service: (everything, its identities); then the chains'.
+    fn upstream_fingerprints(&mut self, upstream: &Arc<Vec<ServiceView>>) -> (Vec<(u64, u64)>, u64) {
         if let Some((list, fps, chains)) = &self.upstream_fps
             && Arc::ptr_eq(list, upstream)
         {
             return (fps.clone(), *chains);
         }
-        let fps: Vec<u64> = upstream.iter().map(fingerprint).collect();
+        let fps: Vec<(u64, u64)> = upstream.iter().map(|s| (fingerprint(s), fingerprint(&s.identities))).collect();
         let chains = chains_fingerprint(upstream);
         self.upstream_fps = Some((upstream.clone(), fps.clone(), chains));
         (fps, chains)
@@ -560,9 +564,8 @@ pub fn build_with(
     // --- Outbound: clusters and endpoints per upstream Service; one listener; routes -------------
     let mut clusters_done = BTreeSet::new();
     let (svc_fps, upstream_fp) = cache.upstream_fingerprints(&view.upstream);
-    for (svc, svc_fp) in view.upstream.iter().zip(svc_fps) {
-        // What a cluster is made of: not the endpoints, so an endpoint change re-encodes no cluster.
-        let identities_fp = fingerprint(&svc.identities);
+    // A cluster is keyed by its identities, not the endpoints, so an endpoint change re-encodes no cluster.
+    for (svc, (svc_fp, identities_fp)) in view.upstream.iter().zip(svc_fps) {
         for port in &svc.ports {
             let cluster_name = port.cluster_name(&svc.key);
             if !clusters_done.insert(cluster_name.clone()) {
