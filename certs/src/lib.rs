@@ -42,6 +42,10 @@ pub enum CertError {
         "{path}: the persisted CA is unusable: {reason} (hint: move the state directory's ca.crt/ca.key away to create a new root)"
     )]
     BadPersistedCa { path: PathBuf, reason: String },
+    #[error(
+        "{0}: no mesh CA here (ca.crt, ca.key) (hint: pass the controller's --state-dir; the controller creates the CA when it first starts)"
+    )]
+    NoCa(PathBuf),
     #[error("certificate is not valid DER X.509: {0}")]
     Parse(String),
     #[error("certificate has no common name")]
@@ -137,23 +141,33 @@ impl CertificateAuthority {
     /// Loads the root persisted in `state_dir`, or creates and persists one, so a restart keeps the same root
     /// and running sidecars keep trusting the controller.
     pub fn load_or_create(state_dir: &Path, trust_domain: &str) -> Result<Self, CertError> {
-        let cert_path = state_dir.join(CA_CERT_FILE);
-        let key_path = state_dir.join(CA_KEY_FILE);
-        if cert_path.exists() || key_path.exists() {
-            let read = |p: &Path| fs::read_to_string(p).map_err(|source| CertError::Io { path: p.to_owned(), source });
-            let cert_pem = read(&cert_path)?;
-            let key_pem = read(&key_path)?;
-            let bad = |reason: String| CertError::BadPersistedCa { path: state_dir.to_owned(), reason };
-            let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(format!("{CA_KEY_FILE}: {e}")))?;
-            let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad(format!("{CA_CERT_FILE}: {e}")))?;
-            return Ok(Self { issuer, cert_pem, trust_domain: trust_domain.to_owned() });
+        match Self::load(state_dir, trust_domain) {
+            Err(CertError::NoCa(_)) => {}
+            loaded => return loaded,
         }
         let ca = Self::generate(trust_domain)?;
         fs::create_dir_all(state_dir).map_err(|source| CertError::Io { path: state_dir.to_owned(), source })?;
-        write_file(&key_path, ca.issuer.key().serialize_pem().as_bytes(), 0o600)?;
-        write_file(&cert_path, ca.cert_pem.as_bytes(), 0o644)?;
+        write_file(&state_dir.join(CA_KEY_FILE), ca.issuer.key().serialize_pem().as_bytes(), 0o600)?;
+        write_file(&state_dir.join(CA_CERT_FILE), ca.cert_pem.as_bytes(), 0o644)?;
         tracing::info!(path = %state_dir.display(), "created a new mesh root certificate");
         Ok(ca)
+    }
+
+    /// Loads the root persisted in `state_dir`; never creates one (a tool run from the wrong directory must
+    /// not quietly start a second mesh).
+    pub fn load(state_dir: &Path, trust_domain: &str) -> Result<Self, CertError> {
+        let cert_path = state_dir.join(CA_CERT_FILE);
+        let key_path = state_dir.join(CA_KEY_FILE);
+        if !cert_path.exists() && !key_path.exists() {
+            return Err(CertError::NoCa(state_dir.to_owned()));
+        }
+        let read = |p: &Path| fs::read_to_string(p).map_err(|source| CertError::Io { path: p.to_owned(), source });
+        let cert_pem = read(&cert_path)?;
+        let key_pem = read(&key_path)?;
+        let bad = |reason: String| CertError::BadPersistedCa { path: state_dir.to_owned(), reason };
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(format!("{CA_KEY_FILE}: {e}")))?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad(format!("{CA_CERT_FILE}: {e}")))?;
+        Ok(Self { issuer, cert_pem, trust_domain: trust_domain.to_owned() })
     }
 
     pub fn root_pem(&self) -> &str {

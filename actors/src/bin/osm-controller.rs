@@ -100,6 +100,8 @@ fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, never into a log file or a collector.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -209,7 +211,8 @@ fn write_bootstrap(
         let _: messages::Dirty = catalog.apply(ev as SourceEvent);
     }
     let pod = catalog.pod(ns, name).with_context(|| format!("pod {ns}/{name} is not in {}", mesh_dir.display()))?;
-    let ca = certs::CertificateAuthority::load_or_create(state_dir, trust_domain)?;
+    // Never a new CA here: a sidecar bootstrapped from another root would be refused by the controller.
+    let ca = certs::CertificateAuthority::load(state_dir, trust_domain)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let out_abs = std::fs::canonicalize(out)?;
     let opts = sidecar::SidecarOptions {
@@ -220,15 +223,33 @@ fn write_bootstrap(
         ..Default::default()
     };
     let bundle = sidecar::sidecar_for_pod(pod, &ca, &opts)?;
+    let mut owned_by_envoy = true;
     for (file, contents, mode) in bundle.files() {
         let path = out.join(file);
         std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
-        std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&path)?.permissions(), mode);
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        // Envoy runs as uid 1500 (the iptables rules exempt that uid) and must read its key: hand the files
+        // over to it. Only root may; anyone else keeps them and is told.
+        owned_by_envoy &= std::os::unix::fs::chown(&path, Some(messages::ENVOY_UID), Some(messages::ENVOY_UID)).is_ok();
     }
     std::fs::write(out.join("iptables.rules"), &bundle.iptables_rules)?;
     println!("proxy {} ({})", bundle.proxy.uuid, bundle.proxy.identity);
-    println!("files written to {}; run: envoy {}", out.display(), bundle.envoy_args.join(" "));
-    println!("interception: iptables-restore --noflush < {}", out.join("iptables.rules").display());
+    println!("files written to {}", out.display());
+    println!(
+        "1. interception, in the workload's network namespace: iptables-restore --noflush < {}",
+        out.join("iptables.rules").display()
+    );
+    println!(
+        "2. the sidecar, as uid {uid} (exempt from interception): setpriv --reuid {uid} --regid {uid} --clear-groups envoy {}",
+        bundle.envoy_args.join(" "),
+        uid = messages::ENVOY_UID
+    );
+    if !owned_by_envoy {
+        println!(
+            "note: the files could not be given to uid {} (run bootstrap as root, or chown them) and {} is readable by its owner only",
+            messages::ENVOY_UID,
+            sidecar::KEY_FILE
+        );
+    }
     Ok(())
 }
