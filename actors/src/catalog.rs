@@ -5,7 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::prelude::*;
-use messages::{Dirty, MeshCatalog, MeshSettings, ProxyId, ProxyUuid, ProxyView, SourceEvent, VerifyError};
+use messages::{
+    Dirty, MeshCatalog, MeshConfig, MeshSettings, PolicyError, ProxyId, ProxyUuid, ProxyView, SourceEvent, VerifyError,
+};
+
+use crate::metrics::Metrics;
 
 use crate::snapshot::{ConnectSnapshots, MarkDirty, SnapshotActor};
 
@@ -33,13 +37,57 @@ pub struct CatalogActor {
     snapshots: Option<Addr<SnapshotActor>>,
     /// Raised once the catalog has its first full content (`/health/ready`).
     synced: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    /// What was last reported, so each problem is logged when it appears, not on every change.
+    reported_errors: Vec<PolicyError>,
+    reported_config: Option<(Option<MeshConfig>, MeshSettings)>,
 }
 
 impl CatalogActor {
-    pub fn new(trust_domain: &str, settings: MeshSettings, synced: Arc<AtomicBool>) -> Self {
+    pub fn new(trust_domain: &str, settings: MeshSettings, synced: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Self {
         let mut catalog = MeshCatalog::new(trust_domain);
         catalog.set_settings(settings);
-        Self { catalog, snapshots: None, synced }
+        Self { catalog, snapshots: None, synced, metrics, reported_errors: Vec::new(), reported_config: None }
+    }
+
+    /// Logs what changed in the policy's health and the settings in force.
+    fn report(&mut self) {
+        let errors = self.catalog.policy_errors();
+        if errors != self.reported_errors.as_slice() {
+            for e in errors.iter().filter(|e| !self.reported_errors.contains(e)) {
+                tracing::error!(error_code = e.code, object = %e.object, "policy object not in force: {}", e.reason);
+                self.metrics.error(e.code);
+            }
+            for e in self.reported_errors.iter().filter(|e| !errors.contains(e)) {
+                tracing::info!(error_code = e.code, object = %e.object, "policy problem resolved");
+            }
+            self.reported_errors = errors.to_vec();
+            self.metrics.set_policy_errors(errors.len());
+        }
+        let config = (self.catalog.mesh_config().cloned(), self.catalog.settings().clone());
+        if self.reported_config.as_ref() != Some(&config) {
+            let (mc, settings) = &config;
+            let source = mc.as_ref().map(|m| format!("MeshConfig {}/{}", m.namespace, m.name));
+            let source = source.as_deref().unwrap_or("command line");
+            let mode = if settings.permissive { "permissive" } else { "SMI" };
+            tracing::info!(
+                traffic_policy = mode,
+                egress = settings.enable_egress,
+                from = source,
+                "mesh settings in force"
+            );
+            if let Some(mc) = mc
+                && !mc.not_acted_on.is_empty()
+            {
+                tracing::warn!(
+                    fields = %mc.not_acted_on.join(", "),
+                    "MeshConfig {}/{} sets fields this controller does not act on yet; they have no effect",
+                    mc.namespace,
+                    mc.name
+                );
+            }
+            self.reported_config = Some(config);
+        }
     }
 }
 
@@ -69,6 +117,7 @@ impl Handler<ApplyEvents> for CatalogActor {
         }
         if self.catalog.is_synced() {
             self.synced.store(true, Ordering::Relaxed);
+            self.report();
         }
         let (services, endpoints, pods) = self.catalog.counts();
         tracing::debug!(services, endpoints, pods, ?dirty, "catalog updated");

@@ -102,8 +102,13 @@ impl ActorSystem {
             .spawn(move || {
                 let runner = actix_rt::System::new();
                 runner.block_on(async move {
-                    let catalog =
-                        catalog::CatalogActor::new(&config.trust_domain, config.settings.clone(), ready).start();
+                    let catalog = catalog::CatalogActor::new(
+                        &config.trust_domain,
+                        config.settings.clone(),
+                        ready,
+                        metrics.clone(),
+                    )
+                    .start();
                     let cert_actor =
                         certs::CertActor::new(ca.clone(), config.service_cert_validity, metrics.clone()).start();
                     let snapshots =

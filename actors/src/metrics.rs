@@ -66,6 +66,10 @@ pub struct Metrics {
     proxies: Mutex<BTreeMap<String, ProxySeries>>,
     nacks: Mutex<BTreeMap<&'static str, u64>>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// `osm_error_err_code_count{err_code}`: user-visible errors by stable code.
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Policy objects (or parts of them) not in force right now.
+    policy_errors: AtomicI64,
     certs_issued: AtomicU64,
     pub cert_issue_time: Histogram,
     pub snapshot_build_time: Histogram,
@@ -80,6 +84,8 @@ impl Default for Metrics {
             proxies: Mutex::default(),
             nacks: Mutex::default(),
             rejected: Mutex::default(),
+            errors: Mutex::default(),
+            policy_errors: AtomicI64::new(0),
             certs_issued: AtomicU64::new(0),
             cert_issue_time: Histogram::new(FAST),
             snapshot_build_time: Histogram::new(FAST),
@@ -146,6 +152,15 @@ impl Metrics {
         bump(&self.rejected, reason);
     }
 
+    /// A user-visible error with a stable code happened.
+    pub fn error(&self, code: &'static str) {
+        bump(&self.errors, code);
+    }
+
+    pub fn set_policy_errors(&self, n: usize) {
+        self.policy_errors.store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
     pub fn cert_issued(&self, took: Duration) {
         self.certs_issued.fetch_add(1, Ordering::Relaxed);
         self.cert_issue_time.observe(took);
@@ -193,6 +208,7 @@ impl Metrics {
         for (name, help, label, map) in [
             ("osm_proxy_nack_count", "xDS responses proxies rejected (NACK)", "type", &self.nacks),
             ("osm_proxy_rejected_count", "proxies refused at connection", "reason", &self.rejected),
+            ("osm_error_err_code_count", "errors by stable error code", "err_code", &self.errors),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             if let Ok(m) = map.lock() {
@@ -201,6 +217,11 @@ impl Metrics {
                 }
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP osm_policy_error_count Policy objects or parts of them not in force\n# TYPE osm_policy_error_count gauge\nosm_policy_error_count {}",
+            self.policy_errors.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP osm_cert_issued_count Certificates issued\n# TYPE osm_cert_issued_count counter\nosm_cert_issued_count {}",
@@ -233,6 +254,7 @@ mod tests {
         m.xds_request("u1", "CDS");
         m.response_sent("u1", "CDS", true);
         m.nack("LDS");
+        m.error("E2025");
         m.snapshots_built(3, Duration::from_millis(2));
         let text = m.encode();
         assert!(text.contains("osm_proxy_connect_count 1\n"), "{text}");
@@ -243,6 +265,7 @@ mod tests {
             )
         );
         assert!(text.contains("osm_proxy_nack_count{type=\"LDS\"} 1\n"));
+        assert!(text.contains("osm_error_err_code_count{err_code=\"E2025\"} 1\n"));
         assert!(text.contains("osm_snapshot_build_time_bucket{le=\"0.0025\"} 1\n"));
         assert!(text.contains("osm_snapshot_build_time_bucket{le=\"0.001\"} 0\n"));
         assert!(text.contains("osm_snapshot_build_time_count 1\n"));

@@ -11,6 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use messages::*;
 
+use crate::crds;
+
 /// Pod annotation that asks for the sidecar's Prometheus listener (set by injection when the namespace has
 /// metrics enabled).
 pub const PROMETHEUS_SCRAPE_ANNOTATION: &str = "prometheus.io/scrape";
@@ -182,6 +184,81 @@ pub fn pod(o: &core::Pod) -> Result<Pod, ConvertError> {
         .and_then(|a| a.get(PROMETHEUS_SCRAPE_ANNOTATION))
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     Ok(Pod { namespace: ns, name, labels, service_account, ip, proxy_uuid, container_ports, prometheus_scrape })
+}
+
+fn subject(s: &crds::IdentityBindingSubject, default_ns: &str) -> Subject {
+    Subject {
+        kind: s.kind.clone(),
+        name: s.name.clone(),
+        namespace: s.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| default_ns.to_owned()),
+    }
+}
+
+pub fn traffic_target(o: &crds::TrafficTarget) -> Result<TrafficTarget, ConvertError> {
+    let (namespace, name, _) = name_ns("TrafficTarget", &o.metadata, true)?;
+    Ok(TrafficTarget {
+        destination: subject(&o.spec.destination, &namespace),
+        sources: o.spec.sources.iter().map(|s| subject(s, &namespace)).collect(),
+        rules: o
+            .spec
+            .rules
+            .iter()
+            .map(|r| TrafficTargetRule { kind: r.kind.clone(), name: r.name.clone(), matches: r.matches.clone() })
+            .collect(),
+        namespace,
+        name,
+    })
+}
+
+pub fn http_route_group(o: &crds::HTTPRouteGroup) -> Result<HttpRouteGroup, ConvertError> {
+    let (namespace, name, label) = name_ns("HTTPRouteGroup", &o.metadata, true)?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut matches = Vec::new();
+    for (i, m) in o.spec.matches.iter().enumerate() {
+        if m.name.is_empty() {
+            return Err(err(&label, format!("spec.matches[{i}].name is empty")));
+        }
+        if !seen.insert(m.name.as_str()) {
+            return Err(err(&label, format!("spec.matches[{i}].name {:?} is used twice", m.name)));
+        }
+        matches.push(HttpMatch {
+            name: m.name.clone(),
+            path_regex: m.path_regex.clone(),
+            methods: m.methods.clone(),
+            headers: m.headers.as_ref().map(crds::HTTPHeaders::flatten).unwrap_or_default(),
+        });
+    }
+    Ok(HttpRouteGroup { namespace, name, matches })
+}
+
+pub fn tcp_route(o: &crds::TCPRoute) -> Result<TcpRoute, ConvertError> {
+    let (namespace, name, _) = name_ns("TCPRoute", &o.metadata, true)?;
+    Ok(TcpRoute { namespace, name, ports: o.spec.matches.ports.clone() })
+}
+
+pub fn traffic_split(o: &crds::TrafficSplit) -> Result<TrafficSplit, ConvertError> {
+    let (namespace, name, label) = name_ns("TrafficSplit", &o.metadata, true)?;
+    if o.spec.service.is_empty() {
+        return Err(err(&label, "spec.service is empty: name the apex Service"));
+    }
+    Ok(TrafficSplit {
+        namespace,
+        name,
+        service: o.spec.service.clone(),
+        backends: o.spec.backends.iter().map(|b| (b.service.clone(), b.weight)).collect(),
+    })
+}
+
+pub fn mesh_config(o: &crds::MeshConfig) -> Result<MeshConfig, ConvertError> {
+    let (namespace, name, _) = name_ns("MeshConfig", &o.metadata, true)?;
+    let traffic = o.spec.traffic.clone().unwrap_or_default();
+    Ok(MeshConfig {
+        namespace,
+        name,
+        enable_egress: traffic.enable_egress,
+        permissive: traffic.enable_permissive_traffic_policy_mode,
+        not_acted_on: o.spec.not_acted_on(),
+    })
 }
 
 #[cfg(test)]

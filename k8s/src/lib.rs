@@ -5,6 +5,7 @@
 //! `messages` model values, so the kube-rs watchers will share it.
 
 pub mod convert;
+pub mod crds;
 pub mod yaml_dir;
 
 pub use yaml_dir::{FileError, Scan, YamlDir};

@@ -15,7 +15,7 @@ use messages::{MeshObject, ObjectKey, SourceEvent};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::convert;
+use crate::{convert, crds};
 
 /// A file that could not be used, and why. Its previous objects (if any) stay in force.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,8 +73,22 @@ fn is_known(api_version: &str, kind: &str) -> bool {
         (api_version, kind),
         ("v1", "Namespace" | "Service" | "Endpoints" | "Pod" | "ServiceAccount" | "List")
             | ("discovery.k8s.io/v1", "EndpointSlice")
+            | ("access.smi-spec.io/v1alpha3", "TrafficTarget")
+            | ("specs.smi-spec.io/v1alpha4", "HTTPRouteGroup" | "TCPRoute")
+            | ("split.smi-spec.io/v1alpha2", "TrafficSplit")
+            | ("config.openservicemesh.io/v1alpha2", "MeshConfig")
     )
 }
+
+/// API groups that exist for the mesh: an object of one of them that is not read (another version, a kind
+/// the mesh does not act on, a typo) is an error, never silently skipped.
+const MESH_GROUPS: &[(&str, &str)] = &[
+    ("access.smi-spec.io", "TrafficTarget at access.smi-spec.io/v1alpha3"),
+    ("specs.smi-spec.io", "HTTPRouteGroup and TCPRoute at specs.smi-spec.io/v1alpha4"),
+    ("split.smi-spec.io", "TrafficSplit at split.smi-spec.io/v1alpha2"),
+    ("config.openservicemesh.io", "MeshConfig at config.openservicemesh.io/v1alpha2"),
+    ("policy.openservicemesh.io", "none of this group yet"),
+];
 
 fn typed<T: DeserializeOwned>(doc: serde_json::Value) -> Result<T, String> {
     serde_json::from_value(doc).map_err(|e| e.to_string())
@@ -94,6 +108,13 @@ fn convert_doc(doc: serde_json::Value, out: &mut Vec<MeshObject>) -> Result<(), 
     let api_version = doc.get("apiVersion").and_then(|v| v.as_str()).ok_or("apiVersion is missing")?.to_owned();
     let kind = doc.get("kind").and_then(|v| v.as_str()).ok_or("kind is missing")?.to_owned();
     if !is_known(&api_version, &kind) {
+        let group = api_version.split('/').next().unwrap_or_default();
+        if let Some((_, supported)) = MESH_GROUPS.iter().find(|(g, _)| *g == group) {
+            return Err(format!(
+                "{} of apiVersion {api_version} is not supported (supported: {supported})",
+                describe(&doc)
+            ));
+        }
         tracing::debug!(%api_version, %kind, "skipping a kind the mesh does not use");
         return Ok(());
     }
@@ -124,6 +145,21 @@ fn convert_doc(doc: serde_json::Value, out: &mut Vec<MeshObject>) -> Result<(), 
                 .map_err(|e| e.to_string())?,
         ),
         "Pod" => MeshObject::Pod(convert::pod(&typed::<core::Pod>(doc).map_err(bad)?).map_err(|e| e.to_string())?),
+        "TrafficTarget" => MeshObject::TrafficTarget(
+            convert::traffic_target(&typed::<crds::TrafficTarget>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
+        ),
+        "HTTPRouteGroup" => MeshObject::HttpRouteGroup(
+            convert::http_route_group(&typed::<crds::HTTPRouteGroup>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
+        ),
+        "TCPRoute" => MeshObject::TcpRoute(
+            convert::tcp_route(&typed::<crds::TCPRoute>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
+        ),
+        "TrafficSplit" => MeshObject::TrafficSplit(
+            convert::traffic_split(&typed::<crds::TrafficSplit>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
+        ),
+        "MeshConfig" => MeshObject::MeshConfig(
+            convert::mesh_config(&typed::<crds::MeshConfig>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
+        ),
         _ => return Ok(()),
     };
     out.push(obj);
@@ -555,5 +591,76 @@ items:
         let objs = parse_file(text).unwrap();
         assert_eq!(objs.len(), 1);
         assert_eq!(objs[0].key().kind, Kind::EndpointSlice);
+    }
+
+    const POLICY: &str = r#"
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: to-store, namespace: books}
+spec:
+  destination: {kind: ServiceAccount, name: bookstore, namespace: books}
+  sources: [{kind: ServiceAccount, name: bookbuyer}]
+  rules: [{kind: HTTPRouteGroup, name: routes, matches: [buy]}]
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: routes, namespace: books}
+spec:
+  matches:
+  - {name: buy, pathRegex: /buy, methods: [GET], headers: [{host: "store.*"}]}
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: TCPRoute
+metadata: {name: db, namespace: books}
+spec: {matches: {ports: [3306]}}
+---
+apiVersion: split.smi-spec.io/v1alpha2
+kind: TrafficSplit
+metadata: {name: store-split, namespace: books}
+spec: {service: bookstore, backends: [{service: bookstore-v1, weight: 90}, {service: bookstore-v2, weight: 10}]}
+---
+apiVersion: config.openservicemesh.io/v1alpha2
+kind: MeshConfig
+metadata: {name: osm-mesh-config, namespace: osm-system}
+spec:
+  traffic: {enablePermissiveTrafficPolicyMode: false}
+  sidecar: {logLevel: debug}
+"#;
+
+    #[test]
+    fn policy_kinds_parse_with_defaults_and_report_unused_mesh_config_fields() {
+        let objects = parse_file(POLICY).unwrap();
+        let kinds: Vec<String> = objects.iter().map(|o| o.key().to_string()).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                "TrafficTarget books/to-store",
+                "HTTPRouteGroup books/routes",
+                "TCPRoute books/db",
+                "TrafficSplit books/store-split",
+                "MeshConfig osm-system/osm-mesh-config"
+            ]
+        );
+        let MeshObject::TrafficTarget(tt) = &objects[0] else { panic!() };
+        assert_eq!(tt.sources[0].namespace, "books", "a source's namespace defaults to the target's");
+        let MeshObject::HttpRouteGroup(g) = &objects[1] else { panic!() };
+        assert_eq!(g.matches[0].headers["host"], "store.*");
+        let MeshObject::MeshConfig(mc) = &objects[4] else { panic!() };
+        assert_eq!(mc.permissive, Some(false));
+        assert_eq!(mc.not_acted_on, vec!["sidecar.logLevel"]);
+    }
+
+    #[test]
+    fn mesh_kinds_at_other_versions_or_with_typos_are_errors_not_skipped() {
+        let old = "apiVersion: access.smi-spec.io/v1alpha2\nkind: TrafficTarget\nmetadata: {name: t}\nspec: {}\n";
+        let e = parse_file(old).unwrap_err();
+        assert!(e.contains("TrafficTarget \"t\" of apiVersion access.smi-spec.io/v1alpha2 is not supported"), "{e}");
+        assert!(e.contains("access.smi-spec.io/v1alpha3"), "{e}");
+        let typo = "apiVersion: config.openservicemesh.io/v1alpha2\nkind: MeshConfig\nmetadata: {name: m}\n\
+                    spec: {traffic: {enablePermissiveTraficPolicyMode: false}}\n";
+        let e = parse_file(typo).unwrap_err();
+        assert!(e.contains("MeshConfig \"m\"") && e.contains("enablePermissiveTraficPolicyMode"), "{e}");
+        // Kinds of other API groups are none of the mesh's business.
+        assert!(parse_file("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n").unwrap().is_empty());
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::events::SourceEvent;
 use crate::model::*;
+use crate::policy::{self, InboundPolicy, Policy, PolicyError};
 
 /// Which proxies need a new snapshot after a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +56,9 @@ pub struct ResolvedPort {
     pub target_port: u16,
     pub protocol: AppProtocol,
     pub endpoints: Vec<SocketAddr>,
+    /// For an apex Service of a TrafficSplit: the weighted backend clusters its traffic goes to instead of
+    /// its own (empty: no split).
+    pub split: SplitTargets,
 }
 
 impl ResolvedPort {
@@ -62,6 +66,9 @@ impl ResolvedPort {
         format!("{}|{}", svc, self.target_port)
     }
 }
+
+/// Where a TrafficSplit sends an apex Service port's traffic: (backend cluster, weight).
+pub type SplitTargets = Vec<(String, u32)>;
 
 /// A Service as seen by one proxy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -71,6 +78,9 @@ pub struct ServiceView {
     pub ports: Vec<ResolvedPort>,
     /// Identities of the pods behind the Service: the SANs an upstream connection accepts.
     pub identities: BTreeSet<ServiceIdentity>,
+    /// For a local Service that backs TrafficSplits: the apex Services (and their ClusterIPs) whose
+    /// requests it accepts too, on the same port numbers.
+    pub apexes: Vec<(ServiceKey, Option<IpAddr>)>,
 }
 
 /// Everything needed to build one proxy's configuration.
@@ -82,8 +92,12 @@ pub struct ProxyView {
     /// Services this pod backs (inbound); `target_port` resolved for this pod, `endpoints` empty.
     pub local: Vec<ServiceView>,
     /// Services this pod may call (outbound). Shared: in permissive mode every proxy sees the same list,
-    /// computed once per batch of views (see [`MeshCatalog::proxy_views`]).
+    /// computed once per batch of views (see [`MeshCatalog::proxy_views`]); in SMI mode one list per
+    /// identity.
     pub upstream: Arc<Vec<ServiceView>>,
+    /// What this proxy's identity accepts, and from whom: `None` in permissive mode (everything, from every
+    /// mesh identity); in SMI mode the identity's policy, empty when no TrafficTarget names it.
+    pub inbound_policy: Option<Arc<InboundPolicy>>,
 }
 
 impl ProxyView {
@@ -97,7 +111,18 @@ type NsName = (String, String);
 #[derive(Debug, Clone, Default)]
 pub struct MeshCatalog {
     trust_domain: String,
+    /// Settings from the command line; a MeshConfig object overrides them.
+    base_settings: MeshSettings,
+    /// The settings in force.
     settings: MeshSettings,
+    mesh_configs: BTreeMap<ObjectKey, MeshConfig>,
+    targets: BTreeMap<ObjectKey, TrafficTarget>,
+    route_groups: BTreeMap<ObjectKey, HttpRouteGroup>,
+    tcp_routes: BTreeMap<ObjectKey, TcpRoute>,
+    splits: BTreeMap<ObjectKey, TrafficSplit>,
+    /// Computed from the policy objects whenever one of them (or the set of Services) changes.
+    policy: Policy,
+    policy_stale: bool,
     namespaces: BTreeMap<String, Namespace>,
     services: BTreeMap<ServiceKey, Service>,
     endpoints: BTreeMap<ObjectKey, Endpoints>,
@@ -110,6 +135,7 @@ pub struct MeshCatalog {
     pods_by_ip: HashMap<IpAddr, BTreeSet<NsName>>,
     /// (namespace, label key, label value) → pod names.
     pods_by_label: HashMap<(String, String, String), BTreeSet<String>>,
+    pods_by_identity: HashMap<ServiceIdentity, BTreeSet<NsName>>,
 }
 
 impl MeshCatalog {
@@ -121,13 +147,117 @@ impl MeshCatalog {
         &self.trust_domain
     }
 
-    /// Replaces the mesh-wide settings; every proxy is dirty when they change.
+    /// Replaces the command line's mesh-wide settings (a MeshConfig object overrides them); every proxy is
+    /// dirty when the settings in force change.
     pub fn set_settings(&mut self, settings: MeshSettings) -> Dirty {
-        if self.settings == settings {
+        self.base_settings = settings;
+        self.refresh_settings()
+    }
+
+    pub fn settings(&self) -> &MeshSettings {
+        &self.settings
+    }
+
+    /// The MeshConfig in force, if any.
+    pub fn mesh_config(&self) -> Option<&MeshConfig> {
+        self.mesh_configs.values().next()
+    }
+
+    /// Policy objects (or parts of them) that are not in force, and why.
+    pub fn policy_errors(&self) -> &[PolicyError] {
+        &self.policy.errors
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn refresh_settings(&mut self) -> Dirty {
+        let settings = match self.mesh_config() {
+            Some(mc) => mc.apply_to(&self.base_settings),
+            None => self.base_settings.clone(),
+        };
+        if settings == self.settings {
             return Dirty::Nothing;
         }
         self.settings = settings;
         Dirty::All
+    }
+
+    /// Recomputes the policy after policy objects or Services changed; dirty are the proxies whose
+    /// configuration the difference reaches (see ARCHITECTURE.md, "Policy").
+    fn refresh_policy(&mut self) -> Dirty {
+        if !std::mem::take(&mut self.policy_stale) {
+            return Dirty::Nothing;
+        }
+        let services = &self.services;
+        let mut new = policy::compute(
+            self.targets.values(),
+            self.route_groups.values(),
+            self.tcp_routes.values(),
+            self.splits.values(),
+            |k| services.contains_key(k),
+        );
+        if self.mesh_configs.len() > 1 {
+            let mut keys = self.mesh_configs.keys();
+            if let Some(first) = keys.next() {
+                for other in keys {
+                    new.errors.push(PolicyError {
+                        code: policy::codes::MULTIPLE_MESH_CONFIGS,
+                        object: other.clone(),
+                        reason: format!("{first} is the MeshConfig in force; this one is ignored"),
+                    });
+                }
+            }
+        }
+        let old = std::mem::replace(&mut self.policy, new);
+        let mut dirty = Dirty::Nothing;
+        if !self.settings.permissive {
+            // Access rules matter in SMI mode only: the proxies of every identity whose rules changed.
+            let ids = old.changed_identities(&self.policy);
+            dirty = dirty.merge(self.proxies_of(ids.iter()));
+        }
+        for apex in old.changed_splits(&self.policy) {
+            dirty = dirty.merge(self.split_audience(&apex, &old));
+        }
+        dirty
+    }
+
+    /// Proxies that see a change of `apex`'s split: those that may call it, and the pods behind its old and
+    /// new backends (they accept the apex's host names).
+    fn split_audience(&self, apex: &ServiceKey, old: &Policy) -> Dirty {
+        if self.settings.permissive {
+            return Dirty::All;
+        }
+        let mut behind: BTreeSet<ServiceIdentity> = BTreeSet::new();
+        let backends = [old, &self.policy].into_iter().flat_map(|p| p.splits.get(apex)).flatten().map(|(b, _)| b);
+        for svc in std::iter::once(apex).chain(backends) {
+            if let Some(svc) = self.services.get(svc) {
+                behind.extend(self.selected_pods(svc).map(Pod::identity));
+                behind.extend(
+                    self.endpoint_objects(&svc.key)
+                        .flat_map(|e| e.subsets.iter().flat_map(|s| s.addresses.iter()))
+                        .flat_map(|ip| self.pods_at(*ip))
+                        .map(Pod::identity),
+                );
+            }
+        }
+        let callers: BTreeSet<ServiceIdentity> = [old, &self.policy]
+            .into_iter()
+            .flat_map(|p| p.outbound.iter())
+            .filter(|(_, dests)| !dests.is_disjoint(&behind))
+            .map(|(src, _)| src.clone())
+            .collect();
+        self.proxies_of(behind.iter().chain(callers.iter()))
+    }
+
+    fn proxies_of<'a>(&self, ids: impl Iterator<Item = &'a ServiceIdentity>) -> Dirty {
+        let set: BTreeSet<ProxyUuid> = ids
+            .flat_map(|id| self.pods_by_identity.get(id).into_iter().flatten())
+            .filter_map(|k| self.pods.get(k))
+            .map(|p| p.proxy_uuid.clone())
+            .collect();
+        if set.is_empty() { Dirty::Nothing } else { Dirty::Proxies(set) }
     }
 
     /// True once a source has delivered its first full content (`Reset`); no config is served before.
@@ -140,6 +270,11 @@ impl MeshCatalog {
     }
 
     pub fn apply(&mut self, event: SourceEvent) -> Dirty {
+        let dirty = self.apply_one(event);
+        dirty.merge(self.refresh_policy())
+    }
+
+    fn apply_one(&mut self, event: SourceEvent) -> Dirty {
         match event {
             SourceEvent::Apply(obj) => self.upsert(obj),
             SourceEvent::Delete(key) => self.remove(&key),
@@ -169,11 +304,32 @@ impl MeshCatalog {
         keys.extend(
             self.service_accounts.iter().map(|(ns, n)| ObjectKey::new(Kind::ServiceAccount, ns.clone(), n.clone())),
         );
+        keys.extend(self.mesh_configs.keys().cloned());
+        keys.extend(self.targets.keys().cloned());
+        keys.extend(self.route_groups.keys().cloned());
+        keys.extend(self.tcp_routes.keys().cloned());
+        keys.extend(self.splits.keys().cloned());
         keys
     }
 
     fn upsert(&mut self, obj: MeshObject) -> Dirty {
+        fn put<T: PartialEq>(map: &mut BTreeMap<ObjectKey, T>, key: ObjectKey, v: T, stale: &mut bool) -> Dirty {
+            if map.get(&key) != Some(&v) {
+                map.insert(key, v);
+                *stale = true;
+            }
+            Dirty::Nothing
+        }
+        let key = obj.key();
         match obj {
+            MeshObject::TrafficTarget(o) => put(&mut self.targets, key, o, &mut self.policy_stale),
+            MeshObject::HttpRouteGroup(o) => put(&mut self.route_groups, key, o, &mut self.policy_stale),
+            MeshObject::TcpRoute(o) => put(&mut self.tcp_routes, key, o, &mut self.policy_stale),
+            MeshObject::TrafficSplit(o) => put(&mut self.splits, key, o, &mut self.policy_stale),
+            MeshObject::MeshConfig(o) => {
+                put(&mut self.mesh_configs, key, o, &mut self.policy_stale);
+                self.refresh_settings()
+            }
             MeshObject::Namespace(ns) => {
                 // Namespaces carry no config yet; they are kept for troubleshooting and later selectors.
                 self.namespaces.insert(ns.name.clone(), ns);
@@ -187,7 +343,10 @@ impl MeshCatalog {
                 if self.services.get(&svc.key) == Some(&svc) {
                     return Dirty::Nothing;
                 }
-                self.services.insert(svc.key.clone(), svc);
+                // TrafficSplits name Services: whether one exists decides whether a split holds.
+                if self.services.insert(svc.key.clone(), svc).is_none() {
+                    self.policy_stale = true;
+                }
                 Dirty::All
             }
             MeshObject::Endpoints(ep) => {
@@ -206,6 +365,7 @@ impl MeshCatalog {
                 }
                 self.remove_pod(&key);
                 self.pods_by_uuid.entry(pod.proxy_uuid.clone()).or_default().insert(key.clone());
+                self.pods_by_identity.entry(pod.identity()).or_default().insert(key.clone());
                 if let Some(ip) = pod.ip {
                     self.pods_by_ip.entry(ip).or_default().insert(key.clone());
                 }
@@ -232,7 +392,31 @@ impl MeshCatalog {
                 self.service_accounts.remove(&(key.namespace.clone(), key.name.clone()));
                 false
             }
-            Kind::Service => self.services.remove(&ServiceKey::new(key.namespace.clone(), key.name.clone())).is_some(),
+            Kind::Service => {
+                let gone = self.services.remove(&ServiceKey::new(key.namespace.clone(), key.name.clone())).is_some();
+                self.policy_stale |= gone;
+                gone
+            }
+            Kind::TrafficTarget => {
+                self.policy_stale |= self.targets.remove(key).is_some();
+                false
+            }
+            Kind::HttpRouteGroup => {
+                self.policy_stale |= self.route_groups.remove(key).is_some();
+                false
+            }
+            Kind::TcpRoute => {
+                self.policy_stale |= self.tcp_routes.remove(key).is_some();
+                false
+            }
+            Kind::TrafficSplit => {
+                self.policy_stale |= self.splits.remove(key).is_some();
+                false
+            }
+            Kind::MeshConfig => {
+                self.policy_stale |= self.mesh_configs.remove(key).is_some();
+                return self.refresh_settings();
+            }
             Kind::Endpoints | Kind::EndpointSlice => self.remove_endpoints(key),
             Kind::Pod => self.remove_pod(&(key.namespace.clone(), key.name.clone())),
         };
@@ -261,6 +445,7 @@ impl MeshCatalog {
             }
         }
         unindex(&mut self.pods_by_uuid, old.proxy_uuid.clone(), key);
+        unindex(&mut self.pods_by_identity, old.identity(), key);
         if let Some(ip) = old.ip {
             unindex(&mut self.pods_by_ip, ip, key);
         }
@@ -313,18 +498,20 @@ impl MeshCatalog {
 
     /// The configuration inputs of one proxy, or `None` if no single pod has that UUID.
     pub fn proxy_view(&self, uuid: &ProxyUuid) -> Option<ProxyView> {
-        self.view_with(uuid, &Arc::new(self.upstream_views()))
+        let mut upstreams = Upstreams::new(self);
+        self.view_with(uuid, &mut upstreams)
     }
 
-    /// Views of many proxies at once. The Services every proxy may call are derived once and shared by
-    /// `Arc`, so a batch of N views costs one pass over the Services, not N.
+    /// Views of many proxies at once. The Services a proxy may call are derived once per batch and shared by
+    /// `Arc` (in permissive mode one list for every proxy; in SMI mode one per identity), so a batch of N
+    /// views costs one pass over the Services, not N.
     pub fn proxy_views<'a>(
         &'a self,
         uuids: impl IntoIterator<Item = ProxyUuid> + 'a,
     ) -> impl Iterator<Item = (ProxyUuid, Option<ProxyView>)> + 'a {
-        let upstream = Arc::new(self.upstream_views());
+        let mut upstreams = Upstreams::new(self);
         uuids.into_iter().map(move |u| {
-            let v = self.view_with(&u, &upstream);
+            let v = self.view_with(&u, &mut upstreams);
             (u, v)
         })
     }
@@ -333,7 +520,76 @@ impl MeshCatalog {
         self.services.values().filter_map(|svc| self.service_view(svc)).collect()
     }
 
-    fn view_with(&self, uuid: &ProxyUuid, upstream: &Arc<Vec<ServiceView>>) -> Option<ProxyView> {
+    /// What `identity` may call in SMI mode: Services with pods of an allowed destination identity, with
+    /// only those pods as endpoints and SANs; an apex Service whenever one of its backends is allowed.
+    fn allowed_upstream(&self, identity: &ServiceIdentity, all: &[ServiceView]) -> Vec<ServiceView> {
+        let empty = BTreeSet::new();
+        let allowed = self.policy.outbound.get(identity).unwrap_or(&empty);
+        let mut kept: Vec<Option<ServiceView>> = all
+            .iter()
+            .map(|svc| {
+                if svc.identities.is_disjoint(allowed) {
+                    return None;
+                }
+                let mut v = svc.clone();
+                v.identities.retain(|i| allowed.contains(i));
+                for p in &mut v.ports {
+                    p.endpoints.retain(|a| self.pods_at(a.ip()).any(|pod| allowed.contains(&pod.identity())));
+                }
+                Some(v)
+            })
+            .collect();
+        let kept_keys: BTreeSet<ServiceKey> = kept.iter().flatten().map(|s| s.key.clone()).collect();
+        for (svc, slot) in all.iter().zip(kept.iter_mut()) {
+            let reaches_backend = self
+                .policy
+                .splits
+                .get(&svc.key)
+                .is_some_and(|backends| backends.iter().any(|(b, _)| kept_keys.contains(b)));
+            if slot.is_none() && reaches_backend {
+                let mut v = svc.clone();
+                v.identities.retain(|i| allowed.contains(i));
+                for p in &mut v.ports {
+                    p.endpoints.retain(|a| self.pods_at(a.ip()).any(|pod| allowed.contains(&pod.identity())));
+                }
+                *slot = Some(v);
+            }
+        }
+        kept.into_iter().flatten().collect()
+    }
+
+    /// Points the ports of every apex Service in `list` at its backends' clusters (same port number; a
+    /// backend without that port, or not in the list, is left out).
+    fn apply_splits(&self, list: &mut [ServiceView]) {
+        if self.policy.splits.is_empty() {
+            return;
+        }
+        let index: HashMap<ServiceKey, usize> = list.iter().enumerate().map(|(i, s)| (s.key.clone(), i)).collect();
+        for (apex, backends) in &self.policy.splits {
+            let Some(&ai) = index.get(apex) else { continue };
+            let ports: Vec<(usize, SplitTargets)> = list[ai]
+                .ports
+                .iter()
+                .enumerate()
+                .map(|(pi, ap)| {
+                    let targets = backends
+                        .iter()
+                        .filter_map(|(b, w)| {
+                            let bs = &list[*index.get(b)?];
+                            let bp = bs.ports.iter().find(|p| p.port == ap.port)?;
+                            Some((bp.cluster_name(&bs.key), *w))
+                        })
+                        .collect();
+                    (pi, targets)
+                })
+                .collect();
+            for (pi, targets) in ports {
+                list[ai].ports[pi].split = targets;
+            }
+        }
+    }
+
+    fn view_with(&self, uuid: &ProxyUuid, upstreams: &mut Upstreams) -> Option<ProxyView> {
         let mut pods = self.pods_with_uuid(uuid);
         let pod = pods.next()?;
         if pods.next().is_some() {
@@ -345,12 +601,16 @@ impl MeshCatalog {
             .take_while(|(k, _)| k.namespace == pod.namespace)
             .filter_map(|(_, svc)| self.local_view(svc, pod))
             .collect();
+        let identity = pod.identity();
+        let inbound_policy =
+            (!self.settings.permissive).then(|| self.policy.inbound.get(&identity).cloned().unwrap_or_default());
         Some(ProxyView {
             pod: pod.clone(),
             trust_domain: self.trust_domain.clone(),
             settings: self.settings.clone(),
             local,
-            upstream: upstream.clone(),
+            upstream: upstreams.for_identity(self, &identity),
+            inbound_policy,
         })
     }
 
@@ -408,13 +668,20 @@ impl MeshCatalog {
                     TargetPort::Number(n) => *n,
                     TargetPort::Name(_) => endpoints.first().map(|a| a.port()).unwrap_or(sp.port),
                 };
-                ResolvedPort { name: sp.name.clone(), port: sp.port, target_port, protocol: sp.protocol, endpoints }
+                ResolvedPort {
+                    name: sp.name.clone(),
+                    port: sp.port,
+                    target_port,
+                    protocol: sp.protocol,
+                    endpoints,
+                    split: Vec::new(),
+                }
             })
             .collect();
         if ports.is_empty() {
             return None;
         }
-        Some(ServiceView { key: svc.key.clone(), cluster_ip: svc.cluster_ip, ports, identities })
+        Some(ServiceView { key: svc.key.clone(), cluster_ip: svc.cluster_ip, ports, identities, apexes: Vec::new() })
     }
 
     fn local_view(&self, svc: &Service, pod: &Pod) -> Option<ServiceView> {
@@ -442,6 +709,7 @@ impl MeshCatalog {
                     target_port,
                     protocol: sp.protocol,
                     endpoints: Vec::new(),
+                    split: Vec::new(),
                 });
             }
         }
@@ -453,7 +721,53 @@ impl MeshCatalog {
             cluster_ip: svc.cluster_ip,
             ports,
             identities: BTreeSet::from([pod.identity()]),
+            apexes: self
+                .policy
+                .splits
+                .iter()
+                .filter(|(_, backends)| backends.iter().any(|(b, _)| b == &svc.key))
+                .map(|(apex, _)| (apex.clone(), self.services.get(apex).and_then(|a| a.cluster_ip)))
+                .collect(),
         })
+    }
+}
+
+/// The upstream lists of one batch of views, each computed on first use.
+struct Upstreams {
+    all: Option<Arc<Vec<ServiceView>>>,
+    per_identity: HashMap<ServiceIdentity, Arc<Vec<ServiceView>>>,
+}
+
+impl Upstreams {
+    fn new(_: &MeshCatalog) -> Self {
+        Self { all: None, per_identity: HashMap::new() }
+    }
+
+    fn all(&mut self, catalog: &MeshCatalog) -> Arc<Vec<ServiceView>> {
+        self.all
+            .get_or_insert_with(|| {
+                let mut list = catalog.upstream_views();
+                if catalog.settings.permissive {
+                    catalog.apply_splits(&mut list);
+                }
+                Arc::new(list)
+            })
+            .clone()
+    }
+
+    fn for_identity(&mut self, catalog: &MeshCatalog, identity: &ServiceIdentity) -> Arc<Vec<ServiceView>> {
+        let all = self.all(catalog);
+        if catalog.settings.permissive {
+            return all;
+        }
+        self.per_identity
+            .entry(identity.clone())
+            .or_insert_with(|| {
+                let mut list = catalog.allowed_upstream(identity, &all);
+                catalog.apply_splits(&mut list);
+                Arc::new(list)
+            })
+            .clone()
     }
 }
 
@@ -583,5 +897,113 @@ mod tests {
         assert!(matches!(c.verify(&wrong_sa), Err(VerifyError::IdentityMismatch { .. })));
         let unknown = ProxyId { uuid: ProxyUuid::parse("nope").unwrap(), identity: ServiceIdentity::new("a", "b") };
         assert!(matches!(c.verify(&unknown), Err(VerifyError::UnknownProxy(_))));
+    }
+
+    fn smi(permissive: bool) -> MeshCatalog {
+        let mut c = mesh();
+        c.apply(SourceEvent::Apply(MeshObject::Pod(pod("demo", "thief", "thief", "10.244.1.3", "thief"))));
+        c.apply(SourceEvent::Apply(MeshObject::MeshConfig(MeshConfig {
+            namespace: "osm-system".into(),
+            name: "osm-mesh-config".into(),
+            enable_egress: None,
+            permissive: Some(permissive),
+            not_acted_on: vec![],
+        })));
+        c
+    }
+
+    fn allow(source: &str) -> Vec<SourceEvent> {
+        vec![
+            SourceEvent::Apply(MeshObject::HttpRouteGroup(HttpRouteGroup {
+                namespace: "demo".into(),
+                name: "routes".into(),
+                matches: vec![HttpMatch {
+                    name: "all".into(),
+                    path_regex: None,
+                    methods: vec![],
+                    headers: Default::default(),
+                }],
+            })),
+            SourceEvent::Apply(MeshObject::TrafficTarget(TrafficTarget {
+                namespace: "demo".into(),
+                name: "to-server".into(),
+                destination: Subject { kind: "ServiceAccount".into(), name: "server".into(), namespace: "demo".into() },
+                sources: vec![Subject { kind: "ServiceAccount".into(), name: source.into(), namespace: "demo".into() }],
+                rules: vec![TrafficTargetRule {
+                    kind: "HTTPRouteGroup".into(),
+                    name: "routes".into(),
+                    matches: vec![],
+                }],
+            })),
+        ]
+    }
+
+    #[test]
+    fn smi_mode_shows_each_identity_only_what_it_may_call() {
+        let mut c = smi(false);
+        let client = ProxyUuid::derived("demo", "client");
+        let thief = ProxyUuid::derived("demo", "thief");
+        let server = ProxyUuid::derived("demo", "server");
+        assert!(c.proxy_view(&client).unwrap().upstream.is_empty(), "no TrafficTarget: nothing to call");
+        assert_eq!(c.proxy_view(&server).unwrap().inbound_policy, Some(Arc::default()), "and nothing accepted");
+        let mut dirty = Dirty::Nothing;
+        for e in allow("client") {
+            dirty = dirty.merge(c.apply(e));
+        }
+        // Only the source's and the destination's proxies are rebuilt.
+        assert_eq!(dirty, Dirty::Proxies(BTreeSet::from([client.clone(), server.clone()])));
+        let views: Vec<_> = c.proxy_views([client.clone(), thief.clone()]).collect();
+        let up = &views[0].1.as_ref().unwrap().upstream;
+        assert_eq!(up.len(), 1);
+        assert_eq!(up[0].ports[0].endpoints, vec!["10.244.1.2:8080".parse().unwrap()]);
+        assert!(views[1].1.as_ref().unwrap().upstream.is_empty());
+        let inbound = c.proxy_view(&server).unwrap().inbound_policy.unwrap();
+        assert_eq!(inbound.http.values().next().unwrap(), &BTreeSet::from([ServiceIdentity::new("client", "demo")]));
+        // Removing the target revokes it, again touching only those two.
+        let dirty = c.apply(SourceEvent::Delete(ObjectKey::new(Kind::TrafficTarget, "demo", "to-server")));
+        assert_eq!(dirty, Dirty::Proxies(BTreeSet::from([client.clone(), server])));
+        assert!(c.proxy_view(&client).unwrap().upstream.is_empty());
+        // Switching to permissive mode reaches everyone.
+        let dirty = c.apply(SourceEvent::Delete(ObjectKey::new(Kind::MeshConfig, "osm-system", "osm-mesh-config")));
+        assert_eq!(dirty, Dirty::All);
+        assert_eq!(c.proxy_view(&client).unwrap().upstream.len(), 1);
+        assert_eq!(c.proxy_view(&client).unwrap().inbound_policy, None);
+    }
+
+    #[test]
+    fn policy_edits_in_permissive_mode_rebuild_nobody() {
+        let mut c = smi(true);
+        for e in allow("client") {
+            assert_eq!(c.apply(e), Dirty::Nothing);
+        }
+        assert!(c.policy_errors().is_empty());
+    }
+
+    #[test]
+    fn a_split_sends_apex_traffic_to_backends_which_accept_the_apex_hosts() {
+        let mut c = mesh();
+        c.apply(SourceEvent::Apply(MeshObject::Pod(pod("demo", "server-v2", "server", "10.244.1.4", "server-v2"))));
+        c.apply(SourceEvent::Apply(MeshObject::Service(service(
+            "demo",
+            "server-v2",
+            "10.96.0.12",
+            "server-v2",
+            TargetPort::Number(9090),
+        ))));
+        let dirty = c.apply(SourceEvent::Apply(MeshObject::TrafficSplit(TrafficSplit {
+            namespace: "demo".into(),
+            name: "server-split".into(),
+            service: "server".into(),
+            backends: vec![("server".into(), 90), ("server-v2".into(), 10)],
+        })));
+        assert_eq!(dirty, Dirty::All, "in permissive mode every proxy may call the apex");
+        let view = c.proxy_view(&ProxyUuid::derived("demo", "client")).unwrap();
+        let apex = view.upstream.iter().find(|s| s.key.name == "server").unwrap();
+        assert_eq!(
+            apex.ports[0].split,
+            vec![("demo/server|8080".to_owned(), 90), ("demo/server-v2|9090".to_owned(), 10)]
+        );
+        let v2 = c.proxy_view(&ProxyUuid::derived("demo", "server-v2")).unwrap();
+        assert_eq!(v2.local[0].apexes, vec![(ServiceKey::new("demo", "server"), Some("10.96.0.10".parse().unwrap()))]);
     }
 }

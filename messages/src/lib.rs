@@ -8,7 +8,9 @@
 pub mod catalog;
 pub mod events;
 pub mod model;
+pub mod policy;
 
 pub use catalog::{Dirty, MeshCatalog, ProxyView, ResolvedPort, ServiceView, VerifyError};
 pub use events::SourceEvent;
 pub use model::*;
+pub use policy::{HttpRule, InboundPolicy, Policy, PolicyError, TcpGrant};

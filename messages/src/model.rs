@@ -33,11 +33,14 @@ pub struct MeshSettings {
     /// `traffic.enableEgress`: traffic to destinations outside the mesh passes through the sidecar to its
     /// original destination. Without it, only mesh Services are reachable.
     pub enable_egress: bool,
+    /// `traffic.enablePermissiveTrafficPolicyMode`: every mesh Service may call every other (mTLS still on);
+    /// off, only what SMI TrafficTargets allow.
+    pub permissive: bool,
 }
 
 impl Default for MeshSettings {
     fn default() -> Self {
-        Self { enable_egress: true }
+        Self { enable_egress: true, permissive: true }
     }
 }
 
@@ -50,6 +53,11 @@ pub enum Kind {
     EndpointSlice,
     Pod,
     ServiceAccount,
+    TrafficTarget,
+    HttpRouteGroup,
+    TcpRoute,
+    TrafficSplit,
+    MeshConfig,
 }
 
 impl fmt::Display for Kind {
@@ -61,6 +69,11 @@ impl fmt::Display for Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Pod => "Pod",
             Kind::ServiceAccount => "ServiceAccount",
+            Kind::TrafficTarget => "TrafficTarget",
+            Kind::HttpRouteGroup => "HTTPRouteGroup",
+            Kind::TcpRoute => "TCPRoute",
+            Kind::TrafficSplit => "TrafficSplit",
+            Kind::MeshConfig => "MeshConfig",
         };
         f.write_str(s)
     }
@@ -267,6 +280,94 @@ pub struct ServiceAccount {
     pub name: String,
 }
 
+/// An SMI subject: `kind` is `ServiceAccount` for every subject the mesh acts on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Subject {
+    pub kind: String,
+    pub name: String,
+    /// Defaults to the namespace of the object that names the subject.
+    pub namespace: String,
+}
+
+/// One rule of a TrafficTarget: a route object (`HTTPRouteGroup` or `TCPRoute`) in the TrafficTarget's
+/// namespace and, for HTTP, the names of the matches it allows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TrafficTargetRule {
+    pub kind: String,
+    pub name: String,
+    pub matches: Vec<String>,
+}
+
+/// SMI `TrafficTarget` (access.smi-spec.io/v1alpha3), as written: validity is the policy engine's business,
+/// because most of it depends on other objects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficTarget {
+    pub namespace: String,
+    pub name: String,
+    pub destination: Subject,
+    pub sources: Vec<Subject>,
+    pub rules: Vec<TrafficTargetRule>,
+}
+
+/// One named match of an HTTPRouteGroup.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HttpMatch {
+    pub name: String,
+    pub path_regex: Option<String>,
+    pub methods: Vec<String>,
+    /// Header name → RE2 regex of its value.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// SMI `HTTPRouteGroup` (specs.smi-spec.io/v1alpha4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRouteGroup {
+    pub namespace: String,
+    pub name: String,
+    pub matches: Vec<HttpMatch>,
+}
+
+/// SMI `TCPRoute` (specs.smi-spec.io/v1alpha4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpRoute {
+    pub namespace: String,
+    pub name: String,
+    /// Destination ports, as written (checked by the policy engine).
+    pub ports: Vec<i64>,
+}
+
+/// SMI `TrafficSplit` (split.smi-spec.io/v1alpha2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficSplit {
+    pub namespace: String,
+    pub name: String,
+    /// The apex Service, in the split's namespace.
+    pub service: String,
+    /// (backend Service, weight), as written.
+    pub backends: Vec<(String, i64)>,
+}
+
+/// OSM's `MeshConfig`, reduced to what the controller acts on; the rest is listed so it can be reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshConfig {
+    pub namespace: String,
+    pub name: String,
+    pub enable_egress: Option<bool>,
+    pub permissive: Option<bool>,
+    /// Fields that are set but not acted on yet, e.g. `sidecar.logLevel`.
+    pub not_acted_on: Vec<String>,
+}
+
+impl MeshConfig {
+    /// The settings in force: this object's fields over `base` (the command line's).
+    pub fn apply_to(&self, base: &MeshSettings) -> MeshSettings {
+        MeshSettings {
+            enable_egress: self.enable_egress.unwrap_or(base.enable_egress),
+            permissive: self.permissive.unwrap_or(base.permissive),
+        }
+    }
+}
+
 /// Everything a source can hand to the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MeshObject {
@@ -275,6 +376,11 @@ pub enum MeshObject {
     Endpoints(Endpoints),
     Pod(Pod),
     ServiceAccount(ServiceAccount),
+    TrafficTarget(TrafficTarget),
+    HttpRouteGroup(HttpRouteGroup),
+    TcpRoute(TcpRoute),
+    TrafficSplit(TrafficSplit),
+    MeshConfig(MeshConfig),
 }
 
 impl MeshObject {
@@ -285,6 +391,11 @@ impl MeshObject {
             MeshObject::Endpoints(e) => e.key.clone(),
             MeshObject::Pod(p) => ObjectKey::new(Kind::Pod, p.namespace.clone(), p.name.clone()),
             MeshObject::ServiceAccount(s) => ObjectKey::new(Kind::ServiceAccount, s.namespace.clone(), s.name.clone()),
+            MeshObject::TrafficTarget(o) => ObjectKey::new(Kind::TrafficTarget, o.namespace.clone(), o.name.clone()),
+            MeshObject::HttpRouteGroup(o) => ObjectKey::new(Kind::HttpRouteGroup, o.namespace.clone(), o.name.clone()),
+            MeshObject::TcpRoute(o) => ObjectKey::new(Kind::TcpRoute, o.namespace.clone(), o.name.clone()),
+            MeshObject::TrafficSplit(o) => ObjectKey::new(Kind::TrafficSplit, o.namespace.clone(), o.name.clone()),
+            MeshObject::MeshConfig(o) => ObjectKey::new(Kind::MeshConfig, o.namespace.clone(), o.name.clone()),
         }
     }
 }

@@ -32,7 +32,8 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, route, route_action, route_match,
+    weighted_cluster,
 };
 use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{StdoutAccessLog, stdout_access_log};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
@@ -181,8 +182,14 @@ fn router_filter() -> HttpFilter {
     }
 }
 
-fn http_connection_manager(route_config: &str, stat_prefix: &str) -> Filter {
-    let router = router_filter();
+/// An HTTP connection manager on RDS `route_config`; `rbac` adds the (rule-less) RBAC filter that inbound
+/// routes configure per route.
+fn http_connection_manager(route_config: &str, stat_prefix: &str, rbac: bool) -> Filter {
+    let mut http_filters = Vec::new();
+    if rbac {
+        http_filters.push(crate::rbac::http_filter());
+    }
+    http_filters.push(router_filter());
     let hcm = HttpConnectionManager {
         codec_type: http_connection_manager::CodecType::Auto as i32,
         stat_prefix: stat_prefix.to_owned(),
@@ -190,7 +197,7 @@ fn http_connection_manager(route_config: &str, stat_prefix: &str) -> Filter {
             config_source: Some(ads()),
             route_config_name: route_config.to_owned(),
         })),
-        http_filters: vec![router],
+        http_filters,
         access_log: vec![access_log()],
         upgrade_configs: vec![http_connection_manager::UpgradeConfig {
             upgrade_type: "websocket".to_owned(),
@@ -203,9 +210,30 @@ fn http_connection_manager(route_config: &str, stat_prefix: &str) -> Filter {
 }
 
 fn tcp_proxy_filter(cluster: &str, stat_prefix: &str) -> Filter {
+    tcp_proxy_to(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned()), stat_prefix)
+}
+
+/// tcp_proxy to a port's cluster, or to its TrafficSplit backends by weight.
+fn tcp_proxy_for(port: &ResolvedPort, cluster: &str, stat_prefix: &str) -> Filter {
+    if port.split.is_empty() {
+        return tcp_proxy_filter(cluster, stat_prefix);
+    }
+    let clusters = port
+        .split
+        .iter()
+        .map(|(name, weight)| tcp_proxy::weighted_cluster::ClusterWeight {
+            name: name.clone(),
+            weight: *weight,
+            ..Default::default()
+        })
+        .collect();
+    tcp_proxy_to(tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster { clusters }), stat_prefix)
+}
+
+fn tcp_proxy_to(cluster_specifier: tcp_proxy::ClusterSpecifier, stat_prefix: &str) -> Filter {
     let tcp = TcpProxy {
         stat_prefix: stat_prefix.to_owned(),
-        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+        cluster_specifier: Some(cluster_specifier),
         access_log: vec![access_log()],
         ..Default::default()
     };
@@ -215,7 +243,11 @@ fn tcp_proxy_filter(cluster: &str, stat_prefix: &str) -> Filter {
 /// Hostnames a Service answers to from a client in `client_ns`, each also with `:<port>`. The ClusterIP is
 /// included because in-mesh clients often dial it directly.
 fn hostnames(svc: &ServiceView, port: u16, client_ns: &str) -> Vec<String> {
-    let ServiceKey { namespace: ns, name } = &svc.key;
+    hostnames_of(&svc.key, svc.cluster_ip, port, client_ns)
+}
+
+fn hostnames_of(key: &ServiceKey, cluster_ip: Option<IpAddr>, port: u16, client_ns: &str) -> Vec<String> {
+    let ServiceKey { namespace: ns, name } = key;
     let mut base = Vec::new();
     if client_ns == ns {
         base.push(name.clone());
@@ -229,7 +261,7 @@ fn hostnames(svc: &ServiceView, port: u16, client_ns: &str) -> Vec<String> {
         out.push(format!("{h}:{port}"));
         out.push(h);
     }
-    match svc.cluster_ip {
+    match cluster_ip {
         Some(IpAddr::V4(ip)) => out.extend([format!("{ip}:{port}"), ip.to_string()]),
         // A Host header carries an IPv6 address in brackets.
         Some(IpAddr::V6(ip)) => out.extend([format!("[{ip}]:{port}"), format!("[{ip}]")]),
@@ -239,13 +271,34 @@ fn hostnames(svc: &ServiceView, port: u16, client_ns: &str) -> Vec<String> {
 }
 
 fn route_to(cluster: &str) -> Route {
+    route_with(route_action::ClusterSpecifier::Cluster(cluster.to_owned()))
+}
+
+/// The outbound route of a port: to its cluster, or to its TrafficSplit backends by weight.
+fn route_for(port: &ResolvedPort, cluster: &str) -> Route {
+    if port.split.is_empty() {
+        return route_to(cluster);
+    }
+    let clusters = port
+        .split
+        .iter()
+        .map(|(name, weight)| weighted_cluster::ClusterWeight {
+            name: name.clone(),
+            weight: Some(UInt32Value { value: *weight }),
+            ..Default::default()
+        })
+        .collect();
+    route_with(route_action::ClusterSpecifier::WeightedClusters(WeightedCluster { clusters, ..Default::default() }))
+}
+
+fn route_with(cluster_specifier: route_action::ClusterSpecifier) -> Route {
     Route {
         r#match: Some(RouteMatch {
             path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_owned())),
             ..Default::default()
         }),
         action: Some(route::Action::Route(RouteAction {
-            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.to_owned())),
+            cluster_specifier: Some(cluster_specifier),
             // No route timeout: streaming and long requests are the application's business.
             timeout: Some(seconds(0)),
             ..Default::default()
@@ -264,9 +317,9 @@ fn route_to(cluster: &str) -> Route {
 pub struct BuildCache {
     entries: HashMap<String, (Vec<Arc<Resource>>, u64)>,
     batch: u64,
-    /// Fingerprints of the last upstream list seen (per Service, then the chains'): proxies of a batch
-    /// share one list, so it is hashed once, not once per proxy.
-    upstream_fps: Option<UpstreamFingerprints>,
+    /// Fingerprints of the upstream lists of this batch (per Service, then the chains'), by list: proxies
+    /// share lists (all of them in permissive mode, one per identity in SMI mode), so each is hashed once.
+    upstream_fps: HashMap<usize, UpstreamFingerprints>,
     pub hits: u64,
     pub misses: u64,
 }
@@ -284,20 +337,17 @@ impl BuildCache {
 
     /// Per Service: (everything, its identities); then the chains'.
     fn upstream_fingerprints(&mut self, upstream: &Arc<Vec<ServiceView>>) -> (Vec<(u64, u64)>, u64) {
-        if let Some((list, fps, chains)) = &self.upstream_fps
-            && Arc::ptr_eq(list, upstream)
-        {
-            return (fps.clone(), *chains);
-        }
-        let fps: Vec<(u64, u64)> = upstream.iter().map(|s| (fingerprint(s), fingerprint(&s.identities))).collect();
-        let chains = chains_fingerprint(upstream);
-        self.upstream_fps = Some((upstream.clone(), fps.clone(), chains));
-        (fps, chains)
+        // The entry holds the list, so its address cannot be reused by another list while the entry lives.
+        let (_, fps, chains) = self.upstream_fps.entry(Arc::as_ptr(upstream) as usize).or_insert_with(|| {
+            let fps = upstream.iter().map(|s| (fingerprint(s), fingerprint(&s.identities))).collect();
+            (upstream.clone(), fps, chains_fingerprint(upstream))
+        });
+        (fps.clone(), *chains)
     }
 
     /// Starts a batch: entries unused for [`Self::KEEP_BATCHES`] batches are dropped.
     pub fn next_batch(&mut self) {
-        self.upstream_fps = None;
+        self.upstream_fps.clear();
         self.batch += 1;
         let oldest = self.batch.saturating_sub(Self::KEEP_BATCHES);
         self.entries.retain(|_, (_, used)| *used >= oldest);
@@ -333,7 +383,7 @@ fn chains_fingerprint(upstream: &[ServiceView]) -> u64 {
         svc.key.hash(&mut h);
         svc.cluster_ip.hash(&mut h);
         for p in &svc.ports {
-            (&p.name, p.port, p.target_port, p.protocol).hash(&mut h);
+            (&p.name, p.port, p.target_port, p.protocol, &p.split).hash(&mut h);
             if svc.cluster_ip.is_none() {
                 p.endpoints.hash(&mut h);
             }
@@ -421,7 +471,7 @@ fn outbound_listener(upstream: &[ServiceView], settings: &MeshSettings) -> Optio
                     prefix_ranges: prefixes,
                     ..Default::default()
                 }),
-                filters: vec![tcp_proxy_filter(&cluster_name, &format!("outbound-tcp.{cluster_name}"))],
+                filters: vec![tcp_proxy_for(port, &cluster_name, &format!("outbound-tcp.{cluster_name}"))],
                 ..Default::default()
             });
         }
@@ -435,7 +485,7 @@ fn outbound_listener(upstream: &[ServiceView], settings: &MeshSettings) -> Optio
                 prefix_ranges: prefixes,
                 ..Default::default()
             }),
-            filters: vec![http_connection_manager(&rds, &rds)],
+            filters: vec![http_connection_manager(&rds, &rds, false)],
             ..Default::default()
         });
     }
@@ -477,7 +527,7 @@ fn outbound_routes(upstream: &[ServiceView], client_ns: &str) -> Vec<Resource> {
             routes.entry(port.port).or_default().push(VirtualHost {
                 name: format!("outbound_virtual-host|{}", svc.key.fqdn()),
                 domains,
-                routes: vec![route_to(&port.cluster_name(&svc.key))],
+                routes: vec![route_for(port, &port.cluster_name(&svc.key))],
                 ..Default::default()
             });
         }
@@ -646,20 +696,40 @@ pub fn build_with(
                 let rds = format!("rds-inbound.{}", port.target_port);
                 b.refer(ResourceType::Route, &rds, &chain_name);
                 let used = inbound_domains.entry(port.target_port).or_default();
+                // A TrafficSplit backend also answers to its apexes' names (clients address the apex).
                 let domains: Vec<String> = group
                     .iter()
-                    .flat_map(|p| hostnames(svc, p.port, &svc.key.namespace))
+                    .flat_map(|p| {
+                        let own = hostnames(svc, p.port, &svc.key.namespace);
+                        let apexes =
+                            svc.apexes.iter().flat_map(|(apex, ip)| hostnames_of(apex, *ip, p.port, &apex.namespace));
+                        own.into_iter().chain(apexes).collect::<Vec<_>>()
+                    })
                     .filter(|d| used.insert(d.clone()))
                     .collect();
+                let routes = match &view.inbound_policy {
+                    None => vec![route_to(&local_cluster)],
+                    Some(policy) => {
+                        crate::rbac::inbound_routes(&policy.http_rules_for_port(port.target_port), &local_cluster, td)
+                    }
+                };
                 inbound_routes.entry(port.target_port).or_default().push(VirtualHost {
                     name: format!("inbound_virtual-host|{}", svc.key.fqdn()),
                     domains,
-                    routes: vec![route_to(&local_cluster)],
+                    routes,
                     ..Default::default()
                 });
-                vec![http_connection_manager(&rds, &rds)]
+                vec![http_connection_manager(&rds, &rds, true)]
             } else {
-                vec![tcp_proxy_filter(&local_cluster, &format!("inbound-tcp.{local_cluster}"))]
+                let mut filters = Vec::new();
+                if let Some(policy) = &view.inbound_policy {
+                    filters.push(network_filter(
+                        crate::rbac::NETWORK_RBAC_FILTER,
+                        crate::rbac::network_filter(policy.tcp.values(), port.target_port, td),
+                    ));
+                }
+                filters.push(tcp_proxy_filter(&local_cluster, &format!("inbound-tcp.{local_cluster}")));
+                filters
             };
             b.refer(ResourceType::Secret, own_cert, &chain_name);
             b.refer(ResourceType::Secret, ROOT_CERT_INBOUND, &chain_name);
@@ -892,10 +962,60 @@ mod tests {
     use prost::Message;
 
     fn view_for(pod: &str) -> ProxyView {
+        view_with(pod, vec![])
+    }
+
+    fn view_with(pod: &str, extra: Vec<MeshObject>) -> ProxyView {
         let mut c = MeshCatalog::new("cluster.local");
-        let objs: Vec<MeshObject> = objects();
+        let mut objs: Vec<MeshObject> = objects();
+        objs.extend(extra);
         c.apply(SourceEvent::Reset(objs));
+        assert!(c.policy_errors().is_empty(), "{:?}", c.policy_errors());
         c.proxy_view(&ProxyUuid::derived("demo", pod)).unwrap()
+    }
+
+    /// SMI mode; the client may GET /api/.* on web and reach echo's port 7000.
+    fn smi_objects() -> Vec<MeshObject> {
+        use messages::*;
+        let sa = |name: &str| Subject { kind: "ServiceAccount".into(), name: name.into(), namespace: "demo".into() };
+        vec![
+            MeshObject::MeshConfig(MeshConfig {
+                namespace: "osm-system".into(),
+                name: "osm-mesh-config".into(),
+                enable_egress: Some(false),
+                permissive: Some(false),
+                not_acted_on: vec![],
+            }),
+            MeshObject::HttpRouteGroup(HttpRouteGroup {
+                namespace: "demo".into(),
+                name: "api".into(),
+                matches: vec![HttpMatch {
+                    name: "read".into(),
+                    path_regex: Some("/api/.*".into()),
+                    methods: vec!["GET".into()],
+                    headers: [("host".to_owned(), "web.*".to_owned())].into(),
+                }],
+            }),
+            MeshObject::TcpRoute(TcpRoute { namespace: "demo".into(), name: "echo".into(), ports: vec![7000] }),
+            MeshObject::TrafficTarget(TrafficTarget {
+                namespace: "demo".into(),
+                name: "client-to-web".into(),
+                destination: sa("web"),
+                sources: vec![sa("client")],
+                rules: vec![
+                    TrafficTargetRule {
+                        kind: "HTTPRouteGroup".into(),
+                        name: "api".into(),
+                        matches: vec!["read".into()],
+                    },
+                    TrafficTargetRule { kind: "TCPRoute".into(), name: "echo".into(), matches: vec![] },
+                ],
+            }),
+        ]
+    }
+
+    fn decode<M: prost::Message + Default>(snap: &ProxySnapshot, ty: ResourceType, name: &str) -> M {
+        M::decode(snap.get(ty).resources[name].body.value.as_slice()).unwrap()
     }
 
     /// Two Services (HTTP :80→8080, TCP :7000) backed by pod web-1, and a client pod.
@@ -1011,6 +1131,7 @@ mod tests {
             target_port: target,
             protocol,
             endpoints: eps.iter().map(|e| e.parse().unwrap()).collect(),
+            split: vec![],
         }
     }
 
@@ -1041,6 +1162,7 @@ mod tests {
             cluster_ip: None,
             ports: vec![port("tcp-pg", 5432, 5432, AppProtocol::Tcp, &["10.244.1.2:5432", "10.244.1.3:5432"])],
             identities: Default::default(),
+            apexes: vec![],
         };
         view.upstream = Arc::new(vec![headless("pg"), headless("pg-read")]);
         let snap = build(&view, CERTS).unwrap();
@@ -1163,5 +1285,95 @@ mod tests {
         let c = build(&view_for("client"), CertInput { cert_pem: "CERT2", ..CERTS }).unwrap();
         assert_eq!(a.get(ResourceType::Listener), c.get(ResourceType::Listener));
         assert_ne!(a.get(ResourceType::Secret).version_of(None), c.get(ResourceType::Secret).version_of(None));
+    }
+
+    #[test]
+    fn smi_inbound_http_routes_carry_rbac_and_end_in_deny() {
+        use crate::rbac::{HTTP_RBAC_FILTER, NETWORK_RBAC_FILTER, ROUTE_POLICY};
+        use envoy_types::pb::envoy::config::rbac::v3::principal;
+        use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute;
+        use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+        let snap = build(&view_with("web-1", smi_objects()), CERTS).unwrap();
+        let rc: RouteConfiguration = decode(&snap, ResourceType::Route, "rds-inbound.8080");
+        let routes = &rc.virtual_hosts[0].routes;
+        assert_eq!(routes.len(), 2, "GET /api/.* for the client, then deny-all (TCP access to 7000 covers not 8080)");
+        let m = routes[0].r#match.as_ref().unwrap();
+        let Some(route_match::PathSpecifier::SafeRegex(re)) = &m.path_specifier else { panic!() };
+        assert_eq!(re.regex, "/api/.*");
+        let headers: Vec<&str> = m.headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(headers, vec![":authority", ":method"]);
+        let rbac = |r: &Route| {
+            let any = &r.typed_per_filter_config[HTTP_RBAC_FILTER];
+            RbacPerRoute::decode(any.value.as_slice()).unwrap().rbac.unwrap().rules.unwrap()
+        };
+        let allowed = rbac(&routes[0]);
+        let names: Vec<String> = allowed.policies[ROUTE_POLICY]
+            .principals
+            .iter()
+            .map(|p| match &p.identifier {
+                Some(principal::Identifier::Authenticated(a)) => {
+                    match &a.principal_name.as_ref().unwrap().match_pattern {
+                        Some(string_matcher::MatchPattern::Exact(e)) => e.clone(),
+                        other => panic!("{other:?}"),
+                    }
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(names, vec!["client.demo.cluster.local", "spiffe://cluster.local/client/demo"]);
+        assert!(rbac(&routes[1]).policies.is_empty(), "the last route allows nobody");
+
+        // The connection manager runs the RBAC filter before the router.
+        let l: Listener = decode(&snap, ResourceType::Listener, INBOUND_LISTENER);
+        let http_chain = l.filter_chains.iter().find(|c| c.name.ends_with("_http")).unwrap();
+        let Some(filter::ConfigType::TypedConfig(any)) = &http_chain.filters[0].config_type else { panic!() };
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        let filters: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(filters, vec![HTTP_RBAC_FILTER, "envoy.filters.http.router"]);
+        // The TCP chain starts with L4 RBAC that admits the client (its TCPRoute covers 7000).
+        let tcp_chain = l.filter_chains.iter().find(|c| c.name.ends_with("_tcp")).unwrap();
+        assert_eq!(tcp_chain.filters[0].name, NETWORK_RBAC_FILTER);
+        let Some(filter::ConfigType::TypedConfig(any)) = &tcp_chain.filters[0].config_type else { panic!() };
+        let rules = NetworkRbac::decode(any.value.as_slice()).unwrap().rules.unwrap();
+        assert_eq!(rules.policies.values().next().unwrap().principals.len(), 2);
+    }
+
+    #[test]
+    fn smi_outbound_holds_only_allowed_services_and_permissive_inbound_has_no_rbac_rules() {
+        let client = build(&view_with("client", smi_objects()), CERTS).unwrap();
+        assert_eq!(names(&client, ResourceType::Cluster), vec!["demo/echo|7000", "demo/web|8080"]);
+        // web-1 may call nobody, and without egress it gets no outbound listener at all.
+        let web = build(&view_with("web-1", smi_objects()), CERTS).unwrap();
+        assert!(!web.get(ResourceType::Listener).resources.contains_key(OUTBOUND_LISTENER));
+        assert!(names(&web, ResourceType::Cluster).iter().all(|c| c.ends_with("|local")));
+        // Permissive: one route to the local cluster, no per-route policy.
+        let snap = build(&view_for("web-1"), CERTS).unwrap();
+        let rc: RouteConfiguration = decode(&snap, ResourceType::Route, "rds-inbound.8080");
+        assert_eq!(rc.virtual_hosts[0].routes.len(), 1);
+        assert!(rc.virtual_hosts[0].routes[0].typed_per_filter_config.is_empty());
+    }
+
+    #[test]
+    fn a_split_becomes_weighted_clusters_for_http_and_tcp() {
+        let mut view = view_for("client");
+        {
+            let up = Arc::make_mut(&mut view.upstream);
+            for svc in up.iter_mut() {
+                svc.ports[0].split = vec![("demo/web|8080".into(), 90), ("demo/echo|7000".into(), 10)];
+            }
+        }
+        let snap = build(&view, CERTS).unwrap();
+        let rc: RouteConfiguration = decode(&snap, ResourceType::Route, "rds-outbound.80");
+        let Some(route::Action::Route(action)) = &rc.virtual_hosts[0].routes[0].action else { panic!() };
+        let Some(route_action::ClusterSpecifier::WeightedClusters(w)) = &action.cluster_specifier else { panic!() };
+        let weights: Vec<(String, u32)> =
+            w.clusters.iter().map(|c| (c.name.clone(), c.weight.unwrap().value)).collect();
+        assert_eq!(weights, vec![("demo/web|8080".into(), 90), ("demo/echo|7000".into(), 10)]);
+        let l: Listener = decode(&snap, ResourceType::Listener, OUTBOUND_LISTENER);
+        let tcp = l.filter_chains.iter().find(|c| c.name.ends_with("_tcp")).unwrap();
+        let Some(filter::ConfigType::TypedConfig(any)) = &tcp.filters[0].config_type else { panic!() };
+        let proxy = TcpProxy::decode(any.value.as_slice()).unwrap();
+        let Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) = proxy.cluster_specifier else { panic!() };
+        assert_eq!(w.clusters.len(), 2);
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod builder;
 pub mod delta;
+pub mod rbac;
 pub mod server;
 pub mod snapshot;
 pub mod sotw;

@@ -59,6 +59,10 @@ struct ServeArgs {
     /// `traffic.enableEgress`); with `false` only mesh Services are reachable.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     enable_egress: bool,
+    /// Allow all traffic between mesh Services (MeshConfig `traffic.enablePermissiveTrafficPolicyMode`);
+    /// with `false` only what SMI TrafficTargets allow. A MeshConfig in the mesh directory overrides this.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    permissive: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,7 +141,7 @@ fn serve(mesh_dir: PathBuf, state_dir: PathBuf, trust_domain: String, args: Serv
             drain: Duration::from_secs(args.drain_s),
             ..Default::default()
         },
-        settings: messages::MeshSettings { enable_egress: args.enable_egress },
+        settings: messages::MeshSettings { enable_egress: args.enable_egress, permissive: args.permissive },
         http_addr: match args.http_addr.as_str() {
             "off" => None,
             a => Some(a.parse().with_context(|| format!("--http-addr {a:?} is not an address (or off)"))?),
