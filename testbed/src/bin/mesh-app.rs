@@ -44,13 +44,27 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         timeout_s: u64,
     },
-    /// One HTTP GET; prints "status=<code>" then the body (or only the body).
+    /// One HTTP request (GET unless --method); prints "status=<code>" then the body (or only the body).
     Get {
         url: String,
         #[arg(long)]
         body_only: bool,
         #[arg(long, default_value_t = 5)]
         timeout_s: u64,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// An extra request header, `name: value` (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+    },
+    /// Sends --count requests (HTTP GET to a URL, or with --tcp one line to host:port) and prints how many
+    /// answers came from each server name, one `name=count` per line, then `errors=<n>`.
+    Tally {
+        target: String,
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        #[arg(long)]
+        tcp: bool,
     },
     /// Sends one line over TCP and prints the reply line.
     TcpSend {
@@ -90,8 +104,8 @@ fn run() -> anyhow::Result<()> {
             println!("{}", line.trim_end());
             Ok(())
         }
-        Cmd::Get { url, body_only, timeout_s } => {
-            let (status, body) = get(&url, Duration::from_secs(timeout_s))?;
+        Cmd::Get { url, body_only, timeout_s, method, headers } => {
+            let (status, body) = request(&method, &url, &headers, Duration::from_secs(timeout_s))?;
             if !body_only {
                 println!("status={status}");
             }
@@ -99,6 +113,32 @@ fn run() -> anyhow::Result<()> {
             if !(200..300).contains(&status) {
                 std::process::exit(2);
             }
+            Ok(())
+        }
+        Cmd::Tally { target, count, tcp } => {
+            let mut seen: std::collections::BTreeMap<String, u32> = Default::default();
+            let mut errors = 0;
+            for _ in 0..count {
+                let answer = if tcp {
+                    tcp_send(&target, "ping", Duration::from_secs(5))
+                        .map(|line| line.split(':').next().unwrap_or_default().to_owned())
+                } else {
+                    get(&target, Duration::from_secs(5)).and_then(|(status, body)| {
+                        if status != 200 {
+                            bail!("status {status}");
+                        }
+                        Ok(body.split_whitespace().nth(2).unwrap_or_default().to_owned())
+                    })
+                };
+                match answer {
+                    Ok(name) => *seen.entry(name).or_default() += 1,
+                    Err(_) => errors += 1,
+                }
+            }
+            for (name, n) in seen {
+                println!("{name}={n}");
+            }
+            println!("errors={errors}");
             Ok(())
         }
         Cmd::TcpSend { addr, message, timeout_s } => {
@@ -217,6 +257,10 @@ fn connect(addr: &str, timeout: Duration) -> anyhow::Result<TcpStream> {
 }
 
 fn get(url: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    request("GET", url, &[], timeout)
+}
+
+fn request(method: &str, url: &str, headers: &[String], timeout: Duration) -> anyhow::Result<(u16, String)> {
     let rest = url.strip_prefix("http://").context("only http:// URLs")?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -224,7 +268,12 @@ fn get(url: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
     };
     let addr = if authority.contains(':') { authority.to_owned() } else { format!("{authority}:80") };
     let mut s = connect(&addr, timeout)?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: mesh-app\r\nconnection: close\r\n\r\n")?;
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: mesh-app\r\nconnection: close\r\n\
+         content-length: 0\r\n{extra}\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).context("reading the response")?;
     let text = String::from_utf8_lossy(&raw);
