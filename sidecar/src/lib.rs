@@ -160,6 +160,18 @@ pub fn bootstrap(proxy: &ProxyId, trust_domain: &str, opts: &SidecarOptions) -> 
             }],
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports::ADMIN}}
         },
+        // Envoy refuses regexes whose compiled RE2 program is larger than 100 by default, so a route like
+        // `/api/[0-9]{1,200}` in an HTTPRouteGroup would be NACKed. The controller validates every regex
+        // (syntax, length); Envoy's limit is lifted to match, with a warning above a size worth reviewing.
+        "layered_runtime": {
+            "layers": [{
+                "name": "static",
+                "static_layer": {
+                    "re2.max_program_size.error_level": u32::MAX,
+                    "re2.max_program_size.warn_level": 1000
+                }
+            }]
+        },
         "dynamic_resources": {
             "ads_config": {
                 "api_type": opts.ads_api.api_type(),

@@ -102,6 +102,7 @@ fn check_access(mesh: &LocalMesh) {
     assert_eq!(outcome(mesh, CLIENT, API, &["--method", "DELETE"]), DENIED);
     assert_eq!(outcome(mesh, CLIENT, "http://10.96.0.10/debug", &[]), DENIED);
     assert_eq!(outcome(mesh, CLIENT, "http://10.96.0.10/debug", &["--header", "x-debug: 1"]), "200");
+    assert_eq!(outcome(mesh, CLIENT, "http://10.96.0.10/reviews/42/great", &[]), "200");
     // TCP to the port the TCPRoute allows.
     expect_tcp(mesh, CLIENT, |r| r.ends_with(": ping"), "to be echoed");
     // The thief is named by no TrafficTarget: its sidecar has no route to the servers at all.
