@@ -16,6 +16,8 @@ const THIEF: &str = "demo/thief";
 const WAIT: Duration = Duration::from_secs(30);
 const API: &str = "http://10.96.0.10/api/books";
 const ECHO: &str = "10.96.0.11:7000";
+const GRPC: &str = "10.96.0.16:9000";
+const DB: &str = "10.96.0.17:3306";
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smi")
@@ -35,6 +37,8 @@ fn start(api: AdsApi) -> LocalMesh {
         mesh.add_pod("demo", name).expect("server pod");
         mesh.spawn_app(pod, &["http-server", "--port", "8080", "--name", name]).unwrap();
         mesh.spawn_app(pod, &["tcp-echo", "--port", "7070", "--name", name]).unwrap();
+        mesh.spawn_app(pod, &["grpc-server", "--port", "9000", "--name", name]).unwrap();
+        mesh.spawn_app(pod, &["banner-server", "--port", "3306", "--name", name]).unwrap();
     }
     mesh.add_pod("demo", "client").expect("client pod");
     mesh.add_pod("demo", "thief").expect("thief pod");
@@ -105,9 +109,30 @@ fn check_access(mesh: &LocalMesh) {
     assert_eq!(outcome(mesh, CLIENT, "http://10.96.0.10/reviews/42/great", &[]), "200");
     // TCP to the port the TCPRoute allows.
     expect_tcp(mesh, CLIENT, |r| r.ends_with(": ping"), "to be echoed");
+    // gRPC (HTTP/2 end to end) on an allowed route, and a server-first protocol on an allowed port.
+    let grpc = |pod: &str| {
+        mesh.app(pod, &["grpc-check", GRPC, "--timeout-s", "3"])
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let banner = |pod: &str| {
+        mesh.app(pod, &["tcp-read", DB, "--timeout-s", "3"])
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    mesh.eventually(WAIT, "a gRPC health check through the mesh", || grpc(CLIENT).filter(|s| s == "SERVING"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics(mesh)));
+    mesh.eventually(WAIT, "the database greeting through the mesh", || {
+        banner(CLIENT).filter(|s| s == "server-1 ready")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics(mesh)));
     // The thief is named by no TrafficTarget: its sidecar has no route to the servers at all.
     assert_eq!(outcome(mesh, THIEF, API, &[]), "error");
     assert_eq!(tcp_outcome(mesh, THIEF), "error");
+    assert_eq!(grpc(THIEF), None);
+    assert_eq!(banner(THIEF), None);
     let clusters = mesh.admin(THIEF, "/clusters").unwrap();
     assert!(!clusters.contains("demo/server"), "the thief must get no server cluster:\n{clusters}");
     // Inbound RBAC refused the denied requests on the servers (the 403 is theirs, not the client's).

@@ -689,7 +689,13 @@ pub fn build_with(
             let port = group[0];
             let local_cluster = format!("{}|{}|local", svc.key, port.target_port);
             if clusters_done.insert(local_cluster.clone()) {
-                b.add(ResourceType::Cluster, &local_cluster, local_cluster_resource(&local_cluster, port.target_port))?;
+                // The application behind a gRPC port needs HTTP/2 from its sidecar too.
+                let protocol = group.iter().map(|p| p.protocol).find(|p| p.is_http()).unwrap_or(port.protocol);
+                b.add(
+                    ResourceType::Cluster,
+                    &local_cluster,
+                    local_cluster_resource(&local_cluster, port.target_port, protocol),
+                )?;
             }
             let chain_name = format!("inbound_{}_{}_{}", svc.key, port.target_port, port.protocol);
             let filters = if port.protocol.is_http() {
@@ -883,23 +889,6 @@ fn upstream_cluster(svc: &ServiceView, protocol: AppProtocol, name: &str, trust_
         sni: svc.key.fqdn(),
         ..Default::default()
     };
-    let mut options = HashMap::new();
-    if protocol.is_http() {
-        // Speak to the upstream in whatever protocol the client used (HTTP/1.1 or HTTP/2, e.g. gRPC).
-        let http = HttpProtocolOptions {
-            upstream_protocol_options: Some(
-                http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
-                    http_protocol_options::UseDownstreamHttpConfig {
-                        http_protocol_options: Some(Http1ProtocolOptions::default()),
-                        http2_protocol_options: Some(Http2ProtocolOptions::default()),
-                        ..Default::default()
-                    },
-                ),
-            ),
-            ..Default::default()
-        };
-        options.insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(), pack_any(http));
-    }
     Cluster {
         name: name.to_owned(),
         alt_stat_name: name.replace(['/', '|'], "_"),
@@ -908,7 +897,7 @@ fn upstream_cluster(svc: &ServiceView, protocol: AppProtocol, name: &str, trust_
         connect_timeout: Some(seconds(1)),
         lb_policy: cluster::LbPolicy::RoundRobin as i32,
         transport_socket: Some(tls_socket(pack_any(tls))),
-        typed_extension_protocol_options: options,
+        typed_extension_protocol_options: http_options(protocol),
         ..Default::default()
     }
 }
@@ -924,8 +913,31 @@ fn passthrough_cluster() -> Cluster {
     }
 }
 
-fn local_cluster_resource(name: &str, port: u16) -> Cluster {
+/// For HTTP-family clusters: speak to the upstream in whatever protocol the client used (HTTP/1.1, or
+/// HTTP/2 for gRPC); without it Envoy would downgrade every request to HTTP/1.1.
+fn http_options(protocol: AppProtocol) -> HashMap<String, Any> {
+    let mut options = HashMap::new();
+    if protocol.is_http() {
+        let http = HttpProtocolOptions {
+            upstream_protocol_options: Some(
+                http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                    http_protocol_options::UseDownstreamHttpConfig {
+                        http_protocol_options: Some(Http1ProtocolOptions::default()),
+                        http2_protocol_options: Some(Http2ProtocolOptions::default()),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        };
+        options.insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(), pack_any(http));
+    }
+    options
+}
+
+fn local_cluster_resource(name: &str, port: u16, protocol: AppProtocol) -> Cluster {
     Cluster {
+        typed_extension_protocol_options: http_options(protocol),
         name: name.to_owned(),
         alt_stat_name: name.replace(['/', '|'], "_"),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static as i32)),

@@ -38,6 +38,22 @@ enum Cmd {
         #[arg(long)]
         name: String,
     },
+    /// gRPC (HTTP/2 cleartext) server: the standard health service, reporting SERVING overall and for
+    /// `<name>`.
+    GrpcServer {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        name: String,
+    },
+    /// One gRPC health check (`grpc.health.v1.Health/Check`) to host:port; prints the serving status.
+    GrpcCheck {
+        addr: String,
+        #[arg(long, default_value = "")]
+        service: String,
+        #[arg(long, default_value_t = 5)]
+        timeout_s: u64,
+    },
     /// Connects and prints the first line the server sends, without sending anything.
     TcpRead {
         addr: String,
@@ -94,6 +110,12 @@ fn run() -> anyhow::Result<()> {
         Cmd::HttpServer { port, name } => http_server(port, &name),
         Cmd::TcpEcho { port, name } => tcp_echo(port, &name),
         Cmd::BannerServer { port, name } => banner_server(port, &name),
+        Cmd::GrpcServer { port, name } => tokio_runtime()?.block_on(grpc_server(port, name)),
+        Cmd::GrpcCheck { addr, service, timeout_s } => {
+            let status = tokio_runtime()?.block_on(grpc_check(&addr, service, Duration::from_secs(timeout_s)))?;
+            println!("{status}");
+            Ok(())
+        }
         Cmd::TcpRead { addr, timeout_s } => {
             let s = connect(&addr, Duration::from_secs(timeout_s))?;
             let mut line = String::new();
@@ -246,6 +268,35 @@ fn banner_server(port: u16, name: &str) -> anyhow::Result<()> {
         let _ = conn.read(&mut [0u8; 64]);
     }
     Ok(())
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a tokio runtime")
+}
+
+async fn grpc_server(port: u16, name: String) -> anyhow::Result<()> {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_service_status(&name, tonic_health::ServingStatus::Serving).await;
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve(([0, 0, 0, 0], port).into())
+        .await
+        .with_context(|| format!("serving gRPC on :{port}"))
+}
+
+async fn grpc_check(addr: &str, service: String, timeout: Duration) -> anyhow::Result<String> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let reply = HealthClient::new(channel)
+        .check(HealthCheckRequest { service })
+        .await
+        .map_err(|s| anyhow::anyhow!("gRPC status {:?}: {}", s.code(), s.message()))?;
+    Ok(reply.into_inner().status().as_str_name().to_owned())
 }
 
 fn connect(addr: &str, timeout: Duration) -> anyhow::Result<TcpStream> {
