@@ -1,6 +1,8 @@
-//! `mesh-demo`: a mesh on this machine with live traffic. The controller runs on the demo mesh directory;
-//! bookbuyer calls the bookstore Service (two versions) over HTTP and the warehouse over TCP, through
-//! real Envoy sidecars speaking mTLS. Prints every request, then what the sidecars counted.
+//! `mesh-demo`: a mesh on this machine with live traffic. The controller runs on the demo mesh directory in
+//! SMI mode; bookbuyer calls the bookstore Service (two versions) over HTTP and the warehouse over TCP,
+//! through real Envoy sidecars speaking mTLS, while the demo edits the policy live: an allowed call, a
+//! denied one (403), a bookthief with no access, a TrafficSplit shifting traffic from v1 to v2, and access
+//! granted. Prints every request, then what the sidecars counted.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -23,6 +25,53 @@ struct Args {
     delta: bool,
 }
 
+fn split(v1: u32, v2: u32) -> String {
+    format!(
+        "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {{name: bookstore, namespace: bookstore}}\n\
+         spec:\n  service: bookstore\n  backends:\n  - {{service: bookstore-v1, weight: {v1}}}\n  \
+         - {{service: bookstore-v2, weight: {v2}}}\n"
+    )
+}
+
+/// `status=200 hello from ...` → `200  hello from ...`; no answer at all → why.
+fn outcome(out: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.lines().next().and_then(|l| l.strip_prefix("status=")) {
+        Some(code) => format!("{code}  {}", text.lines().nth(1).unwrap_or("").trim()),
+        None => "no route: refused by its own sidecar".to_owned(),
+    }
+}
+
+/// Traffic for `length`: bookbuyer buys books, restocks over TCP, and (with `probe`) tries a path it is not
+/// allowed; bookthief tries to buy.
+fn run_phase(mesh: &LocalMesh, length: Duration, n: &mut u32, probe: bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + length;
+    let mut first = true;
+    while Instant::now() < deadline {
+        *n += 1;
+        let i = *n;
+        let out = mesh.app("bookbuyer/bookbuyer", &["get", &format!("http://10.96.1.10/books-bought/{i}")])?;
+        println!("   #{i:<3} bookbuyer GET bookstore/books-bought/{i:<4} {}", outcome(&out));
+        if first {
+            let out = mesh.app("bookbuyer/bookbuyer", &["tcp-send", "10.96.1.20:9000", &format!("restock {i}")])?;
+            println!(
+                "   #{i:<3} bookbuyer TCP stock.warehouse:9000      {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+            if probe {
+                let out = mesh.app("bookbuyer/bookbuyer", &["get", "http://10.96.1.10/admin"])?;
+                println!("   #{i:<3} bookbuyer GET bookstore/admin              {}", outcome(&out));
+            }
+            let out =
+                mesh.app("bookthief/bookthief", &["get", "http://10.96.1.10/books-bought/1", "--timeout-s", "2"])?;
+            println!("   #{i:<3} bookthief GET bookstore/books-bought/1    {}", outcome(&out));
+            first = false;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     testbed::exit_code(run())
 }
@@ -41,6 +90,7 @@ fn run() -> anyhow::Result<()> {
         ("bookstore", "bookstore-v2"),
         ("warehouse", "stock-1"),
         ("bookbuyer", "bookbuyer"),
+        ("bookthief", "bookthief"),
     ] {
         let pod = mesh.add_pod(ns, name).with_context(|| format!("starting pod {ns}/{name}"))?;
         println!("pod {ns}/{name:<13} ip {:<11} sidecar {} ready", pod.ip, pod.uuid);
@@ -50,42 +100,55 @@ fn run() -> anyhow::Result<()> {
     mesh.spawn_app("warehouse/stock-1", &["tcp-echo", "--port", "9000", "--name", "stock-1"])?;
     std::thread::sleep(Duration::from_millis(300));
 
-    println!("\nlive traffic from bookbuyer (apps dial ClusterIPs; sidecars intercept and speak mTLS):");
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    // Each phase sends traffic for a quarter of --seconds, then the demo edits the mesh directory live.
+    let phase = Duration::from_secs((args.seconds / 4).max(3));
     let mut n = 0u32;
-    while Instant::now() < deadline {
-        n += 1;
-        let out = mesh.app("bookbuyer/bookbuyer", &["get", &format!("http://10.96.1.10/books-bought/{n}")])?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let status = text.lines().next().unwrap_or("no answer");
-        let body = text.lines().nth(1).unwrap_or("").trim();
-        println!("  HTTP #{n:<3} bookbuyer -> bookstore.bookstore:80  {status}  {body}");
-        if n.is_multiple_of(3) {
-            let out = mesh.app("bookbuyer/bookbuyer", &["tcp-send", "10.96.1.20:9000", &format!("restock {n}")])?;
-            println!(
-                "  TCP  #{n:<3} bookbuyer -> stock.warehouse:9000  {}",
-                String::from_utf8_lossy(&out.stdout).trim()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+
+    println!("\n1. SMI policy (meshconfig.yaml, policy.yaml): bookbuyer may GET /books-bought/... and restock over");
+    println!("   TCP; anything else is refused by the destination's sidecar; bookthief is named by no TrafficTarget.");
+    run_phase(&mesh, phase, &mut n, true)?;
+
+    println!("\n2. TrafficSplit written live: bookstore -> bookstore-v1 50%, bookstore-v2 50%");
+    mesh.write_mesh_file("split.yaml", &split(50, 50))?;
+    run_phase(&mesh, phase, &mut n, false)?;
+
+    println!("\n3. Canary done, written live: bookstore -> bookstore-v2 100%");
+    mesh.write_mesh_file("split.yaml", &split(0, 100))?;
+    run_phase(&mesh, phase, &mut n, false)?;
+
+    println!("\n4. bookthief added to the bookstore TrafficTarget live: it may buy books too");
+    let policy = std::fs::read_to_string(mesh.mesh_dir.join("policy.yaml"))?;
+    mesh.write_mesh_file(
+        "policy.yaml",
+        &policy.replacen(
+            "  - {kind: ServiceAccount, name: bookbuyer, namespace: bookbuyer}\n",
+            "  - {kind: ServiceAccount, name: bookbuyer, namespace: bookbuyer}\n  \
+             - {kind: ServiceAccount, name: bookthief, namespace: bookthief}\n",
+            1,
+        ),
+    )?;
+    run_phase(&mesh, phase, &mut n, true)?;
 
     println!("\nwhat the sidecars counted:");
     for (pod, stat) in [
         ("bookbuyer/bookbuyer", "cluster.bookstore_bookstore_8080.upstream_rq_200"),
-        ("bookbuyer/bookbuyer", "cluster.bookstore_bookstore_8080.ssl.handshake"),
+        ("bookbuyer/bookbuyer", "cluster.bookstore_bookstore-v1_8080.upstream_rq_200"),
+        ("bookbuyer/bookbuyer", "cluster.bookstore_bookstore-v2_8080.upstream_rq_200"),
+        ("bookstore/bookstore-v1", "http.rds-inbound.8080.rbac.denied"),
+        ("bookstore/bookstore-v2", "http.rds-inbound.8080.rbac.denied"),
         ("bookbuyer/bookbuyer", "cluster.warehouse_stock_9000.upstream_cx_total"),
         ("bookstore/bookstore-v1", "listener.0.0.0.0_15003.ssl.handshake"),
         ("bookstore/bookstore-v2", "listener.0.0.0.0_15003.ssl.handshake"),
         ("warehouse/stock-1", "listener.0.0.0.0_15003.ssl.handshake"),
     ] {
-        println!("  {pod:<24} {stat:<50} {}", mesh.stat(pod, stat)?.map_or("-".to_owned(), |v| v.to_string()));
+        println!("  {pod:<24} {stat:<52} {}", mesh.stat(pod, stat)?.map_or("-".to_owned(), |v| v.to_string()));
     }
     println!("\ncontroller metrics (GET :9091/metrics, excerpt):");
     for line in mesh.controller_http("/metrics")?.lines() {
         if line.starts_with("osm_proxy_connect_count")
             || line.starts_with("osm_cert_issued_count")
             || line.starts_with("osm_snapshot_proxies_built_count")
+            || line.starts_with("osm_policy_error_count")
             || (line.starts_with("osm_proxy_response_send_success_count") && line.contains("bookbuyer"))
         {
             println!("  {line}");
