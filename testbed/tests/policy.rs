@@ -231,9 +231,11 @@ fn sotw_smi_access_routes_splits_and_live_mode_switch() {
 }
 
 #[test]
-fn delta_smi_access_and_live_changes() {
+fn delta_smi_access_splits_and_live_changes() {
     let mesh = start(AdsApi::Delta);
     check_access(&mesh);
+    check_split(&mesh, "server", API, false);
+    check_split(&mesh, "echo", ECHO, true);
     check_live_changes(&mesh);
 }
 
