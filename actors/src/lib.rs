@@ -193,6 +193,7 @@ pub async fn run_on(
         cert_pem: server_cert.cert_pem,
         key_pem: server_cert.key_pem,
         client_ca_pem: ca.root_pem().to_owned(),
+        trust_domain: config.trust_domain.clone(),
     };
     let addr = listeners.ads.local_addr().unwrap_or(config.ads_addr);
     tracing::info!(addr = %addr, mesh_dir = %config.mesh_dir.display(), "ADS server listening (mTLS)");

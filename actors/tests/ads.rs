@@ -227,6 +227,50 @@ async fn strangers_and_impostors_are_refused_with_a_reason() {
     }
 }
 
+impl Controller {
+    /// A client presenting any certificate signed by the mesh root.
+    async fn client_with(&self, cert: certs::IssuedCert) -> AggregatedDiscoveryServiceClient<Channel> {
+        loadtest::client::connect(&loadtest::client::ConnectConfig {
+            addr: ([127, 0, 0, 1], self.port).into(),
+            server_name: "ads.cluster.local".into(),
+            ca_pem: self.ca.root_pem().into(),
+            cert_pem: cert.cert_pem,
+            key_pem: cert.key_pem,
+            local_ip: None,
+        })
+        .await
+        .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_sidecar_certificates_of_this_trust_domain_open_a_stream() {
+    let c = Controller::start();
+    let hour = Duration::from_secs(3600);
+    // A workload's service certificate whose service account name makes its CN read like the client's
+    // sidecar certificate (`client-uuid.sidecar.client.demo.cluster.local`): it must not get the client's key.
+    let forged = c.ca.issue_service(&ServiceIdentity::new("client-uuid.sidecar.client", "demo"), hour, true).unwrap();
+    // A sidecar certificate from the same root but for another trust domain.
+    let elsewhere = certs::CertificateAuthority::load(&c.dir.path().join("state"), "evil.local").unwrap();
+    let client =
+        ProxyId { uuid: ProxyUuid::parse("client-uuid").unwrap(), identity: ServiceIdentity::new("client", "demo") };
+    let foreign = elsewhere.issue_proxy_client(&client, hour).unwrap();
+    for (cert, expect) in [(forged, "not a sidecar certificate of this mesh"), (foreign, "not a sidecar certificate")] {
+        let mut ads = c.client_with(cert).await;
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(request(ResourceType::Cluster, &[], None)).await.unwrap();
+        let status = ads.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains(expect), "{}", status.message());
+    }
+    // The genuine sidecar certificate still works.
+    let mut ads = c.client("client-uuid", "client").await;
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(request(ResourceType::Cluster, &[], None)).await.unwrap();
+    let mut stream = ads.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    assert_eq!(next(&mut stream).await.type_url, ResourceType::Cluster.type_url());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_client_certificate_no_connection() {
     let c = Controller::start();

@@ -227,7 +227,9 @@ impl CertificateAuthority {
     /// The xDS client certificate of one sidecar: CN `<uuid>.sidecar.<sa>.<ns>.<td>`.
     pub fn issue_proxy_client(&self, proxy: &ProxyId, validity: Duration) -> Result<IssuedCert, CertError> {
         let cn = proxy.common_name(&self.trust_domain);
-        self.issue(&cn, vec![SanType::DnsName(cn.clone().try_into()?)], validity)
+        // The URI is what identifies the sidecar (see `ProxyId`); the CN is kept for people reading it.
+        let uri = proxy.uri(&self.trust_domain);
+        self.issue(&cn, vec![SanType::DnsName(cn.clone().try_into()?), SanType::URI(uri.try_into()?)], validity)
     }
 
     /// A server certificate (the ADS server: CN `ads.<td>`); DNS names and IP addresses become SANs.
@@ -265,6 +267,20 @@ pub fn peer_common_name(der: &[u8]) -> Result<String, CertError> {
         .as_str()
         .map_err(|e| CertError::Parse(e.to_string()))?;
     Ok(cn.to_owned())
+}
+
+/// The URI SANs of a DER certificate.
+pub fn peer_uris(der: &[u8]) -> Result<Vec<String>, CertError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| CertError::Parse(e.to_string()))?;
+    let sans = cert.subject_alternative_name().map_err(|e| CertError::Parse(e.to_string()))?;
+    Ok(sans
+        .into_iter()
+        .flat_map(|ext| ext.value.general_names.iter())
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Some((*uri).to_owned()),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Decodes the first certificate of a PEM string to DER.

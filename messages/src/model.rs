@@ -468,15 +468,48 @@ impl fmt::Display for ProxyUuid {
     }
 }
 
-/// What a sidecar's xDS client certificate says about it:
-/// CN `<uuid>.sidecar.<sa>.<ns>.<trust-domain>`.
+/// What a sidecar's xDS client certificate says about it: the URI SAN
+/// `spiffe://<trust-domain>/osm-sidecar/<ns>/<sa>/<uuid>` (the authority), and for people reading it the CN
+/// `<uuid>.sidecar.<sa>.<ns>.<trust-domain>` (OSM's form). Only the URI is trusted: a CN can be forged by a
+/// service account whose name contains dots, and a service certificate never carries a URI with this path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ProxyId {
     pub uuid: ProxyUuid,
     pub identity: ServiceIdentity,
 }
 
+/// The first path segment of a sidecar's certificate URI; service certificates' SPIFFE IDs
+/// (`spiffe://<td>/<sa>/<ns>`) have two segments, so the two can never be confused.
+pub const PROXY_URI_SEGMENT: &str = "osm-sidecar";
+
 impl ProxyId {
+    /// The URI SAN of the sidecar's xDS client certificate.
+    pub fn uri(&self, trust_domain: &str) -> String {
+        format!(
+            "spiffe://{trust_domain}/{PROXY_URI_SEGMENT}/{}/{}/{}",
+            self.identity.namespace, self.identity.service_account, self.uuid
+        )
+    }
+
+    /// Reads a sidecar certificate URI, which must be of `trust_domain` exactly.
+    pub fn from_uri(uri: &str, trust_domain: &str) -> Result<Self, InvalidProxyCn> {
+        let bad = |why: String| InvalidProxyCn(uri.to_owned(), why);
+        let rest = uri.strip_prefix("spiffe://").ok_or_else(|| bad("not a spiffe:// URI".to_owned()))?;
+        let (td, path) = rest.split_once('/').ok_or_else(|| bad("no path".to_owned()))?;
+        if td != trust_domain {
+            return Err(bad(format!("trust domain {td:?} is not this mesh's ({trust_domain:?})")));
+        }
+        match path.split('/').collect::<Vec<_>>().as_slice() {
+            [PROXY_URI_SEGMENT, ns, sa, uuid] if !ns.is_empty() && !sa.is_empty() => Ok(Self {
+                uuid: ProxyUuid::parse(uuid).map_err(|e| bad(e.to_string()))?,
+                identity: ServiceIdentity::new(*sa, *ns),
+            }),
+            _ => Err(bad(format!(
+                "expected spiffe://{trust_domain}/{PROXY_URI_SEGMENT}/<namespace>/<service-account>/<proxy-uuid>"
+            ))),
+        }
+    }
+
     pub fn common_name(&self, trust_domain: &str) -> String {
         format!("{}.sidecar.{}.{}.{}", self.uuid, self.identity.service_account, self.identity.namespace, trust_domain)
     }
@@ -504,7 +537,7 @@ impl fmt::Display for ProxyId {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("certificate common name {0:?} does not name a sidecar: {1}")]
+#[error("{0:?} does not name a sidecar: {1}")]
 pub struct InvalidProxyCn(pub String, pub String);
 
 #[cfg(test)]
@@ -532,6 +565,20 @@ mod tests {
         assert_eq!(ProxyId::from_common_name(&cn).unwrap(), id);
         assert!(ProxyId::from_common_name("ads.cluster.local").is_err());
         assert!(ProxyId::from_common_name("x.gateway.sa.ns.cluster.local").is_err());
+    }
+
+    #[test]
+    fn proxy_uri_round_trips_and_nothing_else_reads_as_one() {
+        let id = ProxyId { uuid: ProxyUuid::parse("u1").unwrap(), identity: ServiceIdentity::new("web", "shop") };
+        let uri = id.uri("cluster.local");
+        assert_eq!(uri, "spiffe://cluster.local/osm-sidecar/shop/web/u1");
+        assert_eq!(ProxyId::from_uri(&uri, "cluster.local").unwrap(), id);
+        assert!(ProxyId::from_uri(&uri, "other.local").unwrap_err().to_string().contains("trust domain"));
+        // A service certificate's SPIFFE ID, whatever its names, is not a sidecar's.
+        let service = ServiceIdentity::new("u1.sidecar.web", "shop").spiffe_id("cluster.local");
+        assert!(ProxyId::from_uri(&service, "cluster.local").is_err());
+        assert!(ProxyId::from_uri("spiffe://cluster.local/osm-sidecar/shop/web/u1/x", "cluster.local").is_err());
+        assert!(ProxyId::from_uri("https://cluster.local/osm-sidecar/shop/web/u1", "cluster.local").is_err());
     }
 
     #[test]

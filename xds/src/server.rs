@@ -59,24 +59,43 @@ pub trait SessionHandler: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<(), Status>> + Send + 'static>>;
 }
 
-/// Reads the proxy's identity from the verified client certificate of the connection.
-fn identify<T>(req: &Request<T>) -> Result<ProxyId, Status> {
+/// Reads the proxy's identity from the verified client certificate of the connection: exactly one sidecar
+/// URI SAN of this mesh's trust domain, and a CN that says the same. A workload's service certificate,
+/// signed by the same root, carries no such URI and is refused.
+fn identify<T>(req: &Request<T>, trust_domain: &str) -> Result<ProxyId, Status> {
     let certs = req
         .peer_certs()
         .ok_or_else(|| Status::unauthenticated("no client certificate: the ADS server requires mTLS"))?;
     let leaf = certs.first().ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
-    let cn = certs::peer_common_name(leaf.as_ref())
-        .map_err(|e| Status::unauthenticated(format!("unreadable client certificate: {e}")))?;
-    ProxyId::from_common_name(&cn).map_err(|e| Status::permission_denied(e.to_string()))
+    let unreadable = |e: certs::CertError| Status::unauthenticated(format!("unreadable client certificate: {e}"));
+    let uris = certs::peer_uris(leaf.as_ref()).map_err(unreadable)?;
+    let mut ids = uris.iter().filter_map(|u| ProxyId::from_uri(u, trust_domain).ok());
+    let (Some(proxy), None) = (ids.next(), ids.next()) else {
+        return Err(Status::permission_denied(format!(
+            "the client certificate is not a sidecar certificate of this mesh: it needs exactly one URI SAN \
+             spiffe://{trust_domain}/{}/<namespace>/<service-account>/<proxy-uuid> (found {uris:?}; hint: \
+             bootstrap the sidecar again)",
+            messages::PROXY_URI_SEGMENT
+        )));
+    };
+    let cn = certs::peer_common_name(leaf.as_ref()).map_err(unreadable)?;
+    if cn != proxy.common_name(trust_domain) {
+        return Err(Status::permission_denied(format!(
+            "the client certificate's common name {cn:?} does not match its sidecar URI {}",
+            proxy.uri(trust_domain)
+        )));
+    }
+    Ok(proxy)
 }
 
 pub struct AdsService<H> {
     handler: Arc<H>,
+    trust_domain: String,
 }
 
 impl<H: SessionHandler> AdsService<H> {
-    pub fn new(handler: Arc<H>) -> Self {
-        Self { handler }
+    pub fn new(handler: Arc<H>, trust_domain: impl Into<String>) -> Self {
+        Self { handler, trust_domain: trust_domain.into() }
     }
 
     pub fn into_server(self) -> AggregatedDiscoveryServiceServer<Self> {
@@ -93,7 +112,7 @@ impl<H: SessionHandler> AggregatedDiscoveryService for AdsService<H> {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let proxy = identify(&request)?;
+        let proxy = identify(&request, &self.trust_domain)?;
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let requests: RequestStream<DiscoveryRequest> = Box::pin(request.into_inner());
@@ -105,7 +124,7 @@ impl<H: SessionHandler> AggregatedDiscoveryService for AdsService<H> {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let proxy = identify(&request)?;
+        let proxy = identify(&request, &self.trust_domain)?;
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let requests: RequestStream<DeltaDiscoveryRequest> = Box::pin(request.into_inner());
@@ -121,6 +140,8 @@ pub struct ServerTls {
     pub key_pem: String,
     /// Roots that sign sidecars' client certificates.
     pub client_ca_pem: String,
+    /// The mesh's trust domain: a client certificate must name a sidecar of it.
+    pub trust_domain: String,
 }
 
 /// Bounds on what a peer of the ADS port may hold. Every peer is hostile until bounded: an idle socket, a
@@ -276,6 +297,7 @@ pub async fn serve<H: SessionHandler>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let trust_domain = tls.trust_domain.clone();
     let tls_config = ServerTlsConfig::new()
         .identity(Identity::from_pem(tls.cert_pem, tls.key_pem))
         .client_ca_root(Certificate::from_pem(tls.client_ca_pem))
@@ -290,7 +312,7 @@ pub async fn serve<H: SessionHandler>(
         .map_err(ServeError::Tls)?
         .max_concurrent_streams(limits.max_streams_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
-        .add_service(AdsService::new(handler).into_server())
+        .add_service(AdsService::new(handler, trust_domain).into_server())
         .serve_with_incoming_shutdown(incoming(listener, limits.max_connections), shutdown);
     let drained = async move {
         let _ = stopping.wait_for(|s| *s).await;
