@@ -14,6 +14,7 @@ use futures::StreamExt;
 use messages::{ProxyId, VerifyError};
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
+use xds::limits::peer_str;
 use xds::server::RequestStream;
 use xds::{AdsStream, Protocol, SessionHandler};
 
@@ -52,7 +53,12 @@ struct Session<P: Protocol> {
     states: watch::Receiver<ProxyState>,
     metrics: Arc<Metrics>,
     stopping: watch::Receiver<bool>,
+    /// Warnings this session logged about what its proxy sent; past [`WARNINGS_PER_SESSION`] they are
+    /// suppressed, so a hostile or broken proxy cannot flood the log.
+    warnings: u32,
 }
+
+const WARNINGS_PER_SESSION: u32 = 8;
 
 /// Why a session ended.
 enum End {
@@ -109,26 +115,50 @@ where
                 Event::Request(Some(Ok(req))) => {
                     self.metrics.xds_request(&self.uuid, xds::type_label(P::request_type_url(&req)));
                     let out = self.protocol.on_request(&req);
+                    if let Some(reason) = out.refused {
+                        tracing::warn!(proxy = %self.proxy, %reason, "request refused; closing the stream");
+                        return End::Close(Status::resource_exhausted(format!("request refused: {reason}")));
+                    }
                     if let Some(nack) = &out.nack {
                         self.metrics.nack(xds::type_label(&nack.type_url));
-                        tracing::warn!(
-                            proxy = %self.proxy, type_url = %nack.type_url, version = %nack.version,
-                            error = %nack.message, "proxy rejected config (NACK); it keeps its last good config"
-                        );
+                        let (ty, version, error) =
+                            (peer_str(&nack.type_url), peer_str(&nack.version), peer_str(&nack.message));
+                        self.warn(|proxy| {
+                            tracing::warn!(
+                                %proxy, type_url = %ty, %version, %error,
+                                "proxy rejected config (NACK); it keeps its last good config"
+                            )
+                        });
                     }
                     if let Some(t) = &out.unknown_type {
-                        tracing::warn!(proxy = %self.proxy, type_url = %t, "proxy asked for a resource type this control plane does not serve");
+                        let t = peer_str(t);
+                        self.warn(|proxy| {
+                            tracing::warn!(%proxy, type_url = %t, "proxy asked for a resource type this control plane does not serve")
+                        });
                     }
                     if !self.send_all(out.responses).await {
                         return End::Proxy;
                     }
                 }
                 Event::Request(Some(Err(status))) => {
+                    // An undecodable or oversized request ends the stream with an error the proxy sees,
+                    // never with OK. (If the proxy itself went away, nobody reads this.)
                     tracing::debug!(proxy = %self.proxy, %status, "request stream error");
-                    return End::Proxy;
+                    return End::Close(Status::new(status.code(), format!("request refused: {}", status.message())));
                 }
                 Event::Request(None) => return End::Proxy,
             }
+        }
+    }
+
+    /// Logs a warning about what the proxy sent, until the session's budget is spent.
+    fn warn(&mut self, log: impl FnOnce(&ProxyId)) {
+        self.warnings += 1;
+        if self.warnings <= WARNINGS_PER_SESSION {
+            log(&self.proxy);
+        }
+        if self.warnings == WARNINGS_PER_SESSION {
+            tracing::warn!(proxy = %self.proxy, "further warnings about this proxy's requests are suppressed (NACKs are still counted in metrics)");
         }
     }
 
@@ -178,8 +208,17 @@ impl Admitted {
     {
         let Admitted { proxy, states, metrics, stopping, snapshots } = self;
         let uuid = proxy.uuid.clone();
-        let session =
-            Session { uuid: uuid.to_string(), proxy, protocol, requests, responses, states, metrics, stopping };
+        let session = Session {
+            uuid: uuid.to_string(),
+            proxy,
+            protocol,
+            requests,
+            responses,
+            states,
+            metrics,
+            stopping,
+            warnings: 0,
+        };
         tokio::spawn(async move {
             session.run().await;
             snapshots.do_send(Unsubscribe(uuid));

@@ -272,6 +272,51 @@ async fn only_sidecar_certificates_of_this_trust_domain_open_a_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_end_the_stream_with_an_error_not_ok() {
+    let c = Controller::start();
+    let too_many: Vec<String> = (0..40_000).map(|i| format!("demo/svc-{i}|80")).collect();
+    let huge_name = vec!["x".repeat(5 << 20)];
+    for (names, expect_code, expect) in [
+        (too_many, tonic::Code::ResourceExhausted, "40000 resource names for one type; the limit is 32768"),
+        (huge_name, tonic::Code::OutOfRange, "request refused"),
+    ] {
+        let mut ads = c.client("client-uuid", "client").await;
+        let (tx, rx) = mpsc::channel(8);
+        let mut req = request(ResourceType::Endpoint, &[], None);
+        req.resource_names = names;
+        tx.send(req).await.unwrap();
+        let mut stream = ads.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let status = loop {
+            match tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap() {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended with OK"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(status.code(), expect_code, "{status:?}");
+        assert!(status.message().contains(expect), "{}", status.message());
+    }
+    // Delta: claiming too many held resources is refused the same way.
+    let mut ads = c.client("client-uuid", "client").await;
+    let (tx, rx) = mpsc::channel(8);
+    let req = DeltaDiscoveryRequest {
+        type_url: ResourceType::Endpoint.type_url().to_owned(),
+        initial_resource_versions: (0..40_000).map(|i| (format!("n{i}"), "v".to_owned())).collect(),
+        ..Default::default()
+    };
+    tx.send(req).await.unwrap();
+    let mut stream = ads.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap() {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the delta stream ended with OK"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_client_certificate_no_connection() {
     let c = Controller::start();
     let tls =

@@ -44,6 +44,13 @@ impl DeltaSession {
             return out;
         };
         let state = self.types.entry(ty).or_default();
+        // What the stream would hold after this request, at most: bounded before anything is stored.
+        let count = state.subscribed.len() + req.resource_names_subscribe.len() + req.initial_resource_versions.len();
+        let names = req.resource_names_subscribe.iter().chain(req.initial_resource_versions.keys());
+        if let Err(e) = crate::limits::check_names(count, names) {
+            out.refused = Some(e);
+            return out;
+        }
         if !state.started {
             state.started = true;
             state.pending_first = true;

@@ -9,6 +9,7 @@
 
 pub mod builder;
 pub mod delta;
+pub mod limits;
 pub mod rbac;
 pub mod server;
 pub mod snapshot;

@@ -23,8 +23,10 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
-/// Responses queued per stream before the session waits for the proxy to read (backpressure).
-pub const STREAM_BUFFER: usize = 16;
+/// Responses queued per stream before the session waits for the proxy to read (backpressure). Small: a
+/// proxy that stops reading holds at most this many responses (plus HTTP/2's window), and newer
+/// snapshots coalesce in the session's watch instead.
+pub const STREAM_BUFFER: usize = 2;
 
 pub type RequestStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -99,7 +101,7 @@ impl<H: SessionHandler> AdsService<H> {
     }
 
     pub fn into_server(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(16 << 20)
+        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(crate::limits::MAX_REQUEST_BYTES)
     }
 }
 

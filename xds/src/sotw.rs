@@ -27,6 +27,8 @@ pub struct Outcome<R> {
     pub nack: Option<Nack>,
     /// Set when the request was for a type the control plane does not serve.
     pub unknown_type: Option<String>,
+    /// Set when the request breaks a bound ([`crate::limits`]): the stream must end with this reason.
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +67,10 @@ impl SotwSession {
             out.unknown_type = Some(req.type_url.clone());
             return out;
         };
+        if let Err(e) = crate::limits::check_names(req.resource_names.len(), &req.resource_names) {
+            out.refused = Some(e);
+            return out;
+        }
         let state = self.types.entry(ty).or_default();
         let names: BTreeSet<String> = req.resource_names.iter().filter(|n| n.as_str() != "*").cloned().collect();
         let first = req.response_nonce.is_empty();
