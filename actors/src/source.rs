@@ -2,7 +2,7 @@
 //! changes to the catalog, with a slow periodic rescan as a safety net (it costs a stat per file when
 //! nothing changed). A scan waits for the catalog to take its events before the next one starts.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,9 @@ pub struct DirSourceActor {
 
 #[derive(Debug, Default)]
 struct Notified {
-    complete: Mutex<BTreeSet<PathBuf>>,
+    /// Per file, the latest word on its writer: `true` done (closed after writing, renamed into place),
+    /// `false` still writing.
+    writers: Mutex<BTreeMap<PathBuf, bool>>,
     scan_requested: AtomicBool,
 }
 
@@ -63,9 +65,13 @@ impl DirSourceActor {
 
     fn scan(&mut self) -> ResponseActFuture<Self, ()> {
         self.notified.scan_requested.store(false, Ordering::Relaxed);
-        if let Ok(mut complete) = self.notified.complete.lock() {
-            for path in std::mem::take(&mut *complete) {
-                self.dir.mark_complete(&path);
+        if let Ok(mut writers) = self.notified.writers.lock() {
+            for (path, done) in std::mem::take(&mut *writers) {
+                if done {
+                    self.dir.mark_complete(&path);
+                } else {
+                    self.dir.mark_writing(&path);
+                }
             }
         }
         let scan = self.dir.scan();
@@ -119,8 +125,13 @@ impl DirSourceActor {
             ) {
                 return;
             }
-            if done && let Ok(mut c) = notified.complete.lock() {
-                c.extend(event.paths.iter().cloned());
+            let writing = matches!(event.kind, EventKind::Modify(ModifyKind::Data(_)));
+            if (done || writing)
+                && let Ok(mut w) = notified.writers.lock()
+            {
+                for path in &event.paths {
+                    w.insert(path.clone(), done);
+                }
             }
             // One pending scan covers any number of events.
             if !notified.scan_requested.swap(true, Ordering::Relaxed) && addr.try_send(Changed).is_err() {

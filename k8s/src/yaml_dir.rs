@@ -61,6 +61,9 @@ pub struct YamlDir {
     touched: BTreeSet<ObjectKey>,
     /// Files whose writer is known to be done (closed after writing, or renamed into place): read at once.
     complete: BTreeSet<PathBuf>,
+    /// Files known to be written to and not yet closed: read once closed, or after
+    /// [`YamlDir::WRITER_PATIENCE`] without a change (a writer may pause mid-write).
+    writing: BTreeSet<PathBuf>,
     /// A file modified less than this long ago is read at a later scan: an editor or `cp` may still be
     /// writing it, and a half-written file would drop objects.
     settle: std::time::Duration,
@@ -166,12 +169,27 @@ fn convert_doc(doc: serde_json::Value, out: &mut Vec<MeshObject>) -> Result<(), 
     Ok(())
 }
 
+/// Largest mesh file read; a larger one is refused with an error (its previous objects stay).
+pub const MAX_FILE_BYTES: u64 = 32 << 20;
+/// YAML documents in one file (a `kubectl get -o yaml` dump is one document; `---`-separated manifests
+/// are one each).
+pub const MAX_DOCUMENTS: usize = 100_000;
+/// YAML nodes (maps, sequences, scalars) in one file: about what 32 MiB of manifests hold.
+pub const MAX_NODES: usize = 10_000_000;
+
 /// Parses a whole multi-document file. Any error rejects the file as a whole: half a file is worse than
 /// the last good version of it.
 pub fn parse_file(text: &str) -> Result<Vec<MeshObject>, String> {
     // YAML 1.2 booleans only: `namespace: no` or `name: y` are strings in a manifest, not booleans.
     let mut options = serde_saphyr::Options::default();
     options.strict_booleans = true;
+    // The parser's defaults (1,024 documents, 250,000 nodes) refuse a dump of ~1,600 pods; the file size
+    // limit bounds the work instead. Alias bombs stay bounded by the parser's own alias rules.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = MAX_DOCUMENTS;
+    budget.max_nodes = MAX_NODES;
+    budget.max_events = MAX_NODES * 2;
+    options.budget = Some(budget);
     let docs: Vec<serde_json::Value> =
         serde_saphyr::from_multiple_with_options(text, options).map_err(|e| format!("invalid YAML: {e}"))?;
     let mut out = Vec::new();
@@ -187,20 +205,70 @@ fn is_manifest(path: &Path) -> bool {
     !hidden && matches!(ext, "yaml" | "yml" | "json")
 }
 
-fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// What a listing found: manifest paths, and subdirectories or entries that could not be read (each an
+/// error of its own; the rest of the listing goes on).
+#[derive(Default)]
+struct Listing {
+    files: Vec<PathBuf>,
+    unreadable: Vec<FileError>,
+}
+
+fn list_files(dir: &Path, out: &mut Listing) -> std::io::Result<()> {
     for entry in fs::read_dir(dir)? {
-        let entry = entry?;
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                out.unreadable.push(FileError { path: dir.to_owned(), reason: format!("cannot list: {e}") });
+                continue;
+            }
+        };
         let path = entry.path();
-        let ty = entry.file_type()?;
-        if ty.is_dir() {
-            if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
-                list_files(&path, out)?;
+        let is_dir = match entry.file_type() {
+            Ok(ty) => ty.is_dir(),
+            Err(e) => {
+                out.unreadable.push(FileError { path, reason: format!("cannot stat: {e}") });
+                continue;
+            }
+        };
+        if is_dir {
+            if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+                && let Err(e) = list_files(&path, out)
+            {
+                // Its files keep their objects: a directory that cannot be read now is not a deleted one.
+                out.unreadable.push(FileError { path, reason: format!("cannot read this directory: {e}") });
             }
         } else if is_manifest(&path) {
-            out.push(path);
+            // Symbolic links are followed when the file is read (a ConfigMap volume is made of them).
+            out.files.push(path);
         }
     }
     Ok(())
+}
+
+/// Reads a mesh file: a regular file (a link to one is fine) of at most [`MAX_FILE_BYTES`]. A FIFO or a
+/// device is refused without being opened for blocking reads, so it can never hang the scan.
+fn read_manifest(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file (a FIFO, socket or device, perhaps behind a link); skipped".to_owned());
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!("the file is {} bytes; the limit is {MAX_FILE_BYTES} (split it)", meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // Bounded even if the file grows while it is read.
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("the file grew past the limit of {MAX_FILE_BYTES} bytes while being read"));
+    }
+    Ok(bytes)
 }
 
 impl YamlDir {
@@ -214,6 +282,7 @@ impl YamlDir {
             duplicates: BTreeMap::new(),
             touched: BTreeSet::new(),
             complete: BTreeSet::new(),
+            writing: BTreeSet::new(),
             settle: std::time::Duration::ZERO,
             started: false,
         }
@@ -228,7 +297,19 @@ impl YamlDir {
     /// Tells that `path`'s writer is done with it (a file-system notification of close-after-write or of a
     /// rename into place): the next scan reads it without waiting for it to settle.
     pub fn mark_complete(&mut self, path: &Path) {
+        self.writing.remove(path);
         self.complete.insert(path.to_owned());
+    }
+
+    /// How long a file known to be open for writing may stay unchanged before it is read anyway.
+    pub const WRITER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Tells that `path` is being written (a file-system notification of a write, with no close yet): the
+    /// next scans leave it alone until its writer closes it, however long the writer pauses (up to
+    /// [`Self::WRITER_PATIENCE`]).
+    pub fn mark_writing(&mut self, path: &Path) {
+        self.complete.remove(path);
+        self.writing.insert(path.to_owned());
     }
 
     /// Files that currently fail to parse (their previous objects stay in force).
@@ -244,15 +325,22 @@ impl YamlDir {
     /// now (not only new ones), so a caller can tell when one is fixed.
     pub fn scan(&mut self) -> Scan {
         let mut scan = Scan::default();
-        let mut paths = Vec::new();
-        if let Err(e) = list_files(&self.root, &mut paths) {
+        let mut listing = Listing::default();
+        if let Err(e) = list_files(&self.root, &mut listing) {
             // An unreadable directory must not empty the mesh: keep everything and say why.
             scan.errors
                 .push(FileError { path: self.root.clone(), reason: format!("cannot read the mesh directory: {e}") });
             return scan;
         }
+        let Listing { files: mut paths, unreadable } = listing;
         paths.sort();
-        let present: BTreeSet<PathBuf> = paths.iter().cloned().collect();
+        let mut present: BTreeSet<PathBuf> = paths.iter().cloned().collect();
+        // Files below a directory that cannot be read now keep their objects (and are not re-read).
+        for known in self.files.keys() {
+            if unreadable.iter().any(|u| known.starts_with(&u.path)) {
+                present.insert(known.clone());
+            }
+        }
         let gone: Vec<PathBuf> = self.files.keys().filter(|p| !present.contains(*p)).cloned().collect();
         for path in gone {
             if let Some(old) = self.files.remove(&path) {
@@ -265,7 +353,9 @@ impl YamlDir {
             }
         }
         self.complete.retain(|p| present.contains(p));
+        self.writing.retain(|p| present.contains(p));
         scan.errors = self.broken_files();
+        scan.errors.extend(unreadable);
 
         // Only objects whose definitions changed are looked at again: an unchanged directory costs a
         // listing and a stat per file, whatever the size of the mesh.
@@ -354,6 +444,15 @@ impl YamlDir {
         // A failed stat or read gets a zero stamp, so the next scan tries again.
         let unknown = (SystemTime::UNIX_EPOCH, 0);
         let meta = match fs::metadata(path) {
+            Ok(m) if !m.is_file() => {
+                self.fail(
+                    path,
+                    unknown,
+                    [0; 32],
+                    "not a regular file (a FIFO, socket or device, perhaps behind a link); skipped".to_owned(),
+                );
+                return true;
+            }
             Ok(m) => m,
             Err(e) => {
                 self.fail(path, unknown, [0; 32], format!("cannot stat: {e}"));
@@ -365,14 +464,16 @@ impl YamlDir {
             return true;
         }
         let age = SystemTime::now().duration_since(stamp.0).unwrap_or_default();
-        if self.started && age < self.settle && !self.complete.contains(path) {
+        let open_for_writing = self.writing.contains(path) && age < Self::WRITER_PATIENCE;
+        if self.started && (age < self.settle || open_for_writing) && !self.complete.contains(path) {
             return false; // still being written, perhaps: next scan
         }
         self.complete.remove(path);
-        let bytes = match fs::read(path) {
+        self.writing.remove(path);
+        let bytes = match read_manifest(path) {
             Ok(b) => b,
-            Err(e) => {
-                self.fail(path, unknown, [0; 32], format!("cannot read: {e}"));
+            Err(reason) => {
+                self.fail(path, unknown, [0; 32], reason);
                 return true;
             }
         };
@@ -662,5 +763,89 @@ spec:
         assert!(e.contains("MeshConfig \"m\"") && e.contains("enablePermissiveTraficPolicyMode"), "{e}");
         // Kinds of other API groups are none of the mesh's business.
         assert!(parse_file("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_regular_files_are_read_and_a_fifo_or_device_never_hangs_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("server.yaml"), SERVER).unwrap();
+        let fifo = dir.path().join("x.yaml");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.yaml")).unwrap();
+        // A ConfigMap volume: the visible file is a link into a hidden directory.
+        fs::create_dir(dir.path().join("..data")).unwrap();
+        fs::write(dir.path().join("..data/client.yaml"), SERVER.replace("server", "client")).unwrap();
+        std::os::unix::fs::symlink("..data/client.yaml", dir.path().join("client.yaml")).unwrap();
+        let mut y = YamlDir::new(dir.path());
+        let scan = y.scan();
+        let mut bad: Vec<String> =
+            scan.errors.iter().map(|e| e.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        bad.sort();
+        assert_eq!(bad, vec!["x.yaml", "zero.yaml"], "{:?}", scan.errors);
+        assert!(scan.errors.iter().all(|e| e.reason.contains("not a regular file")), "{:?}", scan.errors);
+        let SourceEvent::Reset(objects) = &scan.events[0] else { panic!() };
+        let names: BTreeSet<String> = objects.iter().map(|o| o.key().name).collect();
+        assert!(names.contains("client") && names.contains("server"), "{names:?}");
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused_and_keeps_its_last_good_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.yaml");
+        fs::write(&path, SERVER).unwrap();
+        let mut y = YamlDir::new(dir.path());
+        y.scan();
+        // Sparse: the size is what counts, nothing is read.
+        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(MAX_FILE_BYTES + 1).unwrap();
+        drop(f);
+        let scan = y.scan();
+        assert!(scan.events.is_empty(), "nothing is deleted: {:?}", scan.events);
+        assert!(scan.errors[0].reason.contains("the limit is 33554432"), "{:?}", scan.errors);
+    }
+
+    #[test]
+    fn a_dump_of_thousands_of_documents_parses() {
+        let doc = |i: usize| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: demo, labels: {{app: a, i: \"{i}\"}}}}\n\
+                 spec: {{serviceAccountName: sa, containers: [{{name: c, image: i, ports: [{{containerPort: 80}}]}}]}}\n\
+                 status: {{podIP: 10.1.{}.{}}}\n",
+                i / 250,
+                i % 250 + 1
+            )
+        };
+        let text: Vec<String> = (0..3000).map(doc).collect();
+        assert_eq!(parse_file(&text.join("---\n")).unwrap().len(), 3000);
+    }
+
+    #[test]
+    fn a_file_open_for_writing_is_not_read_until_closed_however_long_the_writer_pauses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.yaml");
+        fs::write(&path, SERVER).unwrap();
+        let mut y = YamlDir::new(dir.path());
+        y.scan();
+        // The writer truncated the file and wrote half of it, then paused (its mtime is old news by now).
+        let half = &SERVER[..SERVER.find("kind: Service").unwrap()];
+        fs::write(&path, half).unwrap();
+        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - std::time::Duration::from_secs(2)).unwrap();
+        y.mark_writing(&path);
+        let scan = y.scan();
+        assert_eq!(scan.deferred, 1);
+        assert!(scan.events.is_empty(), "a half-written file must not delete objects: {:?}", scan.events);
+        // Closed: read at once.
+        fs::write(&path, SERVER.replace("10.96.0.10", "10.96.0.99")).unwrap();
+        y.mark_complete(&path);
+        let scan = y.scan();
+        assert_eq!(scan.deferred, 0);
+        assert_eq!(scan.events.len(), 1, "{:?}", scan.events);
+        // A writer that never closes is read once it has left the file alone for the patience period.
+        fs::write(&path, SERVER).unwrap();
+        y.mark_writing(&path);
+        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - YamlDir::WRITER_PATIENCE).unwrap();
+        assert_eq!(y.scan().events.len(), 1);
     }
 }
