@@ -17,6 +17,34 @@ use sha2::{Digest, Sha256};
 
 use crate::{convert, crds};
 
+/// Something only one object may hold at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Claim {
+    ClusterIp(std::net::IpAddr),
+    PodIp(std::net::IpAddr),
+    ProxyUuid(messages::ProxyUuid),
+}
+
+impl std::fmt::Display for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Claim::ClusterIp(ip) => write!(f, "ClusterIP {ip}"),
+            Claim::PodIp(ip) => write!(f, "pod IP {ip}"),
+            Claim::ProxyUuid(u) => write!(f, "proxy UUID {u}"),
+        }
+    }
+}
+
+fn claims_of(obj: &MeshObject) -> Vec<Claim> {
+    match obj {
+        MeshObject::Service(s) => s.cluster_ip.map(Claim::ClusterIp).into_iter().collect(),
+        MeshObject::Pod(p) => {
+            p.ip.map(Claim::PodIp).into_iter().chain([Claim::ProxyUuid(p.proxy_uuid.clone())]).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// A file that could not be used, and why. Its previous objects (if any) stay in force.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {reason}", path.display())]
@@ -57,6 +85,11 @@ pub struct YamlDir {
     defined_in: BTreeMap<ObjectKey, BTreeSet<PathBuf>>,
     /// Objects defined in more than one file: the definitions that are ignored, and why.
     duplicates: BTreeMap<ObjectKey, Vec<FileError>>,
+    /// Objects refused because they claim what an object in force holds (a ClusterIP, a pod IP, a proxy
+    /// UUID): why, and which object holds it (when that one changes, the refused one is looked at again).
+    conflicts: BTreeMap<ObjectKey, (FileError, ObjectKey)>,
+    /// What each object in force holds that no other object may claim.
+    claims: HashMap<Claim, ObjectKey>,
     /// Objects whose definitions changed since the last scan.
     touched: BTreeSet<ObjectKey>,
     /// Files whose writer is known to be done (closed after writing, or renamed into place): read at once.
@@ -280,6 +313,8 @@ impl YamlDir {
             owners: BTreeMap::new(),
             defined_in: BTreeMap::new(),
             duplicates: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
+            claims: HashMap::new(),
             touched: BTreeSet::new(),
             complete: BTreeSet::new(),
             writing: BTreeSet::new(),
@@ -360,15 +395,63 @@ impl YamlDir {
         // Only objects whose definitions changed are looked at again: an unchanged directory costs a
         // listing and a stat per file, whatever the size of the mesh.
         // Each owning file's objects are indexed once per scan, not searched once per key.
-        let files = &self.files;
-        let mut index: HashMap<&PathBuf, HashMap<ObjectKey, &MeshObject>> = HashMap::new();
+        let mut index: HashMap<PathBuf, HashMap<ObjectKey, MeshObject>> = HashMap::new();
+        while !self.touched.is_empty() {
+            self.settle_touched(&mut scan, &mut index);
+        }
+        scan.errors.extend(self.duplicates.values().flatten().cloned());
+        scan.errors.extend(self.conflicts.values().map(|(e, _)| e.clone()));
+        if !self.started {
+            self.started = true;
+            scan.events.push(SourceEvent::Reset(self.emitted.values().cloned().collect()));
+        }
+        scan
+    }
+
+    /// What in force `obj` would collide with: another object in force that holds the same ClusterIP (a
+    /// Service), pod IP or proxy UUID (a Pod).
+    fn conflict(&self, obj: &MeshObject) -> Option<(ObjectKey, String)> {
+        let key = obj.key();
+        claims_of(obj).into_iter().find_map(|c| {
+            let holder = self.claims.get(&c).filter(|h| **h != key)?;
+            Some((holder.clone(), c.to_string()))
+        })
+    }
+
+    /// Puts `obj` in force (its claims with it).
+    fn emit(&mut self, key: ObjectKey, obj: MeshObject) {
+        for c in claims_of(&obj) {
+            self.claims.insert(c, key.clone());
+        }
+        if let Some(old) = self.emitted.insert(key.clone(), obj) {
+            self.release(&key, &old);
+        }
+    }
+
+    /// Drops the claims of `old` that `key` still holds.
+    fn release(&mut self, key: &ObjectKey, old: &MeshObject) {
+        let still: Vec<Claim> = self.emitted.get(key).map(claims_of).unwrap_or_default();
+        for c in claims_of(old) {
+            if self.claims.get(&c) == Some(key) && !still.contains(&c) {
+                self.claims.remove(&c);
+            }
+        }
+    }
+
+    /// Decides the definition in force of every touched object and emits what changed.
+    fn settle_touched(&mut self, scan: &mut Scan, index: &mut HashMap<PathBuf, HashMap<ObjectKey, MeshObject>>) {
         for key in std::mem::take(&mut self.touched) {
             let defs: Vec<PathBuf> = self.defined_in.get(&key).map(|d| d.iter().cloned().collect()).unwrap_or_default();
             self.duplicates.remove(&key);
             if defs.is_empty() {
                 self.owners.remove(&key);
-                if self.emitted.remove(&key).is_some() && self.started {
-                    scan.events.push(SourceEvent::Delete(key));
+                self.conflicts.remove(&key);
+                if let Some(old) = self.emitted.remove(&key) {
+                    self.release(&key, &old);
+                    self.recheck_waiting_on(&key);
+                    if self.started {
+                        scan.events.push(SourceEvent::Delete(key));
+                    }
                 }
                 continue;
             }
@@ -386,32 +469,48 @@ impl YamlDir {
             if !ignored.is_empty() {
                 self.duplicates.insert(key.clone(), ignored);
             }
-            let obj = files.get_key_value(&owner).and_then(|(path, f)| {
-                let objects = index.entry(path).or_insert_with(|| {
+            let obj = self.files.get(&owner).and_then(|f| {
+                let objects = index.entry(owner.clone()).or_insert_with(|| {
                     let mut by_key = HashMap::new();
                     for o in &f.objects {
-                        by_key.entry(o.key()).or_insert(o); // the first definition in a file, as before
+                        by_key.entry(o.key()).or_insert_with(|| o.clone()); // the first definition in a file
                     }
                     by_key
                 });
-                objects.get(&key).map(|o| (*o).clone())
+                objects.get(&key).cloned()
             });
+            self.conflicts.remove(&key);
+            if let Some(obj) = &obj
+                && let Some((holder, what)) = self.conflict(obj)
+            {
+                // The object in force keeps what it holds; this definition waits until that changes.
+                let holder_file = self.owners.get(&holder).map(|p| p.display().to_string()).unwrap_or_default();
+                let reason = format!(
+                    "{key} claims {what}, which {holder} (in {holder_file}) holds; this definition is ignored{}",
+                    if self.emitted.contains_key(&key) { " and the previous one stays in force" } else { "" }
+                );
+                self.conflicts.insert(key.clone(), (FileError { path: owner.clone(), reason }, holder));
+                self.owners.insert(key.clone(), owner);
+                continue;
+            }
             self.owners.insert(key.clone(), owner);
             if let Some(obj) = obj
                 && self.emitted.get(&key) != Some(&obj)
             {
-                self.emitted.insert(key, obj.clone());
+                self.emit(key.clone(), obj.clone());
                 if self.started {
                     scan.events.push(SourceEvent::Apply(obj));
                 }
+                self.recheck_waiting_on(&key);
             }
         }
-        scan.errors.extend(self.duplicates.values().flatten().cloned());
-        if !self.started {
-            self.started = true;
-            scan.events.push(SourceEvent::Reset(self.emitted.values().cloned().collect()));
-        }
-        scan
+    }
+
+    /// Objects refused because `holder` held what they claim get another look, since it changed.
+    fn recheck_waiting_on(&mut self, holder: &ObjectKey) {
+        let waiting: Vec<ObjectKey> =
+            self.conflicts.iter().filter(|(_, (_, h))| h == holder).map(|(k, _)| k.clone()).collect();
+        self.touched.extend(waiting);
     }
 
     /// Records that `path` now defines `new` instead of `old`.
@@ -774,7 +873,8 @@ spec:
         std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.yaml")).unwrap();
         // A ConfigMap volume: the visible file is a link into a hidden directory.
         fs::create_dir(dir.path().join("..data")).unwrap();
-        fs::write(dir.path().join("..data/client.yaml"), SERVER.replace("server", "client")).unwrap();
+        let client = SERVER.replace("server", "client").replace("10.96.0.10", "10.96.0.20").replace("1.2}", "1.20}");
+        fs::write(dir.path().join("..data/client.yaml"), client).unwrap();
         std::os::unix::fs::symlink("..data/client.yaml", dir.path().join("client.yaml")).unwrap();
         let mut y = YamlDir::new(dir.path());
         let scan = y.scan();
@@ -847,5 +947,50 @@ spec:
         let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.set_modified(SystemTime::now() - YamlDir::WRITER_PATIENCE).unwrap();
         assert_eq!(y.scan().events.len(), 1);
+    }
+
+    #[test]
+    fn a_newcomer_claiming_a_cluster_ip_pod_ip_or_proxy_uuid_in_force_is_refused_until_it_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("server.yaml"), SERVER).unwrap();
+        let mut y = YamlDir::new(dir.path());
+        y.scan();
+        let thief = "apiVersion: v1\nkind: Service\nmetadata: {name: thief, namespace: demo}\n\
+                     spec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n---\n\
+                     apiVersion: v1\nkind: Pod\nmetadata: {name: twin, namespace: other, labels: {osm-proxy-uuid: u-1}}\n\
+                     spec: {containers: [{name: c, image: i}]}\nstatus: {podIP: 10.244.1.99}\n---\n\
+                     apiVersion: v1\nkind: Pod\nmetadata: {name: squatter, namespace: demo}\n\
+                     spec: {containers: [{name: c, image: i}]}\nstatus: {podIP: 10.244.1.2}\n";
+        let holder = "apiVersion: v1\nkind: Pod\nmetadata: {name: first, namespace: demo, labels: {osm-proxy-uuid: u-1}}\n\
+                      spec: {containers: [{name: c, image: i}]}\nstatus: {podIP: 10.244.1.50}\n";
+        fs::write(dir.path().join("a-holder.yaml"), holder).unwrap();
+        y.scan();
+        fs::write(dir.path().join("thief.yaml"), thief).unwrap();
+        let scan = y.scan();
+        assert!(scan.events.is_empty(), "nothing in force changes: {:?}", scan.events);
+        let mut reasons: Vec<&str> = scan.errors.iter().map(|e| e.reason.as_str()).collect();
+        reasons.sort();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(reasons[0].starts_with("Pod demo/squatter claims pod IP 10.244.1.2, which Pod demo/server-1 (in "));
+        assert!(reasons[1].starts_with("Pod other/twin claims proxy UUID u-1, which Pod demo/first (in "));
+        assert!(
+            reasons[2].starts_with("Service demo/thief claims ClusterIP 10.96.0.10, which Service demo/server (in ")
+        );
+        assert!(reasons[2].contains("server.yaml) holds; this definition is ignored"), "{}", reasons[2]);
+        assert!(scan.errors.iter().all(|e| e.path.ends_with("thief.yaml")));
+        // The holder goes: the waiting Service comes into force.
+        fs::write(dir.path().join("server.yaml"), SERVER.split("---").next().unwrap()).unwrap();
+        let scan = y.scan();
+        let applied: Vec<String> = scan
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                SourceEvent::Apply(o) => Some(o.key().to_string()),
+                _ => None,
+            })
+            .collect();
+        assert!(applied.contains(&"Service demo/thief".to_owned()), "{:?}", scan.events);
+        assert!(applied.contains(&"Pod demo/squatter".to_owned()), "{:?}", scan.events);
+        assert_eq!(scan.errors.len(), 1, "only the UUID twin still waits: {:?}", scan.errors);
     }
 }
