@@ -31,10 +31,64 @@ fn err(object: &str, reason: impl Into<String>) -> ConvertError {
     ConvertError { object: object.to_owned(), reason: reason.into() }
 }
 
+/// Kubernetes' name rules, enforced where objects enter: a name the API server would refuse would otherwise
+/// reach Envoy (as SNI, cluster and route names) and be rejected there, by every sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// RFC 1123 label: at most 63 of `[a-z0-9-]`, starting and ending alphanumeric (namespaces).
+    Dns1123Label,
+    /// RFC 1035 label: as a 1123 label, but starting with a letter (Services).
+    Dns1035Label,
+    /// RFC 1123 subdomain: at most 253, dot-separated 1123 labels (most other objects).
+    Dns1123Subdomain,
+}
+
+/// Checks `value` against `rule`; the error says which rule and what is wrong.
+pub fn check_name(rule: NameRule, value: &str) -> Result<(), String> {
+    fn label(l: &str, first_letter: bool) -> Result<(), String> {
+        let b = l.as_bytes();
+        if b.is_empty() || b.len() > 63 {
+            return Err(format!("{l:?} must be 1-63 characters"));
+        }
+        if !b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-') {
+            return Err(format!("{l:?} may hold only lower-case letters, digits and '-'"));
+        }
+        let first_ok = if first_letter { b[0].is_ascii_lowercase() } else { b[0].is_ascii_alphanumeric() };
+        if !first_ok || !b[b.len() - 1].is_ascii_alphanumeric() {
+            let start = if first_letter { "a letter" } else { "a letter or digit" };
+            return Err(format!("{l:?} must start with {start} and end with a letter or digit"));
+        }
+        Ok(())
+    }
+    match rule {
+        NameRule::Dns1123Label => label(value, false),
+        NameRule::Dns1035Label => label(value, true),
+        NameRule::Dns1123Subdomain => {
+            if value.len() > 253 {
+                return Err(format!("a name of {} characters; at most 253", value.len()));
+            }
+            value.split('.').try_for_each(|l| label(l, false))
+        }
+    }
+}
+
+/// The rule for the name of an object of `kind`.
+fn name_rule(kind: &str) -> NameRule {
+    match kind {
+        "Namespace" => NameRule::Dns1123Label,
+        "Service" => NameRule::Dns1035Label,
+        _ => NameRule::Dns1123Subdomain,
+    }
+}
+
 fn name_ns(kind: &str, meta: &ObjectMeta, namespaced: bool) -> Result<(String, String, String), ConvertError> {
     let name = meta.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| err(kind, "metadata.name is missing"))?;
     let ns = if namespaced { meta.namespace.clone().unwrap_or_else(|| "default".to_owned()) } else { String::new() };
     let label = if namespaced { format!("{kind} {ns}/{name}") } else { format!("{kind} {name}") };
+    check_name(name_rule(kind), &name).map_err(|e| err(&label, format!("metadata.name: {e}")))?;
+    if namespaced {
+        check_name(NameRule::Dns1123Label, &ns).map_err(|e| err(&label, format!("metadata.namespace: {e}")))?;
+    }
     Ok((ns, name, label))
 }
 
@@ -128,6 +182,8 @@ pub fn endpoint_slice(o: &discovery::EndpointSlice) -> Result<Endpoints, Convert
         .and_then(|l| l.get(SERVICE_NAME_LABEL))
         .cloned()
         .ok_or_else(|| err(&label, format!("label {SERVICE_NAME_LABEL} is missing: the slice names no Service")))?;
+    check_name(NameRule::Dns1035Label, &service)
+        .map_err(|e| err(&label, format!("label {SERVICE_NAME_LABEL}: {e}")))?;
     let mut addresses = Vec::new();
     for (i, e) in o.endpoints.iter().flatten().enumerate() {
         // A not-ready endpoint receives no traffic, as with kube-proxy.
@@ -163,6 +219,8 @@ pub fn pod(o: &core::Pod) -> Result<Pod, ConvertError> {
     let spec = o.spec.clone().unwrap_or_default();
     let service_account =
         spec.service_account_name.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "default".to_owned());
+    check_name(NameRule::Dns1123Subdomain, &service_account)
+        .map_err(|e| err(&label, format!("spec.serviceAccountName: {e}")))?;
     let ip = match o.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
         None | Some("") => None,
         Some(ip) => Some(parse_ip(&label, "status.podIP", ip)?),
@@ -186,19 +244,30 @@ pub fn pod(o: &core::Pod) -> Result<Pod, ConvertError> {
     Ok(Pod { namespace: ns, name, labels, service_account, ip, proxy_uuid, container_ports, prometheus_scrape })
 }
 
-fn subject(s: &crds::IdentityBindingSubject, default_ns: &str) -> Subject {
-    Subject {
-        kind: s.kind.clone(),
-        name: s.name.clone(),
-        namespace: s.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| default_ns.to_owned()),
-    }
+fn subject(
+    s: &crds::IdentityBindingSubject,
+    default_ns: &str,
+    label: &str,
+    field: &str,
+) -> Result<Subject, ConvertError> {
+    let namespace = s.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| default_ns.to_owned());
+    check_name(NameRule::Dns1123Subdomain, &s.name).map_err(|e| err(label, format!("{field}.name: {e}")))?;
+    check_name(NameRule::Dns1123Label, &namespace).map_err(|e| err(label, format!("{field}.namespace: {e}")))?;
+    Ok(Subject { kind: s.kind.clone(), name: s.name.clone(), namespace })
 }
 
 pub fn traffic_target(o: &crds::TrafficTarget) -> Result<TrafficTarget, ConvertError> {
-    let (namespace, name, _) = name_ns("TrafficTarget", &o.metadata, true)?;
+    let (namespace, name, label) = name_ns("TrafficTarget", &o.metadata, true)?;
+    let sources = o
+        .spec
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| subject(s, &namespace, &label, &format!("spec.sources[{i}]")))
+        .collect::<Result<_, _>>()?;
     Ok(TrafficTarget {
-        destination: subject(&o.spec.destination, &namespace),
-        sources: o.spec.sources.iter().map(|s| subject(s, &namespace)).collect(),
+        destination: subject(&o.spec.destination, &namespace, &label, "spec.destination")?,
+        sources,
         rules: o
             .spec
             .rules
@@ -238,8 +307,10 @@ pub fn tcp_route(o: &crds::TCPRoute) -> Result<TcpRoute, ConvertError> {
 
 pub fn traffic_split(o: &crds::TrafficSplit) -> Result<TrafficSplit, ConvertError> {
     let (namespace, name, label) = name_ns("TrafficSplit", &o.metadata, true)?;
-    if o.spec.service.is_empty() {
-        return Err(err(&label, "spec.service is empty: name the apex Service"));
+    check_name(NameRule::Dns1035Label, &o.spec.service).map_err(|e| err(&label, format!("spec.service: {e}")))?;
+    for (i, b) in o.spec.backends.iter().enumerate() {
+        check_name(NameRule::Dns1035Label, &b.service)
+            .map_err(|e| err(&label, format!("spec.backends[{i}].service: {e}")))?;
     }
     Ok(TrafficSplit {
         namespace,
@@ -302,6 +373,27 @@ mod tests {
             "metadata": {"name": "p", "labels": {"osm-proxy-uuid": "a.b"}}
         }));
         assert!(pod(&p).unwrap_err().to_string().starts_with("Pod default/p: label osm-proxy-uuid"));
+    }
+
+    #[test]
+    fn names_kubernetes_would_refuse_are_refused_here() {
+        let long = "a".repeat(300);
+        let svc: core::Service = from_json(serde_json::json!({
+            "metadata": {"name": long, "namespace": "demo"}, "spec": {"ports": [{"port": 80}]}
+        }));
+        let e = service(&svc).unwrap_err().to_string();
+        assert!(e.contains("metadata.name") && e.contains("must be 1-63 characters"), "{e}");
+        let svc: core::Service = from_json(serde_json::json!({"metadata": {"name": "9lives", "namespace": "demo"}}));
+        assert!(service(&svc).unwrap_err().to_string().contains("must start with a letter"));
+        let p: core::Pod = from_json(serde_json::json!({"metadata": {"name": "p", "namespace": "Demo"}}));
+        assert!(pod(&p).unwrap_err().to_string().contains("metadata.namespace: \"Demo\" may hold only lower-case"));
+        let p: core::Pod = from_json(serde_json::json!({
+            "metadata": {"name": "web-0.web", "namespace": "demo"}, "spec": {"containers": [], "serviceAccountName": "a_b"}
+        }));
+        assert!(pod(&p).unwrap_err().to_string().contains("spec.serviceAccountName"));
+        assert!(check_name(NameRule::Dns1123Subdomain, "web-0.web").is_ok());
+        assert!(check_name(NameRule::Dns1123Subdomain, &format!("{}.b", "a".repeat(252))).is_err());
+        assert!(check_name(NameRule::Dns1123Label, "-x").is_err());
     }
 
     #[test]
