@@ -143,14 +143,55 @@ impl CertificateAuthority {
     pub fn load_or_create(state_dir: &Path, trust_domain: &str) -> Result<Self, CertError> {
         match Self::load(state_dir, trust_domain) {
             Err(CertError::NoCa(_)) => {}
+            // One file of the pair: perhaps another process is creating the root this very moment.
+            Err(CertError::BadPersistedCa { .. })
+                if state_dir.join(CA_KEY_FILE).exists() != state_dir.join(CA_CERT_FILE).exists() =>
+            {
+                return Self::wait_for_other(state_dir, trust_domain);
+            }
             loaded => return loaded,
         }
         let ca = Self::generate(trust_domain)?;
         fs::create_dir_all(state_dir).map_err(|source| CertError::Io { path: state_dir.to_owned(), source })?;
-        write_file(&state_dir.join(CA_KEY_FILE), ca.issuer.key().serialize_pem().as_bytes(), 0o600)?;
-        write_file(&state_dir.join(CA_CERT_FILE), ca.cert_pem.as_bytes(), 0o644)?;
-        tracing::info!(path = %state_dir.display(), "created a new mesh root certificate");
-        Ok(ca)
+        // Each file is written in full and synced under a temporary name, then linked into place: a crash
+        // never leaves a half-written key, and linking (unlike renaming) fails if another process got there
+        // first, so two controllers starting together agree on one root instead of mixing two.
+        let key_tmp = write_temp(state_dir, CA_KEY_FILE, ca.issuer.key().serialize_pem().as_bytes(), 0o600)?;
+        let cert_tmp = write_temp(state_dir, CA_CERT_FILE, ca.cert_pem.as_bytes(), 0o644)?;
+        let key_path = state_dir.join(CA_KEY_FILE);
+        let linked = fs::hard_link(&key_tmp, &key_path);
+        let result = match linked {
+            Ok(()) => fs::hard_link(&cert_tmp, state_dir.join(CA_CERT_FILE))
+                .map_err(|source| CertError::Io { path: state_dir.join(CA_CERT_FILE), source }),
+            Err(e) => Err(CertError::Io { path: key_path, source: e }),
+        };
+        let _ = fs::remove_file(&key_tmp);
+        let _ = fs::remove_file(&cert_tmp);
+        match result {
+            Ok(()) => {
+                sync_dir(state_dir)?;
+                tracing::info!(path = %state_dir.display(), "created a new mesh root certificate");
+                Ok(ca)
+            }
+            Err(CertError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Another process created the root meanwhile: use it once both of its files are in place.
+                Self::wait_for_other(state_dir, trust_domain)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Loads a root another process is creating right now.
+    fn wait_for_other(state_dir: &Path, trust_domain: &str) -> Result<Self, CertError> {
+        let mut last = None;
+        for _ in 0..50 {
+            match Self::load(state_dir, trust_domain) {
+                Ok(ca) => return Ok(ca),
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last.unwrap_or_else(|| CertError::NoCa(state_dir.to_owned())))
     }
 
     /// Loads the root persisted in `state_dir`; never creates one (a tool run from the wrong directory must
@@ -162,10 +203,42 @@ impl CertificateAuthority {
             return Err(CertError::NoCa(state_dir.to_owned()));
         }
         let read = |p: &Path| fs::read_to_string(p).map_err(|source| CertError::Io { path: p.to_owned(), source });
+        let bad = |reason: String| CertError::BadPersistedCa { path: state_dir.to_owned(), reason };
+        for (have, missing) in [(&cert_path, CA_KEY_FILE), (&key_path, CA_CERT_FILE)] {
+            if have.exists() && !state_dir.join(missing).exists() {
+                return Err(bad(format!(
+                    "{} is there but {missing} is not (an interrupted first start, or a file moved away)",
+                    have.display()
+                )));
+            }
+        }
+        warn_if_exposed(&key_path);
         let cert_pem = read(&cert_path)?;
         let key_pem = read(&key_path)?;
-        let bad = |reason: String| CertError::BadPersistedCa { path: state_dir.to_owned(), reason };
         let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(format!("{CA_KEY_FILE}: {e}")))?;
+        // The key must be the certificate's: otherwise every certificate issued would fail to verify, and
+        // every sidecar's TLS with it, while the controller looked healthy.
+        let der = pem_to_der(&cert_pem).map_err(|e| bad(format!("{CA_CERT_FILE}: {e}")))?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(&der).map_err(|e| bad(format!("{CA_CERT_FILE}: {e}")))?;
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(bad(format!(
+                "{} does not belong to {}: their public keys differ (restore the matching pair)",
+                key_path.display(),
+                cert_path.display()
+            )));
+        }
+        if !cert.is_ca() {
+            return Err(bad(format!("{} is not a CA certificate", cert_path.display())));
+        }
+        if !cert.validity().is_valid() {
+            return Err(bad(format!(
+                "{} is not valid now (valid from {} to {})",
+                cert_path.display(),
+                cert.validity().not_before,
+                cert.validity().not_after
+            )));
+        }
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad(format!("{CA_CERT_FILE}: {e}")))?;
         Ok(Self { issuer, cert_pem, trust_domain: trust_domain.to_owned() })
     }
@@ -250,10 +323,33 @@ pub fn ads_server_common_name(trust_domain: &str) -> String {
     format!("ads.{trust_domain}")
 }
 
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
-    let io = |source| CertError::Io { path: path.to_owned(), source };
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(io)?;
-    f.write_all(contents).map_err(io)
+/// Writes `contents` in full and syncs it, under a temporary name next to `name`; returns that path.
+fn write_temp(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<PathBuf, CertError> {
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let path = dir.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
+    let io = |source| CertError::Io { path: path.clone(), source };
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&path).map_err(io)?;
+    f.write_all(contents).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    Ok(path)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), CertError> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|source| CertError::Io { path: dir.to_owned(), source })
+}
+
+/// A CA key others can read or write is a mesh anyone on the machine can impersonate: say so.
+fn warn_if_exposed(key_path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = fs::metadata(key_path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                file = %key_path.display(), mode = %format!("{mode:o}"),
+                "the mesh CA key is accessible to other users; run chmod 600 on it"
+            );
+        }
+    }
 }
 
 /// The subject common name of a DER certificate (the leaf a peer presented).
@@ -304,6 +400,42 @@ mod tests {
             .unwrap_or_default();
         let cn = peer_common_name(&der).unwrap();
         (cn, sans, cert.is_ca())
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_naming_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        CertificateAuthority::load_or_create(&a, "cluster.local").unwrap();
+        CertificateAuthority::load_or_create(&b, "cluster.local").unwrap();
+        fs::copy(b.join(CA_KEY_FILE), a.join(CA_KEY_FILE)).unwrap();
+        let e = CertificateAuthority::load(&a, "cluster.local").unwrap_err().to_string();
+        assert!(e.contains("ca.key does not belong to") && e.contains("ca.crt: their public keys differ"), "{e}");
+        fs::remove_file(a.join(CA_CERT_FILE)).unwrap();
+        let e = CertificateAuthority::load(&a, "cluster.local").unwrap_err().to_string();
+        assert!(e.contains("ca.key is there but ca.crt is not"), "{e}");
+    }
+
+    #[test]
+    fn controllers_starting_together_agree_on_one_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let roots: Vec<String> = (0..8)
+            .map(|_| {
+                let state = state.clone();
+                std::thread::spawn(move || {
+                    CertificateAuthority::load_or_create(&state, "cluster.local").unwrap().root_pem().to_owned()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert!(roots.iter().all(|r| r == &roots[0]));
+        let names: Vec<String> =
+            fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names.len(), 2, "no temporary files left: {names:?}");
     }
 
     #[test]
