@@ -178,7 +178,7 @@ pub async fn run_on(
     let manager = Arc::new(session::SessionManager::new(
         actors.catalog.clone(),
         actors.snapshots.clone(),
-        metrics,
+        metrics.clone(),
         stop_rx_sessions,
     ));
 
@@ -201,7 +201,9 @@ pub async fn run_on(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    let result = xds::serve(listeners.ads, tls, manager, config.limits.clone(), shutdown).await;
+    let counted = metrics.clone();
+    let handshake_failed: xds::tls::FailureSink = Arc::new(move |f| counted.handshake_failed(f.reason));
+    let result = xds::serve(listeners.ads, tls, manager, config.limits.clone(), handshake_failed, shutdown).await;
     actors.stop().await;
     result.map_err(Into::into)
 }

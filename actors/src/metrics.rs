@@ -66,6 +66,8 @@ pub struct Metrics {
     proxies: Mutex<BTreeMap<String, ProxySeries>>,
     nacks: Mutex<BTreeMap<&'static str, u64>>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Failed ADS TLS handshakes by reason.
+    handshakes_failed: Mutex<BTreeMap<&'static str, u64>>,
     /// `osm_error_err_code_count{err_code}`: user-visible errors by stable code.
     errors: Mutex<BTreeMap<&'static str, u64>>,
     /// Policy objects (or parts of them) not in force right now.
@@ -85,6 +87,7 @@ impl Default for Metrics {
             nacks: Mutex::default(),
             rejected: Mutex::default(),
             errors: Mutex::default(),
+            handshakes_failed: Mutex::default(),
             policy_errors: AtomicI64::new(0),
             certs_issued: AtomicU64::new(0),
             cert_issue_time: Histogram::new(FAST),
@@ -152,6 +155,10 @@ impl Metrics {
         bump(&self.rejected, reason);
     }
 
+    pub fn handshake_failed(&self, reason: &'static str) {
+        bump(&self.handshakes_failed, reason);
+    }
+
     /// A user-visible error with a stable code happened.
     pub fn error(&self, code: &'static str) {
         bump(&self.errors, code);
@@ -209,6 +216,12 @@ impl Metrics {
             ("osm_proxy_nack_count", "xDS responses proxies rejected (NACK)", "type", &self.nacks),
             ("osm_proxy_rejected_count", "proxies refused at connection", "reason", &self.rejected),
             ("osm_error_err_code_count", "errors by stable error code", "err_code", &self.errors),
+            (
+                "osm_ads_tls_handshake_failed_count",
+                "ADS connections whose TLS handshake failed",
+                "reason",
+                &self.handshakes_failed,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             if let Ok(m) = map.lock() {

@@ -317,7 +317,7 @@ async fn oversized_requests_end_the_stream_with_an_error_not_ok() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_client_certificate_no_connection() {
+async fn no_client_certificate_or_another_root_no_connection_and_the_reason_is_counted() {
     let c = Controller::start();
     let tls =
         ClientTlsConfig::new().ca_certificate(Certificate::from_pem(c.ca.root_pem())).domain_name("ads.cluster.local");
@@ -330,6 +330,36 @@ async fn no_client_certificate_no_connection() {
     }
     .await;
     assert!(result.is_err(), "a connection without a client certificate must fail");
+    // A sidecar whose certificate comes from another mesh root (bootstrapped with another state directory).
+    let other = certs::CertificateAuthority::generate("cluster.local").unwrap();
+    let proxy =
+        ProxyId { uuid: ProxyUuid::parse("client-uuid").unwrap(), identity: ServiceIdentity::new("client", "demo") };
+    let cert = other.issue_proxy_client(&proxy, Duration::from_secs(3600)).unwrap();
+    let connected = loadtest::client::connect(&loadtest::client::ConnectConfig {
+        addr: ([127, 0, 0, 1], c.port).into(),
+        server_name: "ads.cluster.local".into(),
+        ca_pem: c.ca.root_pem().into(),
+        cert_pem: cert.cert_pem,
+        key_pem: cert.key_pem,
+        local_ip: None,
+    })
+    .await;
+    if let Ok(mut ads) = connected {
+        let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+        assert!(ads.stream_aggregated_resources(ReceiverStream::new(rx)).await.is_err());
+    }
+    // Both failures are counted by reason (and logged with a hint).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = c.http("/metrics").await;
+        if metrics.contains("osm_ads_tls_handshake_failed_count{reason=\"no_client_certificate\"} 1")
+            && metrics.contains("osm_ads_tls_handshake_failed_count{reason=\"unknown_ca\"} 1")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

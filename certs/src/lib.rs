@@ -219,8 +219,7 @@ impl CertificateAuthority {
         // The key must be the certificate's: otherwise every certificate issued would fail to verify, and
         // every sidecar's TLS with it, while the controller looked healthy.
         let der = pem_to_der(&cert_pem).map_err(|e| bad(format!("{CA_CERT_FILE}: {e}")))?;
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(&der).map_err(|e| bad(format!("{CA_CERT_FILE}: {e}")))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(format!("{CA_CERT_FILE}: {e}")))?;
         if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(bad(format!(
                 "{} does not belong to {}: their public keys differ (restore the matching pair)",

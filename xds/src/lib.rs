@@ -14,6 +14,7 @@ pub mod rbac;
 pub mod server;
 pub mod snapshot;
 pub mod sotw;
+pub mod tls;
 
 pub use builder::{BuildCache, CertInput, build, build_with};
 pub use server::{AdsStream, ServeLimits, ServerTls, SessionHandler, serve};

@@ -19,8 +19,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpConnectInfo};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 /// Responses queued per stream before the session waits for the proxy to read (backpressure). Small: a
@@ -174,8 +174,8 @@ impl Default for ServeLimits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("ADS server TLS configuration rejected: {0}")]
-    Tls(tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConfigError),
     #[error("ADS server on {addr} failed: {source}")]
     Serve { addr: SocketAddr, source: tonic::transport::Error },
 }
@@ -197,6 +197,12 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub struct Conn {
     io: TcpStream,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Conn {
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.io.peer_addr().ok()
+    }
 }
 
 impl Connected for Conn {
@@ -290,32 +296,35 @@ fn is_fd_exhaustion(e: &std::io::Error) -> bool {
 }
 
 /// Serves ADS over mTLS (client certificate required) on an already-bound listener until `shutdown`;
-/// then waits at most `limits.drain` for connections to close.
+/// then waits at most `limits.drain` for connections to close. Every failed TLS handshake is logged
+/// (rate-limited) and handed to `handshake_failed`.
 pub async fn serve<H: SessionHandler>(
     listener: TcpListener,
     tls: ServerTls,
     handler: Arc<H>,
     limits: ServeLimits,
+    handshake_failed: crate::tls::FailureSink,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let trust_domain = tls.trust_domain.clone();
-    let tls_config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(tls.cert_pem, tls.key_pem))
-        .client_ca_root(Certificate::from_pem(tls.client_ca_pem))
-        .timeout(limits.handshake_timeout);
+    let tls_config = crate::tls::server_config(&tls)?;
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
         let _ = stopping_tx.send(true);
     };
+    let connections = crate::tls::incoming(
+        incoming(listener, limits.max_connections),
+        tls_config,
+        limits.handshake_timeout,
+        handshake_failed,
+    );
     let server = Server::builder()
-        .tls_config(tls_config)
-        .map_err(ServeError::Tls)?
         .max_concurrent_streams(limits.max_streams_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .add_service(AdsService::new(handler, trust_domain).into_server())
-        .serve_with_incoming_shutdown(incoming(listener, limits.max_connections), shutdown);
+        .serve_with_incoming_shutdown(connections, shutdown);
     let drained = async move {
         let _ = stopping.wait_for(|s| *s).await;
         tokio::time::sleep(limits.drain).await;

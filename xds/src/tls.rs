@@ -1,0 +1,183 @@
+//! The ADS server's TLS handshakes, done here rather than inside the HTTP/2 server so that every failed
+//! handshake is known: logged with its reason and a hint (rate-limited), and reported to the caller for
+//! counting. A sidecar bootstrapped against another mesh root otherwise just never connects, with nothing
+//! said on either side.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, RootCertStore, ServerConfig};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::server::{Conn, ServerTls};
+
+/// A handshake that did not complete.
+#[derive(Debug, Clone)]
+pub struct HandshakeFailure {
+    /// A stable label: `unknown_ca`, `no_client_certificate`, `client_certificate_expired`,
+    /// `peer_refused`, `not_tls`, `timeout`, `tls_error`, `io`.
+    pub reason: &'static str,
+    /// What happened, with a hint where one helps.
+    pub detail: String,
+    pub peer: Option<SocketAddr>,
+}
+
+/// Told about every failed handshake (e.g. to count it).
+pub type FailureSink = Arc<dyn Fn(&HandshakeFailure) + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("ADS server TLS configuration rejected: {0}")]
+pub struct TlsConfigError(String);
+
+/// Server TLS with a required client certificate signed by the mesh root; HTTP/2 only.
+pub fn server_config(tls: &ServerTls) -> Result<Arc<ServerConfig>, TlsConfigError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| TlsConfigError(format!("{what}: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(tls.client_ca_pem.as_bytes()) {
+        roots.add(cert.map_err(|e| bad("client CA", &e))?).map_err(|e| bad("client CA", &e))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| bad("client verifier", &e))?;
+    let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("server certificate", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|e| bad("server key", &e))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("protocol versions", &e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| bad("server certificate", &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Why a handshake failed, as (reason, detail).
+fn classify(e: &std::io::Error) -> (&'static str, String) {
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return ("io", e.to_string());
+    };
+    match tls {
+        rustls::Error::NoCertificatesPresented => (
+            "no_client_certificate",
+            "the peer presented no client certificate (every sidecar must: is this an ADS client?)".to_owned(),
+        ),
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => (
+            "unknown_ca",
+            "the client certificate is not signed by this mesh's root (hint: the sidecar was bootstrapped \
+             with another state directory's CA; bootstrap it again with the controller's --state-dir)"
+                .to_owned(),
+        ),
+        rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => (
+            "client_certificate_expired",
+            "the client certificate has expired (bootstrap the sidecar again)".to_owned(),
+        ),
+        rustls::Error::InvalidCertificate(other) => ("invalid_client_certificate", format!("{other:?}")),
+        rustls::Error::AlertReceived(alert) => (
+            "peer_refused",
+            format!(
+                "the peer ended the handshake ({alert:?}; hint: a sidecar that does not trust this controller's \
+                 certificate was bootstrapped against another mesh root)"
+            ),
+        ),
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            ("not_tls", format!("the peer does not speak TLS as expected: {tls}"))
+        }
+        other => ("tls_error", other.to_string()),
+    }
+}
+
+/// Logs handshake failures: the first of each reason at once, then at most one line per reason every
+/// `EVERY`, with how many were not logged in between.
+struct Reporter {
+    sink: FailureSink,
+    last: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+const EVERY: Duration = Duration::from_secs(10);
+
+impl Reporter {
+    fn report(&self, failure: HandshakeFailure) {
+        (self.sink)(&failure);
+        let Ok(mut last) = self.last.lock() else { return };
+        let entry = last.entry(failure.reason).or_insert((Instant::now() - EVERY - EVERY, 0));
+        if entry.0.elapsed() < EVERY {
+            entry.1 += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut entry.1);
+        entry.0 = Instant::now();
+        tracing::warn!(
+            reason = failure.reason, peer = ?failure.peer, suppressed_since_last = suppressed,
+            "ADS TLS handshake failed: {}", failure.detail
+        );
+    }
+}
+
+/// TLS streams of the accepted connections, each handshake done concurrently on its own task within
+/// `timeout`. Ends (and stops accepting) once the receiving side is dropped.
+pub fn incoming<S>(
+    tcp: S,
+    config: Arc<ServerConfig>,
+    timeout: Duration,
+    sink: FailureSink,
+) -> impl Stream<Item = std::io::Result<TlsStream<Conn>>>
+where
+    S: Stream<Item = std::io::Result<Conn>> + Send + 'static,
+{
+    // Handshaken connections wait here for the HTTP/2 server; small, since it takes them at once.
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(config);
+    let reporter = Arc::new(Reporter { sink, last: Mutex::default() });
+    tokio::spawn(async move {
+        let mut tcp = std::pin::pin!(tcp);
+        loop {
+            let conn = tokio::select! {
+                () = tx.closed() => return,
+                conn = tcp.next() => conn,
+            };
+            let conn = match conn {
+                None => return,
+                Some(Err(e)) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Some(Ok(conn)) => conn,
+            };
+            let (acceptor, tx, reporter) = (acceptor.clone(), tx.clone(), reporter.clone());
+            tokio::spawn(async move {
+                let peer = conn.peer_addr();
+                let failure = match tokio::time::timeout(timeout, acceptor.accept(conn)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        let (reason, detail) = classify(&e);
+                        HandshakeFailure { reason, detail, peer }
+                    }
+                    Err(_) => HandshakeFailure {
+                        reason: "timeout",
+                        detail: format!("no TLS handshake within {} s; connection closed", timeout.as_secs()),
+                        peer,
+                    },
+                };
+                reporter.report(failure);
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
