@@ -39,6 +39,8 @@ pub struct ControllerConfig {
     pub ads_server_names: Vec<String>,
     /// Bounds on ADS peers (connections, handshake time, streams, shutdown drain).
     pub limits: xds::ServeLimits,
+    /// Bounds of the HTTP endpoint's peers.
+    pub http_limits: http::HttpLimits,
     pub settings: messages::MeshSettings,
     /// Health, readiness and metrics endpoint (OSM: :9091); `None` serves none.
     pub http_addr: Option<SocketAddr>,
@@ -164,8 +166,9 @@ pub async fn run_on(
         let addr = listener.local_addr().ok();
         let state = http::HttpState { metrics: metrics.clone(), ready: ready.clone() };
         let until = stopped();
+        let limits = config.http_limits.clone();
         tokio::spawn(async move {
-            if let Err(e) = http::serve(listener, state, until).await {
+            if let Err(e) = http::serve(listener, state, limits, until).await {
                 tracing::error!(error = %e, "HTTP endpoint failed");
             }
         });

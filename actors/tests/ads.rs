@@ -66,6 +66,7 @@ impl Controller {
             ads_server_names: vec![],
             limits: Default::default(),
             settings: Default::default(),
+            http_limits: Default::default(),
             http_addr: None,
         };
         tweak(&mut config);
@@ -441,6 +442,32 @@ async fn health_and_metrics_endpoint() {
     assert!(text.contains("osm_proxy_response_send_success_count{proxy_uuid=\"client-uuid\",identity=\"client.demo\",type=\"CDS\"} 1\n"), "{text}");
     assert!(text.contains("osm_proxy_rejected_count{reason=\"unknown_proxy\"} 1\n"), "{text}");
     assert!(text.contains("osm_cert_issued_count 1\n"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http_connections_are_closed_and_health_keeps_answering() {
+    use tokio::io::AsyncReadExt;
+    let c = Controller::start_with(|cfg| {
+        cfg.http_limits = actors::http::HttpLimits {
+            max_connections: 4,
+            header_timeout: Duration::from_millis(300),
+            max_connection_age: Duration::from_secs(60),
+        };
+    });
+    // More idle connections than the endpoint takes at once: they sit in the backlog, then time out.
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(tokio::net::TcpStream::connect(("127.0.0.1", c.http_port)).await.unwrap());
+    }
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), c.http("/health/alive")).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "alive\n"));
+    // The server closed the idle ones (end of stream), rather than holding them forever.
+    for mut s in idle {
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "an idle connection got {text:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

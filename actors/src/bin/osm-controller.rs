@@ -142,6 +142,7 @@ fn serve(mesh_dir: PathBuf, state_dir: PathBuf, trust_domain: String, args: Serv
             ..Default::default()
         },
         settings: messages::MeshSettings { enable_egress: args.enable_egress, permissive: args.permissive },
+        http_limits: Default::default(),
         http_addr: match args.http_addr.as_str() {
             "off" => None,
             a => Some(a.parse().with_context(|| format!("--http-addr {a:?} is not an address (or off)"))?),
