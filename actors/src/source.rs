@@ -92,7 +92,7 @@ impl DirSourceActor {
         Box::pin(
             async move {
                 if !events.is_empty() {
-                    tracing::info!(changes = events.len(), "mesh directory changed");
+                    tracing::info!(changes = events.len(), "mesh directory changed: {}", describe(&events));
                     if let Err(e) = catalog.send(ApplyEvents(events)).await {
                         tracing::error!(error = %e, "catalog unavailable");
                     }
@@ -144,6 +144,27 @@ impl DirSourceActor {
     }
 }
 
+/// What a batch of events changes, for the log: the first few objects by name, then how many more.
+fn describe(events: &[messages::SourceEvent]) -> String {
+    use messages::SourceEvent;
+    const SHOWN: usize = 5;
+    let mut parts = Vec::new();
+    let mut total = 0usize;
+    for e in events {
+        let items: Vec<String> = match e {
+            SourceEvent::Apply(o) => vec![format!("applied {}", o.key())],
+            SourceEvent::Delete(k) => vec![format!("deleted {k}")],
+            SourceEvent::Reset(objects) => vec![format!("{} objects loaded", objects.len())],
+        };
+        total += items.len();
+        parts.extend(items.into_iter().take(SHOWN.saturating_sub(parts.len())));
+    }
+    if total > parts.len() {
+        parts.push(format!("and {} more", total - parts.len()));
+    }
+    parts.join(", ")
+}
+
 impl Actor for DirSourceActor {
     type Context = Context<Self>;
 
@@ -173,5 +194,22 @@ impl Handler<Changed> for DirSourceActor {
     type Result = ();
     fn handle(&mut self, _: Changed, ctx: &mut Self::Context) {
         ctx.wait(self.scan());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use messages::{Kind, ObjectKey, SourceEvent};
+
+    #[test]
+    fn the_log_says_what_changed() {
+        let del = |n: usize| SourceEvent::Delete(ObjectKey::new(Kind::Pod, "demo", format!("p{n}")));
+        assert_eq!(describe(&[del(1)]), "deleted Pod demo/p1");
+        let many: Vec<SourceEvent> = (0..8).map(del).collect();
+        assert_eq!(
+            describe(&many),
+            "deleted Pod demo/p0, deleted Pod demo/p1, deleted Pod demo/p2, deleted Pod demo/p3, deleted Pod demo/p4, and 3 more"
+        );
     }
 }

@@ -116,6 +116,23 @@ fn is_known(api_version: &str, kind: &str) -> bool {
     )
 }
 
+/// Core (`v1`) kinds that may sit in a mesh directory but carry nothing for the mesh; any other `v1` kind
+/// is a typo (`kind: Servcie`) and an error rather than a silently skipped object.
+const CORE_KINDS_SKIPPED: &[&str] = &[
+    "ConfigMap",
+    "Secret",
+    "PersistentVolumeClaim",
+    "PersistentVolume",
+    "ReplicationController",
+    "LimitRange",
+    "ResourceQuota",
+    "Node",
+    "Event",
+    "PodTemplate",
+    "Binding",
+    "ComponentStatus",
+];
+
 /// API groups that exist for the mesh: an object of one of them that is not read (another version, a kind
 /// the mesh does not act on, a typo) is an error, never silently skipped.
 const MESH_GROUPS: &[(&str, &str)] = &[
@@ -148,6 +165,13 @@ fn convert_doc(doc: serde_json::Value, out: &mut Vec<MeshObject>) -> Result<(), 
         if let Some((_, supported)) = MESH_GROUPS.iter().find(|(g, _)| *g == group) {
             return Err(format!(
                 "{} of apiVersion {api_version} is not supported (supported: {supported})",
+                describe(&doc)
+            ));
+        }
+        if (api_version == "v1" && !CORE_KINDS_SKIPPED.contains(&kind.as_str())) || (group == "discovery.k8s.io") {
+            return Err(format!(
+                "{} of apiVersion {api_version} is not read by the mesh (a typo, or another version?); it reads \
+                 Namespace, Service, Endpoints, Pod, ServiceAccount and List in v1, EndpointSlice in discovery.k8s.io/v1",
                 describe(&doc)
             ));
         }
@@ -860,6 +884,9 @@ spec:
                     spec: {traffic: {enablePermissiveTraficPolicyMode: false}}\n";
         let e = parse_file(typo).unwrap_err();
         assert!(e.contains("MeshConfig \"m\"") && e.contains("enablePermissiveTraficPolicyMode"), "{e}");
+        let typo = "apiVersion: v1\nkind: Servcie\nmetadata: {name: web}\n";
+        assert!(parse_file(typo).unwrap_err().contains("Servcie \"web\" of apiVersion v1 is not read by the mesh"));
+        assert!(parse_file("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n").unwrap().is_empty());
         // Kinds of other API groups are none of the mesh's business.
         assert!(parse_file("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n").unwrap().is_empty());
     }

@@ -100,7 +100,9 @@ pub struct Hub {
 impl Hub {
     pub fn create(gateway: std::net::Ipv4Addr, prefix_len: u8) -> Result<Self, TestbedError> {
         let ns = Netns::create(unique_name("hub"))?;
-        ns.ip(&["link", "add", "br0", "type", "bridge"])?;
+        // A fixed (locally administered) MAC: a bridge otherwise takes the lowest MAC of its ports, so
+        // attaching a pod later can change the gateway's MAC and stall traffic until ARP entries expire.
+        ns.ip(&["link", "add", "br0", "address", "02:00:0a:f4:00:01", "type", "bridge"])?;
         ns.ip(&["addr", "add", &format!("{gateway}/{prefix_len}"), "dev", "br0"])?;
         ns.ip(&["link", "set", "br0", "up"])?;
         Ok(Self { ns, gateway, prefix_len, veths: AtomicU32::new(0) })
