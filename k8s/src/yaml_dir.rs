@@ -1020,4 +1020,46 @@ spec:
         assert!(applied.contains(&"Pod demo/squatter".to_owned()), "{:?}", scan.events);
         assert_eq!(scan.errors.len(), 1, "only the UUID twin still waits: {:?}", scan.errors);
     }
+
+    /// Permission bits do not stop root, so as root this test runs itself again as `nobody`.
+    #[test]
+    fn an_unreadable_subdirectory_is_reported_and_its_files_keep_their_objects() {
+        const INNER: &str = "YAML_DIR_UNREADABLE_INNER";
+        let is_root = fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+        if is_root && std::env::var_os(INNER).is_none() {
+            let exe = std::env::current_exe().unwrap();
+            let out = std::process::Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(exe)
+                .args([
+                    "--exact",
+                    "yaml_dir::tests::an_unreadable_subdirectory_is_reported_and_its_files_keep_their_objects",
+                ])
+                .env(INNER, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("1 passed"),
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("team-a");
+        fs::create_dir(&sub).unwrap();
+        fs::write(sub.join("server.yaml"), SERVER).unwrap();
+        let mut y = YamlDir::new(dir.path());
+        let SourceEvent::Reset(objects) = &y.scan().events[0] else { panic!() };
+        assert!(!objects.is_empty());
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o000)).unwrap();
+        let scan = y.scan();
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(scan.events.is_empty(), "nothing is deleted: {:?}", scan.events);
+        assert_eq!(scan.errors.len(), 1, "{:?}", scan.errors);
+        assert_eq!(scan.errors[0].path, sub);
+        assert!(scan.errors[0].reason.contains("cannot read this directory"), "{:?}", scan.errors);
+    }
 }
