@@ -35,6 +35,9 @@ pub struct MeshSpec {
     /// Client pods per file.
     pub pods_per_file: usize,
     pub churn: ChurnKind,
+    /// SMI mode: a MeshConfig turning permissive mode off, and one TrafficTarget per server identity that
+    /// lets every client identity in (so every sidecar still sees every Service, through policy).
+    pub smi: bool,
 }
 
 /// One client pod, whose sidecar the load test simulates.
@@ -122,6 +125,11 @@ pub fn write_mesh(dir: &Path, spec: &MeshSpec) -> io::Result<Vec<ClientPod>> {
     }
 
     let accounts = spec.accounts.max(1);
+    if spec.smi {
+        let mut dests: Vec<String> = (0..spec.services).map(|s| format!("svc-{s}-sa")).collect();
+        dests.push("churn-sa".to_owned());
+        write_atomic(&dir.join("policy.yaml"), &policy_yaml(&dests, accounts))?;
+    }
     let mut clients = Vec::with_capacity(spec.clients);
     for (chunk_no, chunk) in (0..spec.clients).collect::<Vec<_>>().chunks(spec.pods_per_file.max(1)).enumerate() {
         let mut text = String::new();
@@ -143,6 +151,30 @@ pub fn write_mesh(dir: &Path, spec: &MeshSpec) -> io::Result<Vec<ClientPod>> {
         write_atomic(&dir.join(format!("clients-{chunk_no:04}.yaml")), &text)?;
     }
     Ok(clients)
+}
+
+/// SMI mode and the TrafficTargets that let every client account reach every destination account.
+fn policy_yaml(destinations: &[String], accounts: usize) -> String {
+    let mut text = format!(
+        "apiVersion: config.openservicemesh.io/v1alpha2\nkind: MeshConfig\n\
+         metadata: {{name: osm-mesh-config, namespace: osm-system}}\n\
+         spec: {{traffic: {{enablePermissiveTrafficPolicyMode: false}}}}\n---\n\
+         apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{name: all, namespace: {NAMESPACE}}}\n\
+         spec: {{matches: [{{name: all, pathRegex: \".*\"}}]}}\n"
+    );
+    let sources: Vec<String> =
+        (0..accounts).map(|a| format!("{{kind: ServiceAccount, name: client-{a}, namespace: {NAMESPACE}}}")).collect();
+    for dest in destinations {
+        let _ = write!(
+            text,
+            "---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\n\
+             metadata: {{name: to-{dest}, namespace: {NAMESPACE}}}\n\
+             spec:\n  destination: {{kind: ServiceAccount, name: {dest}, namespace: {NAMESPACE}}}\n\
+             \x20 sources: [{}]\n  rules: [{{kind: HTTPRouteGroup, name: all}}]\n",
+            sources.join(", ")
+        );
+    }
+    text
 }
 
 /// Rewrites the churn Service's Endpoints with the marker of change `seq` (0: a base address only).

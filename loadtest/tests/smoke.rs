@@ -21,7 +21,15 @@ fn controller_bin() -> PathBuf {
 
 fn scenario(api: Api, churn: ChurnKind, work: &std::path::Path) -> loadtest::Scenario {
     loadtest::Scenario {
-        mesh: MeshSpec { services: 3, pods_per_service: 2, clients: 200, accounts: 10, pods_per_file: 50, churn },
+        mesh: MeshSpec {
+            services: 3,
+            pods_per_service: 2,
+            clients: 200,
+            accounts: 10,
+            pods_per_file: 50,
+            churn,
+            smi: false,
+        },
         api,
         rate: 1000.0,
         changes: 4,
@@ -49,6 +57,15 @@ fn assert_correct(report: &loadtest::report::Report) {
 async fn sotw_sidecars_converge_and_follow_endpoint_changes() {
     let work = tempfile::tempdir().unwrap();
     let report = loadtest::run(&scenario(Api::Sotw, ChurnKind::Endpoints, work.path())).await.unwrap();
+    assert_correct(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smi_mode_sidecars_converge_and_follow_pod_churn_through_policy() {
+    let work = tempfile::tempdir().unwrap();
+    let mut s = scenario(Api::Sotw, ChurnKind::Pods, work.path());
+    s.mesh.smi = true;
+    let report = loadtest::run(&s).await.unwrap();
     assert_correct(&report);
 }
 

@@ -39,6 +39,10 @@ struct Cli {
     change_rate: f64,
     #[arg(long, value_enum, default_value_t = ChurnKind::Endpoints)]
     churn: ChurnKind,
+    /// SMI mode: permissive mode off, every client identity allowed to every server identity by
+    /// TrafficTargets (use with `--churn pods`: in SMI mode only pods' addresses are endpoints).
+    #[arg(long)]
+    smi: bool,
     /// Seconds of idle CPU sampling after the changes.
     #[arg(long, default_value_t = 0)]
     idle_s: u64,
@@ -104,6 +108,7 @@ fn run() -> anyhow::Result<()> {
             accounts: cli.accounts,
             pods_per_file: cli.pods_per_file,
             churn: cli.churn,
+            smi: cli.smi,
         },
         api: cli.api,
         rate: cli.rate,
