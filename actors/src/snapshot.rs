@@ -54,7 +54,8 @@ struct Entry {
     identity: ServiceIdentity,
     /// Changes when the entry is replaced, so a build started for its predecessor is not published to it.
     generation: u64,
-    tx: watch::Sender<ProxyState>,
+    /// Shared with the build thread, which publishes each snapshot as soon as it is built.
+    tx: Arc<watch::Sender<ProxyState>>,
 }
 
 pub struct SnapshotActor {
@@ -72,7 +73,8 @@ pub struct SnapshotActor {
 
 /// The outcome of building one proxy.
 enum Built {
-    Ok(Arc<ProxySnapshot>),
+    /// Built and already handed to the proxy's session by the build thread.
+    Published,
     /// No single pod has this proxy's UUID any more.
     PodGone,
     /// The pod now runs as another service account than the one the proxy authenticated as: it must not
@@ -109,11 +111,14 @@ impl SnapshotActor {
         }
         // Sessions drop their receiver when they end; a proxy nobody watches needs no snapshot.
         self.proxies.retain(|_, e| e.tx.receiver_count() > 0);
-        let uuids: Vec<ProxyUuid> = match std::mem::replace(&mut self.pending, Dirty::Nothing) {
+        let mut uuids: Vec<ProxyUuid> = match std::mem::replace(&mut self.pending, Dirty::Nothing) {
             Dirty::Nothing => return,
             Dirty::All => self.proxies.keys().cloned().collect(),
             Dirty::Proxies(set) => set.into_iter().filter(|u| self.proxies.contains_key(u)).collect(),
         };
+        // Proxies that have no configuration yet (just connected) go first: they wait for everything,
+        // the others only for a change.
+        uuids.sort_by_key(|u| self.proxies.get(u).is_some_and(|e| !matches!(*e.tx.borrow(), ProxyState::Pending)));
         if uuids.is_empty() {
             return;
         }
@@ -121,9 +126,9 @@ impl SnapshotActor {
         let retry: BTreeSet<ProxyUuid> = uuids.iter().cloned().collect();
         // The identity each proxy authenticated with (its pod must still run as that identity), and which
         // entry the build is for.
-        let expected: HashMap<ProxyUuid, (ServiceIdentity, u64)> = uuids
+        let expected: HashMap<ProxyUuid, (ServiceIdentity, u64, Arc<watch::Sender<ProxyState>>)> = uuids
             .iter()
-            .filter_map(|u| self.proxies.get(u).map(|e| (u.clone(), (e.identity.clone(), e.generation))))
+            .filter_map(|u| self.proxies.get(u).map(|e| (u.clone(), (e.identity.clone(), e.generation, e.tx.clone()))))
             .collect();
         let catalog = self.catalog.clone();
         let certs = self.certs.clone();
@@ -147,9 +152,9 @@ impl SnapshotActor {
                 let results = views
                     .into_iter()
                     .map(|(uuid, view)| {
-                        let (identity, generation) = match expected.get(&uuid) {
-                            Some((id, g)) => (Some(id), *g),
-                            None => (None, 0),
+                        let (identity, generation, tx) = match expected.get(&uuid) {
+                            Some((id, g, tx)) => (Some(id), *g, Some(tx)),
+                            None => (None, 0, None),
                         };
                         let result = match view {
                             None => Built::PodGone,
@@ -166,7 +171,15 @@ impl SnapshotActor {
                                     },
                                     &mut cache,
                                 ) {
-                                    Ok(snap) => Built::Ok(Arc::new(snap)),
+                                    Ok(snap) => {
+                                        // Published at once: the first proxies have the change while the
+                                        // last are still being built. (A replaced entry has a new sender;
+                                        // this one then reaches nobody.)
+                                        if let Some(tx) = tx {
+                                            publish_ready(tx, Arc::new(snap), &uuid);
+                                        }
+                                        Built::Published
+                                    }
                                     Err(e) => Built::Failed(format!("build failed: {e}")),
                                 },
                             },
@@ -217,16 +230,7 @@ impl SnapshotActor {
         for (uuid, generation, result) in results {
             let Some(entry) = self.proxies.get(&uuid).filter(|e| e.generation == generation) else { continue };
             match result {
-                Built::Ok(snap) => {
-                    entry.tx.send_if_modified(|cur| match cur {
-                        ProxyState::Ready(old) if old.same_as(&snap) => false,
-                        _ => {
-                            *cur = ProxyState::Ready(snap.clone());
-                            true
-                        }
-                    });
-                    tracing::debug!(proxy = %uuid, resources = snap.len(), "snapshot published");
-                }
+                Built::Published => {}
                 Built::PodGone => {
                     tracing::info!(proxy = %uuid, "pod left the mesh; closing its session");
                     entry.tx.send_replace(ProxyState::Gone("the proxy's pod is no longer in the mesh".to_owned()));
@@ -250,6 +254,23 @@ impl SnapshotActor {
         }
         failed
     }
+}
+
+/// Hands a snapshot to a proxy's session, unless it is the one the session has or the session was told to
+/// end.
+fn publish_ready(tx: &watch::Sender<ProxyState>, snap: Arc<ProxySnapshot>, uuid: &ProxyUuid) {
+    let resources = snap.len();
+    let changed = tx.send_if_modified(|cur| match cur {
+        ProxyState::Ready(old) if old.same_as(&snap) => false,
+        // Its session was told to end (the pod left, or changed identity) after this build started; a
+        // reconnect resets the state and asks for a new build.
+        ProxyState::Gone(_) => false,
+        _ => {
+            *cur = ProxyState::Ready(snap);
+            true
+        }
+    });
+    tracing::debug!(proxy = %uuid, resources, changed, "snapshot published");
 }
 
 impl Actor for SnapshotActor {
@@ -302,7 +323,7 @@ impl Handler<Subscribe> for SnapshotActor {
             Entry {
                 identity: msg.identity.clone(),
                 generation: *generations,
-                tx: watch::Sender::new(ProxyState::Pending),
+                tx: Arc::new(watch::Sender::new(ProxyState::Pending)),
             }
         });
         let rx = entry.tx.subscribe();

@@ -651,12 +651,15 @@ pub fn build_with(
             });
             b.add_all(ResourceType::Endpoint, cla)?;
             b.refer(ResourceType::Endpoint, &cluster_name, &cluster_name);
-            b.refer(ResourceType::Secret, ROOT_CERT_OUTBOUND, &cluster_name);
-            b.refer(ResourceType::Secret, own_cert, &cluster_name);
             if port.protocol.is_http() && (svc.cluster_ip.is_some() || !port.endpoints.is_empty()) {
                 b.refer(ResourceType::Route, &format!("rds-outbound.{}", port.port), OUTBOUND_LISTENER);
             }
         }
+    }
+    // Every upstream cluster uses the same two secrets (added above): checked once, not once per cluster.
+    if !clusters_done.is_empty() {
+        b.refer(ResourceType::Secret, ROOT_CERT_OUTBOUND, "upstream clusters");
+        b.refer(ResourceType::Secret, own_cert, "upstream clusters");
     }
     let settings_fp = fingerprint(&view.settings);
     let listener = cache.get_or_make(format!("lds-out|{upstream_fp:x}|{settings_fp:x}"), || {

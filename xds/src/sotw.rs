@@ -37,10 +37,11 @@ struct TypeState {
     names: BTreeSet<String>,
     last_nonce: Option<String>,
     last_version: Option<String>,
-    /// Version and names of the last response, to skip sending identical content.
-    last_sent: Option<(String, BTreeSet<String>)>,
-    /// Per-resource versions of the last response.
-    sent_versions: BTreeMap<String, String>,
+    /// The names the last response answered (`None`: nothing sent yet).
+    last_sent_names: Option<BTreeSet<String>>,
+    /// The resources of the last response, in name order: a snapshot whose resources of this type are
+    /// the same (usually the very same `Arc`s) sends nothing, found without hashing anything.
+    sent: Vec<Arc<Resource>>,
     acked_version: Option<String>,
 }
 
@@ -106,11 +107,16 @@ impl SotwSession {
             // Envoy re-warms an updated cluster and waits for its endpoints again, even unchanged ones:
             // follow a cluster update with the endpoints.
             let force = ty == ResourceType::Endpoint && clusters_changed;
-            let before = self.types.get(&ty).map(|t| t.sent_versions.clone()).unwrap_or_default();
+            let before = match ty {
+                ResourceType::Cluster => self.types.get(&ty).map(|t| t.sent.clone()).unwrap_or_default(),
+                _ => Vec::new(),
+            };
             if let Some(r) = self.respond(ty, force) {
                 if ty == ResourceType::Cluster {
-                    let after = &self.types[&ty].sent_versions;
-                    clusters_changed = before.iter().any(|(name, v)| after.get(name).is_some_and(|new| new != v));
+                    let after: BTreeMap<&str, &str> =
+                        self.types[&ty].sent.iter().map(|r| (r.name.as_str(), r.version.as_str())).collect();
+                    clusters_changed =
+                        before.iter().any(|b| after.get(b.name.as_str()).is_some_and(|v| *v != b.version));
                 }
                 out.push(r);
             }
@@ -126,20 +132,33 @@ impl SotwSession {
         }
         let res = snap.get(ty);
         let scope = if ty.is_wildcard() { None } else { Some(&state.names) };
-        let version = res.version_of(scope);
-        let sent_key = (version.clone(), state.names.clone());
-        if !force && state.last_sent.as_ref() == Some(&sent_key) {
-            return None;
+        let in_scope = |name: &String| scope.is_none_or(|n| n.contains(name));
+        if !force && state.last_sent_names.as_ref() == Some(&state.names) {
+            // The same names: anything to send only if a resource differs from what was sent (compared in
+            // step, by pointer first; most snapshots share the previous ones' resources).
+            let mut now = res.resources.iter().filter(|(name, _)| in_scope(name)).map(|(_, r)| r);
+            let mut sent = state.sent.iter();
+            let unchanged = loop {
+                match (now.next(), sent.next()) {
+                    (None, None) => break true,
+                    (Some(a), Some(b)) if Arc::ptr_eq(a, b) || (a.name == b.name && a.version == b.version) => {}
+                    _ => break false,
+                }
+            };
+            if unchanged {
+                return None;
+            }
         }
-        let included: Vec<&Arc<Resource>> =
-            res.resources.iter().filter(|(name, _)| scope.is_none_or(|n| n.contains(*name))).map(|(_, r)| r).collect();
-        state.sent_versions = included.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
+        let included: Vec<Arc<Resource>> =
+            res.resources.iter().filter(|(name, _)| in_scope(name)).map(|(_, r)| r.clone()).collect();
+        let version = res.version_of(scope);
         let resources = included.iter().map(|r| r.body.clone()).collect();
+        state.sent = included;
         self.nonce += 1;
         let nonce = format!("{}-{}", self.nonce, short_hash(&[version.as_bytes()]));
         state.last_nonce = Some(nonce.clone());
         state.last_version = Some(version.clone());
-        state.last_sent = Some(sent_key);
+        state.last_sent_names = Some(state.names.clone());
         Some(DiscoveryResponse {
             version_info: version,
             resources,
