@@ -343,26 +343,31 @@ impl MeshCatalog {
                 if self.services.get(&svc.key) == Some(&svc) {
                     return Dirty::Nothing;
                 }
+                let svc_key = svc.key.clone();
+                let before = self.service_audience(std::slice::from_ref(&svc_key));
                 // TrafficSplits name Services: whether one exists decides whether a split holds.
                 if self.services.insert(svc.key.clone(), svc).is_none() {
                     self.policy_stale = true;
                 }
-                Dirty::All
+                before.merge(self.service_audience(&[svc_key]))
             }
             MeshObject::Endpoints(ep) => {
                 if self.endpoints.get(&ep.key) == Some(&ep) {
                     return Dirty::Nothing;
                 }
+                let svc_key = ep.service.clone();
+                let before = self.service_audience(std::slice::from_ref(&svc_key));
                 self.remove_endpoints(&ep.key.clone());
                 self.endpoints_by_service.entry(ep.service.clone()).or_default().insert(ep.key.clone());
                 self.endpoints.insert(ep.key.clone(), ep);
-                Dirty::All
+                before.merge(self.service_audience(&[svc_key]))
             }
             MeshObject::Pod(pod) => {
                 let key = (pod.namespace.clone(), pod.name.clone());
                 if self.pods.get(&key) == Some(&pod) {
                     return Dirty::Nothing;
                 }
+                let before = self.pod_audience(&key);
                 self.remove_pod(&key);
                 self.pods_by_uuid.entry(pod.proxy_uuid.clone()).or_default().insert(key.clone());
                 self.pods_by_identity.entry(pod.identity()).or_default().insert(key.clone());
@@ -375,9 +380,9 @@ impl MeshCatalog {
                         .or_default()
                         .insert(pod.name.clone());
                 }
-                self.pods.insert(key, pod);
+                self.pods.insert(key.clone(), pod);
                 // A pod's address and labels feed other proxies' endpoints and SAN lists.
-                Dirty::All
+                before.merge(self.pod_audience(&key))
             }
         }
     }
@@ -393,9 +398,11 @@ impl MeshCatalog {
                 false
             }
             Kind::Service => {
-                let gone = self.services.remove(&ServiceKey::new(key.namespace.clone(), key.name.clone())).is_some();
+                let svc_key = ServiceKey::new(key.namespace.clone(), key.name.clone());
+                let audience = self.service_audience(std::slice::from_ref(&svc_key));
+                let gone = self.services.remove(&svc_key).is_some();
                 self.policy_stale |= gone;
-                gone
+                return if gone { audience } else { Dirty::Nothing };
             }
             Kind::TrafficTarget => {
                 self.policy_stale |= self.targets.remove(key).is_some();
@@ -417,10 +424,86 @@ impl MeshCatalog {
                 self.policy_stale |= self.mesh_configs.remove(key).is_some();
                 return self.refresh_settings();
             }
-            Kind::Endpoints | Kind::EndpointSlice => self.remove_endpoints(key),
-            Kind::Pod => self.remove_pod(&(key.namespace.clone(), key.name.clone())),
+            Kind::Endpoints | Kind::EndpointSlice => {
+                let Some(svc_key) = self.endpoints.get(key).map(|e| e.service.clone()) else { return Dirty::Nothing };
+                let before = self.service_audience(std::slice::from_ref(&svc_key));
+                self.remove_endpoints(key);
+                return before.merge(self.service_audience(&[svc_key]));
+            }
+            Kind::Pod => {
+                let pod_key = (key.namespace.clone(), key.name.clone());
+                let audience = self.pod_audience(&pod_key);
+                return if self.remove_pod(&pod_key) { audience } else { Dirty::Nothing };
+            }
         };
         if removed { Dirty::All } else { Dirty::Nothing }
+    }
+
+    /// The proxies that see these Services: in permissive mode every proxy; in SMI mode the pods behind them
+    /// (the Services are local to them) and the proxies of every identity allowed to call one of those pods.
+    /// A Service in a TrafficSplit reaches every proxy (splits are rare; their audience is wider).
+    fn service_audience(&self, keys: &[ServiceKey]) -> Dirty {
+        if self.settings.permissive {
+            return Dirty::All;
+        }
+        let split = |k: &ServiceKey| {
+            self.policy.splits.contains_key(k) || self.policy.splits.values().flatten().any(|(b, _)| b == k)
+        };
+        if keys.iter().any(split) {
+            return Dirty::All;
+        }
+        let mut behind: BTreeSet<ServiceIdentity> = BTreeSet::new();
+        let mut proxies: BTreeSet<ProxyUuid> = BTreeSet::new();
+        for svc in keys.iter().filter_map(|k| self.services.get(k)) {
+            let listed = self
+                .endpoint_objects(&svc.key)
+                .flat_map(|e| e.subsets.iter().flat_map(|s| s.addresses.iter()))
+                .flat_map(|ip| self.pods_at(*ip));
+            for pod in self.selected_pods(svc).chain(listed) {
+                behind.insert(pod.identity());
+                proxies.insert(pod.proxy_uuid.clone());
+            }
+        }
+        let callers = self.policy.outbound.iter().filter(|(_, dests)| !dests.is_disjoint(&behind)).map(|(src, _)| src);
+        match self.proxies_of(callers) {
+            Dirty::Proxies(p) => proxies.extend(p),
+            Dirty::All => return Dirty::All,
+            Dirty::Nothing => {}
+        }
+        if proxies.is_empty() { Dirty::Nothing } else { Dirty::Proxies(proxies) }
+    }
+
+    /// The proxies a pod's change reaches: its own, and the audience of every Service it backs (selected by
+    /// labels, or listed by address in its namespace's Endpoints).
+    fn pod_audience(&self, key: &NsName) -> Dirty {
+        if self.settings.permissive {
+            return Dirty::All;
+        }
+        let Some(pod) = self.pods.get(key) else { return Dirty::Nothing };
+        let ns = &pod.namespace;
+        let mut backs: Vec<ServiceKey> = self
+            .services
+            .range(ServiceKey::new(ns.clone(), "")..)
+            .take_while(|(k, _)| &k.namespace == ns)
+            .filter(|(_, svc)| {
+                svc.selector
+                    .as_ref()
+                    .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v)))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if let Some(ip) = pod.ip {
+            for kind in [Kind::Endpoints, Kind::EndpointSlice] {
+                let listing = self
+                    .endpoints
+                    .range(ObjectKey::new(kind, ns.clone(), "")..)
+                    .take_while(|(k, _)| k.kind == kind && &k.namespace == ns)
+                    .filter(|(_, e)| e.subsets.iter().any(|s| s.addresses.contains(&ip)))
+                    .map(|(_, e)| e.service.clone());
+                backs.extend(listing);
+            }
+        }
+        Dirty::Proxies(BTreeSet::from([pod.proxy_uuid.clone()])).merge(self.service_audience(&backs))
     }
 
     fn remove_endpoints(&mut self, key: &ObjectKey) -> bool {
@@ -968,6 +1051,41 @@ mod tests {
         assert_eq!(dirty, Dirty::All);
         assert_eq!(c.proxy_view(&client).unwrap().upstream.len(), 1);
         assert_eq!(c.proxy_view(&client).unwrap().inbound_policy, None);
+    }
+
+    #[test]
+    fn in_smi_mode_a_service_or_pod_change_reaches_only_those_who_see_it() {
+        let mut c = smi(false);
+        for e in allow("client") {
+            c.apply(e);
+        }
+        let client = ProxyUuid::derived("demo", "client");
+        let server = ProxyUuid::derived("demo", "server");
+        let only = |u: &[&ProxyUuid]| Dirty::Proxies(u.iter().map(|u| (*u).clone()).collect());
+        // Endpoints of the server Service: its callers (the client) and its pods; not the thief.
+        let dirty = c.apply(SourceEvent::Apply(MeshObject::Endpoints(Endpoints {
+            key: ObjectKey::new(Kind::Endpoints, "demo", "server"),
+            service: ServiceKey::new("demo", "server"),
+            subsets: vec![EndpointSubset {
+                addresses: vec!["10.244.1.2".parse().unwrap()],
+                ports: vec![EndpointPort { name: Some("http".into()), port: 8080 }],
+            }],
+        })));
+        assert_eq!(dirty, only(&[&client, &server]));
+        // The server pod moves: itself and its callers.
+        let mut moved = pod("demo", "server", "server", "10.244.1.7", "server");
+        moved.labels.insert("v".into(), "2".into());
+        assert_eq!(c.apply(SourceEvent::Apply(MeshObject::Pod(moved))), only(&[&client, &server]));
+        // The thief's pod changes: only its own proxy (nobody calls it, it backs nothing).
+        let thief = pod("demo", "thief", "thief", "10.244.1.33", "thief");
+        assert_eq!(c.apply(SourceEvent::Apply(MeshObject::Pod(thief))), only(&[&ProxyUuid::derived("demo", "thief")]));
+        // A Service nobody may call and nobody backs reaches nobody.
+        let lonely = service("demo", "lonely", "10.96.0.99", "nobody", TargetPort::Number(80));
+        assert_eq!(c.apply(SourceEvent::Apply(MeshObject::Service(lonely))), Dirty::Nothing);
+        // In permissive mode everyone sees every Service.
+        let mut p = smi(true);
+        let svc = service("demo", "other", "10.96.0.98", "server", TargetPort::Number(80));
+        assert_eq!(p.apply(SourceEvent::Apply(MeshObject::Service(svc))), Dirty::All);
     }
 
     #[test]
