@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod certs;
 pub mod http;
 pub mod metrics;
+pub mod schedule;
 pub mod session;
 pub mod snapshot;
 pub mod source;

@@ -13,6 +13,7 @@ use xds::{CertInput, ProxySnapshot};
 use crate::catalog::{CatalogActor, GetViews};
 use crate::certs::{CertActor, Forget, GetCerts};
 use crate::metrics::Metrics;
+use crate::schedule::Schedule;
 
 /// What a session sees of its proxy's configuration.
 #[derive(Debug, Clone)]
@@ -64,8 +65,7 @@ pub struct SnapshotActor {
     certs: Addr<CertActor>,
     root_pem: Arc<str>,
     proxies: HashMap<ProxyUuid, Entry>,
-    pending: Dirty,
-    building: bool,
+    schedule: Schedule,
     generations: u64,
     /// Encoded resources kept across builds (only one build runs at a time, so the lock is uncontended).
     cache: Arc<std::sync::Mutex<xds::BuildCache>>,
@@ -93,36 +93,27 @@ impl SnapshotActor {
             certs,
             root_pem: root_pem.into(),
             proxies: HashMap::new(),
-            pending: Dirty::Nothing,
-            building: false,
+            schedule: Schedule::new(),
             generations: 0,
             cache: Arc::default(),
         }
     }
 
     fn mark(&mut self, dirty: Dirty) {
-        let pending = std::mem::replace(&mut self.pending, Dirty::Nothing);
-        self.pending = pending.merge(dirty);
+        self.schedule.mark(dirty);
     }
 
     fn kick(&mut self, ctx: &mut Context<Self>) {
-        if self.building {
+        if self.schedule.is_building() {
             return;
         }
         // Sessions drop their receiver when they end; a proxy nobody watches needs no snapshot.
         self.proxies.retain(|_, e| e.tx.receiver_count() > 0);
-        let mut uuids: Vec<ProxyUuid> = match std::mem::replace(&mut self.pending, Dirty::Nothing) {
-            Dirty::Nothing => return,
-            Dirty::All => self.proxies.keys().cloned().collect(),
-            Dirty::Proxies(set) => set.into_iter().filter(|u| self.proxies.contains_key(u)).collect(),
-        };
-        // Proxies that have no configuration yet (just connected) go first: they wait for everything,
-        // the others only for a change.
-        uuids.sort_by_key(|u| self.proxies.get(u).is_some_and(|e| !matches!(*e.tx.borrow(), ProxyState::Pending)));
-        if uuids.is_empty() {
-            return;
-        }
-        self.building = true;
+        let proxies = &self.proxies;
+        // Proxies that have no configuration yet (just connected) go first: they wait for everything, the
+        // others only for a change.
+        let waiting = |u: &ProxyUuid| proxies.get(u).is_some_and(|e| matches!(*e.tx.borrow(), ProxyState::Pending));
+        let Some(uuids) = self.schedule.start(proxies.keys(), waiting) else { return };
         let retry: BTreeSet<ProxyUuid> = uuids.iter().cloned().collect();
         // The identity each proxy authenticated with (its pod must still run as that identity), and which
         // entry the build is for.
@@ -201,9 +192,9 @@ impl SnapshotActor {
             .map_err(|e| format!("build task failed: {e}"))?
         };
         ctx.spawn(work.into_actor(self).map(|res, act, ctx| {
-            act.building = false;
             match res {
                 Ok(results) => {
+                    act.schedule.finished();
                     let failed = act.publish(results);
                     if !failed.is_empty() {
                         // Try those again shortly (e.g. a certificate that could not be issued).
@@ -217,7 +208,7 @@ impl SnapshotActor {
                 Err(e) => {
                     // Keep the proxies dirty and try again shortly; meanwhile they keep their last config.
                     tracing::error!(error = %e, proxies = retry.len(), "snapshot build failed; retrying in 1s");
-                    act.mark(Dirty::Proxies(retry));
+                    act.schedule.failed(retry);
                     ctx.run_later(std::time::Duration::from_secs(1), |act, ctx| act.kick(ctx));
                 }
             }

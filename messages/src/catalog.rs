@@ -11,8 +11,9 @@ use crate::model::*;
 use crate::policy::{self, InboundPolicy, Policy, PolicyError};
 
 /// Which proxies need a new snapshot after a change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Dirty {
+    #[default]
     Nothing,
     /// The change is visible to every proxy (in permissive mode every proxy sees every Service).
     All,

@@ -1,0 +1,124 @@
+//! Which proxies to build next: the snapshot actor's scheduling decisions as plain code, tested without a
+//! runtime. One batch builds at a time; whatever turns dirty meanwhile is merged and built next (no fixed
+//! debounce); proxies with no configuration yet go first; a failed batch, or failed proxies, come back.
+
+use std::collections::BTreeSet;
+
+use messages::{Dirty, ProxyUuid};
+
+#[derive(Debug, Default)]
+pub struct Schedule {
+    pending: Dirty,
+    building: bool,
+}
+
+impl Schedule {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records what must be rebuilt.
+    pub fn mark(&mut self, dirty: Dirty) {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending = pending.merge(dirty);
+    }
+
+    pub fn is_building(&self) -> bool {
+        self.building
+    }
+
+    /// Starts the next batch unless one is running: the pending proxies that are still `connected` (all of
+    /// them for [`Dirty::All`]), those without configuration (`waiting`) first. `None` when there is nothing
+    /// to do; the pending set is then empty or kept for after the running batch.
+    pub fn start<'a>(
+        &mut self,
+        connected: impl IntoIterator<Item = &'a ProxyUuid>,
+        waiting: impl Fn(&ProxyUuid) -> bool,
+    ) -> Option<Vec<ProxyUuid>> {
+        if self.building {
+            return None;
+        }
+        let connected: BTreeSet<&ProxyUuid> = connected.into_iter().collect();
+        let mut batch: Vec<ProxyUuid> = match std::mem::take(&mut self.pending) {
+            Dirty::Nothing => return None,
+            Dirty::All => connected.into_iter().cloned().collect(),
+            Dirty::Proxies(set) => set.into_iter().filter(|u| connected.contains(u)).collect(),
+        };
+        if batch.is_empty() {
+            return None;
+        }
+        // Stable: within each group the order stays by UUID.
+        batch.sort_by_key(|u| !waiting(u));
+        self.building = true;
+        Some(batch)
+    }
+
+    /// The running batch finished; its `failed` proxies are to be retried (the caller decides when, then
+    /// marks them).
+    pub fn finished(&mut self) {
+        self.building = false;
+    }
+
+    /// The running batch could not be built at all: all of it is pending again.
+    pub fn failed(&mut self, batch: BTreeSet<ProxyUuid>) {
+        self.building = false;
+        self.mark(Dirty::Proxies(batch));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> ProxyUuid {
+        ProxyUuid::parse(s).unwrap()
+    }
+
+    fn set(v: &[&str]) -> BTreeSet<ProxyUuid> {
+        v.iter().map(|s| u(s)).collect()
+    }
+
+    #[test]
+    fn one_batch_at_a_time_and_what_arrives_meanwhile_is_merged_into_the_next() {
+        let connected = [u("a"), u("b"), u("c")];
+        let mut s = Schedule::new();
+        assert_eq!(s.start(&connected, |_| false), None, "nothing pending");
+        s.mark(Dirty::Proxies(set(&["a"])));
+        assert_eq!(s.start(&connected, |_| false), Some(vec![u("a")]));
+        s.mark(Dirty::Proxies(set(&["b"])));
+        s.mark(Dirty::Proxies(set(&["c"])));
+        assert_eq!(s.start(&connected, |_| false), None, "a batch is running");
+        s.finished();
+        assert_eq!(s.start(&connected, |_| false), Some(vec![u("b"), u("c")]));
+    }
+
+    #[test]
+    fn all_means_every_connected_proxy_and_departed_ones_are_skipped() {
+        let mut s = Schedule::new();
+        s.mark(Dirty::Proxies(set(&["gone", "b"])));
+        s.mark(Dirty::All);
+        assert_eq!(s.start(&[u("a"), u("b")], |_| false), Some(vec![u("a"), u("b")]));
+        s.finished();
+        s.mark(Dirty::Proxies(set(&["gone"])));
+        assert_eq!(s.start(&[u("a")], |_| false), None);
+        assert_eq!(s.start(&[u("a")], |_| false), None, "and nothing is left pending");
+    }
+
+    #[test]
+    fn proxies_without_config_go_first() {
+        let mut s = Schedule::new();
+        s.mark(Dirty::All);
+        let batch = s.start(&[u("a"), u("b"), u("c"), u("d")], |p| p == &u("c") || p == &u("d")).unwrap();
+        assert_eq!(batch, vec![u("c"), u("d"), u("a"), u("b")]);
+    }
+
+    #[test]
+    fn a_failed_batch_is_pending_again() {
+        let mut s = Schedule::new();
+        s.mark(Dirty::Proxies(set(&["a", "b"])));
+        let batch = s.start(&[u("a"), u("b")], |_| false).unwrap();
+        s.failed(batch.into_iter().collect());
+        assert!(!s.is_building());
+        assert_eq!(s.start(&[u("a"), u("b")], |_| false), Some(vec![u("a"), u("b")]));
+    }
+}
