@@ -320,12 +320,26 @@ pub struct BuildCache {
     /// Fingerprints of the upstream lists of this batch (per Service, then the chains'), by list: proxies
     /// share lists (all of them in permissive mode, one per identity in SMI mode), so each is hashed once.
     upstream_fps: HashMap<usize, UpstreamFingerprints>,
+    /// The upstream part of each list of this batch (with the list, to keep its address unique).
+    upstream_parts: HashMap<(usize, String), UpstreamParts>,
     pub hits: u64,
     pub misses: u64,
 }
 
 /// An upstream list; per Service (everything, its identities); the outbound chains'.
 type UpstreamFingerprints = (Arc<Vec<ServiceView>>, Vec<(u64, u64)>, u64);
+
+/// An upstream list (kept so its address stays unique) and its part.
+type UpstreamParts = (Arc<Vec<ServiceView>>, Arc<UpstreamPart>);
+
+/// What an upstream list contributes to every proxy that sees it: its clusters and their endpoints (each
+/// cluster with its assignment), and the ports whose outbound route configuration the listener refers to.
+#[derive(Debug)]
+pub struct UpstreamPart {
+    pub clusters: Vec<Arc<Resource>>,
+    pub endpoints: Vec<Arc<Resource>>,
+    pub http_ports: BTreeSet<u16>,
+}
 
 impl BuildCache {
     /// Batches an unused entry survives.
@@ -345,9 +359,63 @@ impl BuildCache {
         (fps.clone(), *chains)
     }
 
+    /// The clusters and endpoints of an upstream list, assembled once per list and batch from the cache.
+    fn upstream_part(&mut self, upstream: &Arc<Vec<ServiceView>>, td: &str) -> Arc<UpstreamPart> {
+        let key = (Arc::as_ptr(upstream) as usize, td.to_owned());
+        if let Some((_, part)) = self.upstream_parts.get(&key) {
+            return part.clone();
+        }
+        let (svc_fps, _) = self.upstream_fingerprints(upstream);
+        let mut part = UpstreamPart { clusters: Vec::new(), endpoints: Vec::new(), http_ports: BTreeSet::new() };
+        let mut done = BTreeSet::new();
+        // A cluster is keyed by its identities, not the endpoints, so an endpoint change re-encodes no cluster.
+        for (svc, (svc_fp, identities_fp)) in upstream.iter().zip(svc_fps) {
+            for port in &svc.ports {
+                let cluster_name = port.cluster_name(&svc.key);
+                if !done.insert(cluster_name.clone()) {
+                    continue;
+                }
+                // Ports sharing the cluster may disagree on protocol: HTTP options on a cluster are harmless
+                // to tcp_proxy, while their absence would downgrade HTTP/2 (gRPC) to HTTP/1.1.
+                let cluster_protocol = svc
+                    .ports
+                    .iter()
+                    .filter(|p| p.target_port == port.target_port)
+                    .map(|p| p.protocol)
+                    .find(|p| p.is_http())
+                    .unwrap_or(port.protocol);
+                let key = format!("cds|{cluster_name}|{cluster_protocol}|{identities_fp:x}|{td}");
+                part.clusters.extend(self.get_or_make(key, || {
+                    vec![resource(&cluster_name, upstream_cluster(svc, cluster_protocol, &cluster_name, td))]
+                }));
+                // The Service's fingerprint covers every port's endpoints, so it keys the assignment too.
+                part.endpoints.extend(self.get_or_make(format!("eds|{cluster_name}|{svc_fp:x}"), || {
+                    // Service ports that lead to the same target port share the cluster: its endpoints are
+                    // theirs together.
+                    let endpoints: Vec<SocketAddr> = svc
+                        .ports
+                        .iter()
+                        .filter(|p| p.target_port == port.target_port)
+                        .flat_map(|p| p.endpoints.iter().copied())
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    vec![resource(&cluster_name, load_assignment(&cluster_name, &endpoints))]
+                }));
+                if port.protocol.is_http() && (svc.cluster_ip.is_some() || !port.endpoints.is_empty()) {
+                    part.http_ports.insert(port.port);
+                }
+            }
+        }
+        let part = Arc::new(part);
+        self.upstream_parts.insert(key, (upstream.clone(), part.clone()));
+        part
+    }
+
     /// Starts a batch: entries unused for [`Self::KEEP_BATCHES`] batches are dropped.
     pub fn next_batch(&mut self) {
         self.upstream_fps.clear();
+        self.upstream_parts.clear();
         self.batch += 1;
         let oldest = self.batch.saturating_sub(Self::KEEP_BATCHES);
         self.entries.retain(|_, (_, used)| *used >= oldest);
@@ -613,51 +681,16 @@ pub fn build_with(
 
     // --- Outbound: clusters and endpoints per upstream Service; one listener; routes -------------
     let mut clusters_done = BTreeSet::new();
-    let (svc_fps, upstream_fp) = cache.upstream_fingerprints(&view.upstream);
-    // A cluster is keyed by its identities, not the endpoints, so an endpoint change re-encodes no cluster.
-    for (svc, (svc_fp, identities_fp)) in view.upstream.iter().zip(svc_fps) {
-        for port in &svc.ports {
-            let cluster_name = port.cluster_name(&svc.key);
-            if !clusters_done.insert(cluster_name.clone()) {
-                continue;
-            }
-            // Ports sharing the cluster may disagree on protocol: HTTP options on a cluster are harmless to
-            // tcp_proxy, while their absence would downgrade HTTP/2 (gRPC) to HTTP/1.1.
-            let cluster_protocol = svc
-                .ports
-                .iter()
-                .filter(|p| p.target_port == port.target_port)
-                .map(|p| p.protocol)
-                .find(|p| p.is_http())
-                .unwrap_or(port.protocol);
-            let key = format!("cds|{cluster_name}|{cluster_protocol}|{identities_fp:x}|{td}");
-            let cluster = cache.get_or_make(key, || {
-                vec![resource(&cluster_name, upstream_cluster(svc, cluster_protocol, &cluster_name, td))]
-            });
-            b.add_all(ResourceType::Cluster, cluster)?;
-            // The Service's fingerprint covers every port's endpoints, so it keys the assignment too.
-            let cla = cache.get_or_make(format!("eds|{cluster_name}|{svc_fp:x}"), || {
-                // Service ports that lead to the same target port share the cluster: its endpoints are theirs
-                // together.
-                let endpoints: Vec<SocketAddr> = svc
-                    .ports
-                    .iter()
-                    .filter(|p| p.target_port == port.target_port)
-                    .flat_map(|p| p.endpoints.iter().copied())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
-                vec![resource(&cluster_name, load_assignment(&cluster_name, &endpoints))]
-            });
-            b.add_all(ResourceType::Endpoint, cla)?;
-            b.refer(ResourceType::Endpoint, &cluster_name, &cluster_name);
-            if port.protocol.is_http() && (svc.cluster_ip.is_some() || !port.endpoints.is_empty()) {
-                b.refer(ResourceType::Route, &format!("rds-outbound.{}", port.port), OUTBOUND_LISTENER);
-            }
-        }
+    let (_, upstream_fp) = cache.upstream_fingerprints(&view.upstream);
+    // Proxies that share an upstream list share all of this: assembled once per list and batch.
+    let part = cache.upstream_part(&view.upstream, td);
+    b.add_all(ResourceType::Cluster, part.clusters.clone())?;
+    b.add_all(ResourceType::Endpoint, part.endpoints.clone())?;
+    for port in &part.http_ports {
+        b.refer(ResourceType::Route, &format!("rds-outbound.{port}"), OUTBOUND_LISTENER);
     }
     // Every upstream cluster uses the same two secrets (added above): checked once, not once per cluster.
-    if !clusters_done.is_empty() {
+    if !part.clusters.is_empty() {
         b.refer(ResourceType::Secret, ROOT_CERT_OUTBOUND, "upstream clusters");
         b.refer(ResourceType::Secret, own_cert, "upstream clusters");
     }
