@@ -154,7 +154,7 @@ fn describe(events: &[messages::SourceEvent]) -> String {
         let items: Vec<String> = match e {
             SourceEvent::Apply(o) => vec![format!("applied {}", o.key())],
             SourceEvent::Delete(k) => vec![format!("deleted {k}")],
-            SourceEvent::Reset(objects) => vec![format!("{} objects loaded", objects.len())],
+            SourceEvent::Reset(r) => vec![format!("{} objects loaded", r.objects.len())],
         };
         total += items.len();
         parts.extend(items.into_iter().take(SHOWN.saturating_sub(parts.len())));

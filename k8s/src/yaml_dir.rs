@@ -427,7 +427,7 @@ impl YamlDir {
         scan.errors.extend(self.conflicts.values().map(|(e, _)| e.clone()));
         if !self.started {
             self.started = true;
-            scan.events.push(SourceEvent::Reset(self.emitted.values().cloned().collect()));
+            scan.events.push(SourceEvent::reset_all(self.emitted.values().cloned().collect()));
         }
         scan
     }
@@ -662,7 +662,7 @@ metadata: {name: ignored}
             .map(|e| match e {
                 SourceEvent::Apply(o) => format!("apply {}", o.key()),
                 SourceEvent::Delete(k) => format!("delete {k}"),
-                SourceEvent::Reset(objs) => format!("reset {}", objs.len()),
+                SourceEvent::Reset(r) => format!("reset {}", r.objects.len()),
             })
             .collect()
     }
@@ -729,7 +729,7 @@ metadata: {name: ignored}
         assert_eq!(scan.errors.len(), 3);
         assert!(scan.errors[0].to_string().contains("already defined in"));
         match &scan.events[0] {
-            SourceEvent::Reset(objs) => assert_eq!(objs.len(), 3),
+            SourceEvent::Reset(r) => assert_eq!(r.objects.len(), 3),
             other => panic!("{other:?}"),
         }
     }
@@ -910,7 +910,7 @@ spec:
         bad.sort();
         assert_eq!(bad, vec!["x.yaml", "zero.yaml"], "{:?}", scan.errors);
         assert!(scan.errors.iter().all(|e| e.reason.contains("not a regular file")), "{:?}", scan.errors);
-        let SourceEvent::Reset(objects) = &scan.events[0] else { panic!() };
+        let SourceEvent::Reset(messages::Reset { objects, .. }) = &scan.events[0] else { panic!() };
         let names: BTreeSet<String> = objects.iter().map(|o| o.key().name).collect();
         assert!(names.contains("client") && names.contains("server"), "{names:?}");
     }
@@ -1052,7 +1052,7 @@ spec:
         fs::create_dir(&sub).unwrap();
         fs::write(sub.join("server.yaml"), SERVER).unwrap();
         let mut y = YamlDir::new(dir.path());
-        let SourceEvent::Reset(objects) = &y.scan().events[0] else { panic!() };
+        let SourceEvent::Reset(messages::Reset { objects, .. }) = &y.scan().events[0] else { panic!() };
         assert!(!objects.is_empty());
         fs::set_permissions(&sub, fs::Permissions::from_mode(0o000)).unwrap();
         let scan = y.scan();

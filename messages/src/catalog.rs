@@ -130,6 +130,13 @@ pub struct MeshCatalog {
     pods: BTreeMap<NsName, Pod>,
     service_accounts: BTreeSet<NsName>,
     synced: bool,
+    /// (source, kind) pairs that must have been listed once before the catalog counts as synced; empty:
+    /// the first reset of anything will do.
+    expected: BTreeSet<(String, Kind)>,
+    /// (source, kind) pairs listed so far.
+    listed: BTreeSet<(String, Kind)>,
+    /// Which source put each object in the catalog (a reset only removes its own).
+    origins: HashMap<ObjectKey, String>,
     // Indexes, maintained on every change, so a view costs what it touches rather than the whole mesh.
     endpoints_by_service: HashMap<ServiceKey, BTreeSet<ObjectKey>>,
     pods_by_uuid: HashMap<ProxyUuid, BTreeSet<NsName>>,
@@ -266,29 +273,53 @@ impl MeshCatalog {
         self.synced
     }
 
+    /// Declares that `source` will list `kinds`: the catalog is synced (and xDS served) only once every
+    /// declared (source, kind) has been listed once.
+    pub fn expect(&mut self, source: &str, kinds: impl IntoIterator<Item = Kind>) {
+        self.expected.extend(kinds.into_iter().map(|k| (source.to_owned(), k)));
+        self.synced = !self.listed.is_empty() && self.expected.is_subset(&self.listed);
+    }
+
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.services.len(), self.endpoints.len(), self.pods.len())
     }
 
+    /// Applies an event of the default source (the mesh directory).
     pub fn apply(&mut self, event: SourceEvent) -> Dirty {
-        let dirty = self.apply_one(event);
+        self.apply_from(crate::events::DEFAULT_SOURCE, event)
+    }
+
+    /// Applies an event of `source`.
+    pub fn apply_from(&mut self, source: &str, event: SourceEvent) -> Dirty {
+        let dirty = self.apply_one(source, event);
         dirty.merge(self.refresh_policy())
     }
 
-    fn apply_one(&mut self, event: SourceEvent) -> Dirty {
+    fn apply_one(&mut self, source: &str, event: SourceEvent) -> Dirty {
         match event {
-            SourceEvent::Apply(obj) => self.upsert(obj),
-            SourceEvent::Delete(key) => self.remove(&key),
-            SourceEvent::Reset(objects) => {
-                self.synced = true;
-                let keep: BTreeSet<ObjectKey> = objects.iter().map(MeshObject::key).collect();
+            SourceEvent::Apply(obj) => {
+                self.origins.insert(obj.key(), source.to_owned());
+                self.upsert(obj)
+            }
+            SourceEvent::Delete(key) => {
+                self.origins.remove(&key);
+                self.remove(&key)
+            }
+            SourceEvent::Reset(reset) => {
+                let source = reset.source;
+                self.listed.extend(reset.kinds.iter().map(|k| (source.clone(), *k)));
+                self.synced = self.expected.is_subset(&self.listed);
+                let keep: BTreeSet<ObjectKey> = reset.objects.iter().map(MeshObject::key).collect();
                 let mut dirty = Dirty::Nothing;
                 for key in self.all_keys() {
-                    if !keep.contains(&key) {
+                    let ours = self.origins.get(&key).is_none_or(|o| *o == source);
+                    if reset.kinds.contains(&key.kind) && ours && !keep.contains(&key) {
+                        self.origins.remove(&key);
                         dirty = dirty.merge(self.remove(&key));
                     }
                 }
-                for obj in objects {
+                for obj in reset.objects {
+                    self.origins.insert(obj.key(), source.clone());
                     dirty = dirty.merge(self.upsert(obj));
                 }
                 dirty
@@ -898,7 +929,7 @@ mod tests {
 
     fn mesh() -> MeshCatalog {
         let mut c = MeshCatalog::new("cluster.local");
-        let d = c.apply(SourceEvent::Reset(vec![
+        let d = c.apply(SourceEvent::reset_all(vec![
             MeshObject::Pod(pod("demo", "client", "client", "10.244.1.1", "client")),
             MeshObject::Pod(pod("demo", "server", "server", "10.244.1.2", "server")),
             MeshObject::Service(service("demo", "server", "10.96.0.10", "server", TargetPort::Name("web".into()))),
@@ -947,7 +978,7 @@ mod tests {
         let mut c = mesh();
         let p = pod("demo", "client", "client", "10.244.1.1", "client");
         assert_eq!(c.apply(SourceEvent::Apply(MeshObject::Pod(p.clone()))), Dirty::Nothing);
-        assert_eq!(c.apply(SourceEvent::Reset(vec![MeshObject::Pod(p)])), Dirty::All);
+        assert_eq!(c.apply(SourceEvent::reset_all(vec![MeshObject::Pod(p)])), Dirty::All);
         assert_eq!(c.counts(), (0, 0, 1));
         assert!(c.proxy_view(&ProxyUuid::derived("demo", "server")).is_none());
     }
@@ -1087,6 +1118,38 @@ mod tests {
         let mut p = smi(true);
         let svc = service("demo", "other", "10.96.0.98", "server", TargetPort::Number(80));
         assert_eq!(p.apply(SourceEvent::Apply(MeshObject::Service(svc))), Dirty::All);
+    }
+
+    #[test]
+    fn a_relist_replaces_only_its_own_source_and_kinds_and_readiness_waits_for_every_listing() {
+        use crate::events::Reset;
+        let reset = |source: &str, kinds: &[Kind], objects: Vec<MeshObject>| {
+            SourceEvent::Reset(Reset { source: source.into(), kinds: kinds.iter().copied().collect(), objects })
+        };
+        let mut c = MeshCatalog::new("cluster.local");
+        c.expect("k8s", [Kind::Service, Kind::Pod]);
+        // The mesh directory joins a machine outside Kubernetes: its pod stays whatever the cluster relists.
+        c.apply(SourceEvent::reset_all(vec![MeshObject::Pod(pod("vm", "db", "db", "10.0.9.1", "db"))]));
+        assert!(!c.is_synced(), "the cluster's kinds have not been listed yet");
+        c.apply_from(
+            "k8s",
+            reset(
+                "k8s",
+                &[Kind::Service],
+                vec![MeshObject::Service(service("demo", "server", "10.96.0.10", "server", TargetPort::Number(8080)))],
+            ),
+        );
+        assert!(!c.is_synced());
+        let server = pod("demo", "server", "server", "10.244.1.2", "server");
+        let client = pod("demo", "client", "client", "10.244.1.1", "client");
+        c.apply_from("k8s", reset("k8s", &[Kind::Pod], vec![MeshObject::Pod(server.clone()), MeshObject::Pod(client)]));
+        assert!(c.is_synced());
+        assert_eq!(c.counts(), (1, 0, 3));
+        // A Pod relist without the client removes the client only: not the Service, not the directory's pod.
+        c.apply_from("k8s", reset("k8s", &[Kind::Pod], vec![MeshObject::Pod(server)]));
+        assert_eq!(c.counts(), (1, 0, 2));
+        assert!(c.pod("vm", "db").is_some());
+        assert!(c.pod("demo", "client").is_none());
     }
 
     #[test]

@@ -11,6 +11,6 @@ pub mod model;
 pub mod policy;
 
 pub use catalog::{Dirty, MeshCatalog, ProxyView, ResolvedPort, ServiceView, VerifyError};
-pub use events::SourceEvent;
+pub use events::{DEFAULT_SOURCE, Reset, SourceEvent};
 pub use model::*;
 pub use policy::{HttpRule, InboundPolicy, Policy, PolicyError, TcpGrant};

@@ -60,6 +60,22 @@ pub enum Kind {
     MeshConfig,
 }
 
+impl Kind {
+    pub const ALL: [Kind; 11] = [
+        Kind::Namespace,
+        Kind::Service,
+        Kind::Endpoints,
+        Kind::EndpointSlice,
+        Kind::Pod,
+        Kind::ServiceAccount,
+        Kind::TrafficTarget,
+        Kind::HttpRouteGroup,
+        Kind::TcpRoute,
+        Kind::TrafficSplit,
+        Kind::MeshConfig,
+    ];
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {

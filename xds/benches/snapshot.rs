@@ -38,7 +38,7 @@ fn mesh(n: usize) -> MeshCatalog {
         }
     }
     let mut c = MeshCatalog::new("cluster.local");
-    c.apply(SourceEvent::Reset(objects));
+    c.apply(SourceEvent::reset_all(objects));
     c
 }
 

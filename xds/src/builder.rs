@@ -1017,7 +1017,7 @@ mod tests {
         let mut c = MeshCatalog::new("cluster.local");
         let mut objs: Vec<MeshObject> = objects();
         objs.extend(extra);
-        c.apply(SourceEvent::Reset(objs));
+        c.apply(SourceEvent::reset_all(objs));
         assert!(c.policy_errors().is_empty(), "{:?}", c.policy_errors());
         c.proxy_view(&ProxyUuid::derived("demo", pod)).unwrap()
     }
