@@ -95,18 +95,7 @@ impl Controller {
 
     async fn client(&self, uuid: &str, sa: &str) -> AggregatedDiscoveryServiceClient<Channel> {
         let proxy = ProxyId { uuid: ProxyUuid::parse(uuid).unwrap(), identity: ServiceIdentity::new(sa, "demo") };
-        let cert = self.ca.issue_proxy_client(&proxy, Duration::from_secs(3600)).unwrap();
-        // The load test's sidecar connection, so both exercise one client.
-        loadtest::client::connect(&loadtest::client::ConnectConfig {
-            addr: ([127, 0, 0, 1], self.port).into(),
-            server_name: "ads.cluster.local".into(),
-            ca_pem: self.ca.root_pem().into(),
-            cert_pem: cert.cert_pem,
-            key_pem: cert.key_pem,
-            local_ip: None,
-        })
-        .await
-        .unwrap()
+        self.client_with(self.ca.issue_proxy_client(&proxy, Duration::from_secs(3600)).unwrap()).await
     }
 }
 
@@ -229,7 +218,7 @@ async fn strangers_and_impostors_are_refused_with_a_reason() {
 }
 
 impl Controller {
-    /// A client presenting any certificate signed by the mesh root.
+    /// A client presenting any certificate (the load test's sidecar connection, so both exercise one client).
     async fn client_with(&self, cert: certs::IssuedCert) -> AggregatedDiscoveryServiceClient<Channel> {
         loadtest::client::connect(&loadtest::client::ConnectConfig {
             addr: ([127, 0, 0, 1], self.port).into(),

@@ -241,13 +241,7 @@ impl MeshCatalog {
         let backends = [old, &self.policy].into_iter().flat_map(|p| p.splits.get(apex)).flatten().map(|(b, _)| b);
         for svc in std::iter::once(apex).chain(backends) {
             if let Some(svc) = self.services.get(svc) {
-                behind.extend(self.selected_pods(svc).map(Pod::identity));
-                behind.extend(
-                    self.endpoint_objects(&svc.key)
-                        .flat_map(|e| e.subsets.iter().flat_map(|s| s.addresses.iter()))
-                        .flat_map(|ip| self.pods_at(*ip))
-                        .map(Pod::identity),
-                );
+                behind.extend(self.pods_behind(svc).map(Pod::identity));
             }
         }
         let callers: BTreeSet<ServiceIdentity> = [old, &self.policy]
@@ -487,11 +481,7 @@ impl MeshCatalog {
         let mut behind: BTreeSet<ServiceIdentity> = BTreeSet::new();
         let mut proxies: BTreeSet<ProxyUuid> = BTreeSet::new();
         for svc in keys.iter().filter_map(|k| self.services.get(k)) {
-            let listed = self
-                .endpoint_objects(&svc.key)
-                .flat_map(|e| e.subsets.iter().flat_map(|s| s.addresses.iter()))
-                .flat_map(|ip| self.pods_at(*ip));
-            for pod in self.selected_pods(svc).chain(listed) {
+            for pod in self.pods_behind(svc) {
                 behind.insert(pod.identity());
                 proxies.insert(pod.proxy_uuid.clone());
             }
@@ -503,6 +493,15 @@ impl MeshCatalog {
             Dirty::Nothing => {}
         }
         if proxies.is_empty() { Dirty::Nothing } else { Dirty::Proxies(proxies) }
+    }
+
+    /// The pods a Service is local to: those its selector matches and those its Endpoints list by address.
+    fn pods_behind<'a>(&'a self, svc: &'a Service) -> impl Iterator<Item = &'a Pod> + 'a {
+        let listed = self
+            .endpoint_objects(&svc.key)
+            .flat_map(|e| e.subsets.iter().flat_map(|s| s.addresses.iter()))
+            .flat_map(|ip| self.pods_at(*ip));
+        self.selected_pods(svc).chain(listed)
     }
 
     /// The proxies a pod's change reaches: its own, and the audience of every Service it backs (selected by
@@ -613,7 +612,7 @@ impl MeshCatalog {
 
     /// The configuration inputs of one proxy, or `None` if no single pod has that UUID.
     pub fn proxy_view(&self, uuid: &ProxyUuid) -> Option<ProxyView> {
-        let mut upstreams = Upstreams::new(self);
+        let mut upstreams = Upstreams::new();
         self.view_with(uuid, &mut upstreams)
     }
 
@@ -624,7 +623,7 @@ impl MeshCatalog {
         &'a self,
         uuids: impl IntoIterator<Item = ProxyUuid> + 'a,
     ) -> impl Iterator<Item = (ProxyUuid, Option<ProxyView>)> + 'a {
-        let mut upstreams = Upstreams::new(self);
+        let mut upstreams = Upstreams::new();
         uuids.into_iter().map(move |u| {
             let v = self.view_with(&u, &mut upstreams);
             (u, v)
@@ -640,20 +639,17 @@ impl MeshCatalog {
     fn allowed_upstream(&self, identity: &ServiceIdentity, all: &[ServiceView]) -> Vec<ServiceView> {
         let empty = BTreeSet::new();
         let allowed = self.policy.outbound.get(identity).unwrap_or(&empty);
-        let mut kept: Vec<Option<ServiceView>> = all
-            .iter()
-            .map(|svc| {
-                if svc.identities.is_disjoint(allowed) {
-                    return None;
-                }
-                let mut v = svc.clone();
-                v.identities.retain(|i| allowed.contains(i));
-                for p in &mut v.ports {
-                    p.endpoints.retain(|a| self.pods_at(a.ip()).any(|pod| allowed.contains(&pod.identity())));
-                }
-                Some(v)
-            })
-            .collect();
+        // A Service as `identity` sees it: only the allowed identities' pods as SANs and endpoints.
+        let restrict = |svc: &ServiceView| {
+            let mut v = svc.clone();
+            v.identities.retain(|i| allowed.contains(i));
+            for p in &mut v.ports {
+                p.endpoints.retain(|a| self.pods_at(a.ip()).any(|pod| allowed.contains(&pod.identity())));
+            }
+            v
+        };
+        let mut kept: Vec<Option<ServiceView>> =
+            all.iter().map(|svc| (!svc.identities.is_disjoint(allowed)).then(|| restrict(svc))).collect();
         let kept_keys: BTreeSet<ServiceKey> = kept.iter().flatten().map(|s| s.key.clone()).collect();
         for (svc, slot) in all.iter().zip(kept.iter_mut()) {
             let reaches_backend = self
@@ -662,12 +658,7 @@ impl MeshCatalog {
                 .get(&svc.key)
                 .is_some_and(|backends| backends.iter().any(|(b, _)| kept_keys.contains(b)));
             if slot.is_none() && reaches_backend {
-                let mut v = svc.clone();
-                v.identities.retain(|i| allowed.contains(i));
-                for p in &mut v.ports {
-                    p.endpoints.retain(|a| self.pods_at(a.ip()).any(|pod| allowed.contains(&pod.identity())));
-                }
-                *slot = Some(v);
+                *slot = Some(restrict(svc));
             }
         }
         kept.into_iter().flatten().collect()
@@ -854,7 +845,7 @@ struct Upstreams {
 }
 
 impl Upstreams {
-    fn new(_: &MeshCatalog) -> Self {
+    fn new() -> Self {
         Self { all: None, per_identity: HashMap::new() }
     }
 
