@@ -2,10 +2,12 @@
 //!
 //! Data flow: [`yaml_dir::YamlDir`] (the embedded default: a directory of manifests on disk) produces
 //! `SourceEvent`s for the catalog actor; [`convert`] is the one place Kubernetes objects become
-//! `messages` model values, so the kube-rs watchers will share it.
+//! `messages` model values, shared by the directory and by [`watch`] (the kube-rs watchers of a cluster,
+//! the Kubernetes source).
 
 pub mod convert;
 pub mod crds;
+pub mod watch;
 pub mod yaml_dir;
 
 pub use yaml_dir::{FileError, Scan, YamlDir};

@@ -321,6 +321,11 @@ impl MeshCatalog {
         }
     }
 
+    /// The key of every object held, from every source (for troubleshooting and tests).
+    pub fn object_keys(&self) -> BTreeSet<ObjectKey> {
+        self.all_keys().into_iter().collect()
+    }
+
     fn all_keys(&self) -> Vec<ObjectKey> {
         let mut keys: Vec<ObjectKey> =
             self.namespaces.keys().map(|n| ObjectKey::new(Kind::Namespace, "", n.clone())).collect();

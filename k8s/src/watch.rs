@@ -1,0 +1,357 @@
+//! The Kubernetes source: kube-rs watchers of every kind the mesh reads, turned into `SourceEvent`s of
+//! source [`SOURCE`].
+//!
+//! - Namespaces are watched by the label `openservicemesh.io/monitored-by=<mesh>` (as OSM does); one that
+//!   also carries `openservicemesh.io/ignore=true` is not monitored.
+//! - Every namespaced kind is watched cluster-wide and only objects in monitored namespaces pass; nothing
+//!   else is kept (objects are converted to the compact mesh model at once, so `managedFields`,
+//!   annotations and the rest of the Kubernetes object are dropped). When the set of monitored namespaces
+//!   changes, the namespaced watchers relist, so a newly labelled namespace's objects arrive and an
+//!   unlabelled one's leave through the same scoped `Reset` as any relist.
+//! - Each watcher's (re)list ends in a `Reset` of its own kind only: a Pod relist (after `410 Gone`, say)
+//!   never touches Services, and deletes missed while the watch was down are found by the relist.
+//! - The MeshConfig is read from the control plane's namespace, by name, monitored or not.
+//! - Endpoints come from EndpointSlices (`discovery.k8s.io/v1`), the API Kubernetes maintains; the
+//!   `v1` Endpoints API is deprecated.
+//!
+//! An object that cannot be converted (a bad port, an unparseable IP, a name the mesh cannot use) is
+//! logged with what is wrong; an update of that kind is skipped, so the last good version stays in force.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource, ResourceExt};
+use messages::{Kind, MeshObject, ObjectKey, Reset, SourceEvent};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+
+use crate::convert::{self, ConvertError};
+use crate::crds;
+
+/// The catalog source name of everything read from the API server.
+pub const SOURCE: &str = "kubernetes";
+/// A namespace is in the mesh named by this label's value (`osm namespace add`).
+pub const MONITORED_BY_LABEL: &str = "openservicemesh.io/monitored-by";
+/// A namespace with this label set to `true` is left out of the mesh even when labelled monitored.
+pub const IGNORE_LABEL: &str = "openservicemesh.io/ignore";
+/// The MeshConfig the controller reads, in its own namespace.
+pub const MESH_CONFIG_NAME: &str = "osm-mesh-config";
+
+/// Every kind the watchers list; the catalog is synced once each has been listed once.
+pub const KINDS: [Kind; 10] = [
+    Kind::Namespace,
+    Kind::Service,
+    Kind::EndpointSlice,
+    Kind::Pod,
+    Kind::ServiceAccount,
+    Kind::TrafficTarget,
+    Kind::HttpRouteGroup,
+    Kind::TcpRoute,
+    Kind::TrafficSplit,
+    Kind::MeshConfig,
+];
+
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// The mesh's name: namespaces labelled `openservicemesh.io/monitored-by=<mesh_name>` are in it.
+    pub mesh_name: String,
+    /// The control plane's namespace, where the MeshConfig lives.
+    pub osm_namespace: String,
+}
+
+/// Events from one watcher, in order. The receiver applies them before taking the next batch.
+pub type Batch = Vec<SourceEvent>;
+
+type Monitored = Option<Arc<BTreeSet<String>>>;
+
+/// Runs every watcher until the receiver of `sink` is dropped.
+pub async fn run(client: Client, config: WatchConfig, sink: mpsc::Sender<Batch>) {
+    let (monitored_tx, monitored_rx) = watch::channel::<Monitored>(None);
+    let ns_watch = watch_namespaces(client.clone(), config.mesh_name.clone(), monitored_tx, sink.clone());
+    let mesh_config = Api::<crds::MeshConfig>::namespaced(client.clone(), &config.osm_namespace);
+    let mesh_config_filter = watcher::Config::default().fields(&format!("metadata.name={MESH_CONFIG_NAME}"));
+    tokio::join!(
+        ns_watch,
+        watch_kind(
+            Api::<core::Service>::all(client.clone()),
+            Kind::Service,
+            service,
+            monitored_rx.clone(),
+            sink.clone()
+        ),
+        watch_kind(
+            Api::<discovery::EndpointSlice>::all(client.clone()),
+            Kind::EndpointSlice,
+            endpoint_slice,
+            monitored_rx.clone(),
+            sink.clone()
+        ),
+        watch_kind(Api::<core::Pod>::all(client.clone()), Kind::Pod, pod, monitored_rx.clone(), sink.clone()),
+        watch_kind(
+            Api::<core::ServiceAccount>::all(client.clone()),
+            Kind::ServiceAccount,
+            service_account,
+            monitored_rx.clone(),
+            sink.clone()
+        ),
+        watch_kind(
+            Api::<crds::TrafficTarget>::all(client.clone()),
+            Kind::TrafficTarget,
+            traffic_target,
+            monitored_rx.clone(),
+            sink.clone()
+        ),
+        watch_kind(
+            Api::<crds::HTTPRouteGroup>::all(client.clone()),
+            Kind::HttpRouteGroup,
+            http_route_group,
+            monitored_rx.clone(),
+            sink.clone()
+        ),
+        watch_kind(
+            Api::<crds::TCPRoute>::all(client.clone()),
+            Kind::TcpRoute,
+            tcp_route,
+            monitored_rx.clone(),
+            sink.clone()
+        ),
+        watch_kind(
+            Api::<crds::TrafficSplit>::all(client.clone()),
+            Kind::TrafficSplit,
+            traffic_split,
+            monitored_rx.clone(),
+            sink.clone()
+        ),
+        watch_one(mesh_config, mesh_config_filter, Kind::MeshConfig, mesh_config_object, sink.clone()),
+    );
+}
+
+fn service(o: &core::Service) -> Result<MeshObject, ConvertError> {
+    convert::service(o).map(MeshObject::Service)
+}
+fn endpoint_slice(o: &discovery::EndpointSlice) -> Result<MeshObject, ConvertError> {
+    convert::endpoint_slice(o).map(MeshObject::Endpoints)
+}
+fn pod(o: &core::Pod) -> Result<MeshObject, ConvertError> {
+    convert::pod(o).map(MeshObject::Pod)
+}
+fn service_account(o: &core::ServiceAccount) -> Result<MeshObject, ConvertError> {
+    convert::service_account(o).map(MeshObject::ServiceAccount)
+}
+fn traffic_target(o: &crds::TrafficTarget) -> Result<MeshObject, ConvertError> {
+    convert::traffic_target(o).map(MeshObject::TrafficTarget)
+}
+fn http_route_group(o: &crds::HTTPRouteGroup) -> Result<MeshObject, ConvertError> {
+    convert::http_route_group(o).map(MeshObject::HttpRouteGroup)
+}
+fn tcp_route(o: &crds::TCPRoute) -> Result<MeshObject, ConvertError> {
+    convert::tcp_route(o).map(MeshObject::TcpRoute)
+}
+fn traffic_split(o: &crds::TrafficSplit) -> Result<MeshObject, ConvertError> {
+    convert::traffic_split(o).map(MeshObject::TrafficSplit)
+}
+fn mesh_config_object(o: &crds::MeshConfig) -> Result<MeshObject, ConvertError> {
+    convert::mesh_config(o).map(MeshObject::MeshConfig)
+}
+fn namespace(o: &core::Namespace) -> Result<MeshObject, ConvertError> {
+    convert::namespace(o).map(MeshObject::Namespace)
+}
+
+/// Whether a namespace returned by the label-selected watch is in the mesh.
+pub fn is_monitored(ns: &core::Namespace, mesh_name: &str) -> bool {
+    let labels = ns.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    label(MONITORED_BY_LABEL) == Some(mesh_name) && label(IGNORE_LABEL) != Some("true")
+}
+
+fn key_of<K: Resource<DynamicType = ()>>(kind: Kind, o: &K) -> ObjectKey {
+    ObjectKey::new(kind, o.namespace().unwrap_or_default(), o.name_any())
+}
+
+fn reset(kind: Kind, objects: Vec<MeshObject>) -> SourceEvent {
+    SourceEvent::Reset(Reset { source: SOURCE.to_owned(), kinds: [kind].into_iter().collect(), objects })
+}
+
+/// Says why a watch failed, with the fix for the usual causes.
+fn log_watch_error(kind: Kind, e: &watcher::Error) {
+    let hint = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            if s.code == 404 =>
+        {
+            " (hint: is the CustomResourceDefinition installed? `osm-controller crds | kubectl apply -f -`)"
+        }
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            if s.code == 403 =>
+        {
+            " (hint: the controller's ServiceAccount lacks list/watch permission on this kind)"
+        }
+        _ => "",
+    };
+    tracing::warn!(%kind, error = %e, "Kubernetes watch failed; retrying with backoff{hint}");
+}
+
+fn converted(kind: Kind, label: impl Fn() -> String, result: Result<MeshObject, ConvertError>) -> Option<MeshObject> {
+    match result {
+        Ok(o) => Some(o),
+        Err(e) => {
+            tracing::error!(%kind, object = %label(), error = %e, "Kubernetes object rejected; what it defined before stays in force");
+            None
+        }
+    }
+}
+
+/// The monitored-namespace watcher: publishes the monitored set and forwards Namespace objects.
+async fn watch_namespaces(
+    client: Client,
+    mesh_name: String,
+    monitored: watch::Sender<Monitored>,
+    sink: mpsc::Sender<Batch>,
+) {
+    let api = Api::<core::Namespace>::all(client);
+    let config = watcher::Config::default().labels(&format!("{MONITORED_BY_LABEL}={mesh_name}"));
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut current: BTreeSet<String> = BTreeSet::new();
+    let mut listing: Option<Vec<core::Namespace>> = None;
+    loop {
+        let event = match stream.try_next().await {
+            Ok(Some(e)) => e,
+            Ok(None) => return,
+            Err(e) => {
+                log_watch_error(Kind::Namespace, &e);
+                continue;
+            }
+        };
+        let batch = match event {
+            Event::Init => {
+                listing = Some(Vec::new());
+                continue;
+            }
+            Event::InitApply(ns) => {
+                listing.get_or_insert_with(Vec::new).push(ns);
+                continue;
+            }
+            Event::InitDone => {
+                let all = listing.take().unwrap_or_default();
+                let ours: Vec<&core::Namespace> = all.iter().filter(|n| is_monitored(n, &mesh_name)).collect();
+                current = ours.iter().map(|n| n.name_any()).collect();
+                let objects =
+                    ours.iter().filter_map(|n| converted(Kind::Namespace, || n.name_any(), namespace(n))).collect();
+                vec![reset(Kind::Namespace, objects)]
+            }
+            Event::Apply(ns) if is_monitored(&ns, &mesh_name) => {
+                current.insert(ns.name_any());
+                converted(Kind::Namespace, || ns.name_any(), namespace(&ns))
+                    .map(SourceEvent::Apply)
+                    .into_iter()
+                    .collect()
+            }
+            Event::Apply(ns) | Event::Delete(ns) => {
+                current.remove(&ns.name_any());
+                vec![SourceEvent::Delete(key_of(Kind::Namespace, &ns))]
+            }
+        };
+        // Set before the batch is sent: the namespaced watchers relist against the new set.
+        monitored.send_if_modified(|m| {
+            let changed = m.as_deref() != Some(&current);
+            if changed {
+                tracing::info!(namespaces = ?current, "monitored namespaces");
+                *m = Some(Arc::new(current.clone()));
+            }
+            changed
+        });
+        if sink.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A namespaced kind, cluster-wide, filtered by the monitored namespaces; relists when they change.
+async fn watch_kind<K>(
+    api: Api<K>,
+    kind: Kind,
+    convert: fn(&K) -> Result<MeshObject, ConvertError>,
+    mut monitored: watch::Receiver<Monitored>,
+    sink: mpsc::Sender<Batch>,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    loop {
+        let set = match monitored.wait_for(Option::is_some).await {
+            Ok(s) => s.clone().unwrap_or_default(),
+            Err(_) => return,
+        };
+        let filter = move |o: &K| o.namespace().is_some_and(|ns| set.contains(&ns));
+        let stream = watcher::watcher(api.clone(), watcher::Config::default()).default_backoff();
+        tokio::select! {
+            done = forward(stream, kind, convert, filter, &sink) => if done { return },
+            changed = monitored.changed() => if changed.is_err() { return },
+        }
+        tracing::debug!(%kind, "monitored namespaces changed: relisting");
+    }
+}
+
+/// One object watched by a field selector (the MeshConfig), monitored namespaces or not.
+async fn watch_one<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: Kind,
+    convert: fn(&K) -> Result<MeshObject, ConvertError>,
+    sink: mpsc::Sender<Batch>,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let stream = watcher::watcher(api, config).default_backoff();
+    forward(stream, kind, convert, |_: &K| true, &sink).await;
+}
+
+/// Forwards a watcher's events as source events until the stream ends; true when the sink is gone.
+async fn forward<K>(
+    stream: impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send,
+    kind: Kind,
+    convert: fn(&K) -> Result<MeshObject, ConvertError>,
+    filter: impl Fn(&K) -> bool,
+    sink: &mpsc::Sender<Batch>,
+) -> bool
+where
+    K: Resource<DynamicType = ()> + Debug,
+{
+    let label = |o: &K| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+    let mut stream = std::pin::pin!(stream.ready_chunks(256));
+    let mut listing: Option<Vec<MeshObject>> = None;
+    while let Some(events) = stream.next().await {
+        let mut batch = Vec::new();
+        for event in events {
+            match event {
+                Ok(Event::Init) => listing = Some(Vec::new()),
+                Ok(Event::InitApply(o)) => {
+                    if filter(&o)
+                        && let Some(obj) = converted(kind, || label(&o), convert(&o))
+                    {
+                        listing.get_or_insert_with(Vec::new).push(obj);
+                    }
+                }
+                Ok(Event::InitDone) => batch.push(reset(kind, listing.take().unwrap_or_default())),
+                Ok(Event::Apply(o)) if filter(&o) => {
+                    if let Some(obj) = converted(kind, || label(&o), convert(&o)) {
+                        batch.push(SourceEvent::Apply(obj));
+                    }
+                }
+                Ok(Event::Delete(o)) if filter(&o) => batch.push(SourceEvent::Delete(key_of(kind, &o))),
+                Ok(Event::Apply(_) | Event::Delete(_)) => {}
+                Err(e) => log_watch_error(kind, &e),
+            }
+        }
+        if !batch.is_empty() && sink.send(batch).await.is_err() {
+            return true;
+        }
+    }
+    false
+}
