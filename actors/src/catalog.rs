@@ -17,7 +17,30 @@ use crate::snapshot::{ConnectSnapshots, MarkDirty, SnapshotActor};
 /// dirty set, so a fast source slows down instead of queueing without bound.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ApplyEvents(pub Vec<SourceEvent>);
+pub struct ApplyEvents {
+    /// The source the events come from (a `Reset` names its own).
+    pub source: String,
+    pub events: Vec<SourceEvent>,
+}
+
+impl ApplyEvents {
+    /// Events of the mesh directory, the default source.
+    pub fn from_dir(events: Vec<SourceEvent>) -> Self {
+        Self::from_source(messages::DEFAULT_SOURCE, events)
+    }
+
+    pub fn from_source(source: &str, events: Vec<SourceEvent>) -> Self {
+        Self { source: source.to_owned(), events }
+    }
+}
+
+/// Declares the kinds a source will list: the catalog is synced once each was listed once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Expect {
+    pub source: String,
+    pub kinds: Vec<messages::Kind>,
+}
 
 #[derive(Message)]
 #[rtype(result = "Result<(), VerifyError>")]
@@ -112,8 +135,8 @@ impl Handler<ApplyEvents> for CatalogActor {
 
     fn handle(&mut self, msg: ApplyEvents, _: &mut Self::Context) -> Self::Result {
         let mut dirty = Dirty::Nothing;
-        for event in msg.0 {
-            dirty = dirty.merge(self.catalog.apply(event));
+        for event in msg.events {
+            dirty = dirty.merge(self.catalog.apply_from(&msg.source, event));
         }
         if self.catalog.is_synced() {
             self.synced.store(true, Ordering::Relaxed);
@@ -131,6 +154,14 @@ impl Handler<ApplyEvents> for CatalogActor {
             }
             .into_actor(self),
         )
+    }
+}
+
+impl Handler<Expect> for CatalogActor {
+    type Result = ();
+    fn handle(&mut self, msg: Expect, _: &mut Self::Context) {
+        self.catalog.expect(&msg.source, msg.kinds);
+        self.synced.store(self.catalog.is_synced(), Ordering::Relaxed);
     }
 }
 

@@ -1,18 +1,20 @@
 //! The running control plane: actix actors around the pure cores, and their wiring.
 //!
-//! Data flow: [`source::DirSourceActor`] scans the mesh directory → [`catalog::CatalogActor`] applies the
+//! Data flow: [`source::DirSourceActor`] scans the mesh directory and [`kube_source::KubeSourceActor`]
+//! watches a cluster → [`catalog::CatalogActor`] applies the
 //! events to the mesh index and marks proxies dirty → [`snapshot::SnapshotActor`] builds their snapshots
 //! (with certificates from [`certs::CertActor`]) and publishes each through a `watch` channel →
 //! a session per connected Envoy ([`session`]) streams what changed over ADS. This is the only crate
 //! that knows actix.
 //!
-//! Threads: the actors (catalog, snapshots, certificates, directory source) live on one actix system
+//! Threads: the actors (catalog, snapshots, certificates, sources) live on one actix system
 //! thread of their own; the ADS server, its TLS handshakes and every proxy session run on the caller's
 //! multi-threaded tokio runtime, so serving uses every core and never waits behind signing or file reading.
 
 pub mod catalog;
 pub mod certs;
 pub mod http;
+pub mod kube_source;
 pub mod metrics;
 pub mod schedule;
 pub mod session;
@@ -30,7 +32,10 @@ use actix::prelude::*;
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
-    pub mesh_dir: PathBuf,
+    /// The mesh directory; `None` when a cluster is the only source.
+    pub mesh_dir: Option<PathBuf>,
+    /// The cluster to watch, if any.
+    pub kubernetes: Option<KubernetesSource>,
     pub state_dir: PathBuf,
     pub ads_addr: SocketAddr,
     pub trust_domain: String,
@@ -45,6 +50,13 @@ pub struct ControllerConfig {
     pub settings: messages::MeshSettings,
     /// Health, readiness and metrics endpoint (OSM: :9091); `None` serves none.
     pub http_addr: Option<SocketAddr>,
+}
+
+/// Where the Kubernetes source reads from.
+#[derive(Debug, Clone)]
+pub struct KubernetesSource {
+    pub client: kube::Config,
+    pub watch: k8s::watch::WatchConfig,
 }
 
 /// Already-bound listeners for [`run_on`] (tests bind port 0).
@@ -64,6 +76,8 @@ pub enum ControllerError {
     MeshDir(PathBuf, String),
     #[error(transparent)]
     Serve(#[from] xds::server::ServeError),
+    #[error("no source of mesh objects: give a mesh directory, a cluster, or both")]
+    NoSource,
     #[error("cannot start the actor system: {0}")]
     Actors(String),
 }
@@ -88,7 +102,9 @@ struct ActorSystem {
     thread: std::thread::JoinHandle<()>,
     catalog: Addr<catalog::CatalogActor>,
     snapshots: Addr<snapshot::SnapshotActor>,
-    source: Addr<source::DirSourceActor>,
+    source: Option<Addr<source::DirSourceActor>>,
+    /// Held: the watchers run while their actor is addressable.
+    _kube_source: Option<Addr<kube_source::KubeSourceActor>>,
 }
 
 impl ActorSystem {
@@ -121,19 +137,31 @@ impl ActorSystem {
                     // started.
                     let _ = catalog.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
                     let _ = cert_actor.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
-                    let source =
-                        source::DirSourceActor::new(config.mesh_dir.clone(), catalog.clone(), config.scan_interval)
-                            .start();
-                    let _ = tx.send((actix_rt::System::current(), catalog, snapshots, source));
+                    let kube_source = match config.kubernetes.clone() {
+                        Some(k) => {
+                            // Declared before any source delivers: nothing is served until the cluster's
+                            // every kind was listed once, even if the mesh directory is read first.
+                            let kinds = k8s::watch::KINDS.to_vec();
+                            let expect = catalog::Expect { source: k8s::watch::SOURCE.to_owned(), kinds };
+                            let _ = catalog.send(expect).await;
+                            Some(kube_source::KubeSourceActor::new(k.client, k.watch, catalog.clone()).start())
+                        }
+                        None => None,
+                    };
+                    let source = config
+                        .mesh_dir
+                        .clone()
+                        .map(|dir| source::DirSourceActor::new(dir, catalog.clone(), config.scan_interval).start());
+                    let _ = tx.send((actix_rt::System::current(), catalog, snapshots, source, kube_source));
                 });
                 if let Err(e) = runner.run() {
                     tracing::error!(error = %e, "actor system failed");
                 }
             })
             .map_err(|e| ControllerError::Actors(e.to_string()))?;
-        let (system, catalog, snapshots, source) =
+        let (system, catalog, snapshots, source, kube_source) =
             rx.await.map_err(|_| ControllerError::Actors("the actor thread ended at start".to_owned()))?;
-        Ok(Self { system, thread, catalog, snapshots, source })
+        Ok(Self { system, thread, catalog, snapshots, source, _kube_source: kube_source })
     }
 
     async fn stop(self) {
@@ -149,8 +177,12 @@ pub async fn run_on(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ControllerError> {
-    if !config.mesh_dir.is_dir() {
-        return Err(ControllerError::MeshDir(config.mesh_dir.clone(), "not a directory".to_owned()));
+    match (&config.mesh_dir, &config.kubernetes) {
+        (Some(dir), _) if !dir.is_dir() => {
+            return Err(ControllerError::MeshDir(dir.clone(), "not a directory".to_owned()));
+        }
+        (None, None) => return Err(ControllerError::NoSource),
+        _ => {}
     }
     let metrics = Arc::new(metrics::Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -177,8 +209,11 @@ pub async fn run_on(
     }
     let ca = Arc::new(CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)?);
     let actors = ActorSystem::start(&config, ca.clone(), metrics.clone(), ready).await?;
-    // No config is served before the first full scan has reached the catalog.
-    let _ = actors.source.send(source::ScanNow).await;
+    // No config is served before the first full scan has reached the catalog (sessions also refuse until
+    // every source has listed everything, which for a cluster may take a while).
+    if let Some(source) = &actors.source {
+        let _ = source.send(source::ScanNow).await;
+    }
     let manager = Arc::new(session::SessionManager::new(
         actors.catalog.clone(),
         actors.snapshots.clone(),
@@ -200,7 +235,9 @@ pub async fn run_on(
         trust_domain: config.trust_domain.clone(),
     };
     let addr = listeners.ads.local_addr().unwrap_or(config.ads_addr);
-    tracing::info!(addr = %addr, mesh_dir = %config.mesh_dir.display(), "ADS server listening (mTLS)");
+    let mesh_dir = config.mesh_dir.as_ref().map(|d| d.display().to_string());
+    let cluster = config.kubernetes.as_ref().map(|k| k.client.cluster_url.to_string());
+    tracing::info!(addr = %addr, mesh_dir, cluster, "ADS server listening (mTLS)");
     let shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(true);

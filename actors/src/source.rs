@@ -93,7 +93,7 @@ impl DirSourceActor {
             async move {
                 if !events.is_empty() {
                     tracing::info!(changes = events.len(), "mesh directory changed: {}", describe(&events));
-                    if let Err(e) = catalog.send(ApplyEvents(events)).await {
+                    if let Err(e) = catalog.send(ApplyEvents::from_dir(events)).await {
                         tracing::error!(error = %e, "catalog unavailable");
                     }
                 }

@@ -57,7 +57,8 @@ impl Controller {
         std::fs::write(dir.path().join("mesh/mesh.yaml"), MESH).unwrap();
         let ca = certs::CertificateAuthority::load_or_create(&dir.path().join("state"), "cluster.local").unwrap();
         let mut config = actors::ControllerConfig {
-            mesh_dir: dir.path().join("mesh"),
+            mesh_dir: Some(dir.path().join("mesh")),
+            kubernetes: None,
             state_dir: dir.path().join("state"),
             ads_addr: "127.0.0.1:0".parse().unwrap(),
             trust_domain: "cluster.local".into(),
@@ -511,4 +512,61 @@ async fn mesh_changes_arrive_through_file_notifications_not_the_rescan() {
     write_mesh(&c, more).unwrap();
     let update = next(&mut stream).await;
     assert_eq!(update.type_url, ResourceType::Endpoint.type_url());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_is_watched_through_the_api_server_and_its_changes_reach_the_sidecars() {
+    let sim = apisim::ApiServer::start().await.unwrap();
+    sim.apply_yaml(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {openservicemesh.io/monitored-by: osm}}",
+    )
+    .unwrap();
+    sim.apply_yaml(MESH).unwrap();
+    let cluster = sim.url().parse().unwrap();
+    let c = Controller::start_with(move |config| {
+        config.mesh_dir = None;
+        config.kubernetes = Some(actors::KubernetesSource {
+            client: kube::Config::new(cluster),
+            watch: k8s::watch::WatchConfig { mesh_name: "osm".into(), osm_namespace: "osm-system".into() },
+        });
+    });
+    let wait_ready = async {
+        while c.http("/health/ready").await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait_ready).await.expect("ready once every kind was listed");
+    let (tx, mut stream) = connected_client(&c).await;
+    tx.send(request(ResourceType::Endpoint, &["demo/web|8080"], None)).await.unwrap();
+    let eds = next(&mut stream).await;
+    assert_eq!(eds.resources.len(), 1);
+    tx.send(request(ResourceType::Endpoint, &["demo/web|8080"], Some(&eds))).await.unwrap();
+
+    // A pod written to the API server becomes an endpoint of the sidecar's upstream.
+    sim.apply_yaml(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-2, namespace: demo, labels: {app: web}}\n\
+         spec: {serviceAccountName: web, containers: [{name: app, image: x}]}\nstatus: {podIP: 10.244.1.9}",
+    )
+    .unwrap();
+    let update = next(&mut stream).await;
+    assert_eq!(update.type_url, ResourceType::Endpoint.type_url());
+    let has = |ip: &[u8]| update.resources.iter().any(|r| r.value.windows(ip.len()).any(|w| w == ip));
+    assert!(has(b"10.244.1.9") && has(b"10.244.1.2"), "{update:?}");
+
+    // Unlabelling the namespace takes its pods out of the mesh: the sidecar's stream ends.
+    sim.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(s) => return Some(s),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    let status = status.expect("an error status, not a clean end");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(status.message().contains("no longer in the mesh"), "{status:?}");
 }

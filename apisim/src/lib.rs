@@ -69,6 +69,17 @@ impl Resource {
     }
 }
 
+/// The plural resource name of a kind, by the API's own rule for the kinds the mesh uses.
+pub fn plural_of(kind: &str) -> String {
+    let lower = kind.to_ascii_lowercase();
+    match lower.as_str() {
+        "endpoints" => lower,
+        l if l.ends_with('s') => format!("{l}es"),
+        l if l.ends_with('y') => format!("{}ies", &l[..l.len() - 1]),
+        _ => format!("{lower}s"),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
     resource: (String, String),
@@ -236,6 +247,24 @@ impl ApiServer {
             Ok((s, v)) if s == status => Ok(v),
             Ok((_, v)) | Err(ApiError { body: v, .. }) => Err(SimError::Object(v.to_string())),
         }
+    }
+
+    /// Writes every document of a multi-document YAML manifest (as `kubectl apply -f` would, without
+    /// merging): the resource of each is found from its `apiVersion` and `kind`. Returns how many.
+    pub fn apply_yaml(&self, text: &str) -> Result<usize, SimError> {
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple(text).map_err(|e| SimError::Object(format!("invalid YAML: {e}")))?;
+        let mut n = 0;
+        for doc in docs.into_iter().filter(|d| !d.is_null()) {
+            let field = |f: &str| doc.get(f).and_then(Value::as_str).map(str::to_owned);
+            let (Some(api_version), Some(kind)) = (field("apiVersion"), field("kind")) else {
+                return Err(SimError::Object(format!("a document without apiVersion or kind: {doc}")));
+            };
+            let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+            self.put(&Resource::new(group, version, &plural_of(&kind)), doc)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// The stored object, if any.
@@ -882,6 +911,15 @@ mod tests {
         assert!(!m("app!=web"));
         assert!(m("missing!=x"));
         assert!(Selector::parse(Some("app in web")).is_err());
+    }
+
+    #[test]
+    fn plurals_follow_the_api() {
+        let p = |k: &str| plural_of(k);
+        assert_eq!(
+            [p("Pod"), p("Endpoints"), p("EndpointSlice"), p("HTTPRouteGroup"), p("Egress"), p("NetworkPolicy")],
+            ["pods", "endpoints", "endpointslices", "httproutegroups", "egresses", "networkpolicies"]
+        );
     }
 
     #[test]

@@ -7,14 +7,26 @@
 
 use std::collections::BTreeMap;
 
-use kube::CustomResource;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{CustomResource, CustomResourceExt as _};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// The CustomResourceDefinitions of the kinds below, generated from these types: `osm-controller crds`
+/// prints them and the Helm chart ships them (a test keeps the two equal).
+pub fn definitions() -> Vec<CustomResourceDefinition> {
+    vec![TrafficTarget::crd(), HTTPRouteGroup::crd(), TCPRoute::crd(), TrafficSplit::crd(), MeshConfig::crd()]
+}
+
+/// [`definitions`] as one multi-document YAML stream.
+pub fn definitions_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string_multiple(&definitions())
+}
 
 /// `access.smi-spec.io/v1alpha3` TrafficTarget: who (`sources`) may reach whom (`destination`) over which
 /// routes (`rules`).
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(group = "access.smi-spec.io", version = "v1alpha3", kind = "TrafficTarget", namespaced)]
+#[kube(group = "access.smi-spec.io", version = "v1alpha3", kind = "TrafficTarget", namespaced, shortname = "tt")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficTargetSpec {
     pub destination: IdentityBindingSubject,
@@ -44,7 +56,7 @@ pub struct TrafficTargetRule {
 
 /// `specs.smi-spec.io/v1alpha4` HTTPRouteGroup: named HTTP request matches that TrafficTargets refer to.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(group = "specs.smi-spec.io", version = "v1alpha4", kind = "HTTPRouteGroup", namespaced)]
+#[kube(group = "specs.smi-spec.io", version = "v1alpha4", kind = "HTTPRouteGroup", namespaced, shortname = "htr")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HTTPRouteGroupSpec {
     #[serde(default)]
@@ -101,7 +113,7 @@ pub struct TCPMatch {
 
 /// `split.smi-spec.io/v1alpha2` TrafficSplit: traffic for the apex `service` goes to `backends` by weight.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(group = "split.smi-spec.io", version = "v1alpha2", kind = "TrafficSplit", namespaced)]
+#[kube(group = "split.smi-spec.io", version = "v1alpha2", kind = "TrafficSplit", namespaced, shortname = "ts")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficSplitSpec {
     pub service: String,
@@ -121,7 +133,13 @@ pub struct TrafficSplitBackend {
 
 /// `config.openservicemesh.io/v1alpha2` MeshConfig: mesh-wide settings, with OSM's sections and names.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(group = "config.openservicemesh.io", version = "v1alpha2", kind = "MeshConfig", namespaced)]
+#[kube(
+    group = "config.openservicemesh.io",
+    version = "v1alpha2",
+    kind = "MeshConfig",
+    namespaced,
+    shortname = "meshconfig"
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshConfigSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -276,5 +294,27 @@ mod tests {
             "traffic": {"enablePermissiveTraficPolicyMode": false}
         }));
         assert!(typo.unwrap_err().to_string().contains("enablePermissiveTraficPolicyMode"));
+    }
+}
+
+#[cfg(test)]
+mod definition_tests {
+    use super::*;
+
+    #[test]
+    fn definitions_are_structural_and_name_osm_plurals() {
+        let names: Vec<String> = definitions().iter().map(|c| c.metadata.name.clone().unwrap_or_default()).collect();
+        assert_eq!(
+            names,
+            [
+                "traffictargets.access.smi-spec.io",
+                "httproutegroups.specs.smi-spec.io",
+                "tcproutes.specs.smi-spec.io",
+                "trafficsplits.split.smi-spec.io",
+                "meshconfigs.config.openservicemesh.io"
+            ]
+        );
+        let yaml = definitions_yaml().unwrap_or_default();
+        assert_eq!(yaml.matches("kind: CustomResourceDefinition").count(), 5);
     }
 }

@@ -1,5 +1,6 @@
 //! `osm-controller`: the control plane binary. Runs on the embedded default, a directory of
-//! Kubernetes-format YAML, and can write the sidecar bundle of one pod for machines outside Kubernetes.
+//! Kubernetes-format YAML, on a Kubernetes cluster (`--kubernetes` / `--kubeconfig`), or both; writes the
+//! sidecar bundle of one pod for machines outside Kubernetes, and prints the mesh's CRDs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,9 +17,10 @@ use messages::{MeshCatalog, SourceEvent};
     about = "Service-mesh control plane: programs Envoy sidecars over mTLS ADS"
 )]
 struct Cli {
-    /// Directory of Kubernetes-format YAML describing the mesh (watched for changes).
-    #[arg(long, default_value = "mesh", global = true)]
-    mesh_dir: PathBuf,
+    /// Directory of Kubernetes-format YAML describing the mesh (watched for changes). Default `mesh`
+    /// when no cluster is watched; with a cluster, read only when given (machines outside the cluster).
+    #[arg(long, global = true)]
+    mesh_dir: Option<PathBuf>,
     /// Where the mesh root CA is kept across restarts.
     #[arg(long, default_value = "state", global = true)]
     state_dir: PathBuf,
@@ -33,6 +35,18 @@ struct Cli {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
+    /// Watch a Kubernetes cluster: the in-cluster configuration, else $KUBECONFIG or ~/.kube/config.
+    #[arg(long)]
+    kubernetes: bool,
+    /// Watch the Kubernetes cluster of this kubeconfig file (implies --kubernetes).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The mesh's name: namespaces labelled `openservicemesh.io/monitored-by=<name>` are in it.
+    #[arg(long, default_value = "osm")]
+    mesh_name: String,
+    /// The control plane's namespace in the cluster, where the MeshConfig `osm-mesh-config` is read.
+    #[arg(long, default_value = "osm-system")]
+    osm_namespace: String,
     /// Address of the ADS (xDS) gRPC server.
     #[arg(long, default_value = "0.0.0.0:15128")]
     ads_addr: SocketAddr,
@@ -67,6 +81,9 @@ struct ServeArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Print the CustomResourceDefinitions of the kinds the mesh reads (SMI, MeshConfig), as YAML for
+    /// `kubectl apply -f -`.
+    Crds,
     /// Write the sidecar bundle (Envoy bootstrap, client certificate, CA, iptables rules) of one pod.
     Bootstrap {
         /// The pod, as <namespace>/<name>, described in the mesh directory.
@@ -109,8 +126,12 @@ fn run() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Some(Command::Crds) => {
+            print!("{}", k8s::crds::definitions_yaml().context("rendering the CRDs")?);
+            Ok(())
+        }
         Some(Command::Bootstrap { pod, controller_host, controller_port, delta, out, config_dir }) => write_bootstrap(
-            &cli.mesh_dir,
+            &cli.mesh_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_MESH_DIR)),
             &cli.state_dir,
             &cli.trust_domain,
             &pod,
@@ -124,12 +145,21 @@ fn run() -> anyhow::Result<()> {
     }
 }
 
-fn serve(mesh_dir: PathBuf, state_dir: PathBuf, trust_domain: String, args: ServeArgs) -> anyhow::Result<()> {
+const DEFAULT_MESH_DIR: &str = "mesh";
+
+fn serve(mesh_dir: Option<PathBuf>, state_dir: PathBuf, trust_domain: String, args: ServeArgs) -> anyhow::Result<()> {
     if args.service_cert_validity_s < 600 {
         bail!("--service-cert-validity-s must be at least 600 (10 minutes)");
     }
-    let config = actors::ControllerConfig {
+    let cluster = args.kubernetes || args.kubeconfig.is_some();
+    let mesh_dir = match mesh_dir {
+        Some(d) => Some(d),
+        None if cluster => None,
+        None => Some(PathBuf::from(DEFAULT_MESH_DIR)),
+    };
+    let mut config = actors::ControllerConfig {
         mesh_dir,
+        kubernetes: None,
         state_dir,
         ads_addr: args.ads_addr,
         trust_domain,
@@ -156,6 +186,12 @@ fn serve(mesh_dir: PathBuf, state_dir: PathBuf, trust_domain: String, args: Serv
         .build()
         .context("starting the serving runtime")?;
     runtime.block_on(async move {
+        if cluster {
+            config.kubernetes = Some(actors::KubernetesSource {
+                client: kube_config(args.kubeconfig.as_deref()).await?,
+                watch: k8s::watch::WatchConfig { mesh_name: args.mesh_name, osm_namespace: args.osm_namespace },
+            });
+        }
         let shutdown = async {
             let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -171,9 +207,25 @@ fn serve(mesh_dir: PathBuf, state_dir: PathBuf, trust_domain: String, args: Serv
             }
             tracing::info!("shutting down");
         };
-        actors::run(config, shutdown).await
+        actors::run(config, shutdown).await.map_err(anyhow::Error::from)
     })?;
     Ok(())
+}
+
+/// The cluster's client configuration: the given kubeconfig, else in-cluster, $KUBECONFIG or ~/.kube/config.
+async fn kube_config(path: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    match path {
+        Some(p) => {
+            let file = Kubeconfig::read_from(p).with_context(|| format!("reading kubeconfig {}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", p.display()))
+        }
+        None => kube::Config::infer().await.context(
+            "no Kubernetes configuration: not in a cluster, and no $KUBECONFIG or ~/.kube/config (or give --kubeconfig)",
+        ),
+    }
 }
 
 /// Each sidecar holds a connection, so the soft open-file limit (often 1,024 under supervisors) caps the
