@@ -7,6 +7,7 @@
 
 pub mod convert;
 pub mod crds;
+pub mod inject;
 pub mod watch;
 pub mod yaml_dir;
 

@@ -58,6 +58,60 @@ pub struct InterceptOptions {
     pub network_interface_exclusions: Vec<String>,
 }
 
+/// Which kubelet probe a [`ProbeRoute`] serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProbeKind {
+    Liveness,
+    Readiness,
+    Startup,
+}
+
+impl ProbeKind {
+    pub const ALL: [ProbeKind; 3] = [ProbeKind::Liveness, ProbeKind::Readiness, ProbeKind::Startup];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeKind::Liveness => "liveness",
+            ProbeKind::Readiness => "readiness",
+            ProbeKind::Startup => "startup",
+        }
+    }
+
+    /// The sidecar port the rewritten probe targets (outside interception).
+    pub fn port(self) -> u16 {
+        match self {
+            ProbeKind::Liveness => ports::LIVENESS,
+            ProbeKind::Readiness => ports::READINESS,
+            ProbeKind::Startup => ports::STARTUP,
+        }
+    }
+}
+
+/// An application's `httpGet` probe, rewritten to reach the sidecar on the probe's own port (left alone by
+/// the interception rules) and forwarded by it to the application on the loopback: with mTLS on every
+/// inbound port, the kubelet could not reach the application otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRoute {
+    pub kind: ProbeKind,
+    pub container: String,
+    /// The application's port and path, as the probe had them.
+    pub port: u16,
+    pub path: String,
+    /// An HTTPS probe is passed through as TCP (the path cannot be seen): one per kind.
+    pub https: bool,
+}
+
+impl ProbeRoute {
+    /// The path the rewritten probe asks for (HTTP probes; HTTPS probes keep their own).
+    pub fn rewritten_path(&self) -> String {
+        if self.https { self.path.clone() } else { format!("/osm-{}-probe/{}", self.kind.name(), self.container) }
+    }
+
+    fn cluster(&self) -> String {
+        format!("{}_{}_cluster", self.container, self.kind.name())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SidecarOptions {
     /// Host (IP or DNS name) and port where the sidecar reaches the ADS server.
@@ -69,6 +123,8 @@ pub struct SidecarOptions {
     pub log_level: String,
     pub intercept: InterceptOptions,
     pub client_cert_validity: Duration,
+    /// Application probes the sidecar serves (Kubernetes injection).
+    pub probes: Vec<ProbeRoute>,
 }
 
 impl Default for SidecarOptions {
@@ -81,6 +137,7 @@ impl Default for SidecarOptions {
             log_level: "error".to_owned(),
             intercept: InterceptOptions::default(),
             client_cert_validity: certs::LONG_VALIDITY,
+            probes: Vec::new(),
         }
     }
 }
@@ -148,7 +205,8 @@ pub fn bootstrap(proxy: &ProxyId, trust_domain: &str, opts: &SidecarOptions) -> 
     let dir = &opts.config_dir;
     let ads_cn = certs::ads_server_common_name(trust_domain);
     let is_ip = opts.controller_host.parse::<std::net::IpAddr>().is_ok();
-    json!({
+    let (probe_listeners, probe_clusters) = probe_resources(&opts.probes);
+    let mut doc = json!({
         "node": {
             "id": proxy.uuid.as_str(),
             "cluster": proxy.identity.to_string(),
@@ -224,7 +282,93 @@ pub fn bootstrap(proxy: &ProxyId, trust_domain: &str, opts: &SidecarOptions) -> 
                 }
             }]
         }
-    })
+    });
+    if !probe_listeners.is_empty() {
+        doc["static_resources"]["listeners"] = Value::Array(probe_listeners);
+        if let Some(clusters) = doc["static_resources"]["clusters"].as_array_mut() {
+            clusters.extend(probe_clusters);
+        }
+    }
+    doc
+}
+
+/// The static listeners (one per probe kind, on its port) and clusters (one per probe, to the application
+/// on the loopback) that serve rewritten probes.
+fn probe_resources(probes: &[ProbeRoute]) -> (Vec<Value>, Vec<Value>) {
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+    for kind in ProbeKind::ALL {
+        let of_kind: Vec<&ProbeRoute> = probes.iter().filter(|p| p.kind == kind).collect();
+        if of_kind.is_empty() {
+            continue;
+        }
+        let mut chains = Vec::new();
+        let http: Vec<&&ProbeRoute> = of_kind.iter().filter(|p| !p.https).collect();
+        if !http.is_empty() {
+            let routes: Vec<Value> = http
+                .iter()
+                .map(|p| {
+                    json!({
+                        "match": {"prefix": p.rewritten_path()},
+                        "route": {"cluster": p.cluster(), "prefix_rewrite": p.path, "timeout": "1s"}
+                    })
+                })
+                .collect();
+            chains.push(json!({
+                "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "health_probes_http",
+                        "route_config": {
+                            "name": format!("{}_route", kind.name()),
+                            "virtual_hosts": [{"name": "probes", "domains": ["*"], "routes": routes}]
+                        },
+                        "http_filters": [{
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+                        }]
+                    }
+                }]
+            }));
+        }
+        if let Some(p) = of_kind.iter().find(|p| p.https) {
+            chains.push(json!({
+                "filter_chain_match": {"transport_protocol": "tls"},
+                "filters": [{
+                    "name": "envoy.filters.network.tcp_proxy",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                        "stat_prefix": "health_probes_https",
+                        "cluster": p.cluster()
+                    }
+                }]
+            }));
+        }
+        listeners.push(json!({
+            "name": format!("{}_listener", kind.name()),
+            "address": {"socket_address": {"address": "0.0.0.0", "port_value": kind.port()}},
+            "listener_filters": [{
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}
+            }],
+            "filter_chains": chains
+        }));
+        for p in of_kind {
+            clusters.push(json!({
+                "name": p.cluster(),
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": p.cluster(),
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                        "address": "127.0.0.1", "port_value": p.port
+                    }}}}]}]
+                }
+            }));
+        }
+    }
+    (listeners, clusters)
 }
 
 fn check_cidr(c: &str) -> Result<(), SidecarError> {
