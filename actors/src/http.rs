@@ -1,4 +1,5 @@
-//! The controller's HTTP endpoint (OSM: port 9091): liveness, readiness, Prometheus metrics, version.
+//! The controller's HTTP endpoint (OSM: port 9091): liveness, readiness, Prometheus metrics, version;
+//! and the bounded HTTP(S) serving loop it shares with the admission webhooks.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,15 +62,49 @@ impl Default for HttpLimits {
     }
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves the endpoint until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: HttpState,
     limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_router(listener, router(state), limits, None, shutdown).await
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("HTTPS server certificate rejected: {0}")]
+pub struct TlsError(String);
+
+/// A TLS acceptor for an HTTPS server with this certificate chain and key (HTTP/1.1, no client certificate).
+pub fn tls_acceptor(cert_pem: &str, key_pem: &str) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `app` until `shutdown` resolves, over TLS when an acceptor is given (the handshake counts
+/// against the header timeout).
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use futures::StreamExt;
-    let app = hyper_util::service::TowerToHyperService::new(router(state));
+    let app = hyper_util::service::TowerToHyperService::new(app);
     // The ADS listener's accept loop: a connection limit, and back-off when descriptors run out.
     let mut conns = std::pin::pin!(xds::server::incoming(listener, limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -81,11 +116,25 @@ pub async fn serve(
         let Some(Ok(conn)) = conn else { continue };
         let app = app.clone();
         let limits = limits.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
-            let serving = builder.serve_connection(hyper_util::rt::TokioIo::new(conn), app);
-            if let Ok(Err(e)) = tokio::time::timeout(limits.max_connection_age, serving).await {
+            let age = limits.max_connection_age;
+            let result = match tls {
+                None => {
+                    tokio::time::timeout(age, builder.serve_connection(hyper_util::rt::TokioIo::new(conn), app)).await
+                }
+                Some(tls) => {
+                    let stream = match tokio::time::timeout(limits.header_timeout, tls.accept(conn)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, "HTTPS handshake failed"),
+                        Err(_) => return tracing::debug!("HTTPS handshake timed out"),
+                    };
+                    tokio::time::timeout(age, builder.serve_connection(hyper_util::rt::TokioIo::new(stream), app)).await
+                }
+            };
+            if let Ok(Err(e)) = result {
                 tracing::debug!(error = %e, "HTTP connection ended");
             }
         });

@@ -57,6 +57,10 @@ pub struct ControllerConfig {
 pub struct KubernetesSource {
     pub client: kube::Config,
     pub watch: k8s::watch::WatchConfig,
+    /// What the sidecar injector puts into pods (a MeshConfig overrides it per request).
+    pub injector: k8s::inject::InjectorSettings,
+    /// The admission webhooks' HTTPS address (OSM: the injector's 9090); `None` serves none.
+    pub webhook_addr: Option<SocketAddr>,
 }
 
 /// Already-bound listeners for [`run_on`] (tests bind port 0).
@@ -64,6 +68,8 @@ pub struct KubernetesSource {
 pub struct Listeners {
     pub ads: tokio::net::TcpListener,
     pub http: Option<tokio::net::TcpListener>,
+    /// The admission webhooks (Kubernetes only).
+    pub webhook: Option<tokio::net::TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +84,10 @@ pub enum ControllerError {
     Serve(#[from] xds::server::ServeError),
     #[error("no source of mesh objects: give a mesh directory, a cluster, or both")]
     NoSource,
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Kube(String),
+    #[error(transparent)]
+    WebhookTls(#[from] http::TlsError),
     #[error("cannot start the actor system: {0}")]
     Actors(String),
 }
@@ -93,7 +103,11 @@ pub async fn run(config: ControllerConfig, shutdown: impl Future<Output = ()> + 
         Some(addr) => Some(bind(addr)?),
         None => None,
     };
-    run_on(config, Listeners { ads, http }, shutdown).await
+    let webhook = match config.kubernetes.as_ref().and_then(|k| k.webhook_addr) {
+        Some(addr) => Some(bind(addr)?),
+        None => None,
+    };
+    run_on(config, Listeners { ads, http, webhook }, shutdown).await
 }
 
 /// The actors and the thread their actix system runs on.
@@ -171,6 +185,41 @@ impl ActorSystem {
     }
 }
 
+/// The admission webhooks over HTTPS, with a certificate from the mesh CA for the names the chart's
+/// Services give them (the webhook configurations trust the mesh root).
+fn serve_webhooks(
+    listener: tokio::net::TcpListener,
+    k: &KubernetesSource,
+    ca: Arc<CertificateAuthority>,
+    metrics: Arc<metrics::Metrics>,
+    limits: http::HttpLimits,
+    until: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControllerError> {
+    let client = kube::Client::try_from(k.client.clone()).map_err(|e| ControllerError::Kube(e.to_string()))?;
+    let ns = &k.watch.osm_namespace;
+    let names: Vec<String> = ["osm-injector", "osm-validator", "osm-controller"]
+        .iter()
+        .flat_map(|svc| [format!("{svc}.{ns}.svc"), format!("{svc}.{ns}.svc.cluster.local")])
+        .chain(["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .collect();
+    let cert = ca.issue_server(&format!("osm-injector.{ns}.svc"), &names, ::certs::LONG_VALIDITY)?;
+    let tls = http::tls_acceptor(&cert.cert_pem, &cert.key_pem)?;
+    let state = k8s::webhook::WebhookState {
+        client,
+        ca,
+        settings: k.injector.clone(),
+        observe: Arc::new(move |kind, allowed| metrics.admission(kind, allowed)),
+    };
+    let addr = listener.local_addr().ok();
+    tokio::spawn(async move {
+        if let Err(e) = http::serve_router(listener, k8s::webhook::router(state), limits, Some(tls), until).await {
+            tracing::error!(error = %e, "admission webhooks failed");
+        }
+    });
+    tracing::info!(addr = ?addr, "admission webhooks listening (HTTPS: /mutate-pod-creation, /validate)");
+    Ok(())
+}
+
 /// Like [`run`], on already-bound listeners.
 pub async fn run_on(
     config: ControllerConfig,
@@ -208,6 +257,9 @@ pub async fn run_on(
         tracing::info!(addr = ?addr, "HTTP endpoint listening (/health/ready, /health/alive, /metrics)");
     }
     let ca = Arc::new(CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)?);
+    if let (Some(listener), Some(k)) = (listeners.webhook, &config.kubernetes) {
+        serve_webhooks(listener, k, ca.clone(), metrics.clone(), config.http_limits.clone(), stopped())?;
+    }
     let actors = ActorSystem::start(&config, ca.clone(), metrics.clone(), ready).await?;
     // No config is served before the first full scan has reached the catalog (sessions also refuse until
     // every source has listed everything, which for a cluster may take a while).

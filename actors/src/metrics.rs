@@ -76,6 +76,8 @@ pub struct Metrics {
     pub cert_issue_time: Histogram,
     pub snapshot_build_time: Histogram,
     proxies_built: AtomicU64,
+    /// `osm_admission_webhook_response_total{kind,success}`: admission reviews answered.
+    admissions: Mutex<BTreeMap<(String, bool), u64>>,
 }
 
 impl Default for Metrics {
@@ -93,6 +95,7 @@ impl Default for Metrics {
             cert_issue_time: Histogram::new(FAST),
             snapshot_build_time: Histogram::new(FAST),
             proxies_built: AtomicU64::new(0),
+            admissions: Mutex::default(),
         }
     }
 }
@@ -164,6 +167,11 @@ impl Metrics {
         bump(&self.errors, code);
     }
 
+    /// An admission review of an object of `kind` was answered (allowed or not).
+    pub fn admission(&self, kind: &str, allowed: bool) {
+        bump(&self.admissions, (kind.to_owned(), allowed));
+    }
+
     pub fn set_policy_errors(&self, n: usize) {
         self.policy_errors.store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
@@ -228,6 +236,13 @@ impl Metrics {
                 for (k, v) in m.iter() {
                     let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
                 }
+            }
+        }
+        let name = "osm_admission_webhook_response_total";
+        let _ = writeln!(out, "# HELP {name} Admission reviews answered\n# TYPE {name} counter");
+        if let Ok(m) = self.admissions.lock() {
+            for ((kind, ok), v) in m.iter() {
+                let _ = writeln!(out, "{name}{{kind=\"{}\",success=\"{ok}\"}} {v}", escape(kind));
             }
         }
         let _ = writeln!(

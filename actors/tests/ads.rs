@@ -79,7 +79,7 @@ impl Controller {
                 let ads = xds::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
                 let http = xds::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
                 port_tx.send((ads.local_addr().unwrap().port(), http.local_addr().unwrap().port())).unwrap();
-                actors::run_on(config, actors::Listeners { ads, http: Some(http) }, async {
+                actors::run_on(config, actors::Listeners { ads, http: Some(http), webhook: None }, async {
                     let _ = stop_rx.await;
                 })
                 .await
@@ -528,6 +528,8 @@ async fn a_cluster_is_watched_through_the_api_server_and_its_changes_reach_the_s
         config.kubernetes = Some(actors::KubernetesSource {
             client: kube::Config::new(cluster),
             watch: k8s::watch::WatchConfig { mesh_name: "osm".into(), osm_namespace: "osm-system".into() },
+            injector: k8s::inject::InjectorSettings::new("osm", "osm-system"),
+            webhook_addr: None,
         });
     });
     let wait_ready = async {

@@ -248,12 +248,8 @@ fn rewrite_probes(spec: &mut core::PodSpec) -> Result<(Vec<ProbeRoute>, Vec<Stri
     let mut routes = Vec::new();
     let mut warnings = Vec::new();
     for c in &mut spec.containers {
-        let named: BTreeMap<String, i32> = c
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| p.name.clone().map(|n| (n, p.container_port)))
-            .collect();
+        let named: BTreeMap<String, i32> =
+            c.ports.iter().flatten().filter_map(|p| p.name.clone().map(|n| (n, p.container_port))).collect();
         let container = c.name.clone();
         for (kind, probe) in [
             (ProbeKind::Liveness, &mut c.liveness_probe),

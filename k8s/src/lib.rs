@@ -9,6 +9,7 @@ pub mod convert;
 pub mod crds;
 pub mod inject;
 pub mod watch;
+pub mod webhook;
 pub mod yaml_dir;
 
 pub use yaml_dir::{FileError, Scan, YamlDir};

@@ -47,6 +47,20 @@ struct ServeArgs {
     /// The control plane's namespace in the cluster, where the MeshConfig `osm-mesh-config` is read.
     #[arg(long, default_value = "osm-system")]
     osm_namespace: String,
+    /// HTTPS address of the admission webhooks (sidecar injection, validation) in Kubernetes mode ("off"
+    /// for none).
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    webhook_addr: String,
+    /// Sidecar image of injected pods (MeshConfig `sidecar.envoyImage` overrides it).
+    #[arg(long)]
+    envoy_image: Option<String>,
+    /// Init-container image of injected pods, with iptables-restore (MeshConfig
+    /// `sidecar.initContainerImage` overrides it).
+    #[arg(long)]
+    init_image: Option<String>,
+    /// Host injected sidecars reach the ADS server at (default: osm-controller.<osm-namespace>.svc.cluster.local).
+    #[arg(long)]
+    sidecar_ads_host: Option<String>,
     /// Address of the ADS (xDS) gRPC server.
     #[arg(long, default_value = "0.0.0.0:15128")]
     ads_addr: SocketAddr,
@@ -187,9 +201,25 @@ fn serve(mesh_dir: Option<PathBuf>, state_dir: PathBuf, trust_domain: String, ar
         .context("starting the serving runtime")?;
     runtime.block_on(async move {
         if cluster {
+            let mut injector = k8s::inject::InjectorSettings::new(&args.mesh_name, &args.osm_namespace);
+            if let Some(image) = args.envoy_image {
+                injector.envoy_image = image;
+            }
+            if let Some(image) = args.init_image {
+                injector.init_image = image;
+            }
+            if let Some(host) = args.sidecar_ads_host {
+                injector.controller_host = host;
+            }
+            let webhook_addr = match args.webhook_addr.as_str() {
+                "off" => None,
+                a => Some(a.parse().with_context(|| format!("--webhook-addr {a:?} is not an address (or off)"))?),
+            };
             config.kubernetes = Some(actors::KubernetesSource {
                 client: kube_config(args.kubeconfig.as_deref()).await?,
                 watch: k8s::watch::WatchConfig { mesh_name: args.mesh_name, osm_namespace: args.osm_namespace },
+                injector,
+                webhook_addr,
             });
         }
         let shutdown = async {

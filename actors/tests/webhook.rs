@@ -1,0 +1,263 @@
+//! The admission webhooks over HTTPS, as the API server calls them: real AdmissionReview JSON in, the
+//! review answered, and the bootstrap Secret written to the API-server simulator.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apisim::{ApiServer, Resource};
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Webhooks {
+    port: u16,
+    root_pem: String,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Webhooks {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Webhooks {
+    fn start(sim: &ApiServer) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = certs::CertificateAuthority::load_or_create(&dir.path().join("state"), "cluster.local").unwrap();
+        let config = actors::ControllerConfig {
+            mesh_dir: None,
+            kubernetes: Some(actors::KubernetesSource {
+                client: kube::Config::new(sim.url().parse().unwrap()),
+                watch: k8s::watch::WatchConfig { mesh_name: "osm".into(), osm_namespace: "osm-system".into() },
+                injector: k8s::inject::InjectorSettings::new("osm", "osm-system"),
+                webhook_addr: None,
+            }),
+            state_dir: dir.path().join("state"),
+            ads_addr: "127.0.0.1:0".parse().unwrap(),
+            trust_domain: "cluster.local".into(),
+            scan_interval: Duration::from_millis(50),
+            service_cert_validity: Duration::from_secs(3600),
+            ads_server_names: vec![],
+            limits: Default::default(),
+            settings: Default::default(),
+            http_limits: Default::default(),
+            http_addr: None,
+        };
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let ads = xds::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                let webhook = xds::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                port_tx.send(webhook.local_addr().unwrap().port()).unwrap();
+                let listeners = actors::Listeners { ads, http: None, webhook: Some(webhook) };
+                actors::run_on(config, listeners, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let port = port_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        Self { port, root_pem: ca.root_pem().to_owned(), _dir: dir, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// POSTs `body` over HTTPS, trusting only the mesh root (as the webhook configuration's caBundle
+    /// does); returns (status, body).
+    async fn post(&self, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(self.root_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("osm-injector.osm-system.svc").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: osm-injector.osm-system.svc\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        // A refused oversized body may close the connection before it is all written.
+        let _ = tls.write_all(body).await;
+        let mut raw = Vec::new();
+        let _ = tls.read_to_end(&mut raw).await;
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+        let head = String::from_utf8_lossy(&raw[..split]).to_string();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let mut body = raw[split + 4..].to_vec();
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            body = dechunk(&body);
+        }
+        (status, body)
+    }
+
+    async fn review(&self, path: &str, review: &Value) -> Value {
+        let (status, body) = self.post(path, review.to_string().as_bytes()).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["response"]["uid"], review["request"]["uid"], "the response answers the request");
+        v["response"].clone()
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = b.windows(2).position(|w| w == b"\r\n") else { return out };
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..end]).trim(), 16).unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[end + 2..end + 2 + n]);
+        b = &b[end + 2 + n + 2..];
+    }
+}
+
+fn pod(annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"}, "annotations": annotations},
+        "spec": {"serviceAccountName": "web", "containers": [{
+            "name": "app", "image": "app", "ports": [{"containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"port": 8080, "path": "/ready"}}
+        }]}
+    })
+}
+
+fn pod_review(uid: &str, object: Value, dry_run: bool) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop", "operation": "CREATE", "userInfo": {"username": "admin"},
+            "object": object, "dryRun": dry_run
+        }
+    })
+}
+
+async fn sim_with_namespace() -> ApiServer {
+    let sim = ApiServer::start().await.unwrap();
+    sim.apply_yaml(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {openservicemesh.io/monitored-by: osm}\n  \
+         annotations: {openservicemesh.io/sidecar-injection: enabled}",
+    )
+    .unwrap();
+    sim
+}
+
+fn secrets(sim: &ApiServer) -> Vec<Value> {
+    sim.list(&Resource::new("", "v1", "secrets"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_pod_is_patched_and_its_bootstrap_secret_created() {
+    let sim = sim_with_namespace().await;
+    let hooks = Webhooks::start(&sim);
+    let original = pod(json!({}));
+    let resp = hooks.review("/mutate-pod-creation", &pod_review("u-1", original.clone(), false)).await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    assert_eq!(resp["patchType"], "JSONPatch");
+    let patch = base64::engine::general_purpose::STANDARD.decode(resp["patch"].as_str().unwrap()).unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut patched = original;
+    json_patch::patch(&mut patched, &patch).unwrap();
+    // The patched pod is a valid Kubernetes Pod with the sidecar.
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(patched).unwrap();
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["app", "envoy"]);
+    assert_eq!(spec.init_containers.unwrap()[0].name, "osm-init");
+    let uuid = pod.metadata.labels.unwrap()["osm-proxy-uuid"].clone();
+    let secret = sim.get(&Resource::new("", "v1", "secrets"), "shop", &format!("envoy-bootstrap-config-{uuid}"));
+    let secret = secret.expect("the bootstrap Secret is created");
+    let boot = base64::engine::general_purpose::STANDARD.decode(secret["data"]["bootstrap.yaml"].as_str().unwrap());
+    let boot: Value = serde_json::from_slice(&boot.unwrap()).unwrap();
+    assert_eq!(boot["node"]["id"], uuid.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opt_out_and_dry_run_create_nothing() {
+    let sim = sim_with_namespace().await;
+    let hooks = Webhooks::start(&sim);
+    let opted_out = pod(json!({"openservicemesh.io/sidecar-injection": "disabled"}));
+    let resp = hooks.review("/mutate-pod-creation", &pod_review("u-2", opted_out, false)).await;
+    assert_eq!(resp["allowed"], true);
+    assert!(resp.get("patch").is_none_or(Value::is_null), "no patch: {resp}");
+    let resp = hooks.review("/mutate-pod-creation", &pod_review("u-3", pod(json!({})), true)).await;
+    assert_eq!(resp["allowed"], true);
+    assert!(resp["patch"].is_string(), "a dry run sees the patch: {resp}");
+    assert!(secrets(&sim).is_empty(), "but no Secret is created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversized_and_bad_reviews_get_errors_and_the_server_keeps_serving() {
+    let sim = sim_with_namespace().await;
+    let hooks = Webhooks::start(&sim);
+    let (status, body) = hooks.post("/mutate-pod-creation", b"{not json").await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("E7010"), "{}", String::from_utf8_lossy(&body));
+    let (status, _) = hooks.post("/mutate-pod-creation", &vec![b' '; 5 << 20]).await;
+    assert_eq!(status, 413, "bodies over the limit are refused");
+    let typo = pod(json!({"openservicemesh.io/sidecar-injection": "maybe"}));
+    let resp = hooks.review("/mutate-pod-creation", &pod_review("u-4", typo, false)).await;
+    assert_eq!(resp["allowed"], false);
+    assert!(resp["status"]["message"].as_str().unwrap().contains("E7001"), "{resp}");
+    // Still serving.
+    let resp = hooks.review("/mutate-pod-creation", &pod_review("u-5", pod(json!({})), false)).await;
+    assert_eq!(resp["allowed"], true);
+}
+
+fn target_review(uid: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "access.smi-spec.io", "version": "v1alpha3", "kind": "TrafficTarget"},
+            "resource": {"group": "access.smi-spec.io", "version": "v1alpha3", "resource": "traffictargets"},
+            "namespace": "shop", "operation": "CREATE", "userInfo": {"username": "admin"},
+            "object": {"apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget",
+                       "metadata": {"name": "t", "namespace": "shop"}, "spec": spec}
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_that_could_never_be_in_force_is_refused_with_what_to_fix() {
+    let sim = sim_with_namespace().await;
+    let hooks = Webhooks::start(&sim);
+    let rules = json!([{"kind": "HTTPRouteGroup", "name": "routes"}]);
+    let good = json!({"destination": {"kind": "ServiceAccount", "name": "web", "namespace": "shop"},
+                      "sources": [{"kind": "ServiceAccount", "name": "client", "namespace": "shop"}], "rules": rules});
+    let resp = hooks.review("/validate", &target_review("v-1", good.clone())).await;
+    assert_eq!(resp["allowed"], true, "a rule naming a group that does not exist yet is fine: {resp}");
+    let mut elsewhere = good.clone();
+    elsewhere["destination"]["namespace"] = json!("other");
+    let resp = hooks.review("/validate", &target_review("v-2", elsewhere)).await;
+    assert_eq!(resp["allowed"], false);
+    assert!(resp["status"]["message"].as_str().unwrap().contains("E2020"), "{resp}");
+    let mut typo = good;
+    typo["destinaton"] = json!({});
+    let resp = hooks.review("/validate", &target_review("v-3", typo)).await;
+    assert_eq!(resp["allowed"], false);
+    assert!(resp["status"]["message"].as_str().unwrap().contains("destinaton"), "{resp}");
+}
