@@ -3,13 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use apisim::{ApiServer, Resource};
 use base64::Engine as _;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Webhooks {
     port: u16,
@@ -73,62 +71,16 @@ impl Webhooks {
         Self { port, root_pem: ca.root_pem().to_owned(), _dir: dir, stop: Some(stop), thread: Some(thread) }
     }
 
-    /// POSTs `body` over HTTPS, trusting only the mesh root (as the webhook configuration's caBundle
-    /// does); returns (status, body).
+    fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
     async fn post(&self, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        use rustls::pki_types::pem::PemObject as _;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_slice_iter(self.root_pem.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("osm-injector.osm-system.svc").unwrap();
-        let mut tls = connector.connect(name, tcp).await.unwrap();
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nhost: osm-injector.osm-system.svc\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\nconnection: close\r\n\r\n",
-            body.len()
-        );
-        tls.write_all(head.as_bytes()).await.unwrap();
-        // A refused oversized body may close the connection before it is all written.
-        let _ = tls.write_all(body).await;
-        let mut raw = Vec::new();
-        let _ = tls.read_to_end(&mut raw).await;
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
-        let head = String::from_utf8_lossy(&raw[..split]).to_string();
-        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let mut body = raw[split + 4..].to_vec();
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-            body = dechunk(&body);
-        }
-        (status, body)
+        apisim::webhook::post(self.addr(), "osm-injector.osm-system.svc", &self.root_pem, path, body).await.unwrap()
     }
 
     async fn review(&self, path: &str, review: &Value) -> Value {
-        let (status, body) = self.post(path, review.to_string().as_bytes()).await;
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["response"]["uid"], review["request"]["uid"], "the response answers the request");
-        v["response"].clone()
-    }
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(end) = b.windows(2).position(|w| w == b"\r\n") else { return out };
-        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..end]).trim(), 16).unwrap_or(0);
-        if n == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[end + 2..end + 2 + n]);
-        b = &b[end + 2 + n + 2..];
+        apisim::webhook::review(self.addr(), "osm-injector.osm-system.svc", &self.root_pem, path, review).await.unwrap()
     }
 }
 

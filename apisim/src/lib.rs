@@ -16,8 +16,12 @@
 //!   patch (JSON merge, strategic merge treated as JSON merge, JSON patch, and server-side apply treated as
 //!   a merge that creates), delete, and `dryRun=All` for each write.
 //!
+//! [`webhook`] is the API server's other side: calling admission webhooks over HTTPS.
+//!
 //! Not simulated: schema validation, admission, finalizers and garbage collection, pagination (`limit` is
 //! ignored: every list is one page), protobuf.
+
+pub mod webhook;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -128,11 +132,13 @@ pub struct Options {
     pub history: usize,
     /// How often a watch that asked for bookmarks gets one.
     pub bookmark_interval: Duration,
+    /// Where to listen (loopback and any free port by default).
+    pub bind: SocketAddr,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { history: 10_000, bookmark_interval: Duration::from_secs(1) }
+        Self { history: 10_000, bookmark_interval: Duration::from_secs(1), bind: SocketAddr::from(([127, 0, 0, 1], 0)) }
     }
 }
 
@@ -184,7 +190,7 @@ impl ApiServer {
     }
 
     pub async fn start_with(options: Options) -> Result<Self, SimError> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listener = tokio::net::TcpListener::bind(options.bind).await?;
         let addr = listener.local_addr()?;
         let (notes, _) = broadcast::channel(options.history.max(16));
         let state = Arc::new(State {
@@ -207,6 +213,11 @@ impl ApiServer {
         format!("http://{}", self.addr)
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
     /// A kube-rs client for this server.
     pub fn client(&self) -> Result<kube::Client, SimError> {
         let bad = |reason: String| SimError::Client { url: self.url(), reason };
@@ -216,10 +227,15 @@ impl ApiServer {
 
     /// A kubeconfig file's contents pointing at this server (for a controller run as a process, `kubectl`).
     pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_for(&self.url())
+    }
+
+    /// A kubeconfig reaching this server at another URL (from another network namespace, say).
+    pub fn kubeconfig_for(&self, url: &str) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {url}\ncontexts:\n- name: sim\n  \
              context:\n    cluster: sim\n    user: sim\n    namespace: default\ncurrent-context: sim\nusers:\n- name: sim\n  user: {{}}\n",
-            url = self.url()
+            url = url
         )
     }
 

@@ -149,6 +149,9 @@ pub struct MeshOptions {
     pub envoy_log_level: String,
     /// Extra `osm-controller` flags, e.g. `--enable-egress false`.
     pub controller_args: Vec<String>,
+    /// A link from the host's namespace to the hub: (host address, hub address), for peers of the
+    /// controller that run in the test process (an API-server simulator, the webhooks' caller).
+    pub host_link: Option<(Ipv4Addr, Ipv4Addr)>,
 }
 
 impl MeshOptions {
@@ -160,6 +163,7 @@ impl MeshOptions {
             prefix_len: 16,
             envoy_log_level: "warning".to_owned(),
             controller_args: Vec::new(),
+            host_link: None,
         }
     }
 }
@@ -240,6 +244,14 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), TestbedError> {
 impl LocalMesh {
     /// Starts the controller on a copy of `opts.mesh_source`. No pods run yet: see [`LocalMesh::add_pod`].
     pub fn start(opts: MeshOptions, bins: Binaries) -> Result<Self, TestbedError> {
+        let mut mesh = Self::prepare(opts, bins)?;
+        mesh.start_controller()?;
+        Ok(mesh)
+    }
+
+    /// The hub, the mesh directory and the root CA, without the controller: for a test that must start
+    /// peers of the controller first (see [`LocalMesh::start_controller`]).
+    pub fn prepare(opts: MeshOptions, bins: Binaries) -> Result<Self, TestbedError> {
         preflight(&bins)?;
         netns::sweep_stale();
         let work = tempfile::Builder::new().prefix("osm-testbed-").tempdir().map_err(io(Path::new("/tmp")))?;
@@ -249,10 +261,13 @@ impl LocalMesh {
         let state_dir = work.path().join("state");
         copy_dir(&opts.mesh_source, &mesh_dir)?;
         let hub = Hub::create(opts.gateway, opts.prefix_len)?;
+        if let Some((host, hub_side)) = opts.host_link {
+            hub.link_host(host, hub_side)?;
+        }
         // The mesh root, created here and found by the controller in its state directory, as after a restart.
         let ca = CertificateAuthority::load_or_create(&state_dir, "cluster.local")?;
         let controller_log = work.path().join("controller.log");
-        let mut mesh = Self {
+        Ok(Self {
             ca,
             opts,
             bins,
@@ -264,9 +279,17 @@ impl LocalMesh {
             apps: Vec::new(),
             pods: BTreeMap::new(),
             hub,
-        };
-        mesh.start_controller()?;
-        Ok(mesh)
+        })
+    }
+
+    /// A scratch directory of this mesh (removed with it).
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// The mesh root CA's certificate (PEM).
+    pub fn root_pem(&self) -> &str {
+        self.ca.root_pem()
     }
 
     /// Starts the controller (again) and waits until it serves ADS.
@@ -419,6 +442,99 @@ impl LocalMesh {
             key.clone(),
             PodRuntime { key: key.clone(), ip, uuid: pod.proxy_uuid.to_string(), dir, envoy: Some(envoy), netns },
         );
+        Ok(key)
+    }
+
+    /// Runs a pod as Kubernetes would after the injector's admission: its init containers (as root, in
+    /// the pod's namespace, with `POD_IP`), then its `envoy` container with the volumes it mounts from
+    /// `secrets` (Secret name → data) bind-mounted at their paths and the container's user, command and
+    /// arguments. Its IP is `status.podIP`. Does not wait for readiness.
+    pub fn start_injected_pod(
+        &mut self,
+        pod: &k8s_openapi::api::core::v1::Pod,
+        secrets: &BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    ) -> Result<String, TestbedError> {
+        let bad = |what: String| TestbedError::Setup(format!("injected pod: {what}"));
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let key = format!("{ns}/{name}");
+        let ip: Ipv4Addr = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| bad(format!("{key} has no IPv4 status.podIP")))?;
+        let spec = pod.spec.clone().ok_or_else(|| bad(format!("{key} has no spec")))?;
+        let uuid = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(messages::PROXY_UUID_LABEL))
+            .cloned()
+            .ok_or_else(|| bad(format!("{key} has no {} label", messages::PROXY_UUID_LABEL)))?;
+        let dir = self.work.path().join("pods").join(key.replace('/', "_"));
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io(&dir))?;
+        let netns = self.hub.attach(&name.chars().take(12).collect::<String>(), ip)?;
+        for init in spec.init_containers.iter().flatten() {
+            let cmd = init.command.clone().unwrap_or_default();
+            let (program, args) =
+                cmd.split_first().ok_or_else(|| bad(format!("init container {} has no command", init.name)))?;
+            netns::run(netns.command(program).args(args).env("POD_IP", ip.to_string()))?;
+        }
+        let envoy = spec
+            .containers
+            .iter()
+            .find(|c| c.name == "envoy")
+            .ok_or_else(|| bad(format!("{key} has no envoy container")))?;
+        // Volumes: each Secret's data as files (mode from the volume), bind-mounted where the container
+        // mounts it, inside the pod's own mount namespace (`ip netns exec` makes one).
+        let mut mounts = String::new();
+        for m in envoy.volume_mounts.iter().flatten() {
+            let vol = spec
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == m.name)
+                .ok_or_else(|| bad(format!("volume {}", m.name)))?;
+            let secret = vol.secret.as_ref().ok_or_else(|| bad(format!("volume {} is not a Secret", m.name)))?;
+            let secret_name = secret.secret_name.clone().unwrap_or_default();
+            let data =
+                secrets.get(&secret_name).ok_or_else(|| bad(format!("Secret {ns}/{secret_name} does not exist")))?;
+            let vdir = dir.join(&m.name);
+            fs::create_dir_all(&vdir).map_err(io(&vdir))?;
+            fs::set_permissions(&vdir, fs::Permissions::from_mode(0o755)).map_err(io(&vdir))?;
+            let mode = secret.default_mode.and_then(|m| u32::try_from(m).ok()).unwrap_or(0o644);
+            for (file, contents) in data {
+                let path = vdir.join(file);
+                fs::write(&path, contents).map_err(io(&path))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io(&path))?;
+            }
+            mounts.push_str(&format!("mkdir -p '{0}' && mount --bind '{1}' '{0}' && ", m.mount_path, vdir.display()));
+        }
+        let ctx = envoy.security_context.clone().unwrap_or_default();
+        let uid = ctx.run_as_user.unwrap_or(0);
+        let gid = ctx.run_as_group.unwrap_or(uid);
+        let command = envoy.command.clone().unwrap_or_default();
+        let program = match command.first().map(String::as_str) {
+            // The image's Envoy is this machine's.
+            Some("envoy") | None => self.bins.envoy.display().to_string(),
+            Some(other) => other.to_owned(),
+        };
+        let log = dir.join("envoy.log");
+        let child = netns
+            .command("sh")
+            .args(["-c", &format!("{mounts}exec \"$@\""), "sh", "setpriv"])
+            .args([format!("--reuid={uid}"), format!("--regid={gid}"), "--clear-groups".to_owned(), "--".to_owned()])
+            .arg(program)
+            .args(command.iter().skip(1))
+            .args(envoy.args.iter().flatten())
+            .args(["--disable-hot-restart", "--concurrency", "1"])
+            .stdout(log_file(&log)?)
+            .stderr(Stdio::from(fs::OpenOptions::new().append(true).open(&log).map_err(io(&log))?))
+            .spawn()
+            .map_err(|e| TestbedError::Setup(format!("starting Envoy for {key}: {e}")))?;
+        self.pods.insert(key.clone(), PodRuntime { key: key.clone(), ip, uuid, dir, envoy: Some(child), netns });
         Ok(key)
     }
 

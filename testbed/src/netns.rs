@@ -1,5 +1,7 @@
-//! Linux network namespaces as pods: one "hub" namespace holding a bridge (the pod network, with no link
-//! to the host, so no packet can leave the machine) and one namespace per pod, wired by a veth pair.
+//! Linux network namespaces as pods: one "hub" namespace holding a bridge (the pod network, with no route
+//! off the machine) and one namespace per pod, wired by a veth pair. A hub may also get a point-to-point
+//! link to the host's namespace, for a control plane's peers that run in the test process (an API-server
+//! simulator); the hub does not forward, so pods still cannot reach the host.
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -29,8 +31,19 @@ pub fn unique_name(role: &str) -> String {
     format!("{PREFIX}{}-{}-{role}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Deletes namespaces left behind by test processes that no longer exist (killed runs).
+/// Deletes namespaces and host links left behind by test processes that no longer exist (killed runs).
 pub fn sweep_stale() {
+    if let Ok(out) = ip(&["-o", "link", "show"]) {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split(':').nth(1).map(str::trim).unwrap_or("");
+            let name = name.split('@').next().unwrap_or("");
+            let Some(rest) = name.strip_prefix("otb") else { continue };
+            let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = ip(&["link", "del", name]);
+            }
+        }
+    }
     let Ok(out) = ip(&["netns", "list"]) else { return };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
@@ -106,6 +119,19 @@ impl Hub {
         ns.ip(&["addr", "add", &format!("{gateway}/{prefix_len}"), "dev", "br0"])?;
         ns.ip(&["link", "set", "br0", "up"])?;
         Ok(Self { ns, gateway, prefix_len, veths: AtomicU32::new(0) })
+    }
+
+    /// A /30 link between the host's namespace (`host` on a veth named after this process) and the hub
+    /// (`hub` on `host0`).
+    pub fn link_host(&self, host: std::net::Ipv4Addr, hub: std::net::Ipv4Addr) -> Result<(), TestbedError> {
+        let name = format!("otb{}h{}", std::process::id(), self.veths.fetch_add(1, Ordering::Relaxed));
+        // Deleted with the hub namespace (a veth pair goes when either end's namespace does).
+        ip(&["link", "add", &name, "type", "veth", "peer", "name", "host0", "netns", &self.ns.name])?;
+        ip(&["addr", "add", &format!("{host}/30"), "dev", &name])?;
+        ip(&["link", "set", &name, "up"])?;
+        self.ns.ip(&["addr", "add", &format!("{hub}/30"), "dev", "host0"])?;
+        self.ns.ip(&["link", "set", "host0", "up"])?;
+        Ok(())
     }
 
     /// A pod namespace with `eth0` at `addr`, attached to the bridge. Its default route points at the hub,

@@ -1,0 +1,173 @@
+//! Kubernetes mode end to end: the controller watches an API server (the simulator, in this process),
+//! its admission webhook injects pods, and the injected pods — their bootstrap Secret mounted at
+//! `/etc/envoy`, their init container's rules, their `envoy` container's user and command line — run in
+//! network-namespace pods with real Envoy and carry traffic. Needs root, iptables and Envoy
+//! (`scripts/setup.sh`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use apisim::{ApiServer, Options, Resource};
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+use testbed::{Binaries, LocalMesh, MeshOptions};
+
+const WAIT: Duration = Duration::from_secs(20);
+const HOST: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
+const HUB: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
+const WEBHOOK_PORT: u16 = 9090;
+
+fn bins() -> Binaries {
+    let mut b = Binaries::locate().expect("building osm-controller and mesh-app");
+    b.app = PathBuf::from(env!("CARGO_BIN_EXE_mesh-app"));
+    b
+}
+
+const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {openservicemesh.io/monitored-by: osm}
+  annotations: {openservicemesh.io/sidecar-injection: enabled}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web, namespace: shop}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: client, namespace: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.0.20, selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}]}
+"#;
+
+/// A pod as a user would write it, before admission.
+fn pod(name: &str, app: &str, sa: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
+        "spec": {"serviceAccountName": sa, "containers": [{
+            "name": "app", "image": "mesh-app", "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"port": "http", "path": "/ready"}}
+        }]}
+    })
+}
+
+/// Submits `pod` through the mutating webhook (as the API server does on create), applies the patch and
+/// stores the result with its IP, as the kubelet would report it.
+async fn admit(sim: &ApiServer, root_pem: &str, pod: Value, ip: &str) -> Pod {
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("create-{}", pod["metadata"]["name"].as_str().unwrap()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop", "operation": "CREATE", "userInfo": {"username": "admin"},
+            "object": pod.clone(), "dryRun": false
+        }
+    });
+    let addr = SocketAddr::from((HUB, WEBHOOK_PORT));
+    let resp = apisim::webhook::review(addr, "osm-injector.osm-system.svc", root_pem, "/mutate-pod-creation", &review)
+        .await
+        .unwrap();
+    assert_eq!(resp["allowed"], true, "{resp}");
+    let patch = base64::engine::general_purpose::STANDARD.decode(resp["patch"].as_str().unwrap()).unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut injected = pod;
+    json_patch::patch(&mut injected, &patch).unwrap();
+    injected["status"] = json!({"podIP": ip, "phase": "Running"});
+    let stored = sim.put(&Resource::new("", "v1", "pods"), injected).unwrap();
+    serde_json::from_value(stored).unwrap()
+}
+
+/// The Secrets of the namespace, decoded, as the kubelet would mount them.
+fn secrets(sim: &ApiServer) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    sim.list(&Resource::new("", "v1", "secrets"))
+        .into_iter()
+        .map(|s| {
+            let data = s["data"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), b64.decode(v.as_str().unwrap()).unwrap()))
+                .collect();
+            (s["metadata"]["name"].as_str().unwrap().to_owned(), data)
+        })
+        .collect()
+}
+
+#[test]
+fn pods_injected_by_the_webhook_carry_traffic_through_real_envoy() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let mut opts = MeshOptions::new(empty.path());
+    opts.host_link = Some((HOST, HUB));
+    let mut mesh = LocalMesh::prepare(opts, bins()).expect("the pod network");
+    let sim = rt
+        .block_on(ApiServer::start_with(Options { bind: SocketAddr::from((HOST, 0)), ..Options::default() }))
+        .unwrap();
+    sim.apply_yaml(OBJECTS).unwrap();
+    let kubeconfig = mesh.work_dir().join("kubeconfig");
+    std::fs::write(&kubeconfig, sim.kubeconfig_for(&format!("http://{HOST}:{}", sim.port()))).unwrap();
+    let gateway = mesh.opts.gateway.to_string();
+    mesh.opts.controller_args.extend(
+        [
+            "--kubeconfig",
+            &kubeconfig.display().to_string(),
+            "--webhook-addr",
+            &format!("0.0.0.0:{WEBHOOK_PORT}"),
+            "--sidecar-ads-host",
+            &gateway,
+        ]
+        .map(str::to_owned),
+    );
+    mesh.start_controller().expect("the controller in Kubernetes mode");
+
+    let root = mesh.root_pem().to_owned();
+    let web = rt.block_on(admit(&sim, &root, pod("web-1", "web", "web"), "10.244.2.1"));
+    let client = rt.block_on(admit(&sim, &root, pod("client", "client", "client"), "10.244.2.2"));
+    let secrets = secrets(&sim);
+    assert_eq!(secrets.len(), 2, "one bootstrap Secret per injected pod");
+    for p in [&web, &client] {
+        let key = mesh.start_injected_pod(p, &secrets).unwrap();
+        mesh.wait_envoy_ready(&key).unwrap();
+    }
+    mesh.spawn_app("shop/web-1", &["http-server", "--port", "8080", "--name", "web-1"]).unwrap();
+
+    // The client reaches the Service through both sidecars (mTLS between them).
+    let body = mesh
+        .eventually(WAIT, "the client to reach web through the mesh", || {
+            let out = mesh.app("shop/client", &["get", "http://10.96.0.20/"]).ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.starts_with("status=200").then_some(text)
+        })
+        .unwrap_or_else(|e| panic!("{e}\ncontroller:\n{}", mesh.controller_output()));
+    assert!(body.contains("hello from web-1"), "{body}");
+    for stat in ["cluster.shop_web_8080.upstream_rq_200", "cluster.shop_web_8080.ssl.handshake"] {
+        assert!(mesh.stat("shop/client", stat).unwrap().unwrap_or(0) > 0, "{stat}: through the sidecar, over mTLS");
+    }
+
+    // The rewritten readiness probe, from outside the pod as the kubelet sends it, reaches the app through
+    // the sidecar's probe listener.
+    let probe = web.spec.as_ref().unwrap().containers[0].readiness_probe.clone().unwrap().http_get.unwrap();
+    let url = format!(
+        "http://10.244.2.1:{}{}",
+        match probe.port {
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p) => p,
+            other => panic!("probe port {other:?}"),
+        },
+        probe.path.unwrap()
+    );
+    let answer = mesh.get_from_hub(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    assert!(answer.contains("hello from web-1"), "{answer}");
+}
