@@ -88,6 +88,8 @@ pub enum ControllerError {
     Kube(String),
     #[error(transparent)]
     WebhookTls(#[from] http::TlsError),
+    #[error(transparent)]
+    CaSecret(#[from] k8s::ca_secret::CaSecretError),
     #[error("cannot start the actor system: {0}")]
     Actors(String),
 }
@@ -256,7 +258,15 @@ pub async fn run_on(
         });
         tracing::info!(addr = ?addr, "HTTP endpoint listening (/health/ready, /health/alive, /metrics)");
     }
-    let ca = Arc::new(CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)?);
+    // On a cluster the root lives in a Secret that every replica shares; otherwise in the state directory.
+    let ca = match &config.kubernetes {
+        Some(k) => {
+            let client = kube::Client::try_from(k.client.clone()).map_err(|e| ControllerError::Kube(e.to_string()))?;
+            k8s::ca_secret::load_or_create(client, &k.watch.osm_namespace, &config.trust_domain).await?
+        }
+        None => CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)?,
+    };
+    let ca = Arc::new(ca);
     if let (Some(listener), Some(k)) = (listeners.webhook, &config.kubernetes) {
         serve_webhooks(listener, k, ca.clone(), metrics.clone(), config.http_limits.clone(), stopped())?;
     }

@@ -523,7 +523,9 @@ async fn a_cluster_is_watched_through_the_api_server_and_its_changes_reach_the_s
     .unwrap();
     sim.apply_yaml(MESH).unwrap();
     let cluster = sim.url().parse().unwrap();
-    let c = Controller::start_with(move |config| {
+    // On a cluster the root is the one in the osm-ca-bundle Secret.
+    let ca = k8s::ca_secret::load_or_create(sim.client().unwrap(), "osm-system", "cluster.local").await.unwrap();
+    let mut c = Controller::start_with(move |config| {
         config.mesh_dir = None;
         config.kubernetes = Some(actors::KubernetesSource {
             client: kube::Config::new(cluster),
@@ -538,6 +540,7 @@ async fn a_cluster_is_watched_through_the_api_server_and_its_changes_reach_the_s
         }
     };
     tokio::time::timeout(Duration::from_secs(10), wait_ready).await.expect("ready once every kind was listed");
+    c.ca = ca;
     let (tx, mut stream) = connected_client(&c).await;
     tx.send(request(ResourceType::Endpoint, &["demo/web|8080"], None)).await.unwrap();
     let eds = next(&mut stream).await;

@@ -29,9 +29,10 @@ impl Drop for Webhooks {
 }
 
 impl Webhooks {
-    fn start(sim: &ApiServer) -> Self {
+    async fn start(sim: &ApiServer) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ca = certs::CertificateAuthority::load_or_create(&dir.path().join("state"), "cluster.local").unwrap();
+        // The root the controller will find in the cluster.
+        let ca = k8s::ca_secret::load_or_create(sim.client().unwrap(), "osm-system", "cluster.local").await.unwrap();
         let config = actors::ControllerConfig {
             mesh_dir: None,
             kubernetes: Some(actors::KubernetesSource {
@@ -118,14 +119,15 @@ async fn sim_with_namespace() -> ApiServer {
     sim
 }
 
+/// Secrets in the pods' namespace (the mesh root's is in osm-system).
 fn secrets(sim: &ApiServer) -> Vec<Value> {
-    sim.list(&Resource::new("", "v1", "secrets"))
+    sim.list(&Resource::new("", "v1", "secrets")).into_iter().filter(|s| s["metadata"]["namespace"] == "shop").collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_injected_pod_is_patched_and_its_bootstrap_secret_created() {
     let sim = sim_with_namespace().await;
-    let hooks = Webhooks::start(&sim);
+    let hooks = Webhooks::start(&sim).await;
     let original = pod(json!({}));
     let resp = hooks.review("/mutate-pod-creation", &pod_review("u-1", original.clone(), false)).await;
     assert_eq!(resp["allowed"], true, "{resp}");
@@ -150,7 +152,7 @@ async fn an_injected_pod_is_patched_and_its_bootstrap_secret_created() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opt_out_and_dry_run_create_nothing() {
     let sim = sim_with_namespace().await;
-    let hooks = Webhooks::start(&sim);
+    let hooks = Webhooks::start(&sim).await;
     let opted_out = pod(json!({"openservicemesh.io/sidecar-injection": "disabled"}));
     let resp = hooks.review("/mutate-pod-creation", &pod_review("u-2", opted_out, false)).await;
     assert_eq!(resp["allowed"], true);
@@ -164,7 +166,7 @@ async fn opt_out_and_dry_run_create_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_oversized_and_bad_reviews_get_errors_and_the_server_keeps_serving() {
     let sim = sim_with_namespace().await;
-    let hooks = Webhooks::start(&sim);
+    let hooks = Webhooks::start(&sim).await;
     let (status, body) = hooks.post("/mutate-pod-creation", b"{not json").await;
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("E7010"), "{}", String::from_utf8_lossy(&body));
@@ -196,7 +198,7 @@ fn target_review(uid: &str, spec: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_that_could_never_be_in_force_is_refused_with_what_to_fix() {
     let sim = sim_with_namespace().await;
-    let hooks = Webhooks::start(&sim);
+    let hooks = Webhooks::start(&sim).await;
     let rules = json!([{"kind": "HTTPRouteGroup", "name": "routes"}]);
     let good = json!({"destination": {"kind": "ServiceAccount", "name": "web", "namespace": "shop"},
                       "sources": [{"kind": "ServiceAccount", "name": "client", "namespace": "shop"}], "rules": rules});

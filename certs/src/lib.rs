@@ -42,6 +42,8 @@ pub enum CertError {
         "{path}: the persisted CA is unusable: {reason} (hint: move the state directory's ca.crt/ca.key away to create a new root)"
     )]
     BadPersistedCa { path: PathBuf, reason: String },
+    #[error("the mesh CA is unusable: {reason}")]
+    BadCa { reason: String },
     #[error(
         "{0}: no mesh CA here (ca.crt, ca.key) (hint: pass the controller's --state-dir; the controller creates the CA when it first starts)"
     )]
@@ -215,31 +217,52 @@ impl CertificateAuthority {
         warn_if_exposed(&key_path);
         let cert_pem = read(&cert_path)?;
         let key_pem = read(&key_path)?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(format!("{CA_KEY_FILE}: {e}")))?;
+        let names = (cert_path.display().to_string(), key_path.display().to_string());
+        Self::checked(&cert_pem, &key_pem, trust_domain, &names).map_err(bad)
+    }
+
+    /// A root from its certificate and key (PEM), checked as [`CertificateAuthority::load`] checks files:
+    /// the key must be the certificate's, the certificate a CA, valid now. `names` say where the
+    /// certificate and the key came from, for errors (keys of a Kubernetes Secret, say).
+    pub fn from_pem(
+        cert_pem: &str,
+        key_pem: &str,
+        trust_domain: &str,
+        names: &(String, String),
+    ) -> Result<Self, CertError> {
+        Self::checked(cert_pem, key_pem, trust_domain, names).map_err(|reason| CertError::BadCa { reason })
+    }
+
+    /// The pair checked; `names` (certificate, key) say where each came from.
+    fn checked(cert_pem: &str, key_pem: &str, trust_domain: &str, names: &(String, String)) -> Result<Self, String> {
+        let (cert_name, key_name) = names;
+        let key = KeyPair::from_pem(key_pem).map_err(|e| format!("{key_name}: {e}"))?;
         // The key must be the certificate's: otherwise every certificate issued would fail to verify, and
         // every sidecar's TLS with it, while the controller looked healthy.
-        let der = pem_to_der(&cert_pem).map_err(|e| bad(format!("{CA_CERT_FILE}: {e}")))?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(format!("{CA_CERT_FILE}: {e}")))?;
+        let der = pem_to_der(cert_pem).map_err(|e| format!("{cert_name}: {e}"))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| format!("{cert_name}: {e}"))?;
         if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-            return Err(bad(format!(
-                "{} does not belong to {}: their public keys differ (restore the matching pair)",
-                key_path.display(),
-                cert_path.display()
-            )));
+            return Err(format!(
+                "{key_name} does not belong to {cert_name}: their public keys differ (restore the matching pair)"
+            ));
         }
         if !cert.is_ca() {
-            return Err(bad(format!("{} is not a CA certificate", cert_path.display())));
+            return Err(format!("{cert_name} is not a CA certificate"));
         }
         if !cert.validity().is_valid() {
-            return Err(bad(format!(
-                "{} is not valid now (valid from {} to {})",
-                cert_path.display(),
+            return Err(format!(
+                "{cert_name} is not valid now (valid from {} to {})",
                 cert.validity().not_before,
                 cert.validity().not_after
-            )));
+            ));
         }
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad(format!("{CA_CERT_FILE}: {e}")))?;
-        Ok(Self { issuer, cert_pem, trust_domain: trust_domain.to_owned() })
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| format!("{cert_name}: {e}"))?;
+        Ok(Self { issuer, cert_pem: cert_pem.to_owned(), trust_domain: trust_domain.to_owned() })
+    }
+
+    /// The root's private key (PEM), for keeping it where replicas share it (a Kubernetes Secret).
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     pub fn root_pem(&self) -> &str {

@@ -5,6 +5,7 @@
 //! `messages` model values, shared by the directory and by [`watch`] (the kube-rs watchers of a cluster,
 //! the Kubernetes source).
 
+pub mod ca_secret;
 pub mod convert;
 pub mod crds;
 pub mod inject;

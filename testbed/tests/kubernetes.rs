@@ -94,6 +94,7 @@ fn secrets(sim: &ApiServer) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
     let b64 = base64::engine::general_purpose::STANDARD;
     sim.list(&Resource::new("", "v1", "secrets"))
         .into_iter()
+        .filter(|s| s["metadata"]["namespace"] == "shop")
         .map(|s| {
             let data = s["data"]
                 .as_object()
@@ -117,6 +118,10 @@ fn pods_injected_by_the_webhook_carry_traffic_through_real_envoy() {
         .block_on(ApiServer::start_with(Options { bind: SocketAddr::from((HOST, 0)), ..Options::default() }))
         .unwrap();
     sim.apply_yaml(OBJECTS).unwrap();
+    // The mesh root the controller will find in its namespace's osm-ca-bundle Secret.
+    let ca = rt
+        .block_on(async { k8s::ca_secret::load_or_create(sim.client().unwrap(), "osm-system", "cluster.local").await })
+        .unwrap();
     let kubeconfig = mesh.work_dir().join("kubeconfig");
     std::fs::write(&kubeconfig, sim.kubeconfig_for(&format!("http://{HOST}:{}", sim.port()))).unwrap();
     let gateway = mesh.opts.gateway.to_string();
@@ -133,7 +138,7 @@ fn pods_injected_by_the_webhook_carry_traffic_through_real_envoy() {
     );
     mesh.start_controller().expect("the controller in Kubernetes mode");
 
-    let root = mesh.root_pem().to_owned();
+    let root = ca.root_pem().to_owned();
     let web = rt.block_on(admit(&sim, &root, pod("web-1", "web", "web"), "10.244.2.1"));
     let client = rt.block_on(admit(&sim, &root, pod("client", "client", "client"), "10.244.2.2"));
     let secrets = secrets(&sim);
