@@ -61,6 +61,9 @@ pub struct KubernetesSource {
     pub injector: k8s::inject::InjectorSettings,
     /// The admission webhooks' HTTPS address (OSM: the injector's 9090); `None` serves none.
     pub webhook_addr: Option<SocketAddr>,
+    /// This replica's name in the leader election (its pod's name on a cluster).
+    pub replica_id: String,
+    pub lease: k8s::duties::LeaseTiming,
 }
 
 /// Already-bound listeners for [`run_on`] (tests bind port 0).
@@ -270,6 +273,26 @@ pub async fn run_on(
     if let (Some(listener), Some(k)) = (listeners.webhook, &config.kubernetes) {
         serve_webhooks(listener, k, ca.clone(), metrics.clone(), config.http_limits.clone(), stopped())?;
     }
+    let election = match &config.kubernetes {
+        Some(k) => {
+            let client = kube::Client::try_from(k.client.clone()).map_err(|e| ControllerError::Kube(e.to_string()))?;
+            let duties = k8s::duties::run(
+                client,
+                k.watch.clone(),
+                k.replica_id.clone(),
+                k.lease,
+                ca.root_pem().to_owned(),
+                metrics.leader.clone(),
+                stopped(),
+            );
+            Some(tokio::spawn(async move {
+                if let Err(e) = duties.await {
+                    tracing::error!(error = %e, "leader election stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     let actors = ActorSystem::start(&config, ca.clone(), metrics.clone(), ready).await?;
     // No config is served before the first full scan has reached the catalog (sessions also refuse until
     // every source has listed everything, which for a cluster may take a while).
@@ -307,6 +330,10 @@ pub async fn run_on(
     let counted = metrics.clone();
     let handshake_failed: xds::tls::FailureSink = Arc::new(move |f| counted.handshake_failed(f.reason));
     let result = xds::serve(listeners.ads, tls, manager, config.limits.clone(), handshake_failed, shutdown).await;
+    // The Lease is released on the way out, so another replica takes the duties over at once.
+    if let Some(e) = election {
+        let _ = e.await;
+    }
     actors.stop().await;
     result.map_err(Into::into)
 }

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A histogram with fixed upper bounds, in seconds.
@@ -78,6 +78,8 @@ pub struct Metrics {
     proxies_built: AtomicU64,
     /// `osm_admission_webhook_response_total{kind,success}`: admission reviews answered.
     admissions: Mutex<BTreeMap<(String, bool), u64>>,
+    /// This replica holds the Lease of the one-time duties (Kubernetes).
+    pub leader: Arc<AtomicBool>,
 }
 
 impl Default for Metrics {
@@ -96,6 +98,7 @@ impl Default for Metrics {
             snapshot_build_time: Histogram::new(FAST),
             proxies_built: AtomicU64::new(0),
             admissions: Mutex::default(),
+            leader: Arc::default(),
         }
     }
 }
@@ -238,6 +241,11 @@ impl Metrics {
                 }
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP osm_controller_leader 1 while this replica holds the leader Lease\n# TYPE osm_controller_leader gauge\nosm_controller_leader {}",
+            u8::from(self.leader.load(Ordering::Relaxed))
+        );
         let name = "osm_admission_webhook_response_total";
         let _ = writeln!(out, "# HELP {name} Admission reviews answered\n# TYPE {name} counter");
         if let Ok(m) = self.admissions.lock() {

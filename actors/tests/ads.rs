@@ -532,6 +532,8 @@ async fn a_cluster_is_watched_through_the_api_server_and_its_changes_reach_the_s
             watch: k8s::watch::WatchConfig { mesh_name: "osm".into(), osm_namespace: "osm-system".into() },
             injector: k8s::inject::InjectorSettings::new("osm", "osm-system"),
             webhook_addr: None,
+            replica_id: "test".into(),
+            lease: Default::default(),
         });
     });
     let wait_ready = async {
@@ -574,4 +576,116 @@ async fn a_cluster_is_watched_through_the_api_server_and_its_changes_reach_the_s
     let status = status.expect("an error status, not a clean end");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert!(status.message().contains("no longer in the mesh"), "{status:?}");
+}
+
+/// A controller of the cluster behind `sim`, as replica `id`.
+fn replica(sim: &apisim::ApiServer, id: &str) -> Controller {
+    let cluster = sim.url().parse().unwrap();
+    let id = id.to_owned();
+    Controller::start_with(move |config| {
+        config.mesh_dir = None;
+        config.kubernetes = Some(actors::KubernetesSource {
+            client: kube::Config::new(cluster),
+            watch: k8s::watch::WatchConfig { mesh_name: "osm".into(), osm_namespace: "osm-system".into() },
+            injector: k8s::inject::InjectorSettings::new("osm", "osm-system"),
+            webhook_addr: None,
+            replica_id: id,
+            // Short, so the failover below is quick.
+            lease: k8s::duties::LeaseTiming { duration_s: 2, grace_s: 1 },
+        });
+    })
+}
+
+async fn leads(c: &Controller) -> bool {
+    c.http("/metrics").await.1.contains("osm_controller_leader 1\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_serve_the_same_config_share_one_root_and_one_holds_the_lease() {
+    let sim = apisim::ApiServer::start().await.unwrap();
+    sim.apply_yaml(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {openservicemesh.io/monitored-by: osm}}",
+    )
+    .unwrap();
+    sim.apply_yaml(MESH).unwrap();
+    sim.apply_yaml(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: MutatingWebhookConfiguration\n\
+         metadata: {name: osm-webhook-osm}\nwebhooks:\n- name: osm-inject.k8s.io\n  admissionReviewVersions: [v1]\n  \
+         sideEffects: NoneOnDryRun\n  clientConfig: {service: {name: osm-injector, namespace: osm-system, path: /mutate-pod-creation}}",
+    )
+    .unwrap();
+    let mut a = replica(&sim, "replica-a");
+    let mut b = replica(&sim, "replica-b");
+    let both_ready = async {
+        while a.http("/health/ready").await.0 != 200 || b.http("/health/ready").await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), both_ready).await.expect("both replicas ready");
+
+    // One root for both, from the cluster's Secret: a sidecar certificate from it is accepted by each.
+    let secret = sim.get(&apisim::Resource::new("", "v1", "secrets"), "osm-system", "osm-ca-bundle").unwrap();
+    let ca = k8s::ca_secret::load_or_create(sim.client().unwrap(), "osm-system", "cluster.local").await.unwrap();
+    assert!(secret["data"]["ca.crt"].is_string());
+    a.ca = k8s::ca_secret::load_or_create(sim.client().unwrap(), "osm-system", "cluster.local").await.unwrap();
+    b.ca = ca;
+    let mut assignments = Vec::new();
+    for c in [&a, &b] {
+        let (tx, mut stream) = connected_client(c).await;
+        tx.send(request(ResourceType::Endpoint, &["demo/web|8080"], None)).await.unwrap();
+        let eds = next(&mut stream).await;
+        assignments.push((eds.version_info.clone(), eds.resources.clone()));
+    }
+    assert_eq!(assignments[0], assignments[1], "both replicas serve the same configuration");
+
+    // Exactly one holds the Lease, and it did the one-time duties.
+    let one_leader = async {
+        loop {
+            let (la, lb) = (leads(&a).await, leads(&b).await);
+            if la != lb {
+                return la;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let a_leads = tokio::time::timeout(Duration::from_secs(20), one_leader).await.expect("one leader");
+    let lease =
+        sim.get(&apisim::Resource::new("coordination.k8s.io", "v1", "leases"), "osm-system", "osm-controller-leader");
+    let holder = lease.unwrap()["spec"]["holderIdentity"].as_str().unwrap().to_owned();
+    assert_eq!(holder, if a_leads { "replica-a" } else { "replica-b" });
+    let root = a.ca.root_pem().to_owned();
+    let duties_done = async {
+        loop {
+            let hook = sim.get(
+                &apisim::Resource::new("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations"),
+                "",
+                "osm-webhook-osm",
+            );
+            let bundle = hook.and_then(|h| h["webhooks"][0]["clientConfig"]["caBundle"].as_str().map(str::to_owned));
+            let mc = sim.get(
+                &apisim::Resource::new("config.openservicemesh.io", "v1alpha2", "meshconfigs"),
+                "osm-system",
+                "osm-mesh-config",
+            );
+            if let (Some(bundle), Some(_)) = (bundle, mc) {
+                return bundle;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let bundle =
+        tokio::time::timeout(Duration::from_secs(10), duties_done).await.expect("webhook CA bundle and MeshConfig");
+    use base64::Engine as _;
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(bundle).unwrap(), root.as_bytes());
+
+    // The leader leaves: it releases the Lease and the other replica takes over.
+    let (leader, follower) = if a_leads { (a, b) } else { (b, a) };
+    drop(leader);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !leads(&follower).await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the other replica takes the Lease over");
 }

@@ -40,6 +40,8 @@ impl Webhooks {
                 watch: k8s::watch::WatchConfig { mesh_name: "osm".into(), osm_namespace: "osm-system".into() },
                 injector: k8s::inject::InjectorSettings::new("osm", "osm-system"),
                 webhook_addr: None,
+                replica_id: "test".into(),
+                lease: Default::default(),
             }),
             state_dir: dir.path().join("state"),
             ads_addr: "127.0.0.1:0".parse().unwrap(),

@@ -13,8 +13,11 @@
 //!   and `410 Gone` for a resourceVersion older than the history kept — [`ApiServer::expire`] forces that
 //!   for one resource, as a compaction of etcd would;
 //! - create (with `generateName`), get, update (optimistic concurrency on `metadata.resourceVersion`),
-//!   patch (JSON merge, strategic merge treated as JSON merge, JSON patch, and server-side apply treated as
-//!   a merge that creates), delete, and `dryRun=All` for each write.
+//!   patch (JSON merge, strategic merge treated as JSON merge, JSON patch, and server-side apply as a
+//!   merge that creates), delete, and `dryRun=All` for each write;
+//! - server-side apply's field ownership, per leaf field: an apply that changes a field another
+//!   `fieldManager` set is refused with `409 Conflict` unless `force=true` (what Lease-based leader
+//!   election relies on); a field that is removed has no owner.
 //!
 //! [`webhook`] is the API server's other side: calling admission webhooks over HTTPS.
 //!
@@ -111,6 +114,8 @@ enum Note {
 struct Store {
     rv: u64,
     objects: BTreeMap<Key, Arc<Value>>,
+    /// Per object, the field manager of each leaf field (JSON pointer).
+    owners: BTreeMap<Key, BTreeMap<String, String>>,
     history: VecDeque<Arc<Change>>,
     /// Every change after this resourceVersion is still in `history`.
     history_floor: u64,
@@ -356,6 +361,8 @@ struct Query {
     timeout_s: Option<u64>,
     bookmarks: bool,
     dry_run: bool,
+    field_manager: Option<String>,
+    force: bool,
 }
 
 fn parse_query(q: Option<&str>) -> Query {
@@ -369,6 +376,8 @@ fn parse_query(q: Option<&str>) -> Query {
             "timeoutSeconds" => out.timeout_s = v.parse().ok(),
             "allowWatchBookmarks" => out.bookmarks = v == "true" || v == "1",
             "dryRun" => out.dry_run = v == "All",
+            "fieldManager" => out.field_manager = Some(v.into_owned()).filter(|v| !v.is_empty()),
+            "force" => out.force = v == "true",
             _ => {}
         }
     }
@@ -784,7 +793,13 @@ fn write(
                 || content_type.starts_with("application/strategic-merge-patch+json")
                 || apply
             {
-                json_patch::merge(&mut obj, &parse_body()?);
+                let body = parse_body()?;
+                if apply {
+                    let manager = query.field_manager.as_deref().unwrap_or("unknown");
+                    let owners = store.owners.get(&key_of(name));
+                    check_apply(&obj, &body, owners, manager, query.force)?;
+                }
+                json_patch::merge(&mut obj, &body);
             } else {
                 return Err(api_error(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -834,6 +849,24 @@ fn write(
         Some(n) => store.objects.insert(key_of(&name), n.clone()),
         None => store.objects.remove(&key_of(&name)),
     };
+    // Ownership: whoever changed a field owns it now; a removed field has no owner.
+    let manager = query.field_manager.clone().unwrap_or_else(|| "unknown".to_owned());
+    match &new {
+        Some(n) => {
+            let before = old.as_deref().map(leaves).unwrap_or_default();
+            let after = leaves(n);
+            let owners = store.owners.entry(key_of(&name)).or_default();
+            owners.retain(|path, _| after.contains_key(path));
+            for (path, v) in &after {
+                if before.get(path) != Some(v) {
+                    owners.insert(path.clone(), manager.clone());
+                }
+            }
+        }
+        None => {
+            store.owners.remove(&key_of(&name));
+        }
+    }
     let change = Arc::new(Change { rv, resource: id, old: old.clone(), new: new.clone() });
     store.history.push_back(change.clone());
     while store.history.len() > state.options.history {
@@ -844,6 +877,61 @@ fn write(
     let _ = state.notes.send(Note::Change(change));
     let out = new.or(old).map(|v| (*v).clone()).unwrap_or(Value::Null);
     Ok((status, out))
+}
+
+/// The leaf fields of an object (scalars and lists, by JSON pointer), without the server's metadata.
+fn leaves(v: &Value) -> BTreeMap<String, Value> {
+    fn walk(path: String, v: &Value, out: &mut BTreeMap<String, Value>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    walk(format!("{path}/{}", k.replace('~', "~0").replace('/', "~1")), v, out);
+                }
+            }
+            Value::Null => {}
+            other => {
+                out.insert(path, other.clone());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(String::new(), v, &mut out);
+    for server_owned in
+        ["/metadata/resourceVersion", "/metadata/uid", "/metadata/creationTimestamp", "/metadata/generation"]
+    {
+        out.remove(server_owned);
+    }
+    out.retain(|k, _| !k.starts_with("/metadata/managedFields"));
+    out
+}
+
+/// Server-side apply: changing a field another manager owns is a conflict unless forced.
+fn check_apply(
+    current: &Value,
+    patch: &Value,
+    owners: Option<&BTreeMap<String, String>>,
+    manager: &str,
+    force: bool,
+) -> Result<(), ApiError> {
+    if force {
+        return Ok(());
+    }
+    let conflicts: Vec<String> = leaves(patch)
+        .into_iter()
+        .filter(|(path, v)| current.pointer(path).is_some_and(|c| c != v))
+        .filter_map(|(path, _)| {
+            let owner = owners?.get(&path)?;
+            (owner != manager).then(|| format!("conflict with \"{owner}\": {}", path.replace('/', ".")))
+        })
+        .collect();
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    Err(api_error(
+        StatusCode::CONFLICT,
+        "Conflict",
+        format!("Apply failed with {} conflict(s): {}", conflicts.len(), conflicts.join(", ")),
+    ))
 }
 
 /// Optimistic concurrency: a write that names a resourceVersion must name the current one.

@@ -8,6 +8,7 @@
 pub mod ca_secret;
 pub mod convert;
 pub mod crds;
+pub mod duties;
 pub mod inject;
 pub mod watch;
 pub mod webhook;

@@ -215,11 +215,18 @@ fn serve(mesh_dir: Option<PathBuf>, state_dir: PathBuf, trust_domain: String, ar
                 "off" => None,
                 a => Some(a.parse().with_context(|| format!("--webhook-addr {a:?} is not an address (or off)"))?),
             };
+            // The pod's name on a cluster (the chart passes it); elsewhere, host and process.
+            let replica_id = std::env::var("POD_NAME").unwrap_or_else(|_| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            });
             config.kubernetes = Some(actors::KubernetesSource {
                 client: kube_config(args.kubeconfig.as_deref()).await?,
                 watch: k8s::watch::WatchConfig { mesh_name: args.mesh_name, osm_namespace: args.osm_namespace },
                 injector,
                 webhook_addr,
+                replica_id,
+                lease: Default::default(),
             });
         }
         let shutdown = async {

@@ -1,0 +1,178 @@
+//! Duties of the controller replica that holds the Lease `osm-controller-leader` (coordination.k8s.io,
+//! through `kube-lease-manager`): filling the mesh root into the webhook configurations' CA bundles, and
+//! creating the default MeshConfig when there is none. Every replica serves sidecars and webhooks; only
+//! these writes are done once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube_lease_manager::LeaseManagerBuilder;
+use serde_json::{Value, json};
+
+use crate::crds;
+use crate::watch::{MESH_CONFIG_NAME, WatchConfig};
+
+/// The Lease one replica holds.
+pub const LEASE_NAME: &str = "osm-controller-leader";
+
+pub fn mutating_webhook_name(mesh: &str) -> String {
+    format!("osm-webhook-{mesh}")
+}
+
+pub fn validating_webhook_name(mesh: &str) -> String {
+    format!("osm-validator-mesh-{mesh}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DutyError {
+    #[error("{what}: {source}")]
+    Api { what: String, source: kube::Error },
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+}
+
+/// Puts `ca_pem` into every webhook of this mesh's two webhook configurations (a configuration that does
+/// not exist is skipped: the chart may not install the validator). Returns how many webhooks changed.
+pub async fn patch_ca_bundles(client: &kube::Client, mesh: &str, ca_pem: &str) -> Result<usize, DutyError> {
+    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let mut changed = 0;
+    let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone());
+    let mw = mutating_webhook_name(mesh);
+    let vw = validating_webhook_name(mesh);
+    let err = |what: &str| {
+        let what = what.to_owned();
+        move |source| DutyError::Api { what, source }
+    };
+    let m = mutating.get_opt(&mw).await.map_err(err(&mw))?.map(|c| serde_json::to_value(c).unwrap_or_default());
+    let v = validating.get_opt(&vw).await.map_err(err(&vw))?.map(|c| serde_json::to_value(c).unwrap_or_default());
+    for (name, config, is_mutating) in [(&mw, m, true), (&vw, v, false)] {
+        let Some(config) = config else {
+            tracing::debug!(configuration = %name, "no such webhook configuration; nothing to patch");
+            continue;
+        };
+        let ops: Vec<Value> = config["webhooks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, w)| w["clientConfig"]["caBundle"].as_str() != Some(bundle.as_str()))
+            .map(|(i, _)| json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": bundle}))
+            .collect();
+        if ops.is_empty() {
+            continue;
+        }
+        changed += ops.len();
+        let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).unwrap_or(json_patch::Patch(vec![]));
+        let params = PatchParams::default();
+        if is_mutating {
+            mutating.patch(name, &params, &Patch::<()>::Json(patch)).await.map_err(err(name))?;
+        } else {
+            validating.patch(name, &params, &Patch::<()>::Json(patch)).await.map_err(err(name))?;
+        }
+        tracing::info!(configuration = %name, "webhook CA bundle set to the mesh root");
+    }
+    Ok(changed)
+}
+
+/// Creates the MeshConfig with the defaults when there is none; true when it did.
+pub async fn ensure_mesh_config(client: &kube::Client, namespace: &str) -> Result<bool, DutyError> {
+    let api = Api::<crds::MeshConfig>::namespaced(client.clone(), namespace);
+    let what = format!("MeshConfig {namespace}/{MESH_CONFIG_NAME}");
+    if api.get_opt(MESH_CONFIG_NAME).await.map_err(|source| DutyError::Api { what: what.clone(), source })?.is_some() {
+        return Ok(false);
+    }
+    let spec = crds::MeshConfigSpec {
+        traffic: Some(crds::TrafficSpec {
+            enable_egress: Some(true),
+            enable_permissive_traffic_policy_mode: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut mc = crds::MeshConfig::new(MESH_CONFIG_NAME, spec);
+    mc.metadata.namespace = Some(namespace.to_owned());
+    match api.create(&PostParams::default(), &mc).await {
+        Ok(_) => {
+            tracing::info!(meshconfig = %what, "created the default MeshConfig");
+            Ok(true)
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(source) => Err(DutyError::Api { what, source }),
+    }
+}
+
+/// How long a Lease holds without renewal, and how long before that its holder renews it. A replica
+/// that leaves releases the Lease, but the others notice only when it would have expired: `duration`
+/// bounds the failover time.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTiming {
+    pub duration_s: u64,
+    pub grace_s: u64,
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        Self { duration_s: 15, grace_s: 5 }
+    }
+}
+
+/// Takes part in the leader election until `stop` resolves; while this replica leads, `leader` is true
+/// and the duties are done (again after each gain of the Lease, and retried until they succeed).
+pub async fn run(
+    client: kube::Client,
+    config: WatchConfig,
+    identity: String,
+    timing: LeaseTiming,
+    ca_pem: String,
+    leader: Arc<AtomicBool>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), DutyError> {
+    let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+        .with_namespace(config.osm_namespace.clone())
+        .with_identity(identity.clone())
+        .with_duration(timing.duration_s.max(2))
+        .with_grace(timing.grace_s.clamp(1, timing.duration_s.max(2) - 1))
+        .build()
+        .await?;
+    let (mut leading, task) = manager.watch().await;
+    let mut stop = std::pin::pin!(stop);
+    'election: loop {
+        let is_leader = *leading.borrow_and_update();
+        leader.store(is_leader, Ordering::Relaxed);
+        if is_leader {
+            tracing::info!(identity, lease = LEASE_NAME, "this replica leads: doing the one-time duties");
+            let mut delay = Duration::from_millis(200);
+            loop {
+                let done = async {
+                    ensure_mesh_config(&client, &config.osm_namespace).await?;
+                    patch_ca_bundles(&client, &config.mesh_name, &ca_pem).await
+                };
+                match done.await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "leader duty failed; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = &mut stop => break 'election,
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            changed = leading.changed() => if changed.is_err() { break },
+            () = &mut stop => break,
+        }
+    }
+    // Dropping the receiver makes the manager release the Lease, so another replica takes over at once.
+    drop(leading);
+    let _ = task.await;
+    leader.store(false, Ordering::Relaxed);
+    Ok(())
+}
