@@ -139,7 +139,7 @@ async fn an_injected_pod_is_patched_and_its_bootstrap_secret_created() {
     let mut patched = original;
     json_patch::patch(&mut patched, &patch).unwrap();
     // The patched pod is a valid Kubernetes Pod with the sidecar.
-    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(patched).unwrap();
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(patched.clone()).unwrap();
     let spec = pod.spec.unwrap();
     assert_eq!(spec.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["app", "envoy"]);
     assert_eq!(spec.init_containers.unwrap()[0].name, "osm-init");
@@ -149,6 +149,20 @@ async fn an_injected_pod_is_patched_and_its_bootstrap_secret_created() {
     let boot = base64::engine::general_purpose::STANDARD.decode(secret["data"]["bootstrap.yaml"].as_str().unwrap());
     let boot: Value = serde_json::from_slice(&boot.unwrap()).unwrap();
     assert_eq!(boot["node"]["id"], uuid.as_str());
+
+    // Once the pod exists (and has a UID), it owns its Secret: Kubernetes deletes the Secret with it.
+    let created = sim.put(&Resource::new("", "v1", "pods"), patched).unwrap();
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_owned();
+    let owned = async {
+        loop {
+            let s = sim.get(&Resource::new("", "v1", "secrets"), "shop", &format!("envoy-bootstrap-config-{uuid}"));
+            if s.is_some_and(|s| s["metadata"]["ownerReferences"][0]["uid"] == uid.as_str()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), owned).await.expect("the pod owns its bootstrap Secret");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

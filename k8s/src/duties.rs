@@ -1,15 +1,20 @@
 //! Duties of the controller replica that holds the Lease `osm-controller-leader` (coordination.k8s.io,
-//! through `kube-lease-manager`): filling the mesh root into the webhook configurations' CA bundles, and
-//! creating the default MeshConfig when there is none. Every replica serves sidecars and webhooks; only
-//! these writes are done once.
+//! through `kube-lease-manager`): filling the mesh root into the webhook configurations' CA bundles,
+//! creating the default MeshConfig when there is none, and making each injected pod the owner of its
+//! bootstrap Secret (so Kubernetes deletes the Secret with the pod). Every replica serves sidecars and
+//! webhooks; only these writes are done once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
+use futures::TryStreamExt as _;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher;
 use kube_lease_manager::LeaseManagerBuilder;
 use serde_json::{Value, json};
 
@@ -106,6 +111,62 @@ pub async fn ensure_mesh_config(client: &kube::Client, namespace: &str) -> Resul
     }
 }
 
+/// Makes every injected pod (label `osm-proxy-uuid`) the owner of its bootstrap Secret, so the Secret goes
+/// with the pod. The Secret is written at admission, before the pod has a UID; the pod's first appearance
+/// supplies it. Runs until the watch ends.
+pub async fn own_bootstrap_secrets(client: kube::Client) {
+    let pods = Api::<Pod>::all(client.clone());
+    let config = watcher::Config::default().labels(messages::PROXY_UUID_LABEL);
+    let mut stream = std::pin::pin!(watcher::watcher(pods, config).default_backoff().applied_objects());
+    let mut done = std::collections::HashSet::new();
+    loop {
+        let pod = match stream.try_next().await {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "pod watch for bootstrap Secret owners failed; retrying");
+                continue;
+            }
+        };
+        let (Some(uid), Some(ns), Some(name)) =
+            (pod.metadata.uid.clone(), pod.metadata.namespace.clone(), pod.metadata.name.clone())
+        else {
+            continue;
+        };
+        let Some(uuid) = pod.metadata.labels.as_ref().and_then(|l| l.get(messages::PROXY_UUID_LABEL)).cloned() else {
+            continue;
+        };
+        if !done.insert(uid.clone()) {
+            continue;
+        }
+        let secret = format!("envoy-bootstrap-config-{uuid}");
+        let api = Api::<Secret>::namespaced(client.clone(), &ns);
+        let owned = match api.get_opt(&secret).await {
+            Ok(Some(s)) => s.metadata.owner_references.iter().flatten().any(|o| o.uid == uid),
+            // Not injected by this mesh (or already gone): nothing to own.
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, secret, namespace = ns, "cannot read a bootstrap Secret");
+                done.remove(&uid);
+                continue;
+            }
+        };
+        if owned {
+            continue;
+        }
+        let patch = json!({"metadata": {"ownerReferences": [{
+            "apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid, "blockOwnerDeletion": false
+        }]}});
+        match api.patch(&secret, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => tracing::debug!(secret, namespace = ns, pod = name, "bootstrap Secret owned by its pod"),
+            Err(e) => {
+                tracing::warn!(error = %e, secret, namespace = ns, "cannot give a bootstrap Secret its pod as owner");
+                done.remove(&uid);
+            }
+        }
+    }
+}
+
 /// How long a Lease holds without renewal, and how long before that its holder renews it. A replica
 /// that leaves releases the Lease, but the others notice only when it would have expired: `duration`
 /// bounds the failover time.
@@ -141,9 +202,18 @@ pub async fn run(
         .await?;
     let (mut leading, task) = manager.watch().await;
     let mut stop = std::pin::pin!(stop);
+    let mut owning: Option<tokio::task::JoinHandle<()>> = None;
     'election: loop {
         let is_leader = *leading.borrow_and_update();
         leader.store(is_leader, Ordering::Relaxed);
+        match (is_leader, &owning) {
+            (true, None) => owning = Some(tokio::spawn(own_bootstrap_secrets(client.clone()))),
+            (false, Some(task)) => {
+                task.abort();
+                owning = None;
+            }
+            _ => {}
+        }
         if is_leader {
             tracing::info!(identity, lease = LEASE_NAME, "this replica leads: doing the one-time duties");
             let mut delay = Duration::from_millis(200);
@@ -169,6 +239,9 @@ pub async fn run(
             changed = leading.changed() => if changed.is_err() { break },
             () = &mut stop => break,
         }
+    }
+    if let Some(task) = owning {
+        task.abort();
     }
     // Dropping the receiver makes the manager release the Lease, so another replica takes over at once.
     drop(leading);
