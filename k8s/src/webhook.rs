@@ -79,7 +79,7 @@ fn bad_request(reason: String) -> Response {
 }
 
 /// The review's request, or why the body is not one (answered with 400).
-fn parse<T>(body: &[u8]) -> Result<AdmissionRequest<T>, String>
+pub fn parse<T>(body: &[u8]) -> Result<AdmissionRequest<T>, String>
 where
     T: kube::Resource + serde::de::DeserializeOwned,
 {
