@@ -265,7 +265,21 @@ pub async fn run_on(
     let ca = match &config.kubernetes {
         Some(k) => {
             let client = kube::Client::try_from(k.client.clone()).map_err(|e| ControllerError::Kube(e.to_string()))?;
-            k8s::ca_secret::load_or_create(client, &k.watch.osm_namespace, &config.trust_domain).await?
+            // An API server that is briefly unreachable (a control-plane upgrade) is waited for, a while.
+            let mut delay = Duration::from_millis(500);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                match k8s::ca_secret::load_or_create(client.clone(), &k.watch.osm_namespace, &config.trust_domain).await
+                {
+                    Ok(ca) => break ca,
+                    Err(e) if e.is_transient() && tokio::time::Instant::now() + delay < deadline => {
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot read the mesh root yet");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(8));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         None => CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)?,
     };

@@ -19,14 +19,33 @@ pub const PRIVATE_KEY: &str = "private.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaSecretError {
-    #[error(
-        "Secret {namespace}/{CA_SECRET}: {source} (hint: the controller needs get and create on Secrets in its namespace)"
-    )]
+    #[error("Secret {namespace}/{CA_SECRET}: {source}{}", hint(.source))]
     Api { namespace: String, source: kube::Error },
     #[error("Secret {namespace}/{CA_SECRET} lacks {key} (restore it, or delete the Secret to create a new root)")]
     Missing { namespace: String, key: &'static str },
     #[error(transparent)]
     Ca(#[from] certs::CertError),
+}
+
+fn hint(e: &kube::Error) -> &'static str {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => {
+            " (hint: the controller needs get and create on Secrets in its namespace)"
+        }
+        kube::Error::Api(_) => "",
+        _ => " (hint: is the API server reachable? check the kubeconfig's server address)",
+    }
+}
+
+impl CaSecretError {
+    /// Worth trying again: the API server could not be reached or is overloaded.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CaSecretError::Api { source: kube::Error::Api(s), .. } => s.code == 429 || s.code >= 500,
+            CaSecretError::Api { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 fn from_secret(s: &Secret, namespace: &str, trust_domain: &str) -> Result<CertificateAuthority, CaSecretError> {
