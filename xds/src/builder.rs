@@ -322,6 +322,8 @@ pub struct BuildCache {
     upstream_fps: HashMap<usize, UpstreamFingerprints>,
     /// The upstream part of each list of this batch (with the list, to keep its address unique).
     upstream_parts: HashMap<(usize, String), UpstreamParts>,
+    /// Resource sets of this batch's snapshots, shared by the proxies with the same set of a type.
+    interned: crate::snapshot::Interner,
     pub hits: u64,
     pub misses: u64,
 }
@@ -416,6 +418,7 @@ impl BuildCache {
     pub fn next_batch(&mut self) {
         self.upstream_fps.clear();
         self.upstream_parts.clear();
+        self.interned.clear();
         self.batch += 1;
         let oldest = self.batch.saturating_sub(Self::KEEP_BATCHES);
         self.entries.retain(|_, (_, used)| *used >= oldest);
@@ -857,7 +860,9 @@ pub fn build_with(
     }
 
     b.snap.check_references(&b.refs)?;
-    Ok(b.snap)
+    let mut snap = b.snap;
+    snap.intern(&mut cache.interned);
+    Ok(snap)
 }
 
 /// :15010 → Envoy's own admin `/stats/prometheus` (and nothing else of the admin interface).
@@ -1280,6 +1285,7 @@ mod tests {
         assert_eq!(a, build(&client, CERTS).unwrap());
         assert_eq!(a, b);
         for ty in ResourceType::ALL {
+            assert!(Arc::ptr_eq(a.shared(ty), b.shared(ty)), "twins share one {ty} set");
             for (name, r) in &a.get(ty).resources {
                 assert!(Arc::ptr_eq(r, &b.get(ty).resources[name]), "{ty} {name} was encoded twice");
             }

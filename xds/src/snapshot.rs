@@ -1,8 +1,8 @@
 //! An immutable, versioned, consistent set of one proxy's Envoy resources, encoded once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::google::protobuf::Any;
 use sha2::{Digest, Sha256};
@@ -99,15 +99,40 @@ impl Resource {
     }
 }
 
-/// The resources of one type, by name.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The resources of one type, by name. Proxies with the same resources of a type share one of these
+/// (see [`ProxySnapshot::intern`]), so a session compares, and the mesh keeps, one map instead of
+/// thousands.
+#[derive(Debug, Clone, Default)]
 pub struct TypeResources {
     pub resources: BTreeMap<String, Arc<Resource>>,
+    /// The version of all of them, computed once.
+    all_version: OnceLock<String>,
+}
+
+impl PartialEq for TypeResources {
+    fn eq(&self, other: &Self) -> bool {
+        self.resources == other.resources
+    }
 }
 
 impl TypeResources {
+    /// The version of every resource: a hash of names and versions, computed once.
+    pub fn version(&self) -> &str {
+        self.all_version.get_or_init(|| self.version_of_selection(None))
+    }
+
     /// Version of a selection of resources (all of them for `None`): a hash of names and versions.
     pub fn version_of(&self, names: Option<&BTreeSet<String>>) -> String {
+        // A selection of every resource (the usual subscription) has the version of the whole.
+        match names {
+            Some(n) if n.len() != self.resources.len() || !self.resources.keys().all(|k| n.contains(k)) => {
+                self.version_of_selection(names)
+            }
+            _ => self.version().to_owned(),
+        }
+    }
+
+    fn version_of_selection(&self, names: Option<&BTreeSet<String>>) -> String {
         let mut parts: Vec<&[u8]> = Vec::new();
         for (name, r) in &self.resources {
             if names.is_none_or(|n| n.contains(name)) {
@@ -127,10 +152,14 @@ pub enum SnapshotError {
     Duplicate { kind: ResourceType, name: String },
 }
 
+/// Shared resource sets of one build, by type and the addresses of their resources (see
+/// [`ProxySnapshot::intern`]).
+pub type Interner = HashMap<(ResourceType, u64), Vec<Arc<TypeResources>>>;
+
 /// A complete configuration for one proxy.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProxySnapshot {
-    types: [TypeResources; 5],
+    types: [Arc<TypeResources>; 5],
 }
 
 impl ProxySnapshot {
@@ -138,13 +167,48 @@ impl ProxySnapshot {
         &self.types[ty.index()]
     }
 
+    /// The shared set of one type (compare with [`Arc::ptr_eq`] to skip an unchanged type at once).
+    pub fn shared(&self, ty: ResourceType) -> &Arc<TypeResources> {
+        &self.types[ty.index()]
+    }
+
     pub fn insert(&mut self, ty: ResourceType, r: Arc<Resource>) -> Result<(), SnapshotError> {
-        let map = &mut self.types[ty.index()].resources;
-        if map.contains_key(&r.name) {
+        let set = Arc::make_mut(&mut self.types[ty.index()]);
+        if set.resources.contains_key(&r.name) {
             return Err(SnapshotError::Duplicate { kind: ty, name: r.name.clone() });
         }
-        map.insert(r.name.clone(), r);
+        set.all_version = OnceLock::new();
+        set.resources.insert(r.name.clone(), r);
         Ok(())
+    }
+
+    /// Replaces each type's set by one already in `interner` that holds the very same resources (or
+    /// registers this one): proxies that see the same resources of a type share one map. Resources come
+    /// from the build cache, shared by `Arc`, so identity of the `Arc`s is the cheap, exact test; nothing
+    /// is hashed by content here (a set's version is computed once, when a session first needs it).
+    pub fn intern(&mut self, interner: &mut Interner) {
+        use std::hash::Hasher;
+        for ty in ResourceType::ALL {
+            let set = &mut self.types[ty.index()];
+            let mut h = std::hash::DefaultHasher::new();
+            for (name, r) in &set.resources {
+                h.write_usize(Arc::as_ptr(r) as usize);
+                h.write_usize(name.len());
+            }
+            let same = |other: &Arc<TypeResources>| {
+                other.resources.len() == set.resources.len()
+                    && other
+                        .resources
+                        .iter()
+                        .zip(&set.resources)
+                        .all(|((na, a), (nb, b))| Arc::ptr_eq(a, b) && na == nb)
+            };
+            let bucket = interner.entry((ty, h.finish())).or_default();
+            match bucket.iter().find(|o| same(o)) {
+                Some(shared) => *set = shared.clone(),
+                None => bucket.push(set.clone()),
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -158,11 +222,12 @@ impl ProxySnapshot {
     /// Same resources (names and content versions) as `other`: cheaper than comparing bodies.
     pub fn same_as(&self, other: &ProxySnapshot) -> bool {
         self.types.iter().zip(&other.types).all(|(a, b)| {
-            a.resources.len() == b.resources.len()
-                && a.resources
-                    .iter()
-                    .zip(&b.resources)
-                    .all(|((na, ra), (nb, rb))| na == nb && (Arc::ptr_eq(ra, rb) || ra.version == rb.version))
+            Arc::ptr_eq(a, b)
+                || a.resources.len() == b.resources.len()
+                    && a.resources
+                        .iter()
+                        .zip(&b.resources)
+                        .all(|((na, ra), (nb, rb))| na == nb && (Arc::ptr_eq(ra, rb) || ra.version == rb.version))
         })
     }
 
@@ -174,5 +239,39 @@ impl ProxySnapshot {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(name: &str, body: &str) -> Arc<Resource> {
+        Arc::new(Resource::new(name, Any { type_url: "t".into(), value: body.as_bytes().to_vec() }))
+    }
+
+    #[test]
+    fn equal_sets_are_shared_and_versioned_once() {
+        let mut interner = Interner::new();
+        let mut a = ProxySnapshot::default();
+        let mut b = ProxySnapshot::default();
+        let c1 = resource("c1", "x");
+        for s in [&mut a, &mut b] {
+            s.insert(ResourceType::Endpoint, c1.clone()).unwrap_or_else(|e| panic!("{e}"));
+        }
+        b.insert(ResourceType::Cluster, resource("c1", "own")).unwrap_or_else(|e| panic!("{e}"));
+        a.intern(&mut interner);
+        b.intern(&mut interner);
+        assert!(Arc::ptr_eq(a.shared(ResourceType::Endpoint), b.shared(ResourceType::Endpoint)));
+        assert!(!Arc::ptr_eq(a.shared(ResourceType::Cluster), b.shared(ResourceType::Cluster)));
+        // A selection of every name has the whole set's version; a smaller one its own.
+        let eds = a.get(ResourceType::Endpoint);
+        let all: BTreeSet<String> = ["c1".to_owned()].into();
+        assert_eq!(eds.version_of(Some(&all)), eds.version());
+        assert_ne!(eds.version_of(Some(&BTreeSet::new())), eds.version());
+        // Changing a shared set gives the changer a copy; the other keeps its own.
+        a.insert(ResourceType::Endpoint, resource("c2", "y")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(b.get(ResourceType::Endpoint).resources.len(), 1);
+        assert_ne!(a.get(ResourceType::Endpoint).version(), b.get(ResourceType::Endpoint).version());
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
-use crate::snapshot::{ProxySnapshot, Resource, ResourceType, short_hash};
+use crate::snapshot::{ProxySnapshot, Resource, ResourceType, TypeResources};
 
 /// A NACK reported by the proxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,11 +37,13 @@ struct TypeState {
     names: BTreeSet<String>,
     last_nonce: Option<String>,
     last_version: Option<String>,
-    /// The names the last response answered (`None`: nothing sent yet).
-    last_sent_names: Option<BTreeSet<String>>,
+    /// The last response answered the current names (false before the first, and after names change).
+    answered_names: bool,
     /// The resources of the last response, in name order: a snapshot whose resources of this type are
     /// the same (usually the very same `Arc`s) sends nothing, found without hashing anything.
     sent: Vec<Arc<Resource>>,
+    /// The shared set the last response came from: the same set again is unchanged at a pointer's cost.
+    sent_set: Option<Arc<TypeResources>>,
     acked_version: Option<String>,
 }
 
@@ -80,6 +82,9 @@ impl SotwSession {
         }
         state.requested = true;
         let names_changed = state.names != names;
+        if names_changed {
+            state.answered_names = false;
+        }
         state.names = names;
         if let Some(err) = &req.error_detail {
             out.nack = Some(Nack {
@@ -130,10 +135,14 @@ impl SotwSession {
         if !state.requested {
             return None;
         }
-        let res = snap.get(ty);
+        let set = snap.shared(ty);
+        let res: &TypeResources = set;
         let scope = if ty.is_wildcard() { None } else { Some(&state.names) };
         let in_scope = |name: &String| scope.is_none_or(|n| n.contains(name));
-        if !force && state.last_sent_names.as_ref() == Some(&state.names) {
+        if !force && state.answered_names {
+            if state.sent_set.as_ref().is_some_and(|s| Arc::ptr_eq(s, set)) {
+                return None;
+            }
             // The same names: anything to send only if a resource differs from what was sent (compared in
             // step, by pointer first; most snapshots share the previous ones' resources).
             let mut now = res.resources.iter().filter(|(name, _)| in_scope(name)).map(|(_, r)| r);
@@ -146,6 +155,7 @@ impl SotwSession {
                 }
             };
             if unchanged {
+                state.sent_set = Some(set.clone());
                 return None;
             }
         }
@@ -155,10 +165,12 @@ impl SotwSession {
         let resources = included.iter().map(|r| r.body.clone()).collect();
         state.sent = included;
         self.nonce += 1;
-        let nonce = format!("{}-{}", self.nonce, short_hash(&[version.as_bytes()]));
+        // The version is already a short hash: the nonce needs no hashing of its own.
+        let nonce = format!("{}-{}", self.nonce, version.get(..8).unwrap_or(&version));
         state.last_nonce = Some(nonce.clone());
         state.last_version = Some(version.clone());
-        state.last_sent_names = Some(state.names.clone());
+        state.answered_names = true;
+        state.sent_set = Some(set.clone());
         Some(DiscoveryResponse {
             version_info: version,
             resources,
