@@ -41,7 +41,7 @@ pub fn type_label(type_url: &str) -> &'static str {
 
 impl Protocol for sotw::SotwSession {
     type Request = envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-    type Response = envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+    type Response = sotw::SotwResponse;
     const NAME: &'static str = "sotw";
     fn on_request(&mut self, req: &Self::Request) -> sotw::Outcome<Self::Response> {
         sotw::SotwSession::on_request(self, req)
@@ -53,7 +53,7 @@ impl Protocol for sotw::SotwSession {
         &req.type_url
     }
     fn response_type_url(resp: &Self::Response) -> &str {
-        &resp.type_url
+        resp.type_url()
     }
 }
 

@@ -13,8 +13,10 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use messages::ProxyId;
+
+use crate::sotw::SotwResponse;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -34,7 +36,7 @@ pub type RequestStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>
 pub enum AdsStream {
     Sotw {
         requests: RequestStream<DiscoveryRequest>,
-        responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        responses: mpsc::Sender<Result<SotwResponse, Status>>,
     },
     Delta {
         requests: RequestStream<DeltaDiscoveryRequest>,
@@ -100,26 +102,138 @@ impl<H: SessionHandler> AdsService<H> {
         Self { handler, trust_domain: trust_domain.into() }
     }
 
-    pub fn into_server(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(crate::limits::MAX_REQUEST_BYTES)
+    /// The gRPC service: state-of-the-world streams through [`AdsRouter`]'s shared-body codec, delta
+    /// streams through the generated server.
+    pub fn into_server(self) -> AdsRouter<H> {
+        let service = Arc::new(self);
+        let generated = AggregatedDiscoveryServiceServer::from_arc(service.clone())
+            .max_decoding_message_size(crate::limits::MAX_REQUEST_BYTES);
+        AdsRouter { service, generated }
     }
-}
 
-#[tonic::async_trait]
-impl<H: SessionHandler> AggregatedDiscoveryService for AdsService<H> {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
+    async fn open_sotw(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+    ) -> Result<Response<ReceiverStream<Result<SotwResponse, Status>>>, Status> {
         let proxy = identify(&request, &self.trust_domain)?;
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let requests: RequestStream<DiscoveryRequest> = Box::pin(request.into_inner());
         self.handler.open(proxy, peer, AdsStream::Sotw { requests, responses: tx }).await?;
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+
+/// The ADS gRPC service. State-of-the-world responses are sent with a codec of their own: each is a body
+/// encoded once and shared by every proxy that receives the same resources, plus the proxy's nonce, so a
+/// push to thousands of proxies does not copy and encode every resource once per proxy. Delta streams
+/// (per-proxy resource lists) go to the generated server.
+pub struct AdsRouter<H> {
+    service: Arc<AdsService<H>>,
+    generated: AggregatedDiscoveryServiceServer<AdsService<H>>,
+}
+
+impl<H> Clone for AdsRouter<H> {
+    fn clone(&self) -> Self {
+        Self { service: self.service.clone(), generated: self.generated.clone() }
+    }
+}
+
+impl<H> tonic::server::NamedService for AdsRouter<H> {
+    const NAME: &'static str =
+        envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::SERVICE_NAME;
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
+
+impl<H, B> tower_service::Service<http::Request<B>> for AdsRouter<H>
+where
+    H: SessionHandler,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != SOTW_PATH {
+            return self.generated.call(req);
+        }
+        let method = SotwMethod(self.service.clone());
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(SotwCodec)
+                .apply_max_message_size_config(Some(crate::limits::MAX_REQUEST_BYTES), None);
+            Ok(grpc.streaming(method, req).await)
+        })
+    }
+}
+
+struct SotwMethod<H>(Arc<AdsService<H>>);
+
+impl<H: SessionHandler> tonic::server::StreamingService<DiscoveryRequest> for SotwMethod<H> {
+    type Response = SotwResponse;
+    type ResponseStream = ReceiverStream<Result<SotwResponse, Status>>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.open_sotw(request).await })
+    }
+}
+
+/// Requests are decoded as usual; responses are written from their shared bodies.
+#[derive(Debug, Clone, Copy, Default)]
+struct SotwCodec;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct SotwEncoder;
+
+impl tonic::codec::Encoder for SotwEncoder {
+    type Item = SotwResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: SotwResponse, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(item.encoded_len());
+        item.encode_to(dst);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for SotwCodec {
+    type Encode = SotwResponse;
+    type Decode = DiscoveryRequest;
+    type Encoder = SotwEncoder;
+    type Decoder = tonic_prost::ProstDecoder<DiscoveryRequest>;
+
+    fn encoder(&mut self) -> SotwEncoder {
+        SotwEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+#[tonic::async_trait]
+impl<H: SessionHandler> AggregatedDiscoveryService for AdsService<H> {
+    type StreamAggregatedResourcesStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    /// Not reached through [`AdsRouter`] (its own codec serves this method); kept whole for any other
+    /// mounting of the generated server.
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let stream = self.open_sotw(request).await?.into_inner();
+        Ok(Response::new(Box::pin(stream.map(|r| r.map(|r| r.to_proto())))))
     }
 
     async fn delta_aggregated_resources(

@@ -6,7 +6,10 @@
 //! config and is reported, and the same content is not sent again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use prost::Message as _;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
@@ -21,7 +24,7 @@ pub struct Nack {
 }
 
 /// What a request produced.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Outcome<R> {
     pub responses: Vec<R>,
     pub nack: Option<Nack>,
@@ -29,6 +32,12 @@ pub struct Outcome<R> {
     pub unknown_type: Option<String>,
     /// Set when the request breaks a bound ([`crate::limits`]): the stream must end with this reason.
     pub refused: Option<String>,
+}
+
+impl<R> Default for Outcome<R> {
+    fn default() -> Self {
+        Self { responses: Vec::new(), nack: None, unknown_type: None, refused: None }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +54,117 @@ struct TypeState {
     /// The shared set the last response came from: the same set again is unchanged at a pointer's cost.
     sent_set: Option<Arc<TypeResources>>,
     acked_version: Option<String>,
+}
+
+/// What every proxy receiving the same resources of a type gets: fields 1 (version), 2 (resources) and 4
+/// (type URL) of a `DiscoveryResponse`, encoded once and shared.
+#[derive(Debug)]
+pub struct EncodedBody {
+    ty: ResourceType,
+    version: String,
+    count: usize,
+    bytes: prost::bytes::Bytes,
+}
+
+/// A SotW response as sent: the shared body and this proxy's nonce (field 5), appended on the wire
+/// (protobuf fields may come in any order), so a push to thousands of proxies copies and encodes the
+/// resources once, not once per proxy.
+#[derive(Debug, Clone)]
+pub struct SotwResponse {
+    body: Arc<EncodedBody>,
+    nonce: String,
+}
+
+/// Field 5 (`nonce`) of `DiscoveryResponse`, length-delimited.
+const NONCE_TAG: u32 = 5;
+
+impl SotwResponse {
+    pub fn type_url(&self) -> &'static str {
+        self.body.ty.type_url()
+    }
+
+    pub fn version(&self) -> &str {
+        &self.body.version
+    }
+
+    pub fn nonce(&self) -> &str {
+        &self.nonce
+    }
+
+    /// How many resources it carries.
+    pub fn len(&self) -> usize {
+        self.body.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.body.count == 0
+    }
+
+    /// Whether two responses share one encoded body.
+    pub fn shares_body_with(&self, other: &SotwResponse) -> bool {
+        Arc::ptr_eq(&self.body, &other.body)
+    }
+
+    /// The length of the wire form.
+    pub fn encoded_len(&self) -> usize {
+        self.body.bytes.len() + prost::encoding::string::encoded_len(NONCE_TAG, &self.nonce)
+    }
+
+    /// Writes the wire form: the shared body, then the nonce.
+    pub fn encode_to(&self, buf: &mut impl prost::bytes::BufMut) {
+        buf.put_slice(&self.body.bytes);
+        prost::encoding::string::encode(NONCE_TAG, &self.nonce, buf);
+    }
+
+    /// The message as a proxy decodes it (tests, tools).
+    pub fn to_proto(&self) -> DiscoveryResponse {
+        let mut wire = Vec::with_capacity(self.encoded_len());
+        self.encode_to(&mut wire);
+        DiscoveryResponse::decode(wire.as_slice()).unwrap_or_default()
+    }
+}
+
+/// Encoded bodies by type and version, held weakly: an entry lives as long as a session still holds its
+/// last response. One per process: a version names the same resources for every proxy.
+#[derive(Debug, Default)]
+pub struct BodyCache {
+    bodies: Mutex<HashMap<(ResourceType, String), Weak<EncodedBody>>>,
+    inserts: AtomicU64,
+}
+
+impl BodyCache {
+    pub fn global() -> &'static BodyCache {
+        static CACHE: OnceLock<BodyCache> = OnceLock::new();
+        CACHE.get_or_init(BodyCache::default)
+    }
+
+    fn get_or_encode(&self, ty: ResourceType, version: &str, included: &[Arc<Resource>]) -> Arc<EncodedBody> {
+        let key = (ty, version.to_owned());
+        if let Some(body) = self.bodies.lock().ok().and_then(|m| m.get(&key).and_then(Weak::upgrade)) {
+            return body;
+        }
+        // Encoded outside the lock: another session may encode the same body meanwhile; either copy is right.
+        let msg = DiscoveryResponse {
+            version_info: version.to_owned(),
+            resources: included.iter().map(|r| r.body.clone()).collect(),
+            type_url: ty.type_url().to_owned(),
+            ..Default::default()
+        };
+        let body = Arc::new(EncodedBody {
+            ty,
+            version: key.1.clone(),
+            count: included.len(),
+            bytes: msg.encode_to_vec().into(),
+        });
+        if let Ok(mut m) = self.bodies.lock() {
+            // Dead entries are swept now and then, so the map stays the size of what sessions hold.
+            if self.inserts.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
+                m.retain(|_, w| w.strong_count() > 0);
+            }
+            m.insert(key, Arc::downgrade(&body));
+        }
+        body
+    }
 }
 
 #[derive(Debug, Default)]
@@ -64,7 +184,7 @@ impl SotwSession {
         self.types.get(&ty).and_then(|t| t.acked_version.as_deref())
     }
 
-    pub fn on_request(&mut self, req: &DiscoveryRequest) -> Outcome<DiscoveryResponse> {
+    pub fn on_request(&mut self, req: &DiscoveryRequest) -> Outcome<SotwResponse> {
         let mut out = Outcome::default();
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
             out.unknown_type = Some(req.type_url.clone());
@@ -104,7 +224,7 @@ impl SotwSession {
         out
     }
 
-    pub fn on_snapshot(&mut self, snap: Arc<ProxySnapshot>) -> Vec<DiscoveryResponse> {
+    pub fn on_snapshot(&mut self, snap: Arc<ProxySnapshot>) -> Vec<SotwResponse> {
         self.snapshot = Some(snap);
         let mut out = Vec::new();
         let mut clusters_changed = false;
@@ -129,7 +249,7 @@ impl SotwSession {
         out
     }
 
-    fn respond(&mut self, ty: ResourceType, force: bool) -> Option<DiscoveryResponse> {
+    fn respond(&mut self, ty: ResourceType, force: bool) -> Option<SotwResponse> {
         let snap = self.snapshot.clone()?;
         let state = self.types.get_mut(&ty)?;
         if !state.requested {
@@ -162,7 +282,7 @@ impl SotwSession {
         let included: Vec<Arc<Resource>> =
             res.resources.iter().filter(|(name, _)| in_scope(name)).map(|(_, r)| r.clone()).collect();
         let version = res.version_of(scope);
-        let resources = included.iter().map(|r| r.body.clone()).collect();
+        let body = BodyCache::global().get_or_encode(ty, &version, &included);
         state.sent = included;
         self.nonce += 1;
         // The version is already a short hash: the nonce needs no hashing of its own.
@@ -171,13 +291,7 @@ impl SotwSession {
         state.last_version = Some(version.clone());
         state.answered_names = true;
         state.sent_set = Some(set.clone());
-        Some(DiscoveryResponse {
-            version_info: version,
-            resources,
-            type_url: ty.type_url().to_owned(),
-            nonce,
-            ..Default::default()
-        })
+        Some(SotwResponse { body, nonce })
     }
 }
 
@@ -221,10 +335,10 @@ mod tests {
         assert!(s.on_snapshot(snap(&[])).is_empty());
         let r = s.on_request(&req(ResourceType::Cluster, &[], "", "")).responses;
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].resources.len(), 1);
-        let ack = s.on_request(&req(ResourceType::Cluster, &[], &r[0].nonce, &r[0].version_info));
+        assert_eq!(r[0].len(), 1);
+        let ack = s.on_request(&req(ResourceType::Cluster, &[], r[0].nonce(), r[0].version()));
         assert!(ack.responses.is_empty());
-        assert_eq!(s.acked_version(ResourceType::Cluster), Some(r[0].version_info.as_str()));
+        assert_eq!(s.acked_version(ResourceType::Cluster), Some(r[0].version()));
         // An identical snapshot sends nothing.
         assert!(s.on_snapshot(snap(&[])).is_empty());
     }
@@ -234,15 +348,15 @@ mod tests {
         let mut s = SotwSession::new();
         s.on_snapshot(snap(&[("a", "1"), ("b", "1")]));
         let r = s.on_request(&req(ResourceType::Endpoint, &["a"], "", "")).responses;
-        assert_eq!(r[0].resources.len(), 1);
+        assert_eq!(r[0].len(), 1);
         // Changing b alone does not concern this proxy.
         assert!(s.on_snapshot(snap(&[("a", "1"), ("b", "2")])).is_empty());
         // Changing a does.
         let r2 = s.on_snapshot(snap(&[("a", "2"), ("b", "2")]));
         assert_eq!(r2.len(), 1);
         // Subscribing to b as well, while acking, is answered.
-        let r3 = s.on_request(&req(ResourceType::Endpoint, &["a", "b"], &r2[0].nonce, &r2[0].version_info)).responses;
-        assert_eq!(r3[0].resources.len(), 2);
+        let r3 = s.on_request(&req(ResourceType::Endpoint, &["a", "b"], r2[0].nonce(), r2[0].version())).responses;
+        assert_eq!(r3[0].len(), 2);
     }
 
     #[test]
@@ -250,7 +364,7 @@ mod tests {
         let mut s = SotwSession::new();
         s.on_snapshot(snap(&[]));
         let r = s.on_request(&req(ResourceType::Cluster, &[], "", "")).responses;
-        let mut nack = req(ResourceType::Cluster, &[], &r[0].nonce, "");
+        let mut nack = req(ResourceType::Cluster, &[], r[0].nonce(), "");
         nack.error_detail = Some(Status { code: 3, message: "bad cluster".into(), details: vec![] });
         let out = s.on_request(&nack);
         assert_eq!(out.nack.unwrap().message, "bad cluster");
@@ -265,9 +379,9 @@ mod tests {
         let mut s = SotwSession::new();
         s.on_snapshot(snap(&[("c1", "1")]));
         let cds = s.on_request(&req(ResourceType::Cluster, &[], "", "")).responses;
-        s.on_request(&req(ResourceType::Cluster, &[], &cds[0].nonce, &cds[0].version_info));
+        s.on_request(&req(ResourceType::Cluster, &[], cds[0].nonce(), cds[0].version()));
         let eds = s.on_request(&req(ResourceType::Endpoint, &["c1"], "", "")).responses;
-        s.on_request(&req(ResourceType::Endpoint, &["c1"], &eds[0].nonce, &eds[0].version_info));
+        s.on_request(&req(ResourceType::Endpoint, &["c1"], eds[0].nonce(), eds[0].version()));
         // Same endpoints, changed cluster: both are sent, clusters first.
         let old = snap(&[("c1", "1")]);
         let mut cluster = (*old.get(ResourceType::Cluster).resources["c1"]).clone();
@@ -276,7 +390,7 @@ mod tests {
         changed.insert(ResourceType::Cluster, Arc::new(cluster)).unwrap();
         changed.insert(ResourceType::Endpoint, old.get(ResourceType::Endpoint).resources["c1"].clone()).unwrap();
         let out = s.on_snapshot(Arc::new(changed));
-        let types: Vec<&str> = out.iter().map(|r| r.type_url.as_str()).collect();
+        let types: Vec<&str> = out.iter().map(|r| r.type_url()).collect();
         assert_eq!(types, vec![ResourceType::Cluster.type_url(), ResourceType::Endpoint.type_url()]);
     }
 
@@ -285,5 +399,25 @@ mod tests {
         let mut s = SotwSession::new();
         let out = s.on_request(&DiscoveryRequest { type_url: "type.googleapis.com/x.Y".into(), ..Default::default() });
         assert_eq!(out.unknown_type.as_deref(), Some("type.googleapis.com/x.Y"));
+    }
+
+    #[test]
+    fn proxies_with_the_same_resources_share_one_encoded_body() {
+        let snapshot = snap(&[("c1", "endpoints")]);
+        let mut a = SotwSession::new();
+        let mut b = SotwSession::new();
+        a.on_snapshot(snapshot.clone());
+        b.on_snapshot(snapshot.clone());
+        let ra = a.on_request(&req(ResourceType::Endpoint, &["c1"], "", "")).responses;
+        let rb = b.on_request(&req(ResourceType::Endpoint, &["c1"], "", "")).responses;
+        assert!(ra[0].shares_body_with(&rb[0]), "one encoding for both proxies");
+        // On the wire: the shared fields and this proxy's nonce, decoded as one message.
+        let wire = ra[0].to_proto();
+        assert_eq!(wire.version_info, ra[0].version());
+        assert_eq!(wire.nonce, ra[0].nonce());
+        assert_eq!(wire.type_url, ResourceType::Endpoint.type_url());
+        assert_eq!(wire.resources.len(), 1);
+        assert_eq!(wire.resources[0].value, b"endpoints");
+        assert_eq!(ra[0].encoded_len(), wire.encoded_len());
     }
 }
