@@ -52,6 +52,42 @@ pub struct ControllerConfig {
     pub http_addr: Option<SocketAddr>,
 }
 
+impl ControllerConfig {
+    /// The defaults (the mesh directory `mesh`, ADS on :15128, a day of service-certificate validity, no
+    /// HTTP endpoint), keeping state in `state_dir`.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            mesh_dir: Some(PathBuf::from("mesh")),
+            kubernetes: None,
+            state_dir: state_dir.into(),
+            ads_addr: SocketAddr::from(([0, 0, 0, 0], messages::ports::ADS)),
+            trust_domain: "cluster.local".to_owned(),
+            scan_interval: Duration::from_secs(5),
+            service_cert_validity: Duration::from_secs(24 * 3600),
+            ads_server_names: Vec::new(),
+            limits: Default::default(),
+            http_limits: Default::default(),
+            settings: Default::default(),
+            http_addr: None,
+        }
+    }
+}
+
+impl KubernetesSource {
+    /// The cluster of `client`, the mesh `mesh_name` with its control plane in `osm_namespace`: default
+    /// injector settings, no webhooks, the default Lease timing.
+    pub fn new(client: kube::Config, mesh_name: &str, osm_namespace: &str, replica_id: impl Into<String>) -> Self {
+        Self {
+            client,
+            watch: k8s::watch::WatchConfig { mesh_name: mesh_name.to_owned(), osm_namespace: osm_namespace.to_owned() },
+            injector: k8s::inject::InjectorSettings::new(mesh_name, osm_namespace),
+            webhook_addr: None,
+            replica_id: replica_id.into(),
+            lease: Default::default(),
+        }
+    }
+}
+
 /// Where the Kubernetes source reads from.
 #[derive(Debug, Clone)]
 pub struct KubernetesSource {

@@ -56,20 +56,11 @@ impl Controller {
         std::fs::create_dir(dir.path().join("mesh")).unwrap();
         std::fs::write(dir.path().join("mesh/mesh.yaml"), MESH).unwrap();
         let ca = certs::CertificateAuthority::load_or_create(&dir.path().join("state"), "cluster.local").unwrap();
-        let mut config = actors::ControllerConfig {
-            mesh_dir: Some(dir.path().join("mesh")),
-            kubernetes: None,
-            state_dir: dir.path().join("state"),
-            ads_addr: "127.0.0.1:0".parse().unwrap(),
-            trust_domain: "cluster.local".into(),
-            scan_interval: Duration::from_millis(50),
-            service_cert_validity: Duration::from_secs(3600),
-            ads_server_names: vec![],
-            limits: Default::default(),
-            settings: Default::default(),
-            http_limits: Default::default(),
-            http_addr: None,
-        };
+        let mut config = actors::ControllerConfig::new(dir.path().join("state"));
+        config.mesh_dir = Some(dir.path().join("mesh"));
+        config.ads_addr = "127.0.0.1:0".parse().unwrap();
+        config.scan_interval = Duration::from_millis(50);
+        config.service_cert_validity = Duration::from_secs(3600);
         tweak(&mut config);
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -522,20 +513,9 @@ async fn a_cluster_is_watched_through_the_api_server_and_its_changes_reach_the_s
     )
     .unwrap();
     sim.apply_yaml(MESH).unwrap();
-    let cluster = sim.url().parse().unwrap();
     // On a cluster the root is the one in the osm-ca-bundle Secret.
     let ca = k8s::ca_secret::load_or_create(sim.client().unwrap(), "osm-system", "cluster.local").await.unwrap();
-    let mut c = Controller::start_with(move |config| {
-        config.mesh_dir = None;
-        config.kubernetes = Some(actors::KubernetesSource {
-            client: kube::Config::new(cluster),
-            watch: k8s::watch::WatchConfig { mesh_name: "osm".into(), osm_namespace: "osm-system".into() },
-            injector: k8s::inject::InjectorSettings::new("osm", "osm-system"),
-            webhook_addr: None,
-            replica_id: "test".into(),
-            lease: Default::default(),
-        });
-    });
+    let mut c = replica(&sim, "test");
     let wait_ready = async {
         while c.http("/health/ready").await.0 != 200 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -581,18 +561,12 @@ async fn a_cluster_is_watched_through_the_api_server_and_its_changes_reach_the_s
 /// A controller of the cluster behind `sim`, as replica `id`.
 fn replica(sim: &apisim::ApiServer, id: &str) -> Controller {
     let cluster = sim.url().parse().unwrap();
-    let id = id.to_owned();
+    let mut source = actors::KubernetesSource::new(kube::Config::new(cluster), "osm", "osm-system", id);
+    // Short, so a failover is quick.
+    source.lease = k8s::duties::LeaseTiming { duration_s: 2, grace_s: 1 };
     Controller::start_with(move |config| {
         config.mesh_dir = None;
-        config.kubernetes = Some(actors::KubernetesSource {
-            client: kube::Config::new(cluster),
-            watch: k8s::watch::WatchConfig { mesh_name: "osm".into(), osm_namespace: "osm-system".into() },
-            injector: k8s::inject::InjectorSettings::new("osm", "osm-system"),
-            webhook_addr: None,
-            replica_id: id,
-            // Short, so the failover below is quick.
-            lease: k8s::duties::LeaseTiming { duration_s: 2, grace_s: 1 },
-        });
+        config.kubernetes = Some(source);
     })
 }
 

@@ -33,27 +33,15 @@ impl Webhooks {
         let dir = tempfile::tempdir().unwrap();
         // The root the controller will find in the cluster.
         let ca = k8s::ca_secret::load_or_create(sim.client().unwrap(), "osm-system", "cluster.local").await.unwrap();
-        let config = actors::ControllerConfig {
-            mesh_dir: None,
-            kubernetes: Some(actors::KubernetesSource {
-                client: kube::Config::new(sim.url().parse().unwrap()),
-                watch: k8s::watch::WatchConfig { mesh_name: "osm".into(), osm_namespace: "osm-system".into() },
-                injector: k8s::inject::InjectorSettings::new("osm", "osm-system"),
-                webhook_addr: None,
-                replica_id: "test".into(),
-                lease: Default::default(),
-            }),
-            state_dir: dir.path().join("state"),
-            ads_addr: "127.0.0.1:0".parse().unwrap(),
-            trust_domain: "cluster.local".into(),
-            scan_interval: Duration::from_millis(50),
-            service_cert_validity: Duration::from_secs(3600),
-            ads_server_names: vec![],
-            limits: Default::default(),
-            settings: Default::default(),
-            http_limits: Default::default(),
-            http_addr: None,
-        };
+        let mut config = actors::ControllerConfig::new(dir.path().join("state"));
+        config.mesh_dir = None;
+        config.ads_addr = "127.0.0.1:0".parse().unwrap();
+        config.kubernetes = Some(actors::KubernetesSource::new(
+            kube::Config::new(sim.url().parse().unwrap()),
+            "osm",
+            "osm-system",
+            "test",
+        ));
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {

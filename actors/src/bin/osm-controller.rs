@@ -201,33 +201,27 @@ fn serve(mesh_dir: Option<PathBuf>, state_dir: PathBuf, trust_domain: String, ar
         .context("starting the serving runtime")?;
     runtime.block_on(async move {
         if cluster {
-            let mut injector = k8s::inject::InjectorSettings::new(&args.mesh_name, &args.osm_namespace);
-            if let Some(image) = args.envoy_image {
-                injector.envoy_image = image;
-            }
-            if let Some(image) = args.init_image {
-                injector.init_image = image;
-            }
-            if let Some(host) = args.sidecar_ads_host {
-                injector.controller_host = host;
-            }
-            let webhook_addr = match args.webhook_addr.as_str() {
-                "off" => None,
-                a => Some(a.parse().with_context(|| format!("--webhook-addr {a:?} is not an address (or off)"))?),
-            };
             // The pod's name on a cluster (the chart passes it); elsewhere, host and process.
             let replica_id = std::env::var("POD_NAME").unwrap_or_else(|_| {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
                 format!("{}-{}", host.trim(), std::process::id())
             });
-            config.kubernetes = Some(actors::KubernetesSource {
-                client: kube_config(args.kubeconfig.as_deref()).await?,
-                watch: k8s::watch::WatchConfig { mesh_name: args.mesh_name, osm_namespace: args.osm_namespace },
-                injector,
-                webhook_addr,
-                replica_id,
-                lease: Default::default(),
-            });
+            let client = kube_config(args.kubeconfig.as_deref()).await?;
+            let mut source = actors::KubernetesSource::new(client, &args.mesh_name, &args.osm_namespace, replica_id);
+            if let Some(image) = args.envoy_image {
+                source.injector.envoy_image = image;
+            }
+            if let Some(image) = args.init_image {
+                source.injector.init_image = image;
+            }
+            if let Some(host) = args.sidecar_ads_host {
+                source.injector.controller_host = host;
+            }
+            source.webhook_addr = match args.webhook_addr.as_str() {
+                "off" => None,
+                a => Some(a.parse().with_context(|| format!("--webhook-addr {a:?} is not an address (or off)"))?),
+            };
+            config.kubernetes = Some(source);
         }
         let shutdown = async {
             let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
