@@ -107,6 +107,9 @@ pub struct TypeResources {
     pub resources: BTreeMap<String, Arc<Resource>>,
     /// The version of all of them, computed once.
     all_version: OnceLock<String>,
+    /// A hash of the names alone, computed once: sets with the same names (an endpoint change keeps them)
+    /// have the same key, so a session checks its subscription against them once, not per push.
+    names_key: OnceLock<u64>,
 }
 
 impl PartialEq for TypeResources {
@@ -116,6 +119,28 @@ impl PartialEq for TypeResources {
 }
 
 impl TypeResources {
+    /// A hash of the names (not the content), computed once.
+    pub fn names_key(&self) -> u64 {
+        *self.names_key.get_or_init(|| {
+            use std::hash::Hasher;
+            let mut h = std::hash::DefaultHasher::new();
+            for name in self.resources.keys() {
+                h.write(name.as_bytes());
+                h.write_u8(0xff);
+            }
+            h.finish()
+        })
+    }
+
+    /// Whether `names` holds every name of the set (compared in step when the sizes match).
+    pub fn all_in(&self, names: &BTreeSet<String>) -> bool {
+        if names.len() == self.resources.len() {
+            names.iter().zip(self.resources.keys()).all(|(a, b)| a == b)
+        } else {
+            self.resources.keys().all(|k| names.contains(k))
+        }
+    }
+
     /// The version of every resource: a hash of names and versions, computed once.
     pub fn version(&self) -> &str {
         self.all_version.get_or_init(|| self.version_of_selection(None))
@@ -178,6 +203,7 @@ impl ProxySnapshot {
             return Err(SnapshotError::Duplicate { kind: ty, name: r.name.clone() });
         }
         set.all_version = OnceLock::new();
+        set.names_key = OnceLock::new();
         set.resources.insert(r.name.clone(), r);
         Ok(())
     }

@@ -53,6 +53,9 @@ struct TypeState {
     sent: Vec<Arc<Resource>>,
     /// The shared set the last response came from: the same set again is unchanged at a pointer's cost.
     sent_set: Option<Arc<TypeResources>>,
+    /// For the current names: whether they hold every name of sets with this names key (most pushes
+    /// change content, not names, so this is worked out once per subscription and name set).
+    covers: Option<(u64, bool)>,
     acked_version: Option<String>,
 }
 
@@ -204,6 +207,7 @@ impl SotwSession {
         let names_changed = state.names != names;
         if names_changed {
             state.answered_names = false;
+            state.covers = None;
         }
         state.names = names;
         if let Some(err) = &req.error_detail {
@@ -258,6 +262,22 @@ impl SotwSession {
         let set = snap.shared(ty);
         let res: &TypeResources = set;
         let scope = if ty.is_wildcard() { None } else { Some(&state.names) };
+        // Usually a proxy subscribes to every name of the set: then nothing needs looking up per name.
+        let covers = match scope {
+            None => true,
+            Some(names) => {
+                let key = res.names_key();
+                match state.covers {
+                    Some((k, covers)) if k == key => covers,
+                    _ => {
+                        let covers = res.all_in(names);
+                        state.covers = Some((key, covers));
+                        covers
+                    }
+                }
+            }
+        };
+        let scope = if covers { None } else { scope };
         let in_scope = |name: &String| scope.is_none_or(|n| n.contains(name));
         if !force && state.answered_names {
             if state.sent_set.as_ref().is_some_and(|s| Arc::ptr_eq(s, set)) {
@@ -281,7 +301,7 @@ impl SotwSession {
         }
         let included: Vec<Arc<Resource>> =
             res.resources.iter().filter(|(name, _)| in_scope(name)).map(|(_, r)| r.clone()).collect();
-        let version = res.version_of(scope);
+        let version = if covers { res.version().to_owned() } else { res.version_of(scope) };
         let body = BodyCache::global().get_or_encode(ty, &version, &included);
         state.sent = included;
         self.nonce += 1;
