@@ -323,7 +323,7 @@ pub struct BuildCache {
     /// The upstream part of each list of this batch (with the list, to keep its address unique).
     upstream_parts: HashMap<(usize, String), UpstreamParts>,
     /// Resource sets of this batch's snapshots, shared by the proxies with the same set of a type.
-    interned: crate::snapshot::Interner,
+    sets: crate::snapshot::SetCache,
     pub hits: u64,
     pub misses: u64,
 }
@@ -418,7 +418,7 @@ impl BuildCache {
     pub fn next_batch(&mut self) {
         self.upstream_fps.clear();
         self.upstream_parts.clear();
-        self.interned.clear();
+        self.sets.clear();
         self.batch += 1;
         let oldest = self.batch.saturating_sub(Self::KEEP_BATCHES);
         self.entries.retain(|_, (_, used)| *used >= oldest);
@@ -474,8 +474,9 @@ fn resource<M: prost::Name + prost::Message>(name: &str, msg: M) -> Resource {
 }
 
 /// Collects resources and the references between them, then checks the references resolve.
+/// Collects a proxy's resources per type, in order; [`ProxySnapshot::assemble`] makes the snapshot.
 struct Builder {
-    snap: ProxySnapshot,
+    pending: [Vec<Arc<Resource>>; 5],
     refs: Vec<(ResourceType, String, String)>,
 }
 
@@ -486,11 +487,13 @@ impl Builder {
         name: &str,
         msg: M,
     ) -> Result<(), SnapshotError> {
-        self.snap.insert(ty, Arc::new(resource(name, msg)))
+        self.pending[ty.index()].push(Arc::new(resource(name, msg)));
+        Ok(())
     }
 
     fn add_all(&mut self, ty: ResourceType, resources: Vec<Arc<Resource>>) -> Result<(), SnapshotError> {
-        resources.into_iter().try_for_each(|r| self.snap.insert(ty, r))
+        self.pending[ty.index()].extend(resources);
+        Ok(())
     }
 
     fn refer(&mut self, ty: ResourceType, name: &str, by: &str) {
@@ -653,7 +656,7 @@ pub fn build_with(
     certs: CertInput<'_>,
     cache: &mut BuildCache,
 ) -> Result<ProxySnapshot, SnapshotError> {
-    let mut b = Builder { snap: ProxySnapshot::default(), refs: Vec::new() };
+    let mut b = Builder { pending: Default::default(), refs: Vec::new() };
     let identity = view.identity();
     let own_cert = SERVICE_CERT;
     let bundle_fp = fingerprint(certs.trust_bundle_pem);
@@ -859,9 +862,8 @@ pub fn build_with(
         b.refer(ResourceType::Cluster, METRICS_CLUSTER, PROMETHEUS_LISTENER);
     }
 
-    b.snap.check_references(&b.refs)?;
-    let mut snap = b.snap;
-    snap.intern(&mut cache.interned);
+    let snap = ProxySnapshot::assemble(b.pending, &mut cache.sets)?;
+    snap.check_references(&b.refs)?;
     Ok(snap)
 }
 

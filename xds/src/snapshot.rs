@@ -56,7 +56,7 @@ impl ResourceType {
         }
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
@@ -177,9 +177,9 @@ pub enum SnapshotError {
     Duplicate { kind: ResourceType, name: String },
 }
 
-/// Shared resource sets of one build, by type and the addresses of their resources (see
-/// [`ProxySnapshot::intern`]).
-pub type Interner = HashMap<(ResourceType, u64), Vec<Arc<TypeResources>>>;
+/// The resource sets of one build batch, by type and the addresses of their resources in the order they
+/// were added (see [`ProxySnapshot::assemble`]).
+pub type SetCache = HashMap<(ResourceType, u64), Vec<(Vec<Arc<Resource>>, Arc<TypeResources>)>>;
 
 /// A complete configuration for one proxy.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -208,33 +208,43 @@ impl ProxySnapshot {
         Ok(())
     }
 
-    /// Replaces each type's set by one already in `interner` that holds the very same resources (or
-    /// registers this one): proxies that see the same resources of a type share one map. Resources come
-    /// from the build cache, shared by `Arc`, so identity of the `Arc`s is the cheap, exact test; nothing
-    /// is hashed by content here (a set's version is computed once, when a session first needs it).
-    pub fn intern(&mut self, interner: &mut Interner) {
+    /// A snapshot of these resources (per type, in the order they were added), sharing each type's set
+    /// with every other snapshot of the batch that has the very same resources: resources come from the
+    /// build cache as shared `Arc`s, so identity of the `Arc`s is the cheap, exact test, and a proxy whose
+    /// types match another's costs a pass over pointers instead of building maps of its own. A name added
+    /// twice is an error.
+    pub fn assemble(pending: [Vec<Arc<Resource>>; 5], sets: &mut SetCache) -> Result<Self, SnapshotError> {
         use std::hash::Hasher;
-        for ty in ResourceType::ALL {
-            let set = &mut self.types[ty.index()];
+        let mut snap = ProxySnapshot::default();
+        for (ty, resources) in ResourceType::ALL.into_iter().zip(pending) {
+            if resources.is_empty() {
+                continue;
+            }
             let mut h = std::hash::DefaultHasher::new();
-            for (name, r) in &set.resources {
+            for r in &resources {
                 h.write_usize(Arc::as_ptr(r) as usize);
-                h.write_usize(name.len());
             }
-            let same = |other: &Arc<TypeResources>| {
-                other.resources.len() == set.resources.len()
-                    && other
-                        .resources
-                        .iter()
-                        .zip(&set.resources)
-                        .all(|((na, a), (nb, b))| Arc::ptr_eq(a, b) && na == nb)
+            let bucket = sets.entry((ty, h.finish())).or_default();
+            let same = |order: &Vec<Arc<Resource>>| {
+                order.len() == resources.len() && order.iter().zip(&resources).all(|(a, b)| Arc::ptr_eq(a, b))
             };
-            let bucket = interner.entry((ty, h.finish())).or_default();
-            match bucket.iter().find(|o| same(o)) {
-                Some(shared) => *set = shared.clone(),
-                None => bucket.push(set.clone()),
-            }
+            let set = match bucket.iter().find(|(order, _)| same(order)) {
+                Some((_, set)) => set.clone(),
+                None => {
+                    let mut set = TypeResources::default();
+                    for r in &resources {
+                        if set.resources.insert(r.name.clone(), r.clone()).is_some() {
+                            return Err(SnapshotError::Duplicate { kind: ty, name: r.name.clone() });
+                        }
+                    }
+                    let set = Arc::new(set);
+                    bucket.push((resources, set.clone()));
+                    set
+                }
+            };
+            snap.types[ty.index()] = set;
         }
+        Ok(snap)
     }
 
     pub fn len(&self) -> usize {
@@ -278,18 +288,22 @@ mod tests {
 
     #[test]
     fn equal_sets_are_shared_and_versioned_once() {
-        let mut interner = Interner::new();
-        let mut a = ProxySnapshot::default();
-        let mut b = ProxySnapshot::default();
+        let mut sets = SetCache::new();
         let c1 = resource("c1", "x");
-        for s in [&mut a, &mut b] {
-            s.insert(ResourceType::Endpoint, c1.clone()).unwrap_or_else(|e| panic!("{e}"));
-        }
-        b.insert(ResourceType::Cluster, resource("c1", "own")).unwrap_or_else(|e| panic!("{e}"));
-        a.intern(&mut interner);
-        b.intern(&mut interner);
+        let pending = |extra: Option<Arc<Resource>>| {
+            let mut p: [Vec<Arc<Resource>>; 5] = Default::default();
+            p[ResourceType::Endpoint.index()].push(c1.clone());
+            p[ResourceType::Cluster.index()].extend(extra);
+            p
+        };
+        let mut a = ProxySnapshot::assemble(pending(None), &mut sets).unwrap_or_else(|e| panic!("{e}"));
+        let b =
+            ProxySnapshot::assemble(pending(Some(resource("c1", "own"))), &mut sets).unwrap_or_else(|e| panic!("{e}"));
         assert!(Arc::ptr_eq(a.shared(ResourceType::Endpoint), b.shared(ResourceType::Endpoint)));
         assert!(!Arc::ptr_eq(a.shared(ResourceType::Cluster), b.shared(ResourceType::Cluster)));
+        let mut twice: [Vec<Arc<Resource>>; 5] = Default::default();
+        twice[0] = vec![resource("c1", "a"), resource("c1", "b")];
+        assert!(matches!(ProxySnapshot::assemble(twice, &mut sets), Err(SnapshotError::Duplicate { .. })));
         // A selection of every name has the whole set's version; a smaller one its own.
         let eds = a.get(ResourceType::Endpoint);
         let all: BTreeSet<String> = ["c1".to_owned()].into();
