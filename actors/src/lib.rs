@@ -230,27 +230,18 @@ impl ActorSystem {
 /// Services give them (the webhook configurations trust the mesh root).
 fn serve_webhooks(
     listener: tokio::net::TcpListener,
-    k: &KubernetesSource,
-    ca: Arc<CertificateAuthority>,
-    metrics: Arc<metrics::Metrics>,
+    ns: &str,
+    state: k8s::webhook::WebhookState,
     limits: http::HttpLimits,
     until: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
-    let client = kube::Client::try_from(k.client.clone()).map_err(|e| ControllerError::Kube(e.to_string()))?;
-    let ns = &k.watch.osm_namespace;
     let names: Vec<String> = ["osm-injector", "osm-validator", "osm-controller"]
         .iter()
         .flat_map(|svc| [format!("{svc}.{ns}.svc"), format!("{svc}.{ns}.svc.cluster.local")])
         .chain(["localhost".to_owned(), "127.0.0.1".to_owned()])
         .collect();
-    let cert = ca.issue_server(&format!("osm-injector.{ns}.svc"), &names, ::certs::LONG_VALIDITY)?;
+    let cert = state.ca.issue_server(&format!("osm-injector.{ns}.svc"), &names, ::certs::LONG_VALIDITY)?;
     let tls = http::tls_acceptor(&cert.cert_pem, &cert.key_pem)?;
-    let state = k8s::webhook::WebhookState {
-        client,
-        ca,
-        settings: k.injector.clone(),
-        observe: Arc::new(move |kind, allowed| metrics.admission(kind, allowed)),
-    };
     let addr = listener.local_addr().ok();
     tokio::spawn(async move {
         if let Err(e) = http::serve_router(listener, k8s::webhook::router(state), limits, Some(tls), until).await {
@@ -297,10 +288,17 @@ pub async fn run_on(
         });
         tracing::info!(addr = ?addr, "HTTP endpoint listening (/health/ready, /health/alive, /metrics)");
     }
-    // On a cluster the root lives in a Secret that every replica shares; otherwise in the state directory.
-    let ca = match &config.kubernetes {
+    // One client (and connection pool) for what runs here on a cluster: the root, the webhooks, the
+    // election. The watchers have their own, on the actor thread.
+    let cluster = match &config.kubernetes {
         Some(k) => {
-            let client = kube::Client::try_from(k.client.clone()).map_err(|e| ControllerError::Kube(e.to_string()))?;
+            Some((k, kube::Client::try_from(k.client.clone()).map_err(|e| ControllerError::Kube(e.to_string()))?))
+        }
+        None => None,
+    };
+    // On a cluster the root lives in a Secret that every replica shares; otherwise in the state directory.
+    let ca = match &cluster {
+        Some((k, client)) => {
             // An API server that is briefly unreachable (a control-plane upgrade) is waited for, a while.
             let mut delay = Duration::from_millis(500);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -320,14 +318,22 @@ pub async fn run_on(
         None => CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)?,
     };
     let ca = Arc::new(ca);
-    if let (Some(listener), Some(k)) = (listeners.webhook, &config.kubernetes) {
-        serve_webhooks(listener, k, ca.clone(), metrics.clone(), config.http_limits.clone(), stopped())?;
+    if let (Some(listener), Some((k, client))) = (listeners.webhook, &cluster) {
+        let state = k8s::webhook::WebhookState {
+            client: client.clone(),
+            ca: ca.clone(),
+            settings: k.injector.clone(),
+            observe: {
+                let metrics = metrics.clone();
+                Arc::new(move |kind, allowed| metrics.admission(kind, allowed))
+            },
+        };
+        serve_webhooks(listener, &k.watch.osm_namespace, state, config.http_limits.clone(), stopped())?;
     }
-    let election = match &config.kubernetes {
-        Some(k) => {
-            let client = kube::Client::try_from(k.client.clone()).map_err(|e| ControllerError::Kube(e.to_string()))?;
+    let election = match &cluster {
+        Some((k, client)) => {
             let duties = k8s::duties::run(
-                client,
+                client.clone(),
                 k.watch.clone(),
                 k.replica_id.clone(),
                 k.lease,

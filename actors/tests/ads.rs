@@ -37,13 +37,15 @@ spec: {serviceAccountName: client, containers: [{name: app, image: x}]}
 status: {podIP: 10.244.1.1}
 "#;
 
+mod common;
+
 struct Controller {
     port: u16,
     http_port: u16,
     ca: certs::CertificateAuthority,
+    // Dropped first: the controller stops before its directory goes.
+    running: common::Running,
     dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Controller {
@@ -62,23 +64,8 @@ impl Controller {
         config.scan_interval = Duration::from_millis(50);
         config.service_cert_validity = Duration::from_secs(3600);
         tweak(&mut config);
-        let (port_tx, port_rx) = std::sync::mpsc::channel();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-            rt.block_on(async move {
-                let ads = xds::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-                let http = xds::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-                port_tx.send((ads.local_addr().unwrap().port(), http.local_addr().unwrap().port())).unwrap();
-                actors::run_on(config, actors::Listeners { ads, http: Some(http), webhook: None }, async {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        let (port, http_port) = port_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Self { port, http_port, ca, dir, stop: Some(stop), thread: Some(thread) }
+        let running = common::Running::start(config);
+        Self { port: running.ads_port, http_port: running.http_port, ca, running, dir }
     }
 
     fn mesh_dir(&self) -> PathBuf {
@@ -108,17 +95,6 @@ impl Controller {
         s.read_to_string(&mut raw).await.unwrap();
         let (head, body) = raw.split_once("\r\n\r\n").unwrap();
         (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_owned())
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -462,10 +438,9 @@ async fn idle_http_connections_are_closed_and_health_keeps_answering() {
 async fn shutdown_tells_connected_sidecars_to_go_and_completes() {
     let mut c = Controller::start();
     let (_tx, mut stream) = connected_client(&c).await;
-    let _ = c.stop.take().unwrap().send(());
+    let thread = c.running.stop();
     stream_ends_with(&mut stream, tonic::Code::Unavailable, "shutting down").await;
     // The controller returns although the sidecar never closed its side.
-    let thread = c.thread.take().unwrap();
     tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || thread.join().unwrap()))
         .await
         .expect("controller stops within its drain period")

@@ -9,23 +9,14 @@ use apisim::{ApiServer, Resource};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+mod common;
+
 struct Webhooks {
     port: u16,
     root_pem: String,
+    // Dropped first: the controller stops before its directory goes.
+    _running: common::Running,
     _dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Webhooks {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 impl Webhooks {
@@ -42,24 +33,8 @@ impl Webhooks {
             "osm-system",
             "test",
         ));
-        let (port_tx, port_rx) = std::sync::mpsc::channel();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-            rt.block_on(async move {
-                let ads = xds::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-                let webhook = xds::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-                port_tx.send(webhook.local_addr().unwrap().port()).unwrap();
-                let listeners = actors::Listeners { ads, http: None, webhook: Some(webhook) };
-                actors::run_on(config, listeners, async {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        let port = port_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Self { port, root_pem: ca.root_pem().to_owned(), _dir: dir, stop: Some(stop), thread: Some(thread) }
+        let running = common::Running::start(config);
+        Self { port: running.webhook_port, root_pem: ca.root_pem().to_owned(), _running: running, _dir: dir }
     }
 
     fn addr(&self) -> std::net::SocketAddr {

@@ -143,21 +143,11 @@ impl TypeResources {
 
     /// The version of every resource: a hash of names and versions, computed once.
     pub fn version(&self) -> &str {
-        self.all_version.get_or_init(|| self.version_of_selection(None))
+        self.all_version.get_or_init(|| self.version_of(None))
     }
 
     /// Version of a selection of resources (all of them for `None`): a hash of names and versions.
     pub fn version_of(&self, names: Option<&BTreeSet<String>>) -> String {
-        // A selection of every resource (the usual subscription) has the version of the whole.
-        match names {
-            Some(n) if n.len() != self.resources.len() || !self.resources.keys().all(|k| n.contains(k)) => {
-                self.version_of_selection(names)
-            }
-            _ => self.version().to_owned(),
-        }
-    }
-
-    fn version_of_selection(&self, names: Option<&BTreeSet<String>>) -> String {
         let mut parts: Vec<&[u8]> = Vec::new();
         for (name, r) in &self.resources {
             if names.is_none_or(|n| n.contains(name)) {

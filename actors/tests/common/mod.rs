@@ -1,0 +1,60 @@
+//! The whole controller on a runtime of its own, on loopback listeners, for the in-process tests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // test code; each test file uses a part
+
+use std::time::Duration;
+
+/// A controller running on its own thread; stopped (and waited for) when dropped.
+pub struct Running {
+    pub ads_port: u16,
+    pub http_port: u16,
+    pub webhook_port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Runs `config` with the ADS, HTTP and webhook listeners on free loopback ports.
+    pub fn start(config: actors::ControllerConfig) -> Self {
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let bind = || xds::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                let (ads, http, webhook) = (bind(), bind(), bind());
+                let port = |l: &tokio::net::TcpListener| l.local_addr().unwrap().port();
+                port_tx.send((port(&ads), port(&http), port(&webhook))).unwrap();
+                let listeners = actors::Listeners { ads, http: Some(http), webhook: Some(webhook) };
+                actors::run_on(config, listeners, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let (ads_port, http_port, webhook_port) = port_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        Self { ads_port, http_port, webhook_port, stop: Some(stop), thread: Some(thread) }
+    }
+}
+
+impl Running {
+    /// Tells the controller to shut down; its thread, to wait for it.
+    pub fn stop(&mut self) -> std::thread::JoinHandle<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.thread.take().expect("stopped once")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
