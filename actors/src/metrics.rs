@@ -46,18 +46,47 @@ impl Histogram {
     }
 }
 
-/// Counters of one connected proxy, dropped with its last session.
+/// The `type` label values of per-proxy series, in exposition order.
+const TYPE_LABELS: [&str; 6] = ["CDS", "EDS", "LDS", "RDS", "SDS", "other"];
+
+/// The per-proxy metrics, in exposition order.
+const PROXY_METRICS: [(&str, &str); 3] = [
+    ("osm_proxy_xds_request_count", "xDS requests received from proxies"),
+    ("osm_proxy_response_send_success_count", "xDS responses sent to proxies"),
+    ("osm_proxy_response_send_error_count", "xDS responses that could not be sent"),
+];
+
+/// One connected proxy's counters, held by its sessions: counting is an atomic add, never a lookup under
+/// a lock shared by every session (10,000 sessions answering a change at once contended on one).
 #[derive(Debug, Default)]
+pub struct ProxyCounters {
+    /// [metric][type], indexed as [`PROXY_METRICS`] × [`TYPE_LABELS`].
+    counts: [[AtomicU64; TYPE_LABELS.len()]; PROXY_METRICS.len()],
+}
+
+impl ProxyCounters {
+    fn bump(&self, metric: usize, ty: &str) {
+        let ty = TYPE_LABELS.iter().position(|t| *t == ty).unwrap_or(TYPE_LABELS.len() - 1);
+        self.counts[metric][ty].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request of type `ty` (a label of [`xds::type_label`]) arrived.
+    pub fn xds_request(&self, ty: &str) {
+        self.bump(0, ty);
+    }
+
+    pub fn response_sent(&self, ty: &str, ok: bool) {
+        self.bump(if ok { 1 } else { 2 }, ty);
+    }
+}
+
+/// A connected proxy's series, dropped with its last session.
+#[derive(Debug)]
 struct ProxySeries {
     identity: String,
     sessions: u32,
-    /// (metric, type) → count.
-    counts: BTreeMap<(&'static str, &'static str), u64>,
+    counters: Arc<ProxyCounters>,
 }
-
-const XDS_REQUESTS: &str = "osm_proxy_xds_request_count";
-const RESPONSES_OK: &str = "osm_proxy_response_send_success_count";
-const RESPONSES_ERR: &str = "osm_proxy_response_send_error_count";
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -114,16 +143,22 @@ fn escape(v: &str) -> String {
 }
 
 impl Metrics {
-    pub fn proxy_connected(&self, uuid: &str, identity: &str) {
+    /// A session of the proxy started; it counts into the returned counters (shared by the proxy's
+    /// sessions: a reconnect may overlap the old stream).
+    pub fn proxy_connected(&self, uuid: &str, identity: &str) -> Arc<ProxyCounters> {
         self.connected.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut m) = self.proxies.lock() {
-            let p = m.entry(uuid.to_owned()).or_default();
-            p.identity = identity.to_owned();
-            p.sessions += 1;
-        }
+        let Ok(mut m) = self.proxies.lock() else { return Arc::default() };
+        let p = m.entry(uuid.to_owned()).or_insert_with(|| ProxySeries {
+            identity: identity.to_owned(),
+            sessions: 0,
+            counters: Arc::default(),
+        });
+        p.identity = identity.to_owned();
+        p.sessions += 1;
+        p.counters.clone()
     }
 
-    /// Drops the proxy's series once its last session ended (a reconnect may overlap the old stream).
+    /// Drops the proxy's series once its last session ended.
     pub fn proxy_disconnected(&self, uuid: &str) {
         self.connected.fetch_sub(1, Ordering::Relaxed);
         if let Ok(mut m) = self.proxies.lock()
@@ -134,22 +169,6 @@ impl Metrics {
                 m.remove(uuid);
             }
         }
-    }
-
-    fn count(&self, uuid: &str, metric: &'static str, ty: &'static str) {
-        if let Ok(mut m) = self.proxies.lock()
-            && let Some(p) = m.get_mut(uuid)
-        {
-            *p.counts.entry((metric, ty)).or_default() += 1;
-        }
-    }
-
-    pub fn xds_request(&self, uuid: &str, ty: &'static str) {
-        self.count(uuid, XDS_REQUESTS, ty);
-    }
-
-    pub fn response_sent(&self, uuid: &str, ty: &'static str, ok: bool) {
-        self.count(uuid, if ok { RESPONSES_OK } else { RESPONSES_ERR }, ty);
     }
 
     pub fn nack(&self, ty: &'static str) {
@@ -202,16 +221,13 @@ impl Metrics {
             "# HELP osm_proxy_connect_count Number of connected proxies\n# TYPE osm_proxy_connect_count gauge\nosm_proxy_connect_count {}",
             self.connected.load(Ordering::Relaxed)
         );
-        for (name, help) in [
-            (XDS_REQUESTS, "xDS requests received from proxies"),
-            (RESPONSES_OK, "xDS responses sent to proxies"),
-            (RESPONSES_ERR, "xDS responses that could not be sent"),
-        ] {
+        for (metric, (name, help)) in PROXY_METRICS.iter().enumerate() {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             if let Ok(m) = self.proxies.lock() {
                 for (uuid, p) in m.iter() {
-                    for ((metric, ty), v) in &p.counts {
-                        if *metric == name {
+                    for (ty, v) in TYPE_LABELS.iter().zip(&p.counters.counts[metric]) {
+                        let v = v.load(Ordering::Relaxed);
+                        if v > 0 {
                             let _ = writeln!(
                                 out,
                                 "{name}{{proxy_uuid=\"{}\",identity=\"{}\",type=\"{ty}\"}} {v}",
@@ -285,10 +301,10 @@ mod tests {
     #[test]
     fn exposition_uses_osm_names_and_drops_departed_proxies() {
         let m = Metrics::default();
-        m.proxy_connected("u1", "sa.ns");
-        m.xds_request("u1", "CDS");
-        m.xds_request("u1", "CDS");
-        m.response_sent("u1", "CDS", true);
+        let u1 = m.proxy_connected("u1", "sa.ns");
+        u1.xds_request("CDS");
+        u1.xds_request("CDS");
+        u1.response_sent("CDS", true);
         m.nack("LDS");
         m.error("E2025");
         m.snapshots_built(3, Duration::from_millis(2));
@@ -306,8 +322,12 @@ mod tests {
         assert!(text.contains("osm_snapshot_build_time_bucket{le=\"0.001\"} 0\n"));
         assert!(text.contains("osm_snapshot_build_time_count 1\n"));
         // A reconnect overlapping the old stream keeps the series until the last session ends.
-        m.proxy_connected("u1", "sa.ns");
+        let again = m.proxy_connected("u1", "sa.ns");
+        again.xds_request("CDS");
         m.proxy_disconnected("u1");
+        assert!(
+            m.encode().contains("osm_proxy_xds_request_count{proxy_uuid=\"u1\",identity=\"sa.ns\",type=\"CDS\"} 3\n")
+        );
         assert!(m.encode().contains("proxy_uuid=\"u1\""));
         m.proxy_disconnected("u1");
         let text = m.encode();

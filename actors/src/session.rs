@@ -19,7 +19,7 @@ use xds::server::RequestStream;
 use xds::{AdsStream, Protocol, SessionHandler};
 
 use crate::catalog::{CatalogActor, IsSynced, Verify};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ProxyCounters};
 use crate::snapshot::{ProxyState, SnapshotActor, Subscribe, Unsubscribe};
 
 /// Admits proxies: verifies them against the catalog, subscribes them to their snapshots and spawns
@@ -52,6 +52,8 @@ struct Session<P: Protocol> {
     responses: mpsc::Sender<Result<P::Response, Status>>,
     states: watch::Receiver<ProxyState>,
     metrics: Arc<Metrics>,
+    /// This proxy's series in `metrics`.
+    counters: Arc<ProxyCounters>,
     stopping: watch::Receiver<bool>,
     /// Warnings this session logged about what its proxy sent; past [`WARNINGS_PER_SESSION`] they are
     /// suppressed, so a hostile or broken proxy cannot flood the log.
@@ -73,7 +75,6 @@ where
     P::Response: Send,
 {
     async fn run(mut self) {
-        self.metrics.proxy_connected(&self.uuid, &self.proxy.identity.to_string());
         tracing::info!(proxy = %self.proxy, api = P::NAME, "proxy connected");
         let end = self.serve().await;
         if let End::Close(status) = end {
@@ -113,7 +114,7 @@ where
                     }
                 }
                 Event::Request(Some(Ok(req))) => {
-                    self.metrics.xds_request(&self.uuid, xds::type_label(P::request_type_url(&req)));
+                    self.counters.xds_request(xds::type_label(P::request_type_url(&req)));
                     let out = self.protocol.on_request(&req);
                     if let Some(reason) = out.refused {
                         tracing::warn!(proxy = %self.proxy, %reason, "request refused; closing the stream");
@@ -178,7 +179,7 @@ where
         for r in out {
             let ty = xds::type_label(P::response_type_url(&r));
             let ok = self.responses.send(Ok(r)).await.is_ok();
-            self.metrics.response_sent(&self.uuid, ty, ok);
+            self.counters.response_sent(ty, ok);
             if !ok {
                 return false;
             }
@@ -208,6 +209,7 @@ impl Admitted {
     {
         let Admitted { proxy, states, metrics, stopping, snapshots } = self;
         let uuid = proxy.uuid.clone();
+        let counters = metrics.proxy_connected(uuid.as_str(), &proxy.identity.to_string());
         let session = Session {
             uuid: uuid.to_string(),
             proxy,
@@ -216,6 +218,7 @@ impl Admitted {
             responses,
             states,
             metrics,
+            counters,
             stopping,
             warnings: 0,
         };

@@ -107,13 +107,14 @@ impl SnapshotActor {
         if self.schedule.is_building() {
             return;
         }
-        // Sessions drop their receiver when they end; a proxy nobody watches needs no snapshot.
-        self.proxies.retain(|_, e| e.tx.receiver_count() > 0);
         let proxies = &self.proxies;
+        // Sessions drop their receiver when they end (the entry is pruned shortly after); a proxy nobody
+        // watches needs no snapshot.
+        let connected = |u: &ProxyUuid| proxies.get(u).is_some_and(|e| e.tx.receiver_count() > 0);
         // Proxies that have no configuration yet (just connected) go first: they wait for everything, the
         // others only for a change.
         let waiting = |u: &ProxyUuid| proxies.get(u).is_some_and(|e| matches!(*e.tx.borrow(), ProxyState::Pending));
-        let Some(uuids) = self.schedule.start(proxies.keys(), waiting) else { return };
+        let Some(uuids) = self.schedule.start(|| proxies.keys(), connected, waiting) else { return };
         let retry: BTreeSet<ProxyUuid> = uuids.iter().cloned().collect();
         // The identity each proxy authenticated with (its pod must still run as that identity), and which
         // entry the build is for.

@@ -322,7 +322,7 @@ pub struct BuildCache {
     upstream_fps: HashMap<usize, UpstreamFingerprints>,
     /// The upstream part of each list of this batch (with the list, to keep its address unique).
     upstream_parts: HashMap<(usize, String), UpstreamParts>,
-    /// Resource sets of this batch's snapshots, shared by the proxies with the same set of a type.
+    /// Resource sets of the snapshots proxies hold, shared by the proxies with the same set of a type.
     sets: crate::snapshot::SetCache,
     pub hits: u64,
     pub misses: u64,
@@ -418,7 +418,7 @@ impl BuildCache {
     pub fn next_batch(&mut self) {
         self.upstream_fps.clear();
         self.upstream_parts.clear();
-        self.sets.clear();
+        self.sets.sweep();
         self.batch += 1;
         let oldest = self.batch.saturating_sub(Self::KEEP_BATCHES);
         self.entries.retain(|_, (_, used)| *used >= oldest);
@@ -1070,7 +1070,7 @@ mod tests {
     }
 
     fn decode<M: prost::Message + Default>(snap: &ProxySnapshot, ty: ResourceType, name: &str) -> M {
-        M::decode(snap.get(ty).resources[name].body.value.as_slice()).unwrap()
+        M::decode(snap.get(ty).resources()[name].body.value.as_slice()).unwrap()
     }
 
     /// Two Services (HTTP :80→8080, TCP :7000) backed by pod web-1, and a client pod.
@@ -1126,7 +1126,7 @@ mod tests {
     const CERTS: CertInput<'static> = CertInput { cert_pem: "CERT", key_pem: "KEY", trust_bundle_pem: "ROOT" };
 
     fn names(s: &ProxySnapshot, ty: ResourceType) -> Vec<String> {
-        s.get(ty).resources.keys().cloned().collect()
+        s.get(ty).resources().keys().cloned().collect()
     }
 
     #[test]
@@ -1137,14 +1137,14 @@ mod tests {
         assert_eq!(names(&snap, ResourceType::Listener), vec![OUTBOUND_LISTENER]);
         assert_eq!(names(&snap, ResourceType::Route), vec!["rds-outbound.80"]);
         assert_eq!(names(&snap, ResourceType::Secret), vec![ROOT_CERT_INBOUND, ROOT_CERT_OUTBOUND, SERVICE_CERT]);
-        let l = Listener::decode(snap.get(ResourceType::Listener).resources[OUTBOUND_LISTENER].body.value.as_slice())
+        let l = Listener::decode(snap.get(ResourceType::Listener).resources()[OUTBOUND_LISTENER].body.value.as_slice())
             .unwrap();
         let chains: Vec<&str> = l.filter_chains.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(chains, vec!["outbound_demo/echo_7000_tcp", "outbound_http_80"]);
         let m = l.filter_chains[1].filter_chain_match.as_ref().unwrap();
         assert_eq!(m.prefix_ranges[0].address_prefix, "10.96.0.10");
-        let c =
-            Cluster::decode(snap.get(ResourceType::Cluster).resources["demo/web|8080"].body.value.as_slice()).unwrap();
+        let c = Cluster::decode(snap.get(ResourceType::Cluster).resources()["demo/web|8080"].body.value.as_slice())
+            .unwrap();
         let Some(transport_socket::ConfigType::TypedConfig(any)) = c.transport_socket.unwrap().config_type else {
             panic!()
         };
@@ -1166,17 +1166,17 @@ mod tests {
     fn egress_passthrough_follows_the_setting() {
         let mut view = view_for("client");
         let snap = build(&view, CERTS).unwrap();
-        let l = Listener::decode(snap.get(ResourceType::Listener).resources[OUTBOUND_LISTENER].body.value.as_slice())
+        let l = Listener::decode(snap.get(ResourceType::Listener).resources()[OUTBOUND_LISTENER].body.value.as_slice())
             .unwrap();
         assert_eq!(l.default_filter_chain.unwrap().name, EGRESS_CHAIN);
         view.settings.enable_egress = false;
         let snap = build(&view, CERTS).unwrap();
-        assert!(!snap.get(ResourceType::Cluster).resources.contains_key(PASSTHROUGH_CLUSTER));
-        let l = Listener::decode(snap.get(ResourceType::Listener).resources[OUTBOUND_LISTENER].body.value.as_slice())
+        assert!(!snap.get(ResourceType::Cluster).resources().contains_key(PASSTHROUGH_CLUSTER));
+        let l = Listener::decode(snap.get(ResourceType::Listener).resources()[OUTBOUND_LISTENER].body.value.as_slice())
             .unwrap();
         assert!(l.default_filter_chain.is_none());
         Arc::make_mut(&mut view.upstream).clear();
-        assert!(build(&view, CERTS).unwrap().get(ResourceType::Listener).resources.is_empty());
+        assert!(build(&view, CERTS).unwrap().get(ResourceType::Listener).resources().is_empty());
     }
 
     fn port(name: &str, port: u16, target: u16, protocol: AppProtocol, eps: &[&str]) -> ResolvedPort {
@@ -1197,11 +1197,11 @@ mod tests {
         view.local[0].ports =
             vec![port("http", 80, 8080, AppProtocol::Http, &[]), port("http-alt", 8080, 8080, AppProtocol::Http, &[])];
         let snap = build(&view, CERTS).unwrap();
-        let l = Listener::decode(snap.get(ResourceType::Listener).resources[INBOUND_LISTENER].body.value.as_slice())
+        let l = Listener::decode(snap.get(ResourceType::Listener).resources()[INBOUND_LISTENER].body.value.as_slice())
             .unwrap();
         assert_eq!(l.filter_chains.len(), 1);
         let rc = RouteConfiguration::decode(
-            snap.get(ResourceType::Route).resources["rds-inbound.8080"].body.value.as_slice(),
+            snap.get(ResourceType::Route).resources()["rds-inbound.8080"].body.value.as_slice(),
         )
         .unwrap();
         assert_eq!(rc.virtual_hosts.len(), 1);
@@ -1221,7 +1221,7 @@ mod tests {
         };
         view.upstream = Arc::new(vec![headless("pg"), headless("pg-read")]);
         let snap = build(&view, CERTS).unwrap();
-        let l = Listener::decode(snap.get(ResourceType::Listener).resources[OUTBOUND_LISTENER].body.value.as_slice())
+        let l = Listener::decode(snap.get(ResourceType::Listener).resources()[OUTBOUND_LISTENER].body.value.as_slice())
             .unwrap();
         let mut seen = BTreeSet::new();
         for c in &l.filter_chains {
@@ -1244,7 +1244,7 @@ mod tests {
         Arc::make_mut(&mut view.upstream)[0].cluster_ip = Some("fd00::a".parse().unwrap());
         let snap = build(&view, CERTS).unwrap();
         let rc = RouteConfiguration::decode(
-            snap.get(ResourceType::Route).resources["rds-outbound.80"].body.value.as_slice(),
+            snap.get(ResourceType::Route).resources()["rds-outbound.80"].body.value.as_slice(),
         )
         .unwrap();
         assert!(rc.virtual_hosts[0].domains.contains(&"[fd00::a]:80".to_owned()));
@@ -1253,27 +1253,30 @@ mod tests {
     #[test]
     fn prometheus_listener_only_when_annotated() {
         let mut view = view_for("web-1");
-        assert!(!build(&view, CERTS).unwrap().get(ResourceType::Listener).resources.contains_key(PROMETHEUS_LISTENER));
+        assert!(
+            !build(&view, CERTS).unwrap().get(ResourceType::Listener).resources().contains_key(PROMETHEUS_LISTENER)
+        );
         view.pod.prometheus_scrape = true;
         let snap = build(&view, CERTS).unwrap();
-        let l = Listener::decode(snap.get(ResourceType::Listener).resources[PROMETHEUS_LISTENER].body.value.as_slice())
-            .unwrap();
+        let l =
+            Listener::decode(snap.get(ResourceType::Listener).resources()[PROMETHEUS_LISTENER].body.value.as_slice())
+                .unwrap();
         assert_eq!(l.address.unwrap(), any_addr(15010));
-        assert!(snap.get(ResourceType::Cluster).resources.contains_key(METRICS_CLUSTER));
+        assert!(snap.get(ResourceType::Cluster).resources().contains_key(METRICS_CLUSTER));
     }
 
     #[test]
     fn server_gets_inbound_mtls_chains_and_local_clusters() {
         let snap = build(&view_for("web-1"), CERTS).unwrap();
-        let l = Listener::decode(snap.get(ResourceType::Listener).resources[INBOUND_LISTENER].body.value.as_slice())
+        let l = Listener::decode(snap.get(ResourceType::Listener).resources()[INBOUND_LISTENER].body.value.as_slice())
             .unwrap();
         let chains: Vec<&str> = l.filter_chains.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(chains, vec!["inbound_demo/echo_7000_tcp", "inbound_demo/web_8080_http"]);
         let m = l.filter_chains[1].filter_chain_match.as_ref().unwrap();
         assert_eq!(m.server_names, vec!["web.demo.svc.cluster.local"]);
         assert_eq!(m.application_protocols, vec!["osm"]);
-        assert!(snap.get(ResourceType::Cluster).resources.contains_key("demo/web|8080|local"));
-        assert!(snap.get(ResourceType::Route).resources.contains_key("rds-inbound.8080"));
+        assert!(snap.get(ResourceType::Cluster).resources().contains_key("demo/web|8080|local"));
+        assert!(snap.get(ResourceType::Route).resources().contains_key("rds-inbound.8080"));
     }
 
     #[test]
@@ -1288,25 +1291,25 @@ mod tests {
         assert_eq!(a, b);
         for ty in ResourceType::ALL {
             assert!(Arc::ptr_eq(a.shared(ty), b.shared(ty)), "twins share one {ty} set");
-            for (name, r) in &a.get(ty).resources {
-                assert!(Arc::ptr_eq(r, &b.get(ty).resources[name]), "{ty} {name} was encoded twice");
+            for (name, r) in a.get(ty).resources() {
+                assert!(Arc::ptr_eq(r, &b.get(ty).resources()[name]), "{ty} {name} was encoded twice");
             }
         }
         assert!(cache.hits > 0);
         // Another identity shares the outbound parts too: clusters name no identity.
         let server = build_with(&view_for("web-1"), CERTS, &mut cache).unwrap();
-        let l = &server.get(ResourceType::Listener).resources[OUTBOUND_LISTENER];
-        assert!(Arc::ptr_eq(l, &a.get(ResourceType::Listener).resources[OUTBOUND_LISTENER]));
+        let l = &server.get(ResourceType::Listener).resources()[OUTBOUND_LISTENER];
+        assert!(Arc::ptr_eq(l, &a.get(ResourceType::Listener).resources()[OUTBOUND_LISTENER]));
         assert!(Arc::ptr_eq(
-            &server.get(ResourceType::Cluster).resources["demo/web|8080"],
-            &a.get(ResourceType::Cluster).resources["demo/web|8080"]
+            &server.get(ResourceType::Cluster).resources()["demo/web|8080"],
+            &a.get(ResourceType::Cluster).resources()["demo/web|8080"]
         ));
         // Only the certificate differs between identities.
         let other = CertInput { cert_pem: "CERT2", key_pem: "KEY2", ..CERTS };
         let server2 = build_with(&view_for("web-1"), other, &mut cache).unwrap();
         assert!(!Arc::ptr_eq(
-            &server2.get(ResourceType::Secret).resources[SERVICE_CERT],
-            &server.get(ResourceType::Secret).resources[SERVICE_CERT]
+            &server2.get(ResourceType::Secret).resources()[SERVICE_CERT],
+            &server.get(ResourceType::Secret).resources()[SERVICE_CERT]
         ));
     }
 
@@ -1319,8 +1322,8 @@ mod tests {
         let b = build_with(&view_for("client"), CERTS, &mut cache).unwrap();
         assert_eq!(cache.misses, encoded, "a rebuild of unchanged content encodes nothing");
         assert!(Arc::ptr_eq(
-            &a.get(ResourceType::Cluster).resources["demo/web|8080"],
-            &b.get(ResourceType::Cluster).resources["demo/web|8080"]
+            &a.get(ResourceType::Cluster).resources()["demo/web|8080"],
+            &b.get(ResourceType::Cluster).resources()["demo/web|8080"]
         ));
         let mut changed = view_for("client");
         Arc::make_mut(&mut changed.upstream)[1].ports[0].endpoints.push("10.244.9.9:8080".parse().unwrap());
@@ -1400,7 +1403,7 @@ mod tests {
         assert_eq!(names(&client, ResourceType::Cluster), vec!["demo/echo|7000", "demo/web|8080"]);
         // web-1 may call nobody, and without egress it gets no outbound listener at all.
         let web = build(&view_with("web-1", smi_objects()), CERTS).unwrap();
-        assert!(!web.get(ResourceType::Listener).resources.contains_key(OUTBOUND_LISTENER));
+        assert!(!web.get(ResourceType::Listener).resources().contains_key(OUTBOUND_LISTENER));
         assert!(names(&web, ResourceType::Cluster).iter().all(|c| c.ends_with("|local")));
         // Permissive: one route to the local cluster, no per-route policy.
         let snap = build(&view_for("web-1"), CERTS).unwrap();

@@ -113,7 +113,7 @@ impl DeltaSession {
     fn respond(&mut self, ty: ResourceType) -> Option<DeltaDiscoveryResponse> {
         let snap = self.snapshot.clone()?;
         let state = self.types.get_mut(&ty)?;
-        let res = &snap.get(ty).resources;
+        let res = snap.get(ty).resources();
         let in_scope = |name: &str| state.wildcard || state.subscribed.contains(name);
         let mut resources = Vec::new();
         for (name, r) in res {
@@ -246,7 +246,7 @@ mod tests {
     fn named_subscriptions_and_reconnect_with_initial_versions() {
         let mut s = DeltaSession::new();
         let snapshot = snap(&[("a", "1"), ("b", "1")]);
-        let va = snapshot.get(ResourceType::Cluster).resources["a"].version.clone();
+        let va = snapshot.get(ResourceType::Cluster).resources()["a"].version.clone();
         s.on_snapshot(snapshot);
         let mut first = req(ResourceType::Cluster, &["a", "b"], "");
         first.initial_resource_versions.insert("a".into(), va);

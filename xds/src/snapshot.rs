@@ -104,9 +104,13 @@ impl Resource {
 /// thousands.
 #[derive(Debug, Clone, Default)]
 pub struct TypeResources {
-    pub resources: BTreeMap<String, Arc<Resource>>,
+    /// Private: what is derived from it below is computed once, so it never changes after that.
+    resources: BTreeMap<String, Arc<Resource>>,
     /// The version of all of them, computed once.
     all_version: OnceLock<String>,
+    /// All of them as the body of a SotW response, encoded once for every proxy that subscribes to the
+    /// whole set (the usual case) and kept as long as the set.
+    pub(crate) sotw_body: OnceLock<Arc<crate::sotw::EncodedBody>>,
     /// A hash of the names alone, computed once: sets with the same names (an endpoint change keeps them)
     /// have the same key, so a session checks its subscription against them once, not per push.
     names_key: OnceLock<u64>,
@@ -119,6 +123,11 @@ impl PartialEq for TypeResources {
 }
 
 impl TypeResources {
+    /// The resources, by name.
+    pub fn resources(&self) -> &BTreeMap<String, Arc<Resource>> {
+        &self.resources
+    }
+
     /// A hash of the names (not the content), computed once.
     pub fn names_key(&self) -> u64 {
         *self.names_key.get_or_init(|| {
@@ -167,9 +176,48 @@ pub enum SnapshotError {
     Duplicate { kind: ResourceType, name: String },
 }
 
-/// The resource sets of one build batch, by type and the addresses of their resources in the order they
-/// were added (see [`ProxySnapshot::assemble`]).
-pub type SetCache = HashMap<(ResourceType, u64), Vec<(Vec<Arc<Resource>>, Arc<TypeResources>)>>;
+/// The resource sets snapshots hold, by type and the addresses of their resources in the order they were
+/// added (see [`ProxySnapshot::assemble`]). Kept across batches while some snapshot holds a set, so a type
+/// that did not change is the very same set in the next snapshot, and a session skips it at a pointer's
+/// cost.
+type SetEntry = (Vec<Arc<Resource>>, Arc<TypeResources>);
+
+#[derive(Debug, Default)]
+pub struct SetCache {
+    /// (type, hash of the resources' addresses) → (the resources in order added, their set).
+    sets: HashMap<(ResourceType, u64), Vec<SetEntry>>,
+    len: usize,
+    /// The size after the last sweep: the next one comes when it doubled (amortised constant per set).
+    swept_at: usize,
+}
+
+impl SetCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets held by the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets the sets no snapshot holds any more, once the cache doubled since the last sweep.
+    pub fn sweep(&mut self) {
+        if self.len < 2 * self.swept_at.max(64) {
+            return;
+        }
+        for bucket in self.sets.values_mut() {
+            bucket.retain(|(_, set)| Arc::strong_count(set) > 1);
+        }
+        self.sets.retain(|_, bucket| !bucket.is_empty());
+        self.len = self.sets.values().map(Vec::len).sum();
+        self.swept_at = self.len;
+    }
+}
 
 /// A complete configuration for one proxy.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -194,12 +242,14 @@ impl ProxySnapshot {
         }
         set.all_version = OnceLock::new();
         set.names_key = OnceLock::new();
+        set.sotw_body = OnceLock::new();
         set.resources.insert(r.name.clone(), r);
         Ok(())
     }
 
     /// A snapshot of these resources (per type, in the order they were added), sharing each type's set
-    /// with every other snapshot of the batch that has the very same resources: resources come from the
+    /// with every other snapshot (of this batch or an earlier one still held) that has the very same
+    /// resources: resources come from the
     /// build cache as shared `Arc`s, so identity of the `Arc`s is the cheap, exact test, and a proxy whose
     /// types match another's costs a pass over pointers instead of building maps of its own. A name added
     /// twice is an error.
@@ -214,7 +264,7 @@ impl ProxySnapshot {
             for r in &resources {
                 h.write_usize(Arc::as_ptr(r) as usize);
             }
-            let bucket = sets.entry((ty, h.finish())).or_default();
+            let bucket = sets.sets.entry((ty, h.finish())).or_default();
             let same = |order: &Vec<Arc<Resource>>| {
                 order.len() == resources.len() && order.iter().zip(&resources).all(|(a, b)| Arc::ptr_eq(a, b))
             };
@@ -229,6 +279,7 @@ impl ProxySnapshot {
                     }
                     let set = Arc::new(set);
                     bucket.push((resources, set.clone()));
+                    sets.len += 1;
                     set
                 }
             };
@@ -260,7 +311,7 @@ impl ProxySnapshot {
     /// Every reference must resolve within the snapshot; `refs` lists (type, name, referrer).
     pub fn check_references(&self, refs: &[(ResourceType, String, String)]) -> Result<(), SnapshotError> {
         for (kind, name, by) in refs {
-            if !self.get(*kind).resources.contains_key(name) {
+            if !self.get(*kind).resources().contains_key(name) {
                 return Err(SnapshotError::Dangling { kind: *kind, name: name.clone(), by: by.clone() });
             }
         }
@@ -301,7 +352,29 @@ mod tests {
         assert_ne!(eds.version_of(Some(&BTreeSet::new())), eds.version());
         // Changing a shared set gives the changer a copy; the other keeps its own.
         a.insert(ResourceType::Endpoint, resource("c2", "y")).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(b.get(ResourceType::Endpoint).resources.len(), 1);
+        assert_eq!(b.get(ResourceType::Endpoint).resources().len(), 1);
         assert_ne!(a.get(ResourceType::Endpoint).version(), b.get(ResourceType::Endpoint).version());
+    }
+    #[test]
+    fn sets_outlive_their_batch_while_held_and_are_swept_after() {
+        let mut sets = SetCache::new();
+        let eds = |r: &Arc<Resource>| {
+            let mut p: [Vec<Arc<Resource>>; 5] = Default::default();
+            p[ResourceType::Endpoint.index()].push(r.clone());
+            p
+        };
+        let held = resource("c1", "x");
+        let first = ProxySnapshot::assemble(eds(&held), &mut sets).unwrap_or_else(|e| panic!("{e}"));
+        // Enough unheld sets to make a sweep due.
+        for i in 0..200 {
+            let r = resource(&format!("c{i}"), "y");
+            ProxySnapshot::assemble(eds(&r), &mut sets).unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(sets.len(), 201);
+        sets.sweep();
+        assert_eq!(sets.len(), 1, "only the set a snapshot holds is kept");
+        // A later batch with the very same resources gets the very same set.
+        let later = ProxySnapshot::assemble(eds(&held), &mut sets).unwrap_or_else(|e| panic!("{e}"));
+        assert!(Arc::ptr_eq(first.shared(ResourceType::Endpoint), later.shared(ResourceType::Endpoint)));
     }
 }

@@ -48,15 +48,47 @@ struct TypeState {
     last_version: Option<String>,
     /// The last response answered the current names (false before the first, and after names change).
     answered_names: bool,
-    /// The resources of the last response, in name order: a snapshot whose resources of this type are
-    /// the same (usually the very same `Arc`s) sends nothing, found without hashing anything.
-    sent: Vec<Arc<Resource>>,
-    /// The shared set the last response came from: the same set again is unchanged at a pointer's cost.
-    sent_set: Option<Arc<TypeResources>>,
+    /// What the last response carried: a snapshot whose resources of this type are the same (the very
+    /// same set, or usually the very same `Arc`s) sends nothing, found without hashing anything.
+    sent: Option<Sent>,
     /// For the current names: whether they hold every name of sets with this names key (most pushes
     /// change content, not names, so this is worked out once per subscription and name set).
     covers: Option<(u64, bool)>,
     acked_version: Option<String>,
+}
+
+/// The resources of a type's last response.
+#[derive(Debug, Clone)]
+struct Sent {
+    /// The shared set they came from: the same set again is unchanged at a pointer's cost.
+    set: Arc<TypeResources>,
+    /// The resources, in name order, when they were a part of the set (the proxy subscribed to fewer
+    /// names); `None`: the whole set, kept without a list of its own.
+    part: Option<Vec<Arc<Resource>>>,
+}
+
+impl Sent {
+    fn resources(&self) -> SentIter<'_> {
+        match &self.part {
+            None => SentIter::Whole(self.set.resources().values()),
+            Some(part) => SentIter::Part(part.iter()),
+        }
+    }
+}
+
+enum SentIter<'a> {
+    Whole(std::collections::btree_map::Values<'a, String, Arc<Resource>>),
+    Part(std::slice::Iter<'a, Arc<Resource>>),
+}
+
+impl<'a> Iterator for SentIter<'a> {
+    type Item = &'a Arc<Resource>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            SentIter::Whole(it) => it.next(),
+            SentIter::Part(it) => it.next(),
+        }
+    }
 }
 
 /// What every proxy receiving the same resources of a type gets: fields 1 (version), 2 (resources) and 4
@@ -67,6 +99,33 @@ pub struct EncodedBody {
     version: String,
     count: usize,
     bytes: prost::bytes::Bytes,
+}
+
+impl EncodedBody {
+    fn encode<'a>(
+        ty: ResourceType,
+        version: &str,
+        resources: impl ExactSizeIterator<Item = &'a Arc<Resource>>,
+    ) -> Self {
+        let count = resources.len();
+        let msg = DiscoveryResponse {
+            version_info: version.to_owned(),
+            resources: resources.map(|r| r.body.clone()).collect(),
+            type_url: ty.type_url().to_owned(),
+            ..Default::default()
+        };
+        Self { ty, version: version.to_owned(), count, bytes: msg.encode_to_vec().into() }
+    }
+}
+
+impl TypeResources {
+    /// The whole set as a response body of type `ty`, encoded by the first session that sends it and
+    /// shared by every other.
+    fn sotw_body(&self, ty: ResourceType) -> Arc<EncodedBody> {
+        self.sotw_body
+            .get_or_init(|| Arc::new(EncodedBody::encode(ty, self.version(), self.resources().values())))
+            .clone()
+    }
 }
 
 /// A SotW response as sent: the shared body and this proxy's nonce (field 5), appended on the wire
@@ -127,8 +186,10 @@ impl SotwResponse {
     }
 }
 
-/// Encoded bodies by type and version, held weakly: an entry lives as long as a session still holds its
-/// last response. One per process: a version names the same resources for every proxy.
+/// Encoded bodies of parts of sets (a proxy subscribed to fewer names than its set has, e.g. while Envoy
+/// catches up with new clusters) by type and version, held weakly: an entry lives as long as a session
+/// still holds its last response. One per process: a version names the same resources for every proxy.
+/// (Whole sets carry their own body: [`TypeResources::sotw_body`].)
 #[derive(Debug, Default)]
 pub struct BodyCache {
     bodies: Mutex<HashMap<(ResourceType, String), Weak<EncodedBody>>>,
@@ -147,18 +208,7 @@ impl BodyCache {
             return body;
         }
         // Encoded outside the lock: another session may encode the same body meanwhile; either copy is right.
-        let msg = DiscoveryResponse {
-            version_info: version.to_owned(),
-            resources: included.iter().map(|r| r.body.clone()).collect(),
-            type_url: ty.type_url().to_owned(),
-            ..Default::default()
-        };
-        let body = Arc::new(EncodedBody {
-            ty,
-            version: key.1.clone(),
-            count: included.len(),
-            bytes: msg.encode_to_vec().into(),
-        });
+        let body = Arc::new(EncodedBody::encode(ty, version, included.iter()));
         if let Ok(mut m) = self.bodies.lock() {
             // Dead entries are swept now and then, so the map stays the size of what sessions hold.
             if self.inserts.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
@@ -236,19 +286,21 @@ impl SotwSession {
             // Envoy re-warms an updated cluster and waits for its endpoints again, even unchanged ones:
             // follow a cluster update with the endpoints.
             let force = ty == ResourceType::Endpoint && clusters_changed;
+            // (A pointer to the set, unless the proxy subscribed to part of it.)
             let before = match ty {
-                ResourceType::Cluster => self.types.get(&ty).map(|t| t.sent.clone()).unwrap_or_default(),
-                _ => Vec::new(),
+                ResourceType::Cluster => self.types.get(&ty).and_then(|t| t.sent.clone()),
+                _ => None,
             };
-            if let Some(r) = self.respond(ty, force) {
-                if ty == ResourceType::Cluster {
-                    let after: BTreeMap<&str, &str> =
-                        self.types[&ty].sent.iter().map(|r| (r.name.as_str(), r.version.as_str())).collect();
-                    clusters_changed =
-                        before.iter().any(|b| after.get(b.name.as_str()).is_some_and(|v| *v != b.version));
-                }
-                out.push(r);
+            let response = self.respond(ty, force);
+            if let (Some(before), Some(after), Some(_)) =
+                (&before, self.types.get(&ty).and_then(|t| t.sent.as_ref()), &response)
+            {
+                let after: BTreeMap<&str, &str> =
+                    after.resources().map(|r| (r.name.as_str(), r.version.as_str())).collect();
+                clusters_changed =
+                    before.resources().any(|b| after.get(b.name.as_str()).is_some_and(|v| *v != b.version));
             }
+            out.extend(response);
         }
         out
     }
@@ -280,37 +332,48 @@ impl SotwSession {
         let scope = if covers { None } else { scope };
         let in_scope = |name: &String| scope.is_none_or(|n| n.contains(name));
         if !force && state.answered_names {
-            if state.sent_set.as_ref().is_some_and(|s| Arc::ptr_eq(s, set)) {
-                return None;
-            }
-            // The same names: anything to send only if a resource differs from what was sent (compared in
-            // step, by pointer first; most snapshots share the previous ones' resources).
-            let mut now = res.resources.iter().filter(|(name, _)| in_scope(name)).map(|(_, r)| r);
-            let mut sent = state.sent.iter();
-            let unchanged = loop {
-                match (now.next(), sent.next()) {
-                    (None, None) => break true,
-                    (Some(a), Some(b)) if Arc::ptr_eq(a, b) || (a.name == b.name && a.version == b.version) => {}
-                    _ => break false,
+            let unchanged = match &state.sent {
+                None => false,
+                Some(sent) if Arc::ptr_eq(&sent.set, set) => true,
+                // The same names: anything to send only if a resource differs from what was sent
+                // (compared in step, by pointer first; most snapshots share the previous ones' resources).
+                Some(sent) => {
+                    let mut now = res.resources().iter().filter(|(name, _)| in_scope(name)).map(|(_, r)| r);
+                    let mut sent = sent.resources();
+                    loop {
+                        match (now.next(), sent.next()) {
+                            (None, None) => break true,
+                            (Some(a), Some(b)) if Arc::ptr_eq(a, b) || (a.name == b.name && a.version == b.version) => {
+                            }
+                            _ => break false,
+                        }
+                    }
                 }
             };
             if unchanged {
-                state.sent_set = Some(set.clone());
+                // Remember the new set (when it is sent whole) so the next comparison is a pointer's.
+                if covers && let Some(sent) = &mut state.sent {
+                    *sent = Sent { set: set.clone(), part: None };
+                }
                 return None;
             }
         }
-        let included: Vec<Arc<Resource>> =
-            res.resources.iter().filter(|(name, _)| in_scope(name)).map(|(_, r)| r.clone()).collect();
-        let version = if covers { res.version().to_owned() } else { res.version_of(scope) };
-        let body = BodyCache::global().get_or_encode(ty, &version, &included);
-        state.sent = included;
+        let (body, part) = if covers {
+            (res.sotw_body(ty), None)
+        } else {
+            let included: Vec<Arc<Resource>> =
+                res.resources().iter().filter(|(name, _)| in_scope(name)).map(|(_, r)| r.clone()).collect();
+            let version = res.version_of(scope);
+            (BodyCache::global().get_or_encode(ty, &version, &included), Some(included))
+        };
+        state.sent = Some(Sent { set: set.clone(), part });
         self.nonce += 1;
         // The version is already a short hash: the nonce needs no hashing of its own.
-        let nonce = format!("{}-{}", self.nonce, version.get(..8).unwrap_or(&version));
+        let version = &body.version;
+        let nonce = format!("{}-{}", self.nonce, version.get(..8).unwrap_or(version));
         state.last_nonce = Some(nonce.clone());
         state.last_version = Some(version.clone());
         state.answered_names = true;
-        state.sent_set = Some(set.clone());
         Some(SotwResponse { body, nonce })
     }
 }
@@ -404,11 +467,11 @@ mod tests {
         s.on_request(&req(ResourceType::Endpoint, &["c1"], eds[0].nonce(), eds[0].version()));
         // Same endpoints, changed cluster: both are sent, clusters first.
         let old = snap(&[("c1", "1")]);
-        let mut cluster = (*old.get(ResourceType::Cluster).resources["c1"]).clone();
+        let mut cluster = (*old.get(ResourceType::Cluster).resources()["c1"]).clone();
         cluster.version = "other".into();
         let mut changed = ProxySnapshot::default();
         changed.insert(ResourceType::Cluster, Arc::new(cluster)).unwrap();
-        changed.insert(ResourceType::Endpoint, old.get(ResourceType::Endpoint).resources["c1"].clone()).unwrap();
+        changed.insert(ResourceType::Endpoint, old.get(ResourceType::Endpoint).resources()["c1"].clone()).unwrap();
         let out = s.on_snapshot(Arc::new(changed));
         let types: Vec<&str> = out.iter().map(|r| r.type_url()).collect();
         assert_eq!(types, vec![ResourceType::Cluster.type_url(), ResourceType::Endpoint.type_url()]);
@@ -439,5 +502,26 @@ mod tests {
         assert_eq!(wire.resources.len(), 1);
         assert_eq!(wire.resources[0].value, b"endpoints");
         assert_eq!(ra[0].encoded_len(), wire.encoded_len());
+        // The body lives as long as the set, not just while a response is in flight: proxies answered one
+        // after another still share one encoding.
+        let body = Arc::downgrade(&ra[0].body);
+        drop((ra, rb));
+        assert!(body.upgrade().is_some());
+        let mut c = SotwSession::new();
+        c.on_snapshot(snapshot.clone());
+        let rc = c.on_request(&req(ResourceType::Endpoint, &["c1"], "", "")).responses;
+        assert!(body.upgrade().is_some_and(|b| Arc::ptr_eq(&b, &rc[0].body)));
+        // Proxies subscribed to the same part of a set share one encoding too.
+        let bigger = snap(&[("c1", "endpoints"), ("c2", "more")]);
+        let parts: Vec<SotwResponse> = (0..2)
+            .map(|_| {
+                let mut s = SotwSession::new();
+                s.on_snapshot(bigger.clone());
+                s.on_request(&req(ResourceType::Endpoint, &["c1"], "", "")).responses.remove(0)
+            })
+            .collect();
+        assert_eq!(parts[0].len(), 1);
+        assert!(parts[0].shares_body_with(&parts[1]));
+        assert_eq!(parts[0].to_proto().resources[0].value, b"endpoints");
     }
 }
