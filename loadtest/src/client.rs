@@ -13,8 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
-use envoy_types::pb::envoy::config::core::v3::{Node, address, transport_socket};
-use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
+use envoy_types::pb::envoy::config::core::v3::{Node, transport_socket};
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
@@ -24,7 +23,6 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
@@ -67,6 +65,13 @@ pub enum ClientError {
 
 /// Opens an mTLS channel to the ADS server, as a sidecar's bootstrap would.
 pub async fn connect(cfg: &ConnectConfig) -> Result<AggregatedDiscoveryServiceClient<Channel>, ClientError> {
+    Ok(AggregatedDiscoveryServiceClient::new(connect_channel(cfg).await?).max_decoding_message_size(MAX_MESSAGE))
+}
+
+/// The largest response a sidecar accepts.
+const MAX_MESSAGE: usize = 64 << 20;
+
+async fn connect_channel(cfg: &ConnectConfig) -> Result<Channel, ClientError> {
     let err = |source| ClientError::Connect { addr: cfg.addr, source };
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&cfg.ca_pem))
@@ -82,8 +87,71 @@ pub async fn connect(cfg: &ConnectConfig) -> Result<AggregatedDiscoveryServiceCl
         .connect()
         .await
         .map_err(err)?;
-    Ok(AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20))
+    Ok(channel)
 }
+
+/// The parts of a SotW `DiscoveryResponse` a sidecar acts on, decoded without copying: each resource's
+/// bytes are a slice of the received buffer, decoded only as far as the sidecar needs (the harness
+/// shares the machine with the controller it measures, so its own cost is kept low).
+#[derive(Clone, PartialEq, prost::Message)]
+struct LeanResponse {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(message, repeated, tag = "2")]
+    resources: Vec<LeanAny>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+/// `google.protobuf.Any` with its fields left as bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LeanAny {
+    #[prost(bytes = "bytes", tag = "1")]
+    type_url: prost::bytes::Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    value: prost::bytes::Bytes,
+}
+
+/// A `ClusterLoadAssignment` reduced to its name and its endpoints' addresses (field numbers of
+/// envoy.config.endpoint.v3 and envoy.config.core.v3; everything else is skipped).
+mod lean_eds {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Assignment {
+        #[prost(string, tag = "1")]
+        pub cluster_name: String,
+        #[prost(message, repeated, tag = "2")]
+        pub endpoints: Vec<Locality>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Locality {
+        #[prost(message, repeated, tag = "2")]
+        pub lb_endpoints: Vec<LbEndpoint>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LbEndpoint {
+        #[prost(message, optional, tag = "1")]
+        pub endpoint: Option<Endpoint>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Endpoint {
+        #[prost(message, optional, tag = "1")]
+        pub address: Option<Address>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Address {
+        #[prost(message, optional, tag = "1")]
+        pub socket_address: Option<SocketAddress>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct SocketAddress {
+        #[prost(string, tag = "2")]
+        pub address: String,
+    }
+}
+
+const SOTW_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 
 /// Marked changes written by a load test and when each reached each sidecar.
 #[derive(Debug)]
@@ -205,11 +273,15 @@ impl Sidecar {
                 return;
             }
             let attempt = async {
-                let client = connect(&self.cfg.connect).await?;
+                let channel = connect_channel(&self.cfg.connect).await?;
                 self.stats.streams.fetch_add(1, Ordering::Relaxed);
                 match self.cfg.api {
-                    Api::Sotw => self.sotw(client).await,
-                    Api::Delta => self.delta(client).await,
+                    Api::Sotw => self.sotw(channel).await,
+                    Api::Delta => {
+                        let client =
+                            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+                        self.delta(client).await
+                    }
                 }
             };
             let result = tokio::select! {
@@ -259,19 +331,13 @@ impl Sidecar {
         }
     }
 
-    fn on_endpoints(&self, cla: &ClusterLoadAssignment) {
+    fn on_endpoints(&self, cla: &lean_eds::Assignment) {
         let best = cla
             .endpoints
             .iter()
             .flat_map(|l| &l.lb_endpoints)
-            .filter_map(|e| match &e.host_identifier {
-                Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => ep.address.as_ref(),
-                _ => None,
-            })
-            .filter_map(|a| match &a.address {
-                Some(address::Address::SocketAddress(s)) => s.address.parse::<IpAddr>().ok(),
-                _ => None,
-            })
+            .filter_map(|e| e.endpoint.as_ref()?.address.as_ref()?.socket_address.as_ref())
+            .filter_map(|s| s.address.parse::<IpAddr>().ok())
             .filter_map(marker_seq)
             .max();
         if let Some(seq) = best {
@@ -283,17 +349,19 @@ impl Sidecar {
         }
     }
 
-    async fn sotw(&mut self, mut client: AggregatedDiscoveryServiceClient<Channel>) -> Result<(), ClientError> {
+    async fn sotw(&mut self, channel: Channel) -> Result<(), ClientError> {
         let (tx, rx) = mpsc::channel(16);
-        let node = Node { id: self.cfg.uuid.clone(), cluster: "loadtest".to_owned(), ..Default::default() };
+        // As the sidecar bootstrap sets `set_node_on_first_message_only`: the node goes with the first
+        // request of a stream only.
+        let mut node = Some(Node { id: self.cfg.uuid.clone(), cluster: "loadtest".to_owned(), ..Default::default() });
         let mut view = View::default();
         let mut state: BTreeMap<ResourceType, SotwType> = BTreeMap::new();
         let mut nacked = false;
         let send = |tx: &mpsc::Sender<DiscoveryRequest>, req: DiscoveryRequest| {
             tx.try_send(req).map_err(|_| ClientError::Closed)
         };
-        let request = |ty: ResourceType, st: &SotwType| DiscoveryRequest {
-            node: Some(node.clone()),
+        let mut request = |ty: ResourceType, st: &SotwType| DiscoveryRequest {
+            node: node.take(),
             type_url: ty.type_url().to_owned(),
             resource_names: st.names.iter().cloned().collect(),
             version_info: st.version.clone(),
@@ -302,7 +370,17 @@ impl Sidecar {
         };
         state.insert(ResourceType::Cluster, SotwType::default());
         send(&tx, request(ResourceType::Cluster, &state[&ResourceType::Cluster]))?;
-        let mut stream = client.stream_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE);
+        grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let codec = tonic_prost::ProstCodec::<DiscoveryRequest, LeanResponse>::default();
+        let mut stream = grpc
+            .streaming(
+                tonic::Request::new(ReceiverStream::new(rx)),
+                http::uri::PathAndQuery::from_static(SOTW_METHOD),
+                codec,
+            )
+            .await?
+            .into_inner();
         while let Some(resp) = stream.message().await? {
             self.on_bytes(resp.encoded_len());
             let Some(ty) = ResourceType::from_type_url(&resp.type_url) else { continue };
@@ -321,7 +399,7 @@ impl Sidecar {
             st.got = true;
             st.have = BTreeMap::new();
             for any in &resp.resources {
-                if let Some(name) = view.apply(ty, any, self) {
+                if let Some(name) = view.apply(ty, &any.value, self) {
                     st.have.insert(name, String::new());
                 }
             }
@@ -350,7 +428,12 @@ impl Sidecar {
 
     async fn delta(&mut self, mut client: AggregatedDiscoveryServiceClient<Channel>) -> Result<(), ClientError> {
         let (tx, rx) = mpsc::channel(16);
-        let node = Node { id: self.cfg.uuid.clone(), cluster: "loadtest".to_owned(), ..Default::default() };
+        // The node goes with the first request of a stream only (`set_node_on_first_message_only`).
+        let node = std::cell::Cell::new(Some(Node {
+            id: self.cfg.uuid.clone(),
+            cluster: "loadtest".to_owned(),
+            ..Default::default()
+        }));
         let mut view = View::default();
         let mut names: BTreeMap<ResourceType, BTreeSet<String>> = BTreeMap::new();
         let mut got: BTreeSet<ResourceType> = BTreeSet::new();
@@ -358,25 +441,27 @@ impl Sidecar {
         let send = |tx: &mpsc::Sender<DeltaDiscoveryRequest>, req: DeltaDiscoveryRequest| {
             tx.try_send(req).map_err(|_| ClientError::Closed)
         };
-        let first =
-            |ty: ResourceType, subscribe: Vec<String>, held: Option<&BTreeMap<String, String>>| DeltaDiscoveryRequest {
-                node: Some(node.clone()),
-                type_url: ty.type_url().to_owned(),
-                resource_names_subscribe: subscribe,
-                initial_resource_versions: held
-                    .map(|h| h.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                    .unwrap_or_default(),
-                ..Default::default()
-            };
+        let first = |node: Option<Node>,
+                     ty: ResourceType,
+                     subscribe: Vec<String>,
+                     held: Option<&BTreeMap<String, String>>| DeltaDiscoveryRequest {
+            node,
+            type_url: ty.type_url().to_owned(),
+            resource_names_subscribe: subscribe,
+            initial_resource_versions: held
+                .map(|h| h.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+            ..Default::default()
+        };
         // A reconnect forgets decoded content but tells the server what is still held.
-        send(&tx, first(ResourceType::Cluster, vec![], self.held.get(&ResourceType::Cluster)))?;
+        send(&tx, first(node.take(), ResourceType::Cluster, vec![], self.held.get(&ResourceType::Cluster)))?;
         names.insert(ResourceType::Cluster, BTreeSet::new());
         let mut stream = client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
         while let Some(resp) = stream.message().await? {
             self.on_bytes(resp.encoded_len());
             let Some(ty) = ResourceType::from_type_url(&resp.type_url) else { continue };
             let ack = DeltaDiscoveryRequest {
-                node: Some(node.clone()),
+                node: node.take(),
                 type_url: resp.type_url.clone(),
                 response_nonce: resp.nonce.clone(),
                 ..Default::default()
@@ -392,7 +477,7 @@ impl Sidecar {
             got.insert(ty);
             for r in &resp.resources {
                 if let Some(any) = &r.resource {
-                    view.apply(ty, any, self);
+                    view.apply(ty, &any.value, self);
                     self.held.entry(ty).or_default().insert(r.name.clone(), r.version.clone());
                 }
             }
@@ -413,7 +498,7 @@ impl Sidecar {
                 let subscribe: Vec<String> = wanted.difference(&old).cloned().collect();
                 let unsubscribe: Vec<String> = old.difference(&wanted).cloned().collect();
                 if is_first {
-                    send(&tx, first(next, subscribe, self.held.get(&next)))?;
+                    send(&tx, first(node.take(), next, subscribe, self.held.get(&next)))?;
                 } else {
                     if let Some(h) = self.held.get_mut(&next) {
                         for n in &unsubscribe {
@@ -423,7 +508,7 @@ impl Sidecar {
                     send(
                         &tx,
                         DeltaDiscoveryRequest {
-                            node: Some(node.clone()),
+                            node: node.take(),
                             type_url: next.type_url().to_owned(),
                             resource_names_subscribe: subscribe,
                             resource_names_unsubscribe: unsubscribe,
@@ -500,11 +585,11 @@ fn chain_refs(chain: &FilterChain, refs: &mut Refs) {
 }
 
 impl View {
-    /// Decodes one resource; returns its name.
-    fn apply(&mut self, ty: ResourceType, any: &Any, sidecar: &Sidecar) -> Option<String> {
+    /// Decodes one resource (the value of its `Any`); returns its name.
+    fn apply(&mut self, ty: ResourceType, value: &[u8], sidecar: &Sidecar) -> Option<String> {
         match ty {
             ResourceType::Cluster => {
-                let c = Cluster::decode(any.value.as_slice()).ok()?;
+                let c = Cluster::decode(value).ok()?;
                 let mut refs = Refs::default();
                 let eds = matches!(c.cluster_discovery_type, Some(cluster::ClusterDiscoveryType::Type(t)) if t == cluster::DiscoveryType::Eds as i32);
                 if eds {
@@ -521,7 +606,7 @@ impl View {
                 Some(c.name)
             }
             ResourceType::Listener => {
-                let l = Listener::decode(any.value.as_slice()).ok()?;
+                let l = Listener::decode(value).ok()?;
                 let mut refs = Refs::default();
                 for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
                     chain_refs(chain, &mut refs);
@@ -530,20 +615,16 @@ impl View {
                 Some(l.name)
             }
             ResourceType::Endpoint => {
-                let cla = ClusterLoadAssignment::decode(any.value.as_slice()).ok()?;
+                let cla = lean_eds::Assignment::decode(value).ok()?;
                 sidecar.on_endpoints(&cla);
                 Some(cla.cluster_name)
             }
             ResourceType::Route => {
-                let rc =
-                    envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(any.value.as_slice()).ok()?;
+                let rc = envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(value).ok()?;
                 Some(rc.name)
             }
             ResourceType::Secret => {
-                let s = envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret::decode(
-                    any.value.as_slice(),
-                )
-                .ok()?;
+                let s = envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret::decode(value).ok()?;
                 Some(s.name)
             }
         }
@@ -608,5 +689,63 @@ impl View {
             ResourceType::Secret => self.clusters.values().chain(self.listeners.values()).all(|r| r.sds.is_empty()),
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+    };
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+    use envoy_types::pb::google::protobuf::Any;
+
+    #[test]
+    fn lean_messages_read_what_the_full_ones_carry() {
+        let endpoint = |ip: &str| LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: ip.into(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(8080)),
+                        ..Default::default()
+                    })),
+                }),
+                hostname: "pod".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let cla = ClusterLoadAssignment {
+            cluster_name: "ns/web|80".into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![endpoint("10.0.0.1"), endpoint("10.255.0.7")],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let full = DiscoveryResponse {
+            version_info: "v1".into(),
+            resources: vec![Any { type_url: "t".into(), value: cla.encode_to_vec() }],
+            type_url: ResourceType::Endpoint.type_url().into(),
+            nonce: "1-v1".into(),
+            ..Default::default()
+        };
+        let wire = full.encode_to_vec();
+        let lean = LeanResponse::decode(wire.as_slice()).unwrap();
+        assert_eq!((lean.version_info.as_str(), lean.nonce.as_str()), ("v1", "1-v1"));
+        assert_eq!(lean.type_url, full.type_url);
+        assert_eq!(lean.encoded_len(), wire.len(), "bytes are counted as received");
+        let eds = lean_eds::Assignment::decode(lean.resources[0].value.as_ref()).unwrap();
+        assert_eq!(eds.cluster_name, "ns/web|80");
+        let ips: Vec<&str> = eds
+            .endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .filter_map(|e| Some(e.endpoint.as_ref()?.address.as_ref()?.socket_address.as_ref()?.address.as_str()))
+            .collect();
+        assert_eq!(ips, ["10.0.0.1", "10.255.0.7"]);
     }
 }
