@@ -122,14 +122,28 @@ impl<H: SessionHandler> AdsService<H> {
         self.handler.open(proxy, peer, AdsStream::Sotw { requests, responses: tx }).await?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+
+    async fn open_delta(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<ReceiverStream<Result<DeltaDiscoveryResponse, Status>>>, Status> {
+        let proxy = identify(&request, &self.trust_domain)?;
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let requests: RequestStream<DeltaDiscoveryRequest> = Box::pin(request.into_inner());
+        self.handler.open(proxy, peer, AdsStream::Delta { requests, responses: tx }).await?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 }
 
 const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
 /// The ADS gRPC service. State-of-the-world responses are sent with a codec of their own: each is a body
 /// encoded once and shared by every proxy that receives the same resources, plus the proxy's nonce, so a
 /// push to thousands of proxies does not copy and encode every resource once per proxy. Delta streams
-/// (per-proxy resource lists) go to the generated server.
+/// (per-proxy resource lists) use the usual encoding. Both use small codec buffers ([`stream_buffers`]);
+/// the generated server is only reached by other paths (it answers them as unimplemented).
 pub struct AdsRouter<H> {
     service: Arc<AdsService<H>>,
     generated: AggregatedDiscoveryServiceServer<AdsService<H>>,
@@ -163,15 +177,59 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != SOTW_PATH {
-            return self.generated.call(req);
+        let service = self.service.clone();
+        match req.uri().path() {
+            SOTW_PATH => Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(SotwCodec)
+                    .apply_max_message_size_config(Some(crate::limits::MAX_REQUEST_BYTES), None);
+                Ok(grpc.streaming(SotwMethod(service), req).await)
+            }),
+            DELTA_PATH => Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(DeltaCodec)
+                    .apply_max_message_size_config(Some(crate::limits::MAX_REQUEST_BYTES), None);
+                Ok(grpc.streaming(DeltaMethod(service), req).await)
+            }),
+            _ => self.generated.call(req),
         }
-        let method = SotwMethod(self.service.clone());
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(SotwCodec)
-                .apply_max_message_size_config(Some(crate::limits::MAX_REQUEST_BYTES), None);
-            Ok(grpc.streaming(method, req).await)
-        })
+    }
+}
+
+/// Codec buffers of an ADS stream: tonic's default keeps 8 KiB for encoding and 8 KiB for decoding per
+/// stream for as long as it lives; with thousands of mostly idle streams, buffers that start small and
+/// grow to what a message needs (then go with it) save that memory on every sidecar.
+fn stream_buffers() -> tonic::codec::BufferSettings {
+    tonic::codec::BufferSettings::new(256, 32 * 1024)
+}
+
+struct DeltaMethod<H>(Arc<AdsService<H>>);
+
+impl<H: SessionHandler> tonic::server::StreamingService<DeltaDiscoveryRequest> for DeltaMethod<H> {
+    type Response = DeltaDiscoveryResponse;
+    type ResponseStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.open_delta(request).await })
+    }
+}
+
+/// Delta messages, encoded and decoded as usual, with [`stream_buffers`].
+#[derive(Debug, Clone, Copy, Default)]
+struct DeltaCodec;
+
+impl tonic::codec::Codec for DeltaCodec {
+    type Encode = DeltaDiscoveryResponse;
+    type Decode = DeltaDiscoveryRequest;
+    type Encoder = tonic_prost::ProstEncoder<DeltaDiscoveryResponse>;
+    type Decoder = tonic_prost::ProstDecoder<DeltaDiscoveryRequest>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::raw_encoder(stream_buffers())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::raw_decoder(stream_buffers())
     }
 }
 
@@ -204,6 +262,10 @@ impl tonic::codec::Encoder for SotwEncoder {
         item.encode_to(dst);
         Ok(())
     }
+
+    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
+        stream_buffers()
+    }
 }
 
 impl tonic::codec::Codec for SotwCodec {
@@ -217,7 +279,7 @@ impl tonic::codec::Codec for SotwCodec {
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstDecoder::default()
+        tonic_prost::ProstCodec::<DiscoveryRequest, DiscoveryRequest>::raw_decoder(stream_buffers())
     }
 }
 
@@ -240,12 +302,7 @@ impl<H: SessionHandler> AggregatedDiscoveryService for AdsService<H> {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let proxy = identify(&request, &self.trust_domain)?;
-        let peer = request.remote_addr();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let requests: RequestStream<DeltaDiscoveryRequest> = Box::pin(request.into_inner());
-        self.handler.open(proxy, peer, AdsStream::Delta { requests, responses: tx }).await?;
-        Ok(Response::new(ReceiverStream::new(rx)))
+        self.open_delta(request).await
     }
 }
 

@@ -248,18 +248,26 @@ impl SotwSession {
             return out;
         }
         let state = self.types.entry(ty).or_default();
-        let names: BTreeSet<String> = req.resource_names.iter().filter(|n| n.as_str() != "*").cloned().collect();
         let first = req.response_nonce.is_empty();
         if !first && state.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
             return out; // stale: Envoy will send a request for the latest nonce too
         }
         state.requested = true;
-        let names_changed = state.names != names;
+        // Most requests are ACKs naming what was subscribed already: compared in place, without
+        // building a set of the names first.
+        let requested = req.resource_names.iter().filter(|n| n.as_str() != "*");
+        let same = requested.clone().count() == state.names.len() && requested.clone().all(|n| state.names.contains(n));
+        let names_changed = !same && {
+            // (Different in count only when a name repeats: compare as sets.)
+            let names: BTreeSet<String> = requested.cloned().collect();
+            let changed = names != state.names;
+            state.names = names;
+            changed
+        };
         if names_changed {
             state.answered_names = false;
             state.covers = None;
         }
-        state.names = names;
         if let Some(err) = &req.error_detail {
             out.nack = Some(Nack {
                 type_url: req.type_url.clone(),
@@ -475,6 +483,16 @@ mod tests {
         let out = s.on_snapshot(Arc::new(changed));
         let types: Vec<&str> = out.iter().map(|r| r.type_url()).collect();
         assert_eq!(types, vec![ResourceType::Cluster.type_url(), ResourceType::Endpoint.type_url()]);
+    }
+
+    #[test]
+    fn an_ack_repeating_a_name_is_still_an_ack() {
+        let mut s = SotwSession::new();
+        s.on_snapshot(snap(&[("a", "1")]));
+        let r = s.on_request(&req(ResourceType::Endpoint, &["a"], "", "")).responses;
+        let ack = s.on_request(&req(ResourceType::Endpoint, &["a", "a", "*"], r[0].nonce(), r[0].version()));
+        assert!(ack.responses.is_empty());
+        assert_eq!(s.acked_version(ResourceType::Endpoint), Some(r[0].version()));
     }
 
     #[test]
