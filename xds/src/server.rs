@@ -180,9 +180,28 @@ where
         let service = self.service.clone();
         match req.uri().path() {
             SOTW_PATH => Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(SotwCodec)
-                    .apply_max_message_size_config(Some(crate::limits::MAX_REQUEST_BYTES), None);
-                Ok(grpc.streaming(SotwMethod(service), req).await)
+                if req.headers().get("grpc-encoding").is_some_and(|e| e != "identity") {
+                    return Ok(Status::unimplemented("compressed requests are not supported").into_http());
+                }
+                let decoder =
+                    tonic_prost::ProstCodec::<DiscoveryRequest, DiscoveryRequest>::raw_decoder(stream_buffers());
+                let request =
+                    Request::from_http(req.map(|body| {
+                        Streaming::new_request(decoder, body, None, Some(crate::limits::MAX_REQUEST_BYTES))
+                    }));
+                Ok(match service.open_sotw(request).await {
+                    Ok(responses) => {
+                        let mut response = http::Response::new(tonic::body::Body::new(SotwBody {
+                            responses: responses.into_inner().into_inner(),
+                            ended: false,
+                        }));
+                        response
+                            .headers_mut()
+                            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+                        response
+                    }
+                    Err(status) => status.into_http(),
+                })
             }),
             DELTA_PATH => Box::pin(async move {
                 let mut grpc = tonic::server::Grpc::new(DeltaCodec)
@@ -233,54 +252,51 @@ impl tonic::codec::Codec for DeltaCodec {
     }
 }
 
-struct SotwMethod<H>(Arc<AdsService<H>>);
-
-impl<H: SessionHandler> tonic::server::StreamingService<DiscoveryRequest> for SotwMethod<H> {
-    type Response = SotwResponse;
-    type ResponseStream = ReceiverStream<Result<SotwResponse, Status>>;
-    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        let service = self.0.clone();
-        Box::pin(async move { service.open_sotw(request).await })
-    }
+/// The response body of a SotW stream, written without tonic's encoder: each response is framed for
+/// gRPC (flag, length, the shared body, this proxy's nonce) into a buffer of its own that is freed once
+/// written, so an idle stream keeps no encode buffer (with tonic's, each kept the size of its last
+/// response); the status goes in the trailers at the end.
+struct SotwBody {
+    responses: mpsc::Receiver<Result<SotwResponse, Status>>,
+    ended: bool,
 }
 
-/// Requests are decoded as usual; responses are written from their shared bodies.
-#[derive(Debug, Clone, Copy, Default)]
-struct SotwCodec;
-
-#[derive(Debug, Clone, Copy, Default)]
-struct SotwEncoder;
-
-impl tonic::codec::Encoder for SotwEncoder {
-    type Item = SotwResponse;
+impl http_body::Body for SotwBody {
+    type Data = prost::bytes::Bytes;
     type Error = Status;
 
-    fn encode(&mut self, item: SotwResponse, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
-        dst.reserve(item.encoded_len());
-        item.encode_to(dst);
-        Ok(())
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let status = match std::task::ready!(self.responses.poll_recv(cx)) {
+            Some(Ok(r)) => return Poll::Ready(Some(grpc_message(&r).map(http_body::Frame::data))),
+            Some(Err(status)) => status,
+            None => Status::ok(""),
+        };
+        self.ended = true;
+        let mut trailers = http::HeaderMap::new();
+        status.add_header(&mut trailers)?;
+        Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
     }
 
-    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
-        stream_buffers()
+    fn is_end_stream(&self) -> bool {
+        self.ended
     }
 }
 
-impl tonic::codec::Codec for SotwCodec {
-    type Encode = SotwResponse;
-    type Decode = DiscoveryRequest;
-    type Encoder = SotwEncoder;
-    type Decoder = tonic_prost::ProstDecoder<DiscoveryRequest>;
-
-    fn encoder(&mut self) -> SotwEncoder {
-        SotwEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstCodec::<DiscoveryRequest, DiscoveryRequest>::raw_decoder(stream_buffers())
-    }
+/// A response as one gRPC message: no compression, its length, its bytes.
+fn grpc_message(r: &SotwResponse) -> Result<prost::bytes::Bytes, Status> {
+    let len = r.encoded_len();
+    let prefix = u32::try_from(len).map_err(|_| Status::internal(format!("response of {len} bytes is too large")))?;
+    let mut buf = Vec::with_capacity(5 + len);
+    buf.push(0);
+    buf.extend_from_slice(&prefix.to_be_bytes());
+    r.encode_to(&mut buf);
+    Ok(buf.into())
 }
 
 #[tonic::async_trait]
