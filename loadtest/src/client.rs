@@ -204,6 +204,9 @@ pub struct SidecarStats {
     pub converged: AtomicBool,
     pub bytes: AtomicU64,
     pub bytes_at_convergence: AtomicU64,
+    /// Bytes received per type (in [`ResourceType::ALL`]'s order), and as they were at convergence.
+    pub bytes_by_type: [AtomicU64; 5],
+    pub bytes_by_type_at_convergence: [AtomicU64; 5],
     pub responses: AtomicU64,
     pub connect_errors: AtomicU64,
     pub stream_errors: AtomicU64,
@@ -310,8 +313,11 @@ impl Sidecar {
         }
     }
 
-    fn on_bytes(&self, n: usize) {
+    fn on_bytes(&self, type_url: &str, n: usize) {
         self.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(i) = ResourceType::ALL.iter().position(|t| t.type_url() == type_url) {
+            self.stats.bytes_by_type[i].fetch_add(n as u64, Ordering::Relaxed);
+        }
         self.stats.responses.fetch_add(1, Ordering::Relaxed);
         let _ = self.stats.first_response_us.compare_exchange(
             0,
@@ -327,6 +333,9 @@ impl Sidecar {
             self.stats.last_converged_us.store(now, Ordering::Relaxed);
             if self.stats.converged_us.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
                 self.stats.bytes_at_convergence.store(self.stats.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+                for (at, now) in self.stats.bytes_by_type_at_convergence.iter().zip(&self.stats.bytes_by_type) {
+                    at.store(now.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
             }
         }
     }
@@ -382,7 +391,7 @@ impl Sidecar {
             .await?
             .into_inner();
         while let Some(resp) = stream.message().await? {
-            self.on_bytes(resp.encoded_len());
+            self.on_bytes(&resp.type_url, resp.encoded_len());
             let Some(ty) = ResourceType::from_type_url(&resp.type_url) else { continue };
             let st = state.entry(ty).or_default();
             if self.cfg.nack == Some(ty) && !nacked {
@@ -458,7 +467,7 @@ impl Sidecar {
         names.insert(ResourceType::Cluster, BTreeSet::new());
         let mut stream = client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
         while let Some(resp) = stream.message().await? {
-            self.on_bytes(resp.encoded_len());
+            self.on_bytes(&resp.type_url, resp.encoded_len());
             let Some(ty) = ResourceType::from_type_url(&resp.type_url) else { continue };
             let ack = DeltaDiscoveryRequest {
                 node: node.take(),

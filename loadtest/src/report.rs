@@ -49,6 +49,9 @@ pub struct Report {
     pub rss_end_mb: f64,
     pub rss_per_sidecar_kb: f64,
     pub initial_bytes_per_sidecar: f64,
+    /// The same by type: CDS, EDS, LDS, RDS, SDS (absent from older reports).
+    #[serde(default)]
+    pub initial_bytes_by_type: [f64; 5],
     pub changes: u32,
     /// Per change: write → the last sidecar has it.
     pub change_complete: Distribution,
@@ -91,6 +94,11 @@ impl Report {
             converge: Distribution::of_micros(since_launch(|s| &s.converged_us)),
             all_converged_s: all.then(|| last as f64 / 1e6),
             initial_bytes_per_sidecar: with_bytes.iter().sum::<u64>() as f64 / with_bytes.len().max(1) as f64,
+            initial_bytes_by_type: std::array::from_fn(|i| {
+                let converged = stats.iter().filter(|s| us(&s.bytes_at_convergence) > 0);
+                converged.map(|s| us(&s.bytes_by_type_at_convergence[i])).sum::<u64>() as f64
+                    / with_bytes.len().max(1) as f64
+            }),
             ..Default::default()
         }
     }
@@ -155,7 +163,13 @@ impl fmt::Display for Report {
                 format!("{:.1} MB / {:.1} MB", self.rss_before_mb, self.rss_after_connect_mb),
             ),
             ("RSS per connected sidecar", format!("{:.1} kB", self.rss_per_sidecar_kb)),
-            ("initial config bytes per sidecar", format!("{:.0} B", self.initial_bytes_per_sidecar)),
+            ("initial config bytes per sidecar", {
+                let t = &self.initial_bytes_by_type;
+                format!(
+                    "{:.0} B (CDS {:.0}, EDS {:.0}, LDS {:.0}, RDS {:.0}, SDS {:.0})",
+                    self.initial_bytes_per_sidecar, t[0], t[1], t[2], t[3], t[4]
+                )
+            }),
             ("changes", format!("{}", self.changes)),
             ("change → last sidecar", d(&self.change_complete)),
             ("change → each sidecar", d(&self.change_per_sidecar)),
