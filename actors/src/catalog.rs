@@ -50,7 +50,7 @@ pub struct Verify(pub ProxyId);
 #[rtype(result = "bool")]
 pub struct IsSynced;
 
-/// Views of the given proxies; `None` for a proxy whose pod is gone.
+/// Views of the given proxies, in the order asked; `None` for a proxy whose pod is gone.
 #[derive(Message)]
 #[rtype(result = "Vec<(ProxyUuid, Option<ProxyView>)>")]
 pub struct GetViews(pub Vec<ProxyUuid>);

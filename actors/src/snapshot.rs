@@ -85,6 +85,9 @@ enum Built {
 
 type BuildResult = Vec<(ProxyUuid, u64, Built)>;
 
+/// Whom a build is for: the identity the proxy authenticated with, its entry's generation, its sender.
+type BuildTarget = (ServiceIdentity, u64, Arc<watch::Sender<ProxyState>>);
+
 impl SnapshotActor {
     pub fn new(catalog: Addr<CatalogActor>, certs: Addr<CertActor>, root_pem: &str, metrics: Arc<Metrics>) -> Self {
         Self {
@@ -115,12 +118,12 @@ impl SnapshotActor {
         // others only for a change.
         let waiting = |u: &ProxyUuid| proxies.get(u).is_some_and(|e| matches!(*e.tx.borrow(), ProxyState::Pending));
         let Some(uuids) = self.schedule.start(|| proxies.keys(), connected, waiting) else { return };
-        let retry: BTreeSet<ProxyUuid> = uuids.iter().cloned().collect();
-        // The identity each proxy authenticated with (its pod must still run as that identity), and which
-        // entry the build is for.
-        let expected: HashMap<ProxyUuid, (ServiceIdentity, u64, Arc<watch::Sender<ProxyState>>)> = uuids
+        let retry = uuids.clone();
+        // Per proxy of the batch, in its order (the catalog answers in it): the identity the proxy
+        // authenticated with (its pod must still run as that identity), and which entry the build is for.
+        let expected: Vec<Option<BuildTarget>> = uuids
             .iter()
-            .filter_map(|u| self.proxies.get(u).map(|e| (u.clone(), (e.identity.clone(), e.generation, e.tx.clone()))))
+            .map(|u| self.proxies.get(u).map(|e| (e.identity.clone(), e.generation, e.tx.clone())))
             .collect();
         let catalog = self.catalog.clone();
         let certs = self.certs.clone();
@@ -143,8 +146,9 @@ impl SnapshotActor {
                 cache.next_batch();
                 let results = views
                     .into_iter()
-                    .map(|(uuid, view)| {
-                        let (identity, generation, tx) = match expected.get(&uuid) {
+                    .zip(&expected)
+                    .map(|((uuid, view), expected)| {
+                        let (identity, generation, tx) = match expected {
                             Some((id, g, tx)) => (Some(id), *g, Some(tx)),
                             None => (None, 0, None),
                         };
@@ -209,7 +213,7 @@ impl SnapshotActor {
                 Err(e) => {
                     // Keep the proxies dirty and try again shortly; meanwhile they keep their last config.
                     tracing::error!(error = %e, proxies = retry.len(), "snapshot build failed; retrying in 1s");
-                    act.schedule.failed(retry);
+                    act.schedule.failed(retry.into_iter().collect());
                     ctx.run_later(std::time::Duration::from_secs(1), |act, ctx| act.kick(ctx));
                 }
             }

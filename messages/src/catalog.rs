@@ -87,7 +87,7 @@ pub struct ServiceView {
 /// Everything needed to build one proxy's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyView {
-    pub pod: Pod,
+    pub pod: Arc<Pod>,
     pub trust_domain: String,
     pub settings: MeshSettings,
     /// Services this pod backs (inbound); `target_port` resolved for this pod, `endpoints` empty.
@@ -127,7 +127,7 @@ pub struct MeshCatalog {
     namespaces: BTreeMap<String, Namespace>,
     services: BTreeMap<ServiceKey, Service>,
     endpoints: BTreeMap<ObjectKey, Endpoints>,
-    pods: BTreeMap<NsName, Pod>,
+    pods: BTreeMap<NsName, Arc<Pod>>,
     service_accounts: BTreeSet<NsName>,
     synced: bool,
     /// (source, kind) pairs that must have been listed once before the catalog counts as synced; empty:
@@ -395,7 +395,7 @@ impl MeshCatalog {
             }
             MeshObject::Pod(pod) => {
                 let key = (pod.namespace.clone(), pod.name.clone());
-                if self.pods.get(&key) == Some(&pod) {
+                if self.pods.get(&key).is_some_and(|p| **p == pod) {
                     return Dirty::Nothing;
                 }
                 let before = self.pod_audience(&key);
@@ -411,7 +411,7 @@ impl MeshCatalog {
                         .or_default()
                         .insert(pod.name.clone());
                 }
-                self.pods.insert(key.clone(), pod);
+                self.pods.insert(key.clone(), Arc::new(pod));
                 // A pod's address and labels feed other proxies' endpoints and SAN lists.
                 before.merge(self.pod_audience(&key))
             }
@@ -575,16 +575,16 @@ impl MeshCatalog {
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
-        self.pods.get(&(namespace.to_owned(), name.to_owned()))
+        self.pods.get(&(namespace.to_owned(), name.to_owned())).map(Arc::as_ref)
     }
 
-    fn pods_with_uuid(&self, uuid: &ProxyUuid) -> impl Iterator<Item = &Pod> {
+    fn pods_with_uuid(&self, uuid: &ProxyUuid) -> impl Iterator<Item = &Arc<Pod>> {
         self.pods_by_uuid.get(uuid).into_iter().flatten().filter_map(|k| self.pods.get(k))
     }
 
     /// Every pod with this address (usually one; a reused address can briefly have two).
     fn pods_at(&self, ip: IpAddr) -> impl Iterator<Item = &Pod> {
-        self.pods_by_ip.get(&ip).into_iter().flatten().filter_map(|k| self.pods.get(k))
+        self.pods_by_ip.get(&ip).into_iter().flatten().filter_map(|k| self.pods.get(k)).map(Arc::as_ref)
     }
 
     fn endpoint_objects<'a>(&'a self, svc: &ServiceKey) -> impl Iterator<Item = &'a Endpoints> + 'a {
@@ -593,7 +593,7 @@ impl MeshCatalog {
 
     /// Checks a connecting proxy's certificate against the pod it claims to be.
     pub fn verify(&self, proxy: &ProxyId) -> Result<&Pod, VerifyError> {
-        let pods: Vec<&Pod> = self.pods_with_uuid(&proxy.uuid).collect();
+        let pods: Vec<&Pod> = self.pods_with_uuid(&proxy.uuid).map(Arc::as_ref).collect();
         match pods.as_slice() {
             [] => Err(VerifyError::UnknownProxy(proxy.uuid.clone())),
             [pod] => {
@@ -741,6 +741,7 @@ impl MeshCatalog {
             .into_iter()
             .flatten()
             .filter_map(move |name| self.pods.get(&(ns.clone(), name.clone())))
+            .map(Arc::as_ref)
             .filter(move |p| selector.is_some_and(|sel| sel.iter().all(|(k, v)| p.labels.get(k) == Some(v))))
     }
 

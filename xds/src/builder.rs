@@ -1256,7 +1256,7 @@ mod tests {
         assert!(
             !build(&view, CERTS).unwrap().get(ResourceType::Listener).resources().contains_key(PROMETHEUS_LISTENER)
         );
-        view.pod.prometheus_scrape = true;
+        Arc::make_mut(&mut view.pod).prometheus_scrape = true;
         let snap = build(&view, CERTS).unwrap();
         let l =
             Listener::decode(snap.get(ResourceType::Listener).resources()[PROMETHEUS_LISTENER].body.value.as_slice())
@@ -1284,7 +1284,7 @@ mod tests {
         let mut cache = BuildCache::new();
         let client = view_for("client");
         let mut twin = client.clone();
-        twin.pod.name = "client-2".into();
+        Arc::make_mut(&mut twin.pod).name = "client-2".into();
         let a = build_with(&client, CERTS, &mut cache).unwrap();
         let b = build_with(&twin, CERTS, &mut cache).unwrap();
         assert_eq!(a, build(&client, CERTS).unwrap());
