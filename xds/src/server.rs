@@ -141,9 +141,9 @@ const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService
 
 /// The ADS gRPC service. State-of-the-world responses are sent with a codec of their own: each is a body
 /// encoded once and shared by every proxy that receives the same resources, plus the proxy's nonce, so a
-/// push to thousands of proxies does not copy and encode every resource once per proxy. Delta streams
-/// (per-proxy resource lists) use the usual encoding. Both use small codec buffers ([`stream_buffers`]);
-/// the generated server is only reached by other paths (it answers them as unimplemented).
+/// push to thousands of proxies does not copy and encode every resource once per proxy. Both kinds of
+/// stream are served here ([`ResponseBody`], [`stream_buffers`]); the generated server is only reached by
+/// other paths (it answers them as unimplemented).
 pub struct AdsRouter<H> {
     service: Arc<AdsService<H>>,
     generated: AggregatedDiscoveryServiceServer<AdsService<H>>,
@@ -180,88 +180,96 @@ where
         let service = self.service.clone();
         match req.uri().path() {
             SOTW_PATH => Box::pin(async move {
-                if req.headers().get("grpc-encoding").is_some_and(|e| e != "identity") {
-                    return Ok(Status::unimplemented("compressed requests are not supported").into_http());
-                }
-                let decoder =
-                    tonic_prost::ProstCodec::<DiscoveryRequest, DiscoveryRequest>::raw_decoder(stream_buffers());
-                let request =
-                    Request::from_http(req.map(|body| {
-                        Streaming::new_request(decoder, body, None, Some(crate::limits::MAX_REQUEST_BYTES))
-                    }));
+                let request = match decode_requests::<DiscoveryRequest, _>(req) {
+                    Ok(request) => request,
+                    Err(status) => return Ok(status.into_http()),
+                };
                 Ok(match service.open_sotw(request).await {
-                    Ok(responses) => {
-                        let mut response = http::Response::new(tonic::body::Body::new(SotwBody {
-                            responses: responses.into_inner().into_inner(),
-                            ended: false,
-                        }));
-                        response
-                            .headers_mut()
-                            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
-                        response
-                    }
+                    Ok(responses) => grpc_response(responses.into_inner().into_inner()),
                     Err(status) => status.into_http(),
                 })
             }),
             DELTA_PATH => Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(DeltaCodec)
-                    .apply_max_message_size_config(Some(crate::limits::MAX_REQUEST_BYTES), None);
-                Ok(grpc.streaming(DeltaMethod(service), req).await)
+                let request = match decode_requests::<DeltaDiscoveryRequest, _>(req) {
+                    Ok(request) => request,
+                    Err(status) => return Ok(status.into_http()),
+                };
+                Ok(match service.open_delta(request).await {
+                    Ok(responses) => grpc_response(responses.into_inner().into_inner()),
+                    Err(status) => status.into_http(),
+                })
             }),
             _ => self.generated.call(req),
         }
     }
 }
 
-/// Codec buffers of an ADS stream: tonic's default keeps 8 KiB for encoding and 8 KiB for decoding per
-/// stream for as long as it lives; with thousands of mostly idle streams, buffers that start small and
-/// grow to what a message needs (then go with it) save that memory on every sidecar.
+/// Decode buffers of an ADS stream: tonic's default keeps 8 KiB per stream for as long as it lives; with
+/// thousands of mostly idle streams, a buffer that starts small and grows to what a request needs saves
+/// that memory on every sidecar.
 fn stream_buffers() -> tonic::codec::BufferSettings {
     tonic::codec::BufferSettings::new(256, 32 * 1024)
 }
 
-struct DeltaMethod<H>(Arc<AdsService<H>>);
+/// A stream's requests, decoded with [`stream_buffers`] (uncompressed only).
+fn decode_requests<M, B>(req: http::Request<B>) -> Result<Request<Streaming<M>>, Status>
+where
+    M: prost::Message + Default + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    if req.headers().get("grpc-encoding").is_some_and(|e| e != "identity") {
+        return Err(Status::unimplemented("compressed requests are not supported"));
+    }
+    let decoder = tonic_prost::ProstCodec::<M, M>::raw_decoder(stream_buffers());
+    Ok(Request::from_http(
+        req.map(|body| Streaming::new_request(decoder, body, None, Some(crate::limits::MAX_REQUEST_BYTES))),
+    ))
+}
 
-impl<H: SessionHandler> tonic::server::StreamingService<DeltaDiscoveryRequest> for DeltaMethod<H> {
-    type Response = DeltaDiscoveryResponse;
-    type ResponseStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+/// A response that writes its own wire form.
+trait WireMessage {
+    fn wire_len(&self) -> usize;
+    fn write_to(&self, buf: &mut Vec<u8>);
+}
 
-    fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let service = self.0.clone();
-        Box::pin(async move { service.open_delta(request).await })
+impl WireMessage for SotwResponse {
+    fn wire_len(&self) -> usize {
+        self.encoded_len()
+    }
+    fn write_to(&self, buf: &mut Vec<u8>) {
+        self.encode_to(buf);
     }
 }
 
-/// Delta messages, encoded and decoded as usual, with [`stream_buffers`].
-#[derive(Debug, Clone, Copy, Default)]
-struct DeltaCodec;
-
-impl tonic::codec::Codec for DeltaCodec {
-    type Encode = DeltaDiscoveryResponse;
-    type Decode = DeltaDiscoveryRequest;
-    type Encoder = tonic_prost::ProstEncoder<DeltaDiscoveryResponse>;
-    type Decoder = tonic_prost::ProstDecoder<DeltaDiscoveryRequest>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        tonic_prost::ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::raw_encoder(stream_buffers())
+impl WireMessage for DeltaDiscoveryResponse {
+    fn wire_len(&self) -> usize {
+        prost::Message::encoded_len(self)
     }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::raw_decoder(stream_buffers())
+    fn write_to(&self, buf: &mut Vec<u8>) {
+        prost::Message::encode_raw(self, buf);
     }
 }
 
-/// The response body of a SotW stream, written without tonic's encoder: each response is framed for
-/// gRPC (flag, length, the shared body, this proxy's nonce) into a buffer of its own that is freed once
-/// written, so an idle stream keeps no encode buffer (with tonic's, each kept the size of its last
-/// response); the status goes in the trailers at the end.
-struct SotwBody {
-    responses: mpsc::Receiver<Result<SotwResponse, Status>>,
+/// The gRPC response of an ADS stream: headers now, then [`ResponseBody`].
+fn grpc_response<M: WireMessage + Send + 'static>(
+    responses: mpsc::Receiver<Result<M, Status>>,
+) -> http::Response<tonic::body::Body> {
+    let mut response = http::Response::new(tonic::body::Body::new(ResponseBody { responses, ended: false }));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    response
+}
+
+/// The response body of an ADS stream, written without tonic's encoder: each response is framed for gRPC
+/// (flag, length, message; for SotW the shared body and this proxy's nonce) into a buffer of its own that
+/// is freed once written, so an idle stream keeps no encode buffer (with tonic's, each kept the size of
+/// its last response); the status goes in the trailers at the end.
+struct ResponseBody<M> {
+    responses: mpsc::Receiver<Result<M, Status>>,
     ended: bool,
 }
 
-impl http_body::Body for SotwBody {
+impl<M: WireMessage + Send + 'static> http_body::Body for ResponseBody<M> {
     type Data = prost::bytes::Bytes;
     type Error = Status;
 
@@ -289,13 +297,13 @@ impl http_body::Body for SotwBody {
 }
 
 /// A response as one gRPC message: no compression, its length, its bytes.
-fn grpc_message(r: &SotwResponse) -> Result<prost::bytes::Bytes, Status> {
-    let len = r.encoded_len();
+fn grpc_message(r: &impl WireMessage) -> Result<prost::bytes::Bytes, Status> {
+    let len = r.wire_len();
     let prefix = u32::try_from(len).map_err(|_| Status::internal(format!("response of {len} bytes is too large")))?;
     let mut buf = Vec::with_capacity(5 + len);
     buf.push(0);
     buf.extend_from_slice(&prefix.to_be_bytes());
-    r.encode_to(&mut buf);
+    r.write_to(&mut buf);
     Ok(buf.into())
 }
 
