@@ -402,9 +402,7 @@ impl YamlDir {
         }
         let gone: Vec<PathBuf> = self.files.keys().filter(|p| !present.contains(*p)).cloned().collect();
         for path in gone {
-            if let Some(old) = self.files.remove(&path) {
-                self.set_objects(&path, &old.objects, &[]);
-            }
+            self.forget_file(&path);
         }
         for path in &paths {
             if !self.refresh(path) {
@@ -556,6 +554,15 @@ impl YamlDir {
         }
     }
 
+    /// A file that is no longer there: its objects go.
+    fn forget_file(&mut self, path: &Path) {
+        if let Some(old) = self.files.remove(path) {
+            self.set_objects(path, &old.objects, &[]);
+        }
+        self.complete.remove(path);
+        self.writing.remove(path);
+    }
+
     fn fail(&mut self, path: &Path, stamp: (SystemTime, u64), digest: [u8; 32], reason: String) {
         let previous = self.files.get(path).map(|f| f.objects.clone()).unwrap_or_default();
         self.files.insert(path.to_owned(), FileState { stamp, digest, objects: previous, error: Some(reason) });
@@ -577,6 +584,12 @@ impl YamlDir {
                 return true;
             }
             Ok(m) => m,
+            // Removed since the directory was listed (a writer replacing files quickly): gone, as if the
+            // listing had not found it, not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.forget_file(path);
+                return true;
+            }
             Err(e) => {
                 self.fail(path, unknown, [0; 32], format!("cannot stat: {e}"));
                 return true;
@@ -595,6 +608,10 @@ impl YamlDir {
         self.writing.remove(path);
         let bytes = match read_manifest(path) {
             Ok(b) => b,
+            Err(_) if !path.exists() => {
+                self.forget_file(path);
+                return true;
+            }
             Err(reason) => {
                 self.fail(path, unknown, [0; 32], reason);
                 return true;
@@ -684,6 +701,25 @@ metadata: {name: ignored}
         assert_eq!(keys(&src.scan().events), vec!["apply Pod demo/client"]);
 
         fs::remove_file(dir.path().join("server.yaml")).unwrap();
+        let mut got = keys(&src.scan().events);
+        got.sort();
+        assert_eq!(
+            got,
+            vec!["delete Pod demo/server-1", "delete Service demo/server", "delete ServiceAccount demo/server"]
+        );
+    }
+
+    #[test]
+    fn a_file_removed_between_listing_and_reading_is_gone_not_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.yaml");
+        fs::write(&path, SERVER).unwrap();
+        let mut src = YamlDir::new(dir.path());
+        src.scan();
+        // The race: the scan listed the file, then its writer removed it before it was read.
+        fs::remove_file(&path).unwrap();
+        assert!(src.refresh(&path));
+        assert!(src.broken_files().is_empty(), "{:?}", src.broken_files());
         let mut got = keys(&src.scan().events);
         got.sort();
         assert_eq!(

@@ -153,6 +153,12 @@ mod lean_eds {
 
 const SOTW_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 
+/// Queues a request to the server. A full queue (the connection is busy) is waited on, as Envoy does;
+/// only a closed stream is an error.
+async fn send<T>(tx: &mpsc::Sender<T>, req: T) -> Result<(), ClientError> {
+    tx.send(req).await.map_err(|_| ClientError::Closed)
+}
+
 /// Marked changes written by a load test and when each reached each sidecar.
 #[derive(Debug)]
 pub struct Changes {
@@ -366,9 +372,6 @@ impl Sidecar {
         let mut view = View::default();
         let mut state: BTreeMap<ResourceType, SotwType> = BTreeMap::new();
         let mut nacked = false;
-        let send = |tx: &mpsc::Sender<DiscoveryRequest>, req: DiscoveryRequest| {
-            tx.try_send(req).map_err(|_| ClientError::Closed)
-        };
         let mut request = |ty: ResourceType, st: &SotwType| DiscoveryRequest {
             node: node.take(),
             type_url: ty.type_url().to_owned(),
@@ -378,7 +381,7 @@ impl Sidecar {
             ..Default::default()
         };
         state.insert(ResourceType::Cluster, SotwType::default());
-        send(&tx, request(ResourceType::Cluster, &state[&ResourceType::Cluster]))?;
+        send(&tx, request(ResourceType::Cluster, &state[&ResourceType::Cluster])).await?;
         let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE);
         grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let codec = tonic_prost::ProstCodec::<DiscoveryRequest, LeanResponse>::default();
@@ -400,7 +403,7 @@ impl Sidecar {
                 nack.response_nonce = resp.nonce.clone();
                 nack.error_detail =
                     Some(RpcStatus { code: 3, message: "rejected by the load test".into(), details: vec![] });
-                send(&tx, nack)?;
+                send(&tx, nack).await?;
                 continue;
             }
             st.version = resp.version_info.clone();
@@ -414,7 +417,7 @@ impl Sidecar {
             }
             // State of the world: what is not in the response is gone.
             view.retain(ty, &st.have);
-            send(&tx, request(ty, st))?;
+            send(&tx, request(ty, st)).await?;
             // What the new content references decides the next requests, as Envoy's subscriptions do.
             for (next, names) in view.wanted(ty) {
                 let known = state.get(&next).map(|s| &s.names);
@@ -426,7 +429,7 @@ impl Sidecar {
                 let nst = state.entry(next).or_default();
                 nst.names = names;
                 nst.got = false;
-                send(&tx, request(next, nst))?;
+                send(&tx, request(next, nst)).await?;
             }
             if view.complete(|t| state.get(&t).map(|s| (s.got, &s.names, &s.have))) {
                 self.on_converged();
@@ -447,9 +450,6 @@ impl Sidecar {
         let mut names: BTreeMap<ResourceType, BTreeSet<String>> = BTreeMap::new();
         let mut got: BTreeSet<ResourceType> = BTreeSet::new();
         let mut nacked = false;
-        let send = |tx: &mpsc::Sender<DeltaDiscoveryRequest>, req: DeltaDiscoveryRequest| {
-            tx.try_send(req).map_err(|_| ClientError::Closed)
-        };
         let first = |node: Option<Node>,
                      ty: ResourceType,
                      subscribe: Vec<String>,
@@ -463,7 +463,7 @@ impl Sidecar {
             ..Default::default()
         };
         // A reconnect forgets decoded content but tells the server what is still held.
-        send(&tx, first(node.take(), ResourceType::Cluster, vec![], self.held.get(&ResourceType::Cluster)))?;
+        send(&tx, first(node.take(), ResourceType::Cluster, vec![], self.held.get(&ResourceType::Cluster))).await?;
         names.insert(ResourceType::Cluster, BTreeSet::new());
         let mut stream = client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
         while let Some(resp) = stream.message().await? {
@@ -480,7 +480,7 @@ impl Sidecar {
                 let mut nack = ack;
                 nack.error_detail =
                     Some(RpcStatus { code: 3, message: "rejected by the load test".into(), details: vec![] });
-                send(&tx, nack)?;
+                send(&tx, nack).await?;
                 continue;
             }
             got.insert(ty);
@@ -496,7 +496,7 @@ impl Sidecar {
                     h.remove(name);
                 }
             }
-            send(&tx, ack)?;
+            send(&tx, ack).await?;
             for (next, wanted) in view.wanted(ty) {
                 let current = names.get(&next);
                 if current == Some(&wanted) || (current.is_none() && wanted.is_empty() && !next.is_wildcard()) {
@@ -507,7 +507,7 @@ impl Sidecar {
                 let subscribe: Vec<String> = wanted.difference(&old).cloned().collect();
                 let unsubscribe: Vec<String> = old.difference(&wanted).cloned().collect();
                 if is_first {
-                    send(&tx, first(node.take(), next, subscribe, self.held.get(&next)))?;
+                    send(&tx, first(node.take(), next, subscribe, self.held.get(&next))).await?;
                 } else {
                     if let Some(h) = self.held.get_mut(&next) {
                         for n in &unsubscribe {
@@ -523,7 +523,8 @@ impl Sidecar {
                             resource_names_unsubscribe: unsubscribe,
                             ..Default::default()
                         },
-                    )?;
+                    )
+                    .await?;
                 }
                 names.insert(next, wanted);
             }

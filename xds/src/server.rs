@@ -102,8 +102,7 @@ impl<H: SessionHandler> AdsService<H> {
         Self { handler, trust_domain: trust_domain.into() }
     }
 
-    /// The gRPC service: state-of-the-world streams through [`AdsRouter`]'s shared-body codec, delta
-    /// streams through the generated server.
+    /// The gRPC service: both kinds of ADS stream through [`AdsRouter`].
     pub fn into_server(self) -> AdsRouter<H> {
         let service = Arc::new(self);
         let generated = AggregatedDiscoveryServiceServer::from_arc(service.clone())
@@ -111,28 +110,35 @@ impl<H: SessionHandler> AdsService<H> {
         AdsRouter { service, generated }
     }
 
+    /// Identifies the proxy and hands its stream to the session handler; the responses the session sends
+    /// are the response stream.
+    async fn open<Req, Resp>(
+        &self,
+        request: Request<Streaming<Req>>,
+        stream: impl FnOnce(RequestStream<Req>, mpsc::Sender<Result<Resp, Status>>) -> AdsStream,
+    ) -> Result<Response<ReceiverStream<Result<Resp, Status>>>, Status>
+    where
+        Req: Send + 'static,
+    {
+        let proxy = identify(&request, &self.trust_domain)?;
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        self.handler.open(proxy, peer, stream(Box::pin(request.into_inner()), tx)).await?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn open_sotw(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ReceiverStream<Result<SotwResponse, Status>>>, Status> {
-        let proxy = identify(&request, &self.trust_domain)?;
-        let peer = request.remote_addr();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let requests: RequestStream<DiscoveryRequest> = Box::pin(request.into_inner());
-        self.handler.open(proxy, peer, AdsStream::Sotw { requests, responses: tx }).await?;
-        Ok(Response::new(ReceiverStream::new(rx)))
+        self.open(request, |requests, responses| AdsStream::Sotw { requests, responses }).await
     }
 
     async fn open_delta(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<ReceiverStream<Result<DeltaDiscoveryResponse, Status>>>, Status> {
-        let proxy = identify(&request, &self.trust_domain)?;
-        let peer = request.remote_addr();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let requests: RequestStream<DeltaDiscoveryRequest> = Box::pin(request.into_inner());
-        self.handler.open(proxy, peer, AdsStream::Delta { requests, responses: tx }).await?;
-        Ok(Response::new(ReceiverStream::new(rx)))
+        self.open(request, |requests, responses| AdsStream::Delta { requests, responses }).await
     }
 }
 
