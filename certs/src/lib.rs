@@ -6,6 +6,8 @@
 //! xDS client certificate that names the proxy, and the ADS server uses
 //! [`CertificateAuthority::issue_server`] plus [`peer_common_name`] to know who connected.
 
+pub mod rotation;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
