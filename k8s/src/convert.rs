@@ -323,11 +323,27 @@ pub fn traffic_split(o: &crds::TrafficSplit) -> Result<TrafficSplit, ConvertErro
 pub fn mesh_config(o: &crds::MeshConfig) -> Result<MeshConfig, ConvertError> {
     let (namespace, name, _) = name_ns("MeshConfig", &o.metadata, true)?;
     let traffic = o.spec.traffic.clone().unwrap_or_default();
+    let object = format!("MeshConfig {namespace}/{name}");
+    let field = "spec.certificate.serviceCertValidityDuration";
+    let validity = o
+        .spec
+        .certificate
+        .as_ref()
+        .and_then(|c| c.service_cert_validity_duration.as_deref())
+        .map(|v| {
+            let d = messages::parse_go_duration(v).map_err(|e| err(&object, format!("{field}: {e}")))?;
+            if d < messages::MIN_CERT_VALIDITY {
+                return Err(err(&object, format!("{field} {v:?} is shorter than the shortest accepted validity, 1m")));
+            }
+            Ok(d)
+        })
+        .transpose()?;
     Ok(MeshConfig {
         namespace,
         name,
         enable_egress: traffic.enable_egress,
         permissive: traffic.enable_permissive_traffic_policy_mode,
+        service_cert_validity: validity,
         not_acted_on: o.spec.not_acted_on(),
     })
 }
@@ -338,6 +354,24 @@ mod tests {
 
     fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn mesh_config_validity_is_a_go_duration_of_at_least_a_minute() {
+        let mc = |v: &str| {
+            mesh_config(&from_json::<crds::MeshConfig>(serde_json::json!({
+                "apiVersion": "config.openservicemesh.io/v1alpha2", "kind": "MeshConfig",
+                "metadata": {"name": "osm-mesh-config", "namespace": "osm-system"},
+                "spec": {"certificate": {"serviceCertValidityDuration": v}}
+            })))
+        };
+        assert_eq!(mc("1h30m").unwrap().service_cert_validity, Some(std::time::Duration::from_secs(5400)));
+        assert_eq!(mc("1m").unwrap().service_cert_validity, Some(std::time::Duration::from_secs(60)));
+        assert!(mc("1m").unwrap().not_acted_on.is_empty());
+        let short = mc("30s").unwrap_err().to_string();
+        assert!(short.contains("MeshConfig osm-system/osm-mesh-config") && short.contains("shortest"), "{short}");
+        let bad = mc("1d").unwrap_err().to_string();
+        assert!(bad.contains("serviceCertValidityDuration") && bad.contains("not a duration"), "{bad}");
     }
 
     #[test]

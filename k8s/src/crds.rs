@@ -255,7 +255,8 @@ optional_fields!(
 );
 
 /// MeshConfig fields the controller acts on; every other field that is set is reported as not acted on.
-pub const MESH_CONFIG_ACTED_ON: &[&str] = &["traffic.enableEgress", "traffic.enablePermissiveTrafficPolicyMode"];
+pub const MESH_CONFIG_ACTED_ON: &[&str] =
+    &["traffic.enableEgress", "traffic.enablePermissiveTrafficPolicyMode", "certificate.serviceCertValidityDuration"];
 
 impl MeshConfigSpec {
     /// The dotted paths of the fields that are set, e.g. `sidecar.logLevel`.

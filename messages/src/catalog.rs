@@ -1020,6 +1020,7 @@ mod tests {
             enable_egress: None,
             permissive: Some(permissive),
             not_acted_on: vec![],
+            service_cert_validity: None,
         })));
         c
     }

@@ -370,8 +370,48 @@ pub struct MeshConfig {
     pub name: String,
     pub enable_egress: Option<bool>,
     pub permissive: Option<bool>,
+    /// `spec.certificate.serviceCertValidityDuration`, at least [`MIN_CERT_VALIDITY`].
+    pub service_cert_validity: Option<std::time::Duration>,
     /// Fields that are set but not acted on yet, e.g. `sidecar.logLevel`.
     pub not_acted_on: Vec<String>,
+}
+
+/// The shortest service-certificate validity accepted: renewals come half-way through at the latest, so
+/// a minute means a new certificate every 30 seconds or so.
+pub const MIN_CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Parses a duration the way Go's `time.ParseDuration` writes them (the form OSM's MeshConfig uses):
+/// decimal numbers, each with a unit (`ns`, `us`/`µs`, `ms`, `s`, `m`, `h`), e.g. `24h`, `1h30m`, `1.5h`,
+/// `90s`. Negative durations are refused.
+pub fn parse_go_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?} is not a duration (use e.g. 24h, 1h30m or 90s)");
+    let mut rest = text.strip_prefix('+').unwrap_or(text);
+    if rest == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    if rest.is_empty() || rest.starts_with('-') {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let (number, tail) = rest.split_at(digits);
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * seconds;
+        rest = tail;
+    }
+    std::time::Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 impl MeshConfig {
@@ -612,5 +652,23 @@ mod tests {
         assert_eq!(id.principal("cluster.local"), "sa.ns.cluster.local");
         assert_eq!(id.spiffe_id("td"), "spiffe://td/sa/ns");
         assert_eq!(id.sds_cert_name(), "service-cert:ns/sa");
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn go_durations_parse_as_go_writes_them() {
+        for (text, secs) in [("24h", 86400.0), ("1h30m", 5400.0), ("1.5h", 5400.0), ("90s", 90.0), ("0", 0.0)] {
+            assert_eq!(parse_go_duration(text), Ok(Duration::from_secs_f64(secs)), "{text}");
+        }
+        assert_eq!(parse_go_duration("1m0.5s"), Ok(Duration::from_millis(60_500)));
+        assert_eq!(parse_go_duration("300ms"), Ok(Duration::from_millis(300)));
+        for bad in ["", "24", "h", "1d", "-1h", "1h-5m", "1..5h", "abc"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

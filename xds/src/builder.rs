@@ -1040,6 +1040,7 @@ mod tests {
                 enable_egress: Some(false),
                 permissive: Some(false),
                 not_acted_on: vec![],
+                service_cert_validity: None,
             }),
             MeshObject::HttpRouteGroup(HttpRouteGroup {
                 namespace: "demo".into(),
