@@ -9,6 +9,7 @@ use messages::{
     Dirty, MeshCatalog, MeshConfig, MeshSettings, PolicyError, ProxyId, ProxyUuid, ProxyView, SourceEvent, VerifyError,
 };
 
+use crate::certs::SetValidity;
 use crate::metrics::Metrics;
 
 use crate::snapshot::{ConnectSnapshots, MarkDirty, SnapshotActor};
@@ -64,13 +65,30 @@ pub struct CatalogActor {
     /// What was last reported, so each problem is logged when it appears, not on every change.
     reported_errors: Vec<PolicyError>,
     reported_config: Option<(Option<MeshConfig>, MeshSettings)>,
+    /// Told the service-certificate validity of the MeshConfig in force, and what it was last told.
+    certs: Option<Recipient<SetValidity>>,
+    told_validity: Option<Option<std::time::Duration>>,
 }
+
+/// Tells the catalog where the certificate actor is (it follows the MeshConfig's validity).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnectCerts(pub Recipient<SetValidity>);
 
 impl CatalogActor {
     pub fn new(trust_domain: &str, settings: MeshSettings, synced: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Self {
         let mut catalog = MeshCatalog::new(trust_domain);
         catalog.set_settings(settings);
-        Self { catalog, snapshots: None, synced, metrics, reported_errors: Vec::new(), reported_config: None }
+        Self {
+            catalog,
+            snapshots: None,
+            synced,
+            metrics,
+            reported_errors: Vec::new(),
+            reported_config: None,
+            certs: None,
+            told_validity: None,
+        }
     }
 
     /// Logs what changed in the policy's health and the settings in force.
@@ -111,6 +129,13 @@ impl CatalogActor {
             }
             self.reported_config = Some(config);
         }
+        let validity = self.catalog.mesh_config().and_then(|m| m.service_cert_validity);
+        if self.told_validity != Some(validity)
+            && let Some(certs) = &self.certs
+        {
+            certs.do_send(SetValidity(validity));
+            self.told_validity = Some(validity);
+        }
     }
 }
 
@@ -120,6 +145,13 @@ impl Actor for CatalogActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Queries from many sessions arrive at once on a restart; give them room.
         ctx.set_mailbox_capacity(1024);
+    }
+}
+
+impl Handler<ConnectCerts> for CatalogActor {
+    type Result = ();
+    fn handle(&mut self, msg: ConnectCerts, _: &mut Self::Context) {
+        self.certs = Some(msg.0);
     }
 }
 

@@ -1,13 +1,18 @@
 //! The certificate actor: issues service certificates per identity, caches them, and renews each one
-//! before it expires. A renewal goes straight to the snapshot actor as a dirty identity.
+//! before it expires on the schedule of [`certs::rotation`]. Signing runs on the blocking pool, a few at a
+//! time, never on the actor thread; a renewal goes to the snapshot actor as renewed identities, which
+//! reaches the sidecars as a new `service-cert` secret alone (clusters and listeners name the secret, not
+//! its content).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
+use certs::rotation::{RenewPolicy, Rotation};
 use certs::{CertificateAuthority, IssuedCert};
 use messages::ServiceIdentity;
+use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
 use crate::snapshot::{ConnectSnapshots, IdentitiesRenewed, SnapshotActor};
@@ -23,60 +28,154 @@ pub struct GetCerts(pub Vec<ServiceIdentity>);
 #[rtype(result = "()")]
 pub struct Forget(pub Vec<ServiceIdentity>);
 
+/// The validity of service certificates from now on (`None`: the command line's). Certificates in use
+/// that live longer are renewed when a certificate of the new validity would be.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetValidity(pub Option<Duration>);
+
+/// What time it is: the system clock; tests pass the runtime's (paused) clock, so renewals follow it.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// Signatures running at once on the blocking pool: enough to use the cores, few enough that a herd of
+/// new identities never takes the threads the builds need.
+fn signing_permits() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 pub struct CertActor {
     metrics: Arc<Metrics>,
     ca: Arc<CertificateAuthority>,
+    default_validity: Duration,
     validity: Duration,
     cache: HashMap<ServiceIdentity, Arc<IssuedCert>>,
+    rotation: Rotation<ServiceIdentity>,
+    /// The timer of the next renewal.
+    wake: Option<SpawnHandle>,
+    signing: Arc<Semaphore>,
     snapshots: Option<Addr<SnapshotActor>>,
+    clock: Clock,
 }
 
-/// Renew when a third of the lifetime is left (OSM: max(validity/3, 5 min) before expiry), spread by a
-/// small jitter so certificates issued together do not all renew in the same instant.
-pub fn renew_after(cert: &IssuedCert, now: SystemTime) -> Duration {
-    let lifetime = cert.lifetime();
-    let before = (lifetime / 3).max(Duration::from_secs(5 * 60)).min(lifetime);
-    let jitter = Duration::from_millis(u64::from(cert.serial.bytes().fold(0u8, |a, b| a.wrapping_add(b))) * 16);
-    let at = cert.not_after - before + jitter.min(lifetime / 20);
-    at.duration_since(now).unwrap_or(Duration::ZERO)
+/// A signed certificate and how long signing took, or why it failed.
+type Signed = Result<(IssuedCert, Duration), String>;
+
+/// Spreads renewals: a hash of the serial number.
+fn seed(cert: &IssuedCert) -> u64 {
+    cert.serial.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 impl CertActor {
     pub fn new(ca: Arc<CertificateAuthority>, validity: Duration, metrics: Arc<Metrics>) -> Self {
-        Self { metrics, ca, validity, cache: HashMap::new(), snapshots: None }
-    }
-
-    fn issue(&mut self, id: &ServiceIdentity, ctx: &mut Context<Self>) -> Result<Arc<IssuedCert>, certs::CertError> {
-        let started = std::time::Instant::now();
-        let cert = Arc::new(self.ca.issue_service(id, self.validity, false)?);
-        self.metrics.cert_issued(started.elapsed());
-        let wait = renew_after(&cert, SystemTime::now());
-        tracing::debug!(identity = %id, serial = %cert.serial, renew_in_s = wait.as_secs(), "issued service certificate");
-        let id2 = id.clone();
-        let serial = cert.serial.clone();
-        ctx.run_later(wait, move |act, ctx| act.renew(id2, &serial, ctx));
-        self.cache.insert(id.clone(), cert.clone());
-        Ok(cert)
-    }
-
-    fn renew(&mut self, id: ServiceIdentity, serial: &str, ctx: &mut Context<Self>) {
-        if self.cache.get(&id).is_none_or(|c| c.serial != serial) {
-            return; // superseded
+        Self {
+            metrics,
+            ca,
+            default_validity: validity,
+            validity,
+            cache: HashMap::new(),
+            rotation: Rotation::new(RenewPolicy::default()),
+            wake: None,
+            signing: Arc::new(Semaphore::new(signing_permits())),
+            snapshots: None,
+            clock: Arc::new(SystemTime::now),
         }
-        match self.issue(&id, ctx) {
-            Ok(_) => {
-                tracing::info!(identity = %id, "renewed service certificate");
-                if let Some(s) = &self.snapshots {
-                    s.do_send(IdentitiesRenewed(vec![id]));
+    }
+
+    /// The same, reading the time from `clock`.
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Self { clock, ..self }
+    }
+
+    /// Signs certificates for `ids` on the blocking pool; resolves to each result.
+    fn sign(&self, ids: Vec<ServiceIdentity>) -> impl Future<Output = Vec<(ServiceIdentity, Signed)>> + 'static {
+        let jobs = ids.into_iter().map(|id| {
+            let (ca, validity, signing) = (self.ca.clone(), self.validity, self.signing.clone());
+            async move {
+                let result = async {
+                    let _permit = signing.acquire_owned().await.map_err(|e| e.to_string())?;
+                    let id = id.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let started = std::time::Instant::now();
+                        ca.issue_service(&id, validity, false)
+                            .map(|c| (c, started.elapsed()))
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .map_err(|e| format!("signing task failed: {e}"))?
+                }
+                .await;
+                (id, result)
+            }
+        });
+        futures::future::join_all(jobs)
+    }
+
+    /// Takes a signed certificate into use and schedules its renewal.
+    fn keep(&mut self, id: ServiceIdentity, cert: IssuedCert, took: Duration) -> Arc<IssuedCert> {
+        self.metrics.cert_issued(took);
+        let cert = Arc::new(cert);
+        // Scheduled over the validity asked for (from now), not over the backdated start the certificate
+        // carries for clock skew.
+        let now = (self.clock)();
+        let due = self.rotation.issued(id.clone(), now, now + self.validity, seed(&cert));
+        tracing::debug!(
+            identity = %id,
+            serial = %cert.serial,
+            renew_in_s = due.duration_since(now).unwrap_or_default().as_secs(),
+            "issued service certificate"
+        );
+        self.cache.insert(id, cert.clone());
+        cert
+    }
+
+    /// Sleeps until the next renewal is due.
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.wake.take() {
+            ctx.cancel_future(h);
+        }
+        if let Some(at) = self.rotation.next_due() {
+            let wait = at.duration_since((self.clock)()).unwrap_or_default();
+            self.wake = Some(ctx.run_later(wait, |act, ctx| {
+                act.wake = None;
+                act.renew_due(ctx);
+            }));
+        }
+    }
+
+    fn renew_due(&mut self, ctx: &mut Context<Self>) {
+        let due = self.rotation.take_due((self.clock)());
+        if due.is_empty() {
+            self.rearm(ctx);
+            return;
+        }
+        ctx.spawn(self.sign(due).into_actor(self).map(|results, act, ctx| {
+            let mut renewed = Vec::new();
+            for (id, result) in results {
+                // Forgotten while it was being signed: nobody needs it.
+                if !act.cache.contains_key(&id) {
+                    continue;
+                }
+                match result {
+                    Ok((cert, took)) => {
+                        let serial = act.keep(id.clone(), cert, took).serial.clone();
+                        tracing::info!(identity = %id, %serial, "renewed service certificate");
+                        renewed.push(id);
+                    }
+                    Err(e) => {
+                        // The valid certificate stays in use; retries come before it expires.
+                        let now = (act.clock)();
+                        let retry_s = act.rotation.failed(id.clone(), now).duration_since(now).unwrap_or_default().as_secs();
+                        tracing::error!(identity = %id, error = %e, retry_s, "certificate renewal failed; the current certificate stays in use");
+                    }
                 }
             }
-            Err(e) => {
-                // Keep serving the valid certificate and try again shortly.
-                tracing::error!(identity = %id, error = %e, "certificate renewal failed; retrying in 30s");
-                let serial = serial.to_owned();
-                ctx.run_later(Duration::from_secs(30), move |act, ctx| act.renew(id, &serial, ctx));
+            if !renewed.is_empty()
+                && let Some(s) = &act.snapshots
+            {
+                s.do_send(IdentitiesRenewed(renewed));
             }
-        }
+            act.rearm(ctx);
+        }));
     }
 }
 
@@ -92,33 +191,70 @@ impl Handler<ConnectSnapshots> for CertActor {
 }
 
 impl Handler<GetCerts> for CertActor {
-    type Result = MessageResult<GetCerts>;
+    type Result = ResponseActFuture<Self, HashMap<ServiceIdentity, Result<Arc<IssuedCert>, String>>>;
 
-    fn handle(&mut self, msg: GetCerts, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: GetCerts, _: &mut Self::Context) -> Self::Result {
         let mut out = HashMap::new();
+        let mut missing = Vec::new();
         for id in msg.0 {
-            let cert = match self.cache.get(&id) {
-                Some(c) => Ok(c.clone()),
-                None => self.issue(&id, ctx).map_err(|e| {
-                    tracing::error!(identity = %id, error = %e, "cannot issue service certificate");
-                    e.to_string()
-                }),
-            };
-            out.insert(id, cert);
+            match self.cache.get(&id) {
+                Some(c) => {
+                    out.insert(id, Ok(c.clone()));
+                }
+                None => missing.push(id),
+            }
         }
-        MessageResult(out)
+        Box::pin(self.sign(missing).into_actor(self).map(move |results, act, ctx| {
+            for (id, result) in results {
+                let cert = match result {
+                    // Another request may have issued one meanwhile: the first stays.
+                    Ok(_) if act.cache.contains_key(&id) => Ok(act.cache[&id].clone()),
+                    Ok((cert, took)) => Ok(act.keep(id.clone(), cert, took)),
+                    Err(e) => {
+                        tracing::error!(identity = %id, error = %e, "cannot issue service certificate");
+                        Err(e)
+                    }
+                };
+                out.insert(id, cert);
+            }
+            act.rearm(ctx);
+            out
+        }))
     }
 }
 
 impl Handler<Forget> for CertActor {
     type Result = ();
-    fn handle(&mut self, msg: Forget, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Forget, ctx: &mut Self::Context) {
         for id in msg.0 {
-            // A pending renewal finds no cache entry and stops.
+            self.rotation.forget(&id);
             if self.cache.remove(&id).is_some() {
                 tracing::debug!(identity = %id, "certificate no longer needed");
             }
         }
+        self.rearm(ctx);
+    }
+}
+
+impl Handler<SetValidity> for CertActor {
+    type Result = ();
+    fn handle(&mut self, msg: SetValidity, ctx: &mut Self::Context) {
+        let validity = msg.0.unwrap_or(self.default_validity);
+        if validity == self.validity {
+            return;
+        }
+        tracing::info!(validity_s = validity.as_secs(), "service certificate validity changed");
+        self.validity = validity;
+        // A certificate living longer than the new validity is renewed when one of the new validity,
+        // issued now, would be.
+        let now = (self.clock)();
+        let policy = self.rotation.policy();
+        for (id, cert) in &self.cache {
+            if cert.not_after > now + validity {
+                self.rotation.renew_by(id, policy.renew_at(now, now + validity, seed(cert)));
+            }
+        }
+        self.rearm(ctx);
     }
 }
 
@@ -126,16 +262,47 @@ impl Handler<Forget> for CertActor {
 mod tests {
     use super::*;
 
-    #[test]
-    fn renewal_is_a_third_before_expiry_with_floor() {
-        let ca = CertificateAuthority::generate("cluster.local").unwrap();
-        let id = ServiceIdentity::new("a", "b");
-        let c = ca.issue_service(&id, Duration::from_secs(24 * 3600), false).unwrap();
-        let w = renew_after(&c, c.not_before);
-        let life = c.lifetime();
-        assert!(w >= life - life / 3 && w <= life - life / 3 + life / 20, "{w:?}");
-        let short = ca.issue_service(&id, Duration::from_secs(600), false).unwrap();
-        let w = renew_after(&short, short.not_before);
-        assert!(w <= short.lifetime() - Duration::from_secs(300) + short.lifetime() / 20, "{w:?}");
+    /// The runtime's clock (paused in these tests) as wall-clock time.
+    fn paused_clock() -> Clock {
+        tokio::time::pause();
+        let (wall, start) = (SystemTime::now(), tokio::time::Instant::now());
+        Arc::new(move || wall + start.elapsed())
+    }
+
+    async fn cert(certs: &Addr<CertActor>, id: &ServiceIdentity) -> Arc<IssuedCert> {
+        certs.send(GetCerts(vec![id.clone()])).await.unwrap()[id].clone().unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn certificates_are_issued_once_renewed_on_schedule_and_follow_a_shorter_validity() {
+        let ca = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
+        let clock = paused_clock();
+        let day = Duration::from_secs(24 * 3600);
+        let certs = CertActor::new(ca, day, Arc::default()).with_clock(clock.clone()).start();
+        let id = ServiceIdentity::new("sa", "ns");
+        let first = cert(&certs, &id).await;
+        assert_eq!(first.serial, cert(&certs, &id).await.serial, "cached");
+        // Nothing is renewed in the first two thirds of the day.
+        tokio::time::sleep(day * 6 / 10).await;
+        assert_eq!(first.serial, cert(&certs, &id).await.serial);
+        // A minute's validity from now on: the day-long certificate is renewed within half a minute,
+        // and the new one every half minute or so.
+        certs.send(SetValidity(Some(Duration::from_secs(60)))).await.unwrap();
+        let mut serials = vec![first.serial.clone()];
+        for _ in 0..3 {
+            let before = (clock)();
+            let renewed = loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let now = cert(&certs, &id).await;
+                if now.serial != *serials.last().unwrap() {
+                    break now;
+                }
+            };
+            let waited = (clock)().duration_since(before).unwrap();
+            assert!(waited <= Duration::from_secs(31), "{waited:?}");
+            assert!(renewed.lifetime() <= Duration::from_secs(120), "a minute (and the backdating)");
+            serials.push(renewed.serial.clone());
+        }
+        assert_eq!(serials.iter().collect::<std::collections::BTreeSet<_>>().len(), 4);
     }
 }

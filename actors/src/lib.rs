@@ -192,6 +192,7 @@ impl ActorSystem {
                     // started.
                     let _ = catalog.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
                     let _ = cert_actor.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
+                    let _ = catalog.send(catalog::ConnectCerts(cert_actor.clone().recipient())).await;
                     let kube_source = match config.kubernetes.clone() {
                         Some(k) => {
                             // Declared before any source delivers: nothing is served until the cluster's

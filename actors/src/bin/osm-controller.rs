@@ -71,7 +71,8 @@ struct ServeArgs {
     /// (a stat per file when nothing changed), in milliseconds.
     #[arg(long, default_value_t = 5000)]
     scan_interval_ms: u64,
-    /// Lifetime of service (SDS) certificates, in seconds (minimum 600).
+    /// Lifetime of service (SDS) certificates, in seconds (minimum 60); a MeshConfig's
+    /// `spec.certificate.serviceCertValidityDuration` overrides it.
     #[arg(long, default_value_t = 24 * 3600)]
     service_cert_validity_s: u64,
     /// Extra DNS names or IPs for the ADS server certificate (repeatable).
@@ -162,8 +163,8 @@ fn run() -> anyhow::Result<()> {
 const DEFAULT_MESH_DIR: &str = "mesh";
 
 fn serve(mesh_dir: Option<PathBuf>, state_dir: PathBuf, trust_domain: String, args: ServeArgs) -> anyhow::Result<()> {
-    if args.service_cert_validity_s < 600 {
-        bail!("--service-cert-validity-s must be at least 600 (10 minutes)");
+    if args.service_cert_validity_s < messages::MIN_CERT_VALIDITY.as_secs() {
+        bail!("--service-cert-validity-s must be at least {} (a minute)", messages::MIN_CERT_VALIDITY.as_secs());
     }
     let cluster = args.kubernetes || args.kubeconfig.is_some();
     let mesh_dir = match mesh_dir {
