@@ -37,6 +37,9 @@ pub struct ControllerConfig {
     /// The cluster to watch, if any.
     pub kubernetes: Option<KubernetesSource>,
     pub state_dir: PathBuf,
+    /// A CA brought from files (certificate, then key): used instead of the root in the state directory
+    /// or the cluster's Secret.
+    pub ca_files: Option<(PathBuf, PathBuf)>,
     pub ads_addr: SocketAddr,
     pub trust_domain: String,
     pub scan_interval: Duration,
@@ -60,6 +63,7 @@ impl ControllerConfig {
             mesh_dir: Some(PathBuf::from("mesh")),
             kubernetes: None,
             state_dir: state_dir.into(),
+            ca_files: None,
             ads_addr: SocketAddr::from(([0, 0, 0, 0], messages::ports::ADS)),
             trust_domain: "cluster.local".to_owned(),
             scan_interval: Duration::from_secs(5),
@@ -298,8 +302,13 @@ pub async fn run_on(
         None => None,
     };
     // On a cluster the root lives in a Secret that every replica shares; otherwise in the state directory.
-    let ca = match &cluster {
-        Some((k, client)) => {
+    let ca = match (&config.ca_files, &cluster) {
+        (Some((cert, key)), _) => {
+            let ca = CertificateAuthority::from_files(cert, key, &config.trust_domain)?;
+            tracing::info!(certificate = %cert.display(), "mesh CA brought from files");
+            ca
+        }
+        (None, Some((k, client))) => {
             // An API server that is briefly unreachable (a control-plane upgrade) is waited for, a while.
             let mut delay = Duration::from_millis(500);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -316,7 +325,7 @@ pub async fn run_on(
                 }
             }
         }
-        None => CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)?,
+        (None, None) => CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)?,
     };
     let ca = Arc::new(ca);
     if let (Some(listener), Some((k, client))) = (listeners.webhook, &cluster) {

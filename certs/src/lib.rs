@@ -86,10 +86,15 @@ impl IssuedCert {
     }
 }
 
-/// The built-in certificate authority (ECDSA P-256).
+/// The mesh's certificate authority: the built-in root (ECDSA P-256), or one brought from files or a
+/// Kubernetes Secret (RSA or ECDSA, a root or an intermediate followed by its chain).
 pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
+    /// What sidecars trust: every certificate of the CA's file (the signing CA and its chain).
     cert_pem: String,
+    /// The signing CA and its chain short of a self-signed root (nothing when the root signs), sent after
+    /// every issued certificate so a peer that trusts only the root can verify it.
+    chain_pem: String,
     trust_domain: String,
 }
 
@@ -139,7 +144,12 @@ impl CertificateAuthority {
         params.not_after = to_offset(now + LONG_VALIDITY);
         params.serial_number = Some(random_serial()?);
         let cert = params.self_signed(&key)?;
-        Ok(Self { cert_pem: cert.pem(), issuer: Issuer::new(params, key), trust_domain: trust_domain.to_owned() })
+        Ok(Self {
+            cert_pem: cert.pem(),
+            chain_pem: String::new(),
+            issuer: Issuer::new(params, key),
+            trust_domain: trust_domain.to_owned(),
+        })
     }
 
     /// Loads the root persisted in `state_dir`, or creates and persists one, so a restart keeps the same root
@@ -235,10 +245,21 @@ impl CertificateAuthority {
         Self::checked(cert_pem, key_pem, trust_domain, names).map_err(|reason| CertError::BadCa { reason })
     }
 
+    /// A CA brought from files: the signing CA's certificate (PEM; an intermediate may be followed by its
+    /// chain up to the root) and its private key (PEM, PKCS#8, RSA or ECDSA). Checked as
+    /// [`CertificateAuthority::from_pem`] checks; errors name the file.
+    pub fn from_files(cert_path: &Path, key_path: &Path, trust_domain: &str) -> Result<Self, CertError> {
+        let read = |p: &Path| fs::read_to_string(p).map_err(|source| CertError::Io { path: p.to_owned(), source });
+        let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
+        warn_if_exposed(key_path);
+        let names = (cert_path.display().to_string(), key_path.display().to_string());
+        Self::from_pem(&cert_pem, &key_pem, trust_domain, &names)
+    }
+
     /// The pair checked; `names` (certificate, key) say where each came from.
     fn checked(cert_pem: &str, key_pem: &str, trust_domain: &str, names: &(String, String)) -> Result<Self, String> {
         let (cert_name, key_name) = names;
-        let key = KeyPair::from_pem(key_pem).map_err(|e| format!("{key_name}: {e}"))?;
+        let key = parse_key(key_pem).map_err(|e| format!("{key_name}: {e}"))?;
         // The key must be the certificate's: otherwise every certificate issued would fail to verify, and
         // every sidecar's TLS with it, while the controller looked healthy.
         let der = pem_to_der(cert_pem).map_err(|e| format!("{cert_name}: {e}"))?;
@@ -258,8 +279,18 @@ impl CertificateAuthority {
                 cert.validity().not_after
             ));
         }
-        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| format!("{cert_name}: {e}"))?;
-        Ok(Self { issuer, cert_pem: cert_pem.to_owned(), trust_domain: trust_domain.to_owned() })
+        let blocks = pem_certificates(cert_pem);
+        let issuer = Issuer::from_ca_cert_pem(blocks.first().map_or(cert_pem, String::as_str), key)
+            .map_err(|e| format!("{cert_name}: {e}"))?;
+        // What a peer needs besides its root: the signing CA (unless it is the root) and the chain after it,
+        // short of the root (a self-signed last certificate).
+        let mut chain: &[String] = &blocks;
+        if let Some(last) = chain.last()
+            && is_self_signed(last)
+        {
+            chain = &chain[..chain.len() - 1];
+        }
+        Ok(Self { issuer, cert_pem: blocks.concat(), chain_pem: chain.concat(), trust_domain: trust_domain.to_owned() })
     }
 
     /// The root's private key (PEM), for keeping it where replicas share it (a Kubernetes Secret).
@@ -297,7 +328,7 @@ impl CertificateAuthority {
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
             common_name: cn.to_owned(),
-            cert_pem: cert.pem(),
+            cert_pem: cert.pem() + &self.chain_pem,
             key_pem: key.serialize_pem(),
             serial: serial_hex,
             not_before,
@@ -403,6 +434,50 @@ pub fn peer_uris(der: &[u8]) -> Result<Vec<String>, CertError> {
         .collect())
 }
 
+/// A private key from PEM. Only PKCS#8 is read; the other forms `openssl` writes get the command that
+/// converts them.
+fn parse_key(pem: &str) -> Result<KeyPair, String> {
+    let convert = "convert it with: openssl pkcs8 -topk8 -nocrypt -in <key> -out <key>.pk8";
+    if pem.contains("-----BEGIN RSA PRIVATE KEY-----") {
+        return Err(format!("the key is in PKCS#1 form (BEGIN RSA PRIVATE KEY); PKCS#8 is needed: {convert}"));
+    }
+    if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
+        return Err(format!("the key is in SEC1 form (BEGIN EC PRIVATE KEY); PKCS#8 is needed: {convert}"));
+    }
+    if pem.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        return Err("the key is encrypted; give it unencrypted (openssl pkcs8 -in <key> -out <plain>)".to_owned());
+    }
+    KeyPair::from_pem(pem).map_err(|e| {
+        format!("not a usable private key ({e}); PEM PKCS#8 with an RSA (2048 bits or more) or ECDSA P-256/P-384 key")
+    })
+}
+
+/// The certificates of a PEM text, each block as it was written (other blocks are left out).
+fn pem_certificates(pem: &str) -> Vec<String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(len) = rest[start..].find(END) else { break };
+        let end = start + len + END.len();
+        out.push(format!("{}\n", &rest[start..end]));
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// Whether a certificate (PEM) names itself as its issuer.
+fn is_self_signed(pem: &str) -> bool {
+    pem_to_der(pem)
+        .ok()
+        .and_then(|der| {
+            let (_, c) = x509_parser::parse_x509_certificate(&der).ok()?;
+            Some(c.subject() == c.issuer())
+        })
+        .unwrap_or(false)
+}
+
 /// Decodes the first certificate of a PEM string to DER.
 pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, CertError> {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| CertError::Parse(e.to_string()))?;
@@ -413,6 +488,111 @@ pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, CertError> {
 mod tests {
     use super::*;
     use messages::ProxyUuid;
+
+    /// Runs openssl in `dir` (the suite's setup installs it): CA material as users bring it.
+    fn openssl(dir: &Path, args: &str) {
+        let out = std::process::Command::new("openssl")
+            .args(args.split_whitespace())
+            .current_dir(dir)
+            .output()
+            .expect("openssl (scripts/setup.sh installs it)");
+        assert!(out.status.success(), "openssl {args}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Whether openssl verifies `leaf` (with its chain) against `root`.
+    fn verifies(dir: &Path, root: &str, leaf_pem: &str) -> bool {
+        fs::write(dir.join("leaf.pem"), leaf_pem).unwrap();
+        // The leaf file holds the leaf and its chain: openssl takes the chain as untrusted.
+        std::process::Command::new("openssl")
+            .args(["verify", "-CAfile", root, "-untrusted", "leaf.pem", "leaf.pem"])
+            .current_dir(dir)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
+    const CA_EXT: &str = "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign";
+
+    #[test]
+    fn a_root_brought_from_files_signs_rsa_or_ecdsa_and_an_intermediate_sends_its_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let id = ServiceIdentity::new("sa", "ns");
+        for (name, keygen) in [
+            ("rsa", "genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out rsa.key"),
+            ("ec", "genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ec.key"),
+        ] {
+            openssl(d, keygen);
+            openssl(
+                d,
+                &format!("req -x509 -new -key {name}.key -subj /CN=byo-{name} -days 30 -out {name}.crt {CA_EXT}"),
+            );
+            let ca = CertificateAuthority::from_files(
+                &d.join(format!("{name}.crt")),
+                &d.join(format!("{name}.key")),
+                "cluster.local",
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let leaf = ca.issue_service(&id, Duration::from_secs(3600), false).unwrap();
+            assert!(verifies(d, &format!("{name}.crt"), &leaf.cert_pem), "{name}: the leaf chains to the root");
+            assert_eq!(pem_certificates(&leaf.cert_pem).len(), 1, "a root sends no chain");
+        }
+        // An intermediate signed by the RSA root, given with its chain: leaves carry the intermediate.
+        openssl(d, "genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out int.key");
+        openssl(d, "req -new -key int.key -subj /CN=byo-intermediate -out int.csr");
+        fs::write(d.join("int.ext"), "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n")
+            .unwrap();
+        openssl(
+            d,
+            "x509 -req -in int.csr -CA rsa.crt -CAkey rsa.key -CAcreateserial -days 30 -extfile int.ext -out int.crt",
+        );
+        let chain = fs::read_to_string(d.join("int.crt")).unwrap() + &fs::read_to_string(d.join("rsa.crt")).unwrap();
+        fs::write(d.join("chain.crt"), chain).unwrap();
+        let ca = CertificateAuthority::from_files(&d.join("chain.crt"), &d.join("int.key"), "cluster.local").unwrap();
+        let leaf = ca.issue_service(&id, Duration::from_secs(3600), false).unwrap();
+        assert_eq!(pem_certificates(&leaf.cert_pem).len(), 2, "leaf and intermediate");
+        assert!(verifies(d, "rsa.crt", &leaf.cert_pem), "the leaf chains to the root through the intermediate");
+        assert_eq!(pem_certificates(ca.root_pem()).len(), 2, "sidecars trust the whole file");
+    }
+
+    #[test]
+    fn bad_ca_files_are_refused_naming_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        openssl(d, "genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out a.key");
+        openssl(d, "genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out b.key");
+        openssl(d, &format!("req -x509 -new -key a.key -subj /CN=a -days 30 -out a.crt {CA_EXT}"));
+        openssl(
+            d,
+            "req -x509 -new -key a.key -subj /CN=leaf -days 30 -out leaf.crt -addext basicConstraints=critical,CA:FALSE",
+        );
+        openssl(d, "ec -in a.key -out sec1.key");
+        fs::write(d.join("junk.crt"), "not a certificate\n").unwrap();
+        let err = |cert: &str, key: &str| {
+            CertificateAuthority::from_files(&d.join(cert), &d.join(key), "cluster.local").unwrap_err().to_string()
+        };
+        let wrong = err("a.crt", "b.key");
+        assert!(wrong.contains("b.key does not belong to") && wrong.contains("a.crt"), "{wrong}");
+        let not_ca = err("leaf.crt", "a.key");
+        assert!(not_ca.contains("leaf.crt is not a CA certificate"), "{not_ca}");
+        let sec1 = err("a.crt", "sec1.key");
+        assert!(sec1.contains("sec1.key") && sec1.contains("openssl pkcs8 -topk8"), "{sec1}");
+        let junk = err("junk.crt", "a.key");
+        assert!(junk.contains("junk.crt"), "{junk}");
+        let missing = err("missing.crt", "a.key");
+        assert!(missing.contains("missing.crt"), "{missing}");
+        // Expired (openssl 3.0 cannot backdate a request, so this one is made here).
+        let key = KeyPair::generate().unwrap();
+        let mut params = params_for("old");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.not_before = to_offset(SystemTime::UNIX_EPOCH + Duration::from_secs(1_577_836_800));
+        params.not_after = to_offset(SystemTime::UNIX_EPOCH + Duration::from_secs(1_577_923_200));
+        fs::write(d.join("old.crt"), params.self_signed(&key).unwrap().pem()).unwrap();
+        fs::write(d.join("old.key"), key.serialize_pem()).unwrap();
+        let old = err("old.crt", "old.key");
+        assert!(old.contains("old.crt is not valid now"), "{old}");
+    }
 
     fn parse(pem: &str) -> (String, Vec<String>, bool) {
         let der = pem_to_der(pem).unwrap();

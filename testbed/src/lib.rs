@@ -152,6 +152,9 @@ pub struct MeshOptions {
     /// A link from the host's namespace to the hub: (host address, hub address), for peers of the
     /// controller that run in the test process (an API-server simulator, the webhooks' caller).
     pub host_link: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// A CA brought from files (certificate, key) instead of the built-in root: the controller gets
+    /// `--ca-cert`/`--ca-key`, and sidecars are bootstrapped from it.
+    pub ca_files: Option<(PathBuf, PathBuf)>,
 }
 
 impl MeshOptions {
@@ -164,6 +167,7 @@ impl MeshOptions {
             envoy_log_level: "warning".to_owned(),
             controller_args: Vec::new(),
             host_link: None,
+            ca_files: None,
         }
     }
 }
@@ -264,8 +268,12 @@ impl LocalMesh {
         if let Some((host, hub_side)) = opts.host_link {
             hub.link_host(host, hub_side)?;
         }
-        // The mesh root, created here and found by the controller in its state directory, as after a restart.
-        let ca = CertificateAuthority::load_or_create(&state_dir, "cluster.local")?;
+        // The mesh root, created here and found by the controller in its state directory, as after a restart
+        // (or the one brought from files).
+        let ca = match &opts.ca_files {
+            Some((cert, key)) => CertificateAuthority::from_files(cert, key, "cluster.local")?,
+            None => CertificateAuthority::load_or_create(&state_dir, "cluster.local")?,
+        };
         let controller_log = work.path().join("controller.log");
         Ok(Self {
             ca,
@@ -308,6 +316,9 @@ impl LocalMesh {
             .args(["--mesh-dir", &self.mesh_dir.display().to_string()])
             .args(["--state-dir", &self.state_dir.display().to_string()])
             .args(["--ads-addr", &ads_addr, "--scan-interval-ms", "200"])
+            .args(self.opts.ca_files.iter().flat_map(|(cert, key)| {
+                ["--ca-cert".to_owned(), cert.display().to_string(), "--ca-key".to_owned(), key.display().to_string()]
+            }))
             .args(&self.opts.controller_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

@@ -24,6 +24,13 @@ struct Cli {
     /// Where the mesh root CA is kept across restarts.
     #[arg(long, default_value = "state", global = true)]
     state_dir: PathBuf,
+    /// Bring your own CA: its certificate (PEM; an intermediate may be followed by its chain up to the
+    /// root). Used instead of the built-in root; needs --ca-key.
+    #[arg(long, global = true, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The private key of --ca-cert (PEM PKCS#8, RSA or ECDSA).
+    #[arg(long, global = true, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
     /// Trust domain of mesh identities (`<sa>.<ns>.<trust-domain>`).
     #[arg(long, default_value = "cluster.local", global = true)]
     trust_domain: String,
@@ -147,7 +154,7 @@ fn run() -> anyhow::Result<()> {
         }
         Some(Command::Bootstrap { pod, controller_host, controller_port, delta, out, config_dir }) => write_bootstrap(
             &cli.mesh_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_MESH_DIR)),
-            &cli.state_dir,
+            &ca_source(&cli.state_dir, cli.ca_cert.zip(cli.ca_key)),
             &cli.trust_domain,
             &pod,
             controller_host,
@@ -156,13 +163,32 @@ fn run() -> anyhow::Result<()> {
             &out,
             config_dir,
         ),
-        None => serve(cli.mesh_dir, cli.state_dir, cli.trust_domain, cli.serve),
+        None => serve(cli.mesh_dir, cli.state_dir, cli.ca_cert.zip(cli.ca_key), cli.trust_domain, cli.serve),
     }
 }
 
 const DEFAULT_MESH_DIR: &str = "mesh";
 
-fn serve(mesh_dir: Option<PathBuf>, state_dir: PathBuf, trust_domain: String, args: ServeArgs) -> anyhow::Result<()> {
+/// Where the CA comes from: files brought by the user, else the state directory.
+enum CaSource {
+    Files(PathBuf, PathBuf),
+    StateDir(PathBuf),
+}
+
+fn ca_source(state_dir: &std::path::Path, files: Option<(PathBuf, PathBuf)>) -> CaSource {
+    match files {
+        Some((cert, key)) => CaSource::Files(cert, key),
+        None => CaSource::StateDir(state_dir.to_owned()),
+    }
+}
+
+fn serve(
+    mesh_dir: Option<PathBuf>,
+    state_dir: PathBuf,
+    ca_files: Option<(PathBuf, PathBuf)>,
+    trust_domain: String,
+    args: ServeArgs,
+) -> anyhow::Result<()> {
     if args.service_cert_validity_s < messages::MIN_CERT_VALIDITY.as_secs() {
         bail!("--service-cert-validity-s must be at least {} (a minute)", messages::MIN_CERT_VALIDITY.as_secs());
     }
@@ -176,6 +202,7 @@ fn serve(mesh_dir: Option<PathBuf>, state_dir: PathBuf, trust_domain: String, ar
         mesh_dir,
         kubernetes: None,
         state_dir,
+        ca_files,
         ads_addr: args.ads_addr,
         trust_domain,
         scan_interval: Duration::from_millis(args.scan_interval_ms.max(50)),
@@ -280,7 +307,7 @@ fn raise_fd_limit() -> usize {
 #[allow(clippy::too_many_arguments)]
 fn write_bootstrap(
     mesh_dir: &std::path::Path,
-    state_dir: &std::path::Path,
+    ca: &CaSource,
     trust_domain: &str,
     pod: &str,
     controller_host: String,
@@ -301,7 +328,10 @@ fn write_bootstrap(
     }
     let pod = catalog.pod(ns, name).with_context(|| format!("pod {ns}/{name} is not in {}", mesh_dir.display()))?;
     // Never a new CA here: a sidecar bootstrapped from another root would be refused by the controller.
-    let ca = certs::CertificateAuthority::load(state_dir, trust_domain)?;
+    let ca = match ca {
+        CaSource::Files(cert, key) => certs::CertificateAuthority::from_files(cert, key, trust_domain)?,
+        CaSource::StateDir(dir) => certs::CertificateAuthority::load(dir, trust_domain)?,
+    };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let out_abs = std::fs::canonicalize(out)?;
     let opts = sidecar::SidecarOptions {

@@ -1,0 +1,101 @@
+//! Bring your own CA, through real Envoy: roots generated with openssl (RSA 2048 and ECDSA P-256), given
+//! to the controller as files; sidecars talk mTLS with certificates it signed and trust that root alone.
+//! Needs root, iptables, openssl and Envoy (`scripts/setup.sh`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use testbed::{Binaries, LocalMesh, MeshOptions};
+
+const SERVER: &str = "demo/server-1";
+const CLIENT: &str = "demo/client";
+
+fn openssl(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A self-signed CA of `algorithm` in `dir`; returns (certificate, key, serial in hex).
+fn root(dir: &Path, name: &str, keygen: &[&str]) -> (PathBuf, PathBuf, String) {
+    let key = format!("{name}.key");
+    let crt = format!("{name}.crt");
+    let mut args = vec!["genpkey"];
+    args.extend(keygen);
+    args.extend(["-out", &key]);
+    openssl(dir, &args);
+    let subject = format!("/CN=byo-{name}/O=Example Corp");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            &subject,
+            "-days",
+            "30",
+            "-out",
+            &crt,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    let serial = openssl(dir, &["x509", "-in", &crt, "-noout", "-serial"]);
+    let serial = serial.trim().trim_start_matches("serial=").to_ascii_lowercase();
+    (dir.join(crt), dir.join(key), serial)
+}
+
+/// The serial numbers of the CA certificates the pod's Envoy trusts (admin `/certs`).
+fn trusted_serials(mesh: &LocalMesh, pod: &str) -> Vec<String> {
+    let body = mesh.admin(pod, "/certs").unwrap();
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    json["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["ca_cert"].as_array().into_iter().flatten())
+        .filter_map(|c| c["serial_number"].as_str().map(|s| s.trim_start_matches('0').to_ascii_lowercase()))
+        .collect()
+}
+
+#[test]
+fn sidecars_serve_mtls_on_a_root_brought_from_openssl_files_rsa_and_ecdsa() {
+    let keys = tempfile::tempdir().unwrap();
+    for (name, keygen) in [
+        ("rsa", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"][..]),
+        ("ecdsa", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"][..]),
+    ] {
+        let (crt, key, serial) = root(keys.path(), name, keygen);
+        let mut opts = MeshOptions::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/basic"));
+        opts.ca_files = Some((crt, key));
+        let mut bins = Binaries::locate().expect("building osm-controller and mesh-app");
+        bins.app = PathBuf::from(env!("CARGO_BIN_EXE_mesh-app"));
+        let mut mesh = LocalMesh::start(opts, bins).expect("starting the local mesh");
+        mesh.add_pod("demo", "server-1").unwrap();
+        mesh.spawn_app(SERVER, &["http-server", "--port", "8080", "--name", "server-1"]).unwrap();
+        mesh.add_pod("demo", "client").unwrap();
+        let body = mesh
+            .eventually(Duration::from_secs(20), &format!("{name}: GET through the mesh"), || {
+                let out = mesh.app(CLIENT, &["get", "http://10.96.0.10/hello"]).ok()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.starts_with("status=200").then_some(text)
+            })
+            .unwrap_or_else(|e| panic!("{e}\n{}", mesh.controller_output()));
+        assert!(body.contains("hello from server-1"), "{body}");
+        assert!(mesh.stat(SERVER, "listener.0.0.0.0_15003.ssl.handshake").unwrap().unwrap_or(0) > 0, "over mTLS");
+        // Both sidecars trust the brought root, and only it.
+        let want = serial.trim_start_matches('0').to_owned();
+        for pod in [SERVER, CLIENT] {
+            let trusted = trusted_serials(&mesh, pod);
+            assert!(!trusted.is_empty() && trusted.iter().all(|s| *s == want), "{name} {pod}: {trusted:?} vs {want}");
+        }
+        assert!(mesh.controller_output().contains("mesh CA brought from files"), "{}", mesh.controller_output());
+    }
+}
