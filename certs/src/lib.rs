@@ -109,9 +109,9 @@ fn to_offset(t: SystemTime) -> OffsetDateTime {
 }
 
 fn random_serial() -> Result<SerialNumber, CertError> {
-    // A fresh key pair is the cheapest CSPRNG at hand without another dependency.
-    let entropy = KeyPair::generate()?.serialize_der();
-    let mut bytes: Vec<u8> = entropy.iter().rev().take(16).copied().collect();
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| CertError::Generate(rcgen::Error::RingUnspecified))?;
     bytes[0] &= 0x7f; // positive
     bytes[0] |= 0x01; // and not zero-led
     Ok(SerialNumber::from_slice(&bytes))
