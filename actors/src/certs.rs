@@ -206,11 +206,12 @@ impl Handler<GetCerts> for CertActor {
         }
         Box::pin(self.sign(missing).into_actor(self).map(move |results, act, ctx| {
             for (id, result) in results {
-                let cert = match result {
-                    // Another request may have issued one meanwhile: the first stays.
-                    Ok(_) if act.cache.contains_key(&id) => Ok(act.cache[&id].clone()),
-                    Ok((cert, took)) => Ok(act.keep(id.clone(), cert, took)),
-                    Err(e) => {
+                let issued_meanwhile = act.cache.get(&id).cloned();
+                let cert = match (result, issued_meanwhile) {
+                    // Another request issued one meanwhile: the first stays.
+                    (_, Some(first)) => Ok(first),
+                    (Ok((cert, took)), None) => Ok(act.keep(id.clone(), cert, took)),
+                    (Err(e), None) => {
                         tracing::error!(identity = %id, error = %e, "cannot issue service certificate");
                         Err(e)
                     }
