@@ -44,6 +44,8 @@ pub struct ControllerConfig {
     pub trust_domain: String,
     pub scan_interval: Duration,
     pub service_cert_validity: Duration,
+    /// Validity of the ADS server's certificate, renewed like service certificates.
+    pub ads_cert_validity: Duration,
     /// Extra DNS names / IPs for the ADS server certificate.
     pub ads_server_names: Vec<String>,
     /// Bounds on ADS peers (connections, handshake time, streams, shutdown drain).
@@ -68,6 +70,7 @@ impl ControllerConfig {
             trust_domain: "cluster.local".to_owned(),
             scan_interval: Duration::from_secs(5),
             service_cert_validity: Duration::from_secs(24 * 3600),
+            ads_cert_validity: Duration::from_secs(24 * 3600),
             ads_server_names: Vec::new(),
             limits: Default::default(),
             http_limits: Default::default(),
@@ -125,6 +128,8 @@ pub enum ControllerError {
     MeshDir(PathBuf, String),
     #[error(transparent)]
     Serve(#[from] xds::server::ServeError),
+    #[error(transparent)]
+    AdsTls(#[from] xds::tls::TlsConfigError),
     #[error("no source of mesh objects: give a mesh directory, a cluster, or both")]
     NoSource,
     #[error("cannot reach the Kubernetes API: {0}")]
@@ -135,6 +140,55 @@ pub enum ControllerError {
     CaSecret(#[from] k8s::ca_secret::CaSecretError),
     #[error("cannot start the actor system: {0}")]
     Actors(String),
+}
+
+/// Renews the ADS server's certificate on the schedule of service certificates, for as long as the
+/// server runs: signing on the blocking pool, then new handshakes present the new certificate (connected
+/// sidecars keep their connections). A failed renewal keeps the current one and is retried.
+async fn renew_ads_certificate(
+    ca: Arc<CertificateAuthority>,
+    (cn, names): (String, Vec<String>),
+    validity: Duration,
+    mut serial: String,
+    certificate: Arc<xds::tls::ServerCertificate>,
+) {
+    use ::certs::rotation::{RenewPolicy, retry_after};
+    use std::hash::{Hash, Hasher};
+    let policy = RenewPolicy::default();
+    let mut issued = std::time::SystemTime::now();
+    let mut failures = 0;
+    loop {
+        let now = std::time::SystemTime::now();
+        let due = if failures == 0 {
+            let mut seed = std::hash::DefaultHasher::new();
+            serial.hash(&mut seed);
+            policy.renew_at(issued, issued + validity, seed.finish())
+        } else {
+            now + retry_after(failures, now, Some(issued + validity))
+        };
+        tokio::time::sleep(due.duration_since(now).unwrap_or_default()).await;
+        let (ca, cn, names) = (ca.clone(), cn.clone(), names.clone());
+        let signed = tokio::task::spawn_blocking(move || ca.issue_server(&cn, &names, validity)).await;
+        let renewed = match signed {
+            Ok(Ok(cert)) => {
+                certificate.replace(&cert.cert_pem, &cert.key_pem).map(|()| cert.serial).map_err(|e| e.to_string())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("signing task failed: {e}")),
+        };
+        match renewed {
+            Ok(new) => {
+                tracing::info!(serial = %new, "renewed the ADS server certificate");
+                serial = new;
+                issued = std::time::SystemTime::now();
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::error!(error = %e, "ADS server certificate renewal failed; the current one stays in use");
+            }
+        }
+    }
 }
 
 /// Runs the controller until `shutdown` resolves. Must run on a multi-threaded tokio runtime (it serves
@@ -377,11 +431,18 @@ pub async fn run_on(
     if !config.ads_addr.ip().is_unspecified() {
         names.push(config.ads_addr.ip().to_string());
     }
-    let server_cert =
-        ca.issue_server(&::certs::ads_server_common_name(&config.trust_domain), &names, ::certs::LONG_VALIDITY)?;
+    let cn = ::certs::ads_server_common_name(&config.trust_domain);
+    let server_cert = ca.issue_server(&cn, &names, config.ads_cert_validity)?;
+    let certificate = Arc::new(xds::tls::ServerCertificate::new(&server_cert.cert_pem, &server_cert.key_pem)?);
+    let renewals = tokio::spawn(renew_ads_certificate(
+        ca.clone(),
+        (cn, names),
+        config.ads_cert_validity,
+        server_cert.serial.clone(),
+        certificate.clone(),
+    ));
     let tls = xds::ServerTls {
-        cert_pem: server_cert.cert_pem,
-        key_pem: server_cert.key_pem,
+        certificate,
         client_ca_pem: ca.root_pem().to_owned(),
         trust_domain: config.trust_domain.clone(),
     };
@@ -396,6 +457,7 @@ pub async fn run_on(
     let counted = metrics.clone();
     let handshake_failed: xds::tls::FailureSink = Arc::new(move |f| counted.handshake_failed(f.reason));
     let result = xds::serve(listeners.ads, tls, manager, config.limits.clone(), handshake_failed, shutdown).await;
+    renewals.abort();
     // The Lease is released on the way out, so another replica takes the duties over at once.
     if let Some(e) = election {
         let _ = e.await;

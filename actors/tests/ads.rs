@@ -274,6 +274,57 @@ async fn oversized_requests_end_the_stream_with_an_error_not_ok() {
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
 }
 
+impl Controller {
+    /// The serial of the certificate the ADS server presents to a new connection (a TLS handshake with
+    /// the client's sidecar certificate).
+    async fn server_serial(&self) -> String {
+        let proxy = ProxyId {
+            uuid: ProxyUuid::parse("client-uuid").unwrap(),
+            identity: ServiceIdentity::new("client", "demo"),
+        };
+        let cert = self.ca.issue_proxy_client(&proxy, Duration::from_secs(3600)).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(certs::pem_to_der(self.ca.root_pem()).unwrap())).unwrap();
+        let chain = vec![rustls::pki_types::CertificateDer::from(certs::pem_to_der(&cert.cert_pem).unwrap())];
+        let key = rustls::pki_types::pem::PemObject::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("ads.cluster.local").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+        let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        certs::serial_of(&presented).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ads_server_certificate_is_renewed_and_connected_sidecars_keep_their_stream() {
+    // Four seconds of validity: renewed about two seconds after issuance.
+    let c = Controller::start_with(|config| config.ads_cert_validity = Duration::from_secs(4));
+    let (tx, mut stream) = connected_client(&c).await;
+    let first = c.server_serial().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut serials = vec![first];
+    while serials.len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "renewals seen: {serials:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = c.server_serial().await;
+        if serials.last() != Some(&now) {
+            serials.push(now);
+        }
+    }
+    // The stream opened before the renewals still serves: a changed subscription is answered on it.
+    tx.send(request(ResourceType::Endpoint, &["demo/web|8080"], None)).await.unwrap();
+    let eds = next(&mut stream).await;
+    assert_eq!(eds.type_url, ResourceType::Endpoint.type_url());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_client_certificate_or_another_root_no_connection_and_the_reason_is_counted() {
     let c = Controller::start();

@@ -420,6 +420,12 @@ pub fn peer_common_name(der: &[u8]) -> Result<String, CertError> {
     Ok(cn.to_owned())
 }
 
+/// The serial number of a DER certificate, in hex (as `IssuedCert::serial`).
+pub fn serial_of(der: &[u8]) -> Result<String, CertError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| CertError::Parse(e.to_string()))?;
+    Ok(hex(cert.raw_serial()))
+}
+
 /// The URI SANs of a DER certificate.
 pub fn peer_uris(der: &[u8]) -> Result<Vec<String>, CertError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| CertError::Parse(e.to_string()))?;

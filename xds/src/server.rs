@@ -339,8 +339,8 @@ impl<H: SessionHandler> AggregatedDiscoveryService for AdsService<H> {
 /// TLS material of the ADS server.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
-    pub cert_pem: String,
-    pub key_pem: String,
+    /// Its certificate: replaced when renewed; each handshake takes the newest.
+    pub certificate: Arc<crate::tls::ServerCertificate>,
     /// Roots that sign sidecars' client certificates.
     pub client_ca_pem: String,
     /// The mesh's trust domain: a client certificate must name a sidecar of it.

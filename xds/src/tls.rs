@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use futures::{Stream, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, RootCertStore, ServerConfig};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -38,6 +39,43 @@ pub type FailureSink = Arc<dyn Fn(&HandshakeFailure) + Send + Sync>;
 #[error("ADS server TLS configuration rejected: {0}")]
 pub struct TlsConfigError(String);
 
+/// The ADS server's certificate and key, replaceable while the server runs: each handshake takes the
+/// newest; a connection made earlier keeps the one it was made with.
+#[derive(Debug)]
+pub struct ServerCertificate {
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCertificate {
+    pub fn new(cert_pem: &str, key_pem: &str) -> Result<Self, TlsConfigError> {
+        Ok(Self { current: std::sync::RwLock::new(Arc::new(certified_key(cert_pem, key_pem)?)) })
+    }
+
+    /// From now on, handshakes present this certificate.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), TlsConfigError> {
+        let key = Arc::new(certified_key(cert_pem, key_pem)?);
+        let mut current = self.current.write().map_err(|_| TlsConfigError("certificate lock poisoned".to_owned()))?;
+        *current = key;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for ServerCertificate {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| c.clone())
+    }
+}
+
+fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsConfigError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| TlsConfigError(format!("{what}: {e}"));
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("server certificate", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad("server key", &e))?;
+    let key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| bad("server key", &e))?;
+    Ok(CertifiedKey::new(chain, key))
+}
+
 /// Server TLS with a required client certificate signed by the mesh root; HTTP/2 only.
 pub fn server_config(tls: &ServerTls) -> Result<Arc<ServerConfig>, TlsConfigError> {
     let bad = |what: &str, e: &dyn std::fmt::Display| TlsConfigError(format!("{what}: {e}"));
@@ -49,16 +87,11 @@ pub fn server_config(tls: &ServerTls) -> Result<Arc<ServerConfig>, TlsConfigErro
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| bad("client verifier", &e))?;
-    let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad("server certificate", &e))?;
-    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|e| bad("server key", &e))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| bad("protocol versions", &e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| bad("server certificate", &e))?;
+        .with_cert_resolver(tls.certificate.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }

@@ -207,6 +207,7 @@ fn serve(
         trust_domain,
         scan_interval: Duration::from_millis(args.scan_interval_ms.max(50)),
         service_cert_validity: Duration::from_secs(args.service_cert_validity_s),
+        ads_cert_validity: actors::ControllerConfig::new(".").ads_cert_validity,
         ads_server_names: args.ads_server_names,
         limits: xds::ServeLimits {
             max_connections: raise_fd_limit(),
