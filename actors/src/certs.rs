@@ -60,11 +60,6 @@ pub struct CertActor {
 /// A signed certificate and how long signing took, or why it failed.
 type Signed = Result<(IssuedCert, Duration), String>;
 
-/// Spreads renewals: a hash of the serial number.
-fn seed(cert: &IssuedCert) -> u64 {
-    cert.serial.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-}
-
 impl CertActor {
     pub fn new(ca: Arc<CertificateAuthority>, validity: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
@@ -117,7 +112,7 @@ impl CertActor {
         // Scheduled over the validity asked for (from now), not over the backdated start the certificate
         // carries for clock skew.
         let now = (self.clock)();
-        let due = self.rotation.issued(id.clone(), now, now + self.validity, seed(&cert));
+        let due = self.rotation.issued(id.clone(), now, now + self.validity, cert.jitter_seed());
         tracing::debug!(
             identity = %id,
             serial = %cert.serial,
@@ -252,7 +247,7 @@ impl Handler<SetValidity> for CertActor {
         let policy = self.rotation.policy();
         for (id, cert) in &self.cache {
             if cert.not_after > now + validity {
-                self.rotation.renew_by(id, policy.renew_at(now, now + validity, seed(cert)));
+                self.rotation.renew_by(id, policy.renew_at(now, now + validity, cert.jitter_seed()));
             }
         }
         self.rearm(ctx);

@@ -142,50 +142,44 @@ pub enum ControllerError {
     Actors(String),
 }
 
-/// Renews the ADS server's certificate on the schedule of service certificates, for as long as the
-/// server runs: signing on the blocking pool, then new handshakes present the new certificate (connected
-/// sidecars keep their connections). A failed renewal keeps the current one and is retried.
+/// Renews the ADS server's certificate on the schedule of service certificates ([`::certs::rotation`]),
+/// for as long as the server runs: signing on the blocking pool, then new handshakes present the new
+/// certificate (connected sidecars keep their connections). A failed renewal keeps the current one and is
+/// retried.
 async fn renew_ads_certificate(
     ca: Arc<CertificateAuthority>,
     (cn, names): (String, Vec<String>),
     validity: Duration,
-    mut serial: String,
+    first: ::certs::IssuedCert,
     certificate: Arc<xds::tls::ServerCertificate>,
 ) {
-    use ::certs::rotation::{RenewPolicy, retry_after};
-    use std::hash::{Hash, Hasher};
-    let policy = RenewPolicy::default();
-    let mut issued = std::time::SystemTime::now();
-    let mut failures = 0;
-    loop {
-        let now = std::time::SystemTime::now();
-        let due = if failures == 0 {
-            let mut seed = std::hash::DefaultHasher::new();
-            serial.hash(&mut seed);
-            policy.renew_at(issued, issued + validity, seed.finish())
-        } else {
-            now + retry_after(failures, now, Some(issued + validity))
-        };
-        tokio::time::sleep(due.duration_since(now).unwrap_or_default()).await;
+    use std::time::SystemTime;
+    let mut rotation = ::certs::rotation::Rotation::new(Default::default());
+    let now = SystemTime::now();
+    rotation.issued((), now, now + validity, first.jitter_seed());
+    while let Some(due) = rotation.next_due() {
+        tokio::time::sleep(due.duration_since(SystemTime::now()).unwrap_or_default()).await;
+        if rotation.take_due(SystemTime::now()).is_empty() {
+            continue;
+        }
         let (ca, cn, names) = (ca.clone(), cn.clone(), names.clone());
         let signed = tokio::task::spawn_blocking(move || ca.issue_server(&cn, &names, validity)).await;
         let renewed = match signed {
             Ok(Ok(cert)) => {
-                certificate.replace(&cert.cert_pem, &cert.key_pem).map(|()| cert.serial).map_err(|e| e.to_string())
+                certificate.replace(&cert.cert_pem, &cert.key_pem).map(|()| cert).map_err(|e| e.to_string())
             }
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(format!("signing task failed: {e}")),
         };
+        let now = SystemTime::now();
         match renewed {
-            Ok(new) => {
-                tracing::info!(serial = %new, "renewed the ADS server certificate");
-                serial = new;
-                issued = std::time::SystemTime::now();
-                failures = 0;
+            Ok(cert) => {
+                tracing::info!(serial = %cert.serial, "renewed the ADS server certificate");
+                rotation.issued((), now, now + validity, cert.jitter_seed());
             }
             Err(e) => {
-                failures += 1;
                 tracing::error!(error = %e, "ADS server certificate renewal failed; the current one stays in use");
+                rotation.failed((), now);
             }
         }
     }
@@ -438,7 +432,7 @@ pub async fn run_on(
         ca.clone(),
         (cn, names),
         config.ads_cert_validity,
-        server_cert.serial.clone(),
+        server_cert,
         certificate.clone(),
     ));
     let tls = xds::ServerTls {

@@ -81,6 +81,12 @@ impl std::fmt::Debug for IssuedCert {
 }
 
 impl IssuedCert {
+    /// A number derived from the serial, to spread the renewals of certificates issued together (see
+    /// [`rotation::RenewPolicy::renew_at`]).
+    pub fn jitter_seed(&self) -> u64 {
+        self.serial.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    }
+
     pub fn lifetime(&self) -> Duration {
         self.not_after.duration_since(self.not_before).unwrap_or_default()
     }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use testbed::{Binaries, LocalMesh, MeshOptions};
 
+mod common;
+
 const SERVER: &str = "demo/server-1";
 const CLIENT: &str = "demo/client";
 
@@ -52,19 +54,6 @@ fn root(dir: &Path, name: &str, keygen: &[&str]) -> (PathBuf, PathBuf, String) {
     (dir.join(crt), dir.join(key), serial)
 }
 
-/// The serial numbers of the CA certificates the pod's Envoy trusts (admin `/certs`).
-fn trusted_serials(mesh: &LocalMesh, pod: &str) -> Vec<String> {
-    let body = mesh.admin(pod, "/certs").unwrap();
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    json["certificates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| c["ca_cert"].as_array().into_iter().flatten())
-        .filter_map(|c| c["serial_number"].as_str().map(|s| s.trim_start_matches('0').to_ascii_lowercase()))
-        .collect()
-}
-
 #[test]
 fn sidecars_serve_mtls_on_a_root_brought_from_openssl_files_rsa_and_ecdsa() {
     let keys = tempfile::tempdir().unwrap();
@@ -93,7 +82,7 @@ fn sidecars_serve_mtls_on_a_root_brought_from_openssl_files_rsa_and_ecdsa() {
         // Both sidecars trust the brought root, and only it.
         let want = serial.trim_start_matches('0').to_owned();
         for pod in [SERVER, CLIENT] {
-            let trusted = trusted_serials(&mesh, pod);
+            let trusted = common::cert_serials(&mesh, pod, "ca_cert");
             assert!(!trusted.is_empty() && trusted.iter().all(|s| *s == want), "{name} {pod}: {trusted:?} vs {want}");
         }
         assert!(mesh.controller_output().contains("mesh CA brought from files"), "{}", mesh.controller_output());

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use testbed::{Binaries, LocalMesh, MeshOptions};
 
+mod common;
+
 const SERVER: &str = "demo/server-1";
 const CLIENT: &str = "demo/client";
 
@@ -29,17 +31,9 @@ fn bins() -> Binaries {
     b
 }
 
-/// The serial numbers of the certificates the pod's Envoy presents (admin `/certs`).
+/// The serial numbers of the certificates the pod's Envoy presents.
 fn serials(mesh: &LocalMesh, pod: &str) -> BTreeSet<String> {
-    let body = mesh.admin(pod, "/certs").unwrap();
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    json["certificates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| c["cert_chain"].as_array().into_iter().flatten())
-        .filter_map(|c| c["serial_number"].as_str().map(str::to_owned))
-        .collect()
+    common::cert_serials(mesh, pod, "cert_chain")
 }
 
 /// The controller's count of responses of `ty` sent to the server's proxy.

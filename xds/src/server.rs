@@ -127,6 +127,29 @@ impl<H: SessionHandler> AdsService<H> {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    /// A stream of [`AdsRouter`]: its requests decoded, the stream opened, its responses written by
+    /// [`ResponseBody`]; a refusal is the gRPC status the proxy sees.
+    async fn answer<Req, Resp, B>(
+        &self,
+        req: http::Request<B>,
+        stream: impl FnOnce(RequestStream<Req>, mpsc::Sender<Result<Resp, Status>>) -> AdsStream,
+    ) -> http::Response<tonic::body::Body>
+    where
+        Req: prost::Message + Default + Send + 'static,
+        Resp: WireMessage + Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        let opened = match decode_requests::<Req, _>(req) {
+            Ok(request) => self.open(request, stream).await,
+            Err(status) => Err(status),
+        };
+        match opened {
+            Ok(responses) => grpc_response(responses.into_inner().into_inner()),
+            Err(status) => status.into_http(),
+        }
+    }
+
     async fn open_sotw(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
@@ -186,24 +209,10 @@ where
         let service = self.service.clone();
         match req.uri().path() {
             SOTW_PATH => Box::pin(async move {
-                let request = match decode_requests::<DiscoveryRequest, _>(req) {
-                    Ok(request) => request,
-                    Err(status) => return Ok(status.into_http()),
-                };
-                Ok(match service.open_sotw(request).await {
-                    Ok(responses) => grpc_response(responses.into_inner().into_inner()),
-                    Err(status) => status.into_http(),
-                })
+                Ok(service.answer(req, |requests, responses| AdsStream::Sotw { requests, responses }).await)
             }),
             DELTA_PATH => Box::pin(async move {
-                let request = match decode_requests::<DeltaDiscoveryRequest, _>(req) {
-                    Ok(request) => request,
-                    Err(status) => return Ok(status.into_http()),
-                };
-                Ok(match service.open_delta(request).await {
-                    Ok(responses) => grpc_response(responses.into_inner().into_inner()),
-                    Err(status) => status.into_http(),
-                })
+                Ok(service.answer(req, |requests, responses| AdsStream::Delta { requests, responses }).await)
             }),
             _ => self.generated.call(req),
         }
