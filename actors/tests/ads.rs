@@ -153,6 +153,8 @@ async fn sotw_session_serves_acks_quietly_and_survives_a_nack() {
     tx.send(request(ResourceType::Endpoint, &["demo/web|8080"], None)).await.unwrap();
     let eds = next(&mut stream).await;
     assert_eq!(eds.resources.len(), 1);
+    // Acknowledged, as Envoy does: the next EDS push waits for it.
+    tx.send(request(ResourceType::Endpoint, &["demo/web|8080"], Some(&eds))).await.unwrap();
 
     tx.send(request(ResourceType::Listener, &[], None)).await.unwrap();
     let lds = next(&mut stream).await;

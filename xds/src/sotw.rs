@@ -51,6 +51,9 @@ struct TypeState {
     /// What the last response carried: a snapshot whose resources of this type are the same (the very
     /// same set, or usually the very same `Arc`s) sends nothing, found without hashing anything.
     sent: Option<Sent>,
+    /// A response was sent and the proxy has not answered it yet (ACK or NACK): newer content waits for
+    /// the answer, so a proxy that falls behind gets the latest snapshot once, not every one in between.
+    unanswered: bool,
     /// For the current names: whether they hold every name of sets with this names key (most pushes
     /// change content, not names, so this is worked out once per subscription and name set).
     covers: Option<(u64, bool)>,
@@ -253,6 +256,7 @@ impl SotwSession {
             return out; // stale: Envoy will send a request for the latest nonce too
         }
         state.requested = true;
+        state.unanswered = false;
         // Most requests are ACKs naming what was subscribed already: compared in place, without
         // building a set of the names first.
         let requested = req.resource_names.iter().filter(|n| n.as_str() != "*");
@@ -282,12 +286,20 @@ impl SotwSession {
             if let Some(r) = self.respond(ty, true) {
                 out.responses.push(r);
             }
+        } else {
+            // An answer: what changed while it was awaited goes now (nothing, usually).
+            out.responses = self.push();
         }
         out
     }
 
     pub fn on_snapshot(&mut self, snap: Arc<ProxySnapshot>) -> Vec<SotwResponse> {
         self.snapshot = Some(snap);
+        self.push()
+    }
+
+    /// What the latest snapshot changes for the proxy, in push order, for the types not awaiting an answer.
+    fn push(&mut self) -> Vec<SotwResponse> {
         let mut out = Vec::new();
         let mut clusters_changed = false;
         for ty in ResourceType::ALL {
@@ -316,7 +328,7 @@ impl SotwSession {
     fn respond(&mut self, ty: ResourceType, force: bool) -> Option<SotwResponse> {
         let snap = self.snapshot.clone()?;
         let state = self.types.get_mut(&ty)?;
-        if !state.requested {
+        if !state.requested || (state.unanswered && !force) {
             return None;
         }
         let set = snap.shared(ty);
@@ -382,6 +394,7 @@ impl SotwSession {
         state.last_nonce = Some(nonce.clone());
         state.last_version = Some(version.clone());
         state.answered_names = true;
+        state.unanswered = true;
         Some(SotwResponse { body, nonce })
     }
 }
@@ -440,6 +453,7 @@ mod tests {
         s.on_snapshot(snap(&[("a", "1"), ("b", "1")]));
         let r = s.on_request(&req(ResourceType::Endpoint, &["a"], "", "")).responses;
         assert_eq!(r[0].len(), 1);
+        assert!(s.on_request(&req(ResourceType::Endpoint, &["a"], r[0].nonce(), r[0].version())).responses.is_empty());
         // Changing b alone does not concern this proxy.
         assert!(s.on_snapshot(snap(&[("a", "1"), ("b", "2")])).is_empty());
         // Changing a does.
@@ -493,6 +507,30 @@ mod tests {
         let ack = s.on_request(&req(ResourceType::Endpoint, &["a", "a", "*"], r[0].nonce(), r[0].version()));
         assert!(ack.responses.is_empty());
         assert_eq!(s.acked_version(ResourceType::Endpoint), Some(r[0].version()));
+    }
+
+    #[test]
+    fn newer_content_waits_for_the_answer_to_the_last_response_and_only_the_latest_goes() {
+        let mut s = SotwSession::new();
+        s.on_snapshot(snap(&[("a", "1")]));
+        let r = s.on_request(&req(ResourceType::Endpoint, &["a"], "", "")).responses;
+        assert_eq!(r.len(), 1);
+        // Two changes before the proxy answered: nothing is sent yet.
+        assert!(s.on_snapshot(snap(&[("a", "2")])).is_empty());
+        assert!(s.on_snapshot(snap(&[("a", "3")])).is_empty());
+        // The answer (an ACK) brings the latest content, once.
+        let next = s.on_request(&req(ResourceType::Endpoint, &["a"], r[0].nonce(), r[0].version())).responses;
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].to_proto().resources[0].value, b"3");
+        assert!(
+            s.on_request(&req(ResourceType::Endpoint, &["a"], r[0].nonce(), r[0].version())).responses.is_empty(),
+            "a stale answer"
+        );
+        // A NACK is an answer too: a newer snapshot then goes.
+        let mut nack = req(ResourceType::Endpoint, &["a"], next[0].nonce(), r[0].version());
+        nack.error_detail = Some(Status { code: 3, message: "bad".into(), details: vec![] });
+        assert!(s.on_request(&nack).responses.is_empty(), "the same content is not resent");
+        assert_eq!(s.on_snapshot(snap(&[("a", "4")])).len(), 1);
     }
 
     #[test]
