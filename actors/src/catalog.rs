@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::prelude::*;
 use messages::{
-    Dirty, MeshCatalog, MeshConfig, MeshSettings, PolicyError, ProxyId, ProxyUuid, ProxyView, SourceEvent, VerifyError,
+    Dirty, MeshCatalog, MeshConfig, MeshRootCertificate, MeshSettings, PolicyError, ProxyId, ProxyUuid, ProxyView,
+    SourceEvent, VerifyError,
 };
 
-use crate::certs::SetValidity;
+use crate::certs::{CertActor, SetRoots, SetValidity};
 use crate::metrics::Metrics;
 
 use crate::snapshot::{ConnectSnapshots, MarkDirty, SnapshotActor};
@@ -65,15 +66,18 @@ pub struct CatalogActor {
     /// What was last reported, so each problem is logged when it appears, not on every change.
     reported_errors: Vec<PolicyError>,
     reported_config: Option<(Option<MeshConfig>, MeshSettings)>,
-    /// Told the service-certificate validity of the MeshConfig in force, and what it was last told.
-    certs: Option<Recipient<SetValidity>>,
+    /// Told the service-certificate validity of the MeshConfig in force and the MeshRootCertificates, and
+    /// what it was last told.
+    certs: Option<Addr<CertActor>>,
     told_validity: Option<Option<std::time::Duration>>,
+    told_roots: Option<Vec<MeshRootCertificate>>,
 }
 
-/// Tells the catalog where the certificate actor is (it follows the MeshConfig's validity).
+/// Tells the catalog where the certificate actor is (it follows the MeshConfig's validity and the
+/// MeshRootCertificates).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ConnectCerts(pub Recipient<SetValidity>);
+pub struct ConnectCerts(pub Addr<CertActor>);
 
 impl CatalogActor {
     pub fn new(trust_domain: &str, settings: MeshSettings, synced: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Self {
@@ -88,6 +92,7 @@ impl CatalogActor {
             reported_config: None,
             certs: None,
             told_validity: None,
+            told_roots: None,
         }
     }
 
@@ -135,6 +140,13 @@ impl CatalogActor {
         {
             certs.do_send(SetValidity(validity));
             self.told_validity = Some(validity);
+        }
+        let roots: Vec<MeshRootCertificate> = self.catalog.root_certificates().cloned().collect();
+        if self.told_roots.as_ref() != Some(&roots)
+            && let Some(certs) = &self.certs
+        {
+            certs.do_send(SetRoots(roots.clone()));
+            self.told_roots = Some(roots);
         }
     }
 }

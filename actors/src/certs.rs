@@ -3,19 +3,25 @@
 //! time, never on the actor thread; a renewal goes to the snapshot actor as renewed identities, which
 //! reaches the sidecars as a new `service-cert` secret alone (clusters and listeners name the secret, not
 //! its content).
+//!
+//! It also owns the mesh's roots: MeshRootCertificates from the catalog are resolved into a
+//! [`TrustSet`] (off the actor thread: a new root may be generated), published to whoever verifies or
+//! signs outside the actors (the ADS server) and to the snapshot actor (validation contexts); when the
+//! signing root changes, every certificate in use is re-issued from the new one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
+use certs::IssuedCert;
+use certs::roots::TrustSet;
 use certs::rotation::{RenewPolicy, Rotation};
-use certs::{CertificateAuthority, IssuedCert};
-use messages::ServiceIdentity;
-use tokio::sync::Semaphore;
+use messages::{MeshRootCertificate, ServiceIdentity};
+use tokio::sync::{Semaphore, watch};
 
 use crate::metrics::Metrics;
-use crate::snapshot::{ConnectSnapshots, IdentitiesRenewed, SnapshotActor};
+use crate::snapshot::{ConnectSnapshots, IdentitiesRenewed, SnapshotActor, TrustChanged};
 
 /// Certificates for these identities (issued on first request). One identity that cannot be issued does
 /// not hold back the others.
@@ -34,6 +40,17 @@ pub struct Forget(pub Vec<ServiceIdentity>);
 #[rtype(result = "()")]
 pub struct SetValidity(pub Option<Duration>);
 
+/// The MeshRootCertificates in the mesh now (all of them; none: the root the controller started with).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetRoots(pub Vec<MeshRootCertificate>);
+
+/// Finds the root an MRC names (loading or creating it; blocking).
+pub type RootLoader = Arc<certs::roots::LoadRoot<'static>>;
+
+/// The roots in force, as the certificate actor publishes them.
+pub type TrustWatch = watch::Sender<Arc<TrustSet>>;
+
 /// What time it is: the system clock; tests pass the runtime's (paused) clock, so renewals follow it.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
@@ -45,7 +62,15 @@ fn signing_permits() -> usize {
 
 pub struct CertActor {
     metrics: Arc<Metrics>,
-    ca: Arc<CertificateAuthority>,
+    /// The roots in force (published to `trust_tx` too); new certificates come from its signer.
+    trust: Arc<TrustSet>,
+    trust_tx: Arc<TrustWatch>,
+    /// The root the controller started with, used when no MRC exists.
+    startup: Arc<dyn certs::Issuer>,
+    load_root: RootLoader,
+    /// The last MRCs told, resolved one set at a time in order.
+    roots_wanted: Option<Vec<MeshRootCertificate>>,
+    resolving: bool,
     default_validity: Duration,
     validity: Duration,
     cache: HashMap<ServiceIdentity, Arc<IssuedCert>>,
@@ -61,10 +86,18 @@ pub struct CertActor {
 type Signed = Result<(IssuedCert, Duration), String>;
 
 impl CertActor {
-    pub fn new(ca: Arc<CertificateAuthority>, validity: Duration, metrics: Arc<Metrics>) -> Self {
+    /// Issues from the signer of `trust_tx`'s roots, which it then keeps up to date from the
+    /// MeshRootCertificates it is told (`load_root` finds each one's root).
+    pub fn new(trust_tx: Arc<TrustWatch>, load_root: RootLoader, validity: Duration, metrics: Arc<Metrics>) -> Self {
+        let trust = trust_tx.borrow().clone();
         Self {
             metrics,
-            ca,
+            startup: trust.signer().clone(),
+            trust,
+            trust_tx,
+            load_root,
+            roots_wanted: None,
+            resolving: false,
             default_validity: validity,
             validity,
             cache: HashMap::new(),
@@ -84,7 +117,7 @@ impl CertActor {
     /// Signs certificates for `ids` on the blocking pool; resolves to each result.
     fn sign(&self, ids: Vec<ServiceIdentity>) -> impl Future<Output = Vec<(ServiceIdentity, Signed)>> + 'static {
         let jobs = ids.into_iter().map(|id| {
-            let (ca, validity, signing) = (self.ca.clone(), self.validity, self.signing.clone());
+            let (ca, validity, signing) = (self.trust.signer().clone(), self.validity, self.signing.clone());
             async move {
                 let result = async {
                     let _permit = signing.acquire_owned().await.map_err(|e| e.to_string())?;
@@ -174,8 +207,83 @@ impl CertActor {
     }
 }
 
+impl CertActor {
+    /// Resolves the latest MRCs told (one resolution at a time; later ones wait for it).
+    fn resolve_roots(&mut self, ctx: &mut Context<Self>) {
+        if self.resolving {
+            return;
+        }
+        let Some(mrcs) = self.roots_wanted.take() else { return };
+        self.resolving = true;
+        let (previous, startup, load) = (self.trust.clone(), self.startup.clone(), self.load_root.clone());
+        let trust_domain = startup.trust_domain().to_owned();
+        let work = tokio::task::spawn_blocking(move || {
+            certs::roots::resolve(&mrcs, &trust_domain, &startup, load.as_ref(), Some(&previous))
+                .map_err(|e| e.to_string())
+        });
+        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+            act.resolving = false;
+            match result.map_err(|e| format!("root resolution failed: {e}")).and_then(|r| r) {
+                Ok(set) => act.use_roots(Arc::new(set), ctx),
+                Err(e) => {
+                    act.metrics.error(certs::roots::ROOTS_REFUSED);
+                    tracing::error!(
+                        error_code = certs::roots::ROOTS_REFUSED,
+                        roots = %describe(&act.trust),
+                        "the mesh roots stay as they are: {e}"
+                    );
+                }
+            }
+            act.resolve_roots(ctx);
+        }));
+    }
+
+    /// Puts a set of roots in force: published, sent to the snapshot actor when what sidecars trust
+    /// changed, and every certificate in use re-issued when another root signs.
+    fn use_roots(&mut self, set: Arc<TrustSet>, ctx: &mut Context<Self>) {
+        let (old, new) = (&self.trust, &set);
+        let trust_changed = old.trust_pem() != new.trust_pem();
+        let signer_changed = !old.same_signer(new);
+        if !trust_changed && !signer_changed {
+            return;
+        }
+        tracing::info!(roots = %describe(new), signer = new.signer_name(), "mesh roots in force");
+        self.trust = set.clone();
+        self.trust_tx.send_replace(set.clone());
+        if trust_changed && let Some(s) = &self.snapshots {
+            s.do_send(TrustChanged(set.trust_pem().into()));
+        }
+        if signer_changed {
+            let now = (self.clock)();
+            let ids: Vec<ServiceIdentity> = self.cache.keys().cloned().collect();
+            tracing::info!(
+                certificates = ids.len(),
+                signer = set.signer_name(),
+                "re-issuing every service certificate from the new signing root"
+            );
+            for id in &ids {
+                self.rotation.renew_by(id, now);
+            }
+            self.rearm(ctx);
+        }
+    }
+}
+
+/// The roots of a set and their roles, for logs: `a (active), b (passive)`.
+fn describe(set: &TrustSet) -> String {
+    set.roots().iter().map(|(n, r)| format!("{n} ({r})")).collect::<Vec<_>>().join(", ")
+}
+
 impl Actor for CertActor {
     type Context = Context<Self>;
+}
+
+impl Handler<SetRoots> for CertActor {
+    type Result = ();
+    fn handle(&mut self, msg: SetRoots, ctx: &mut Self::Context) {
+        self.roots_wanted = Some(msg.0);
+        self.resolve_roots(ctx);
+    }
 }
 
 impl Handler<ConnectSnapshots> for CertActor {
@@ -265,16 +373,28 @@ mod tests {
         Arc::new(move || wall + start.elapsed())
     }
 
+    /// A certificate actor on a new built-in root, with MRC roots kept in a temporary state directory.
+    fn actor(clock: Clock, validity: Duration) -> CertActor {
+        let ca: Arc<dyn certs::Issuer> = Arc::new(certs::CertificateAuthority::generate("cluster.local").unwrap());
+        let trust = Arc::new(watch::Sender::new(Arc::new(TrustSet::single("startup", ca.clone()))));
+        let store = certs::roots::RootStore {
+            state_dir: tempfile::tempdir().unwrap().keep(),
+            trust_domain: "cluster.local".to_owned(),
+            startup: ca,
+            create: true,
+        };
+        CertActor::new(trust, Arc::new(move |m| store.load(m)), validity, Arc::default()).with_clock(clock)
+    }
+
     async fn cert(certs: &Addr<CertActor>, id: &ServiceIdentity) -> Arc<IssuedCert> {
         certs.send(GetCerts(vec![id.clone()])).await.unwrap()[id].clone().unwrap()
     }
 
     #[actix_rt::test]
     async fn certificates_are_issued_once_renewed_on_schedule_and_follow_a_shorter_validity() {
-        let ca = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
         let clock = paused_clock();
         let day = Duration::from_secs(24 * 3600);
-        let certs = CertActor::new(ca, day, Arc::default()).with_clock(clock.clone()).start();
+        let certs = actor(clock.clone(), day).start();
         let id = ServiceIdentity::new("sa", "ns");
         let first = cert(&certs, &id).await;
         assert_eq!(first.serial, cert(&certs, &id).await.serial, "cached");

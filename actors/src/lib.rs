@@ -21,6 +21,7 @@ pub mod session;
 pub mod snapshot;
 pub mod source;
 
+use ::certs::Issuer as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -140,29 +141,52 @@ pub enum ControllerError {
     CaSecret(#[from] k8s::ca_secret::CaSecretError),
     #[error("cannot start the actor system: {0}")]
     Actors(String),
+    #[error("{0}")]
+    Roots(String),
 }
 
-/// Renews the ADS server's certificate on the schedule of service certificates ([`::certs::rotation`]),
-/// for as long as the server runs: signing on the blocking pool, then new handshakes present the new
-/// certificate (connected sidecars keep their connections). A failed renewal keeps the current one and is
-/// retried.
-async fn renew_ads_certificate(
-    ca: Arc<CertificateAuthority>,
+/// Keeps the ADS server's TLS in step with the mesh's roots, for as long as the server runs: its
+/// certificate is renewed on the schedule of service certificates ([`::certs::rotation`]) and re-issued at
+/// once when another root signs; client certificates are verified against every root in use. Signing runs
+/// on the blocking pool; new handshakes present the new certificate (connected sidecars keep their
+/// connections). A failed renewal keeps the current certificate and is retried.
+async fn keep_ads_tls(
+    mut trust: tokio::sync::watch::Receiver<Arc<::certs::roots::TrustSet>>,
     (cn, names): (String, Vec<String>),
     validity: Duration,
     first: ::certs::IssuedCert,
     certificate: Arc<xds::tls::ServerCertificate>,
+    client_roots: Arc<xds::tls::ClientRoots>,
 ) {
     use std::time::SystemTime;
     let mut rotation = ::certs::rotation::Rotation::new(Default::default());
     let now = SystemTime::now();
     rotation.issued((), now, now + validity, first.jitter_seed());
-    while let Some(due) = rotation.next_due() {
-        tokio::time::sleep(due.duration_since(SystemTime::now()).unwrap_or_default()).await;
-        if rotation.take_due(SystemTime::now()).is_empty() {
-            continue;
+    let mut signer = trust.borrow_and_update().clone();
+    loop {
+        let Some(due) = rotation.next_due() else { return };
+        let sleep = tokio::time::sleep(due.duration_since(SystemTime::now()).unwrap_or_default());
+        tokio::select! {
+            () = sleep => {
+                if rotation.take_due(SystemTime::now()).is_empty() {
+                    continue;
+                }
+            }
+            changed = trust.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let set = trust.borrow_and_update().clone();
+                if let Err(e) = client_roots.replace(set.trust_pem()) {
+                    tracing::error!(error = %e, "cannot verify sidecars with the new mesh roots; the previous ones stay");
+                }
+                if set.same_signer(&signer) {
+                    continue;
+                }
+                signer = set;
+            }
         }
-        let (ca, cn, names) = (ca.clone(), cn.clone(), names.clone());
+        let (ca, cn, names) = (signer.signer().clone(), cn.clone(), names.clone());
         let signed = tokio::task::spawn_blocking(move || ca.issue_server(&cn, &names, validity)).await;
         let renewed = match signed {
             Ok(Ok(cert)) => {
@@ -174,7 +198,7 @@ async fn renew_ads_certificate(
         let now = SystemTime::now();
         match renewed {
             Ok(cert) => {
-                tracing::info!(serial = %cert.serial, "renewed the ADS server certificate");
+                tracing::info!(serial = %cert.serial, root = signer.signer_name(), "renewed the ADS server certificate");
                 rotation.issued((), now, now + validity, cert.jitter_seed());
             }
             Err(e) => {
@@ -217,7 +241,8 @@ struct ActorSystem {
 impl ActorSystem {
     async fn start(
         config: &ControllerConfig,
-        ca: Arc<CertificateAuthority>,
+        trust: Arc<certs::TrustWatch>,
+        load_root: certs::RootLoader,
         metrics: Arc<metrics::Metrics>,
         ready: Arc<AtomicBool>,
     ) -> Result<Self, ControllerError> {
@@ -235,16 +260,16 @@ impl ActorSystem {
                         metrics.clone(),
                     )
                     .start();
+                    let trust_pem = trust.borrow().trust_pem().to_owned();
                     let cert_actor =
-                        certs::CertActor::new(ca.clone(), config.service_cert_validity, metrics.clone()).start();
+                        certs::CertActor::new(trust, load_root, config.service_cert_validity, metrics.clone()).start();
                     let snapshots =
-                        snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), ca.root_pem(), metrics)
-                            .start();
+                        snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), &trust_pem, metrics).start();
                     // Mailbox errors only happen when an actor is gone, which cannot be the case for ones just
                     // started.
                     let _ = catalog.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
                     let _ = cert_actor.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
-                    let _ = catalog.send(catalog::ConnectCerts(cert_actor.clone().recipient())).await;
+                    let _ = catalog.send(catalog::ConnectCerts(cert_actor.clone())).await;
                     let kube_source = match config.kubernetes.clone() {
                         Some(k) => {
                             // Declared before any source delivers: nothing is served until the cluster's
@@ -407,7 +432,28 @@ pub async fn run_on(
         }
         None => None,
     };
-    let actors = ActorSystem::start(&config, ca.clone(), metrics.clone(), ready).await?;
+    // The roots MeshRootCertificates name are kept in the state directory (created the first time one is
+    // named); the one named `osm-ca-bundle` is the root loaded above.
+    let startup: Arc<dyn ::certs::Issuer> = ca.clone();
+    let store = ::certs::roots::RootStore {
+        state_dir: config.state_dir.clone(),
+        trust_domain: config.trust_domain.clone(),
+        startup: startup.clone(),
+        create: true,
+    };
+    // A controller restarted after a root rotation starts with the roots the mesh directory names.
+    let mrcs = config.mesh_dir.as_deref().map(k8s::yaml_dir::root_certificates).unwrap_or_default();
+    let roots = store.trust_set(&mrcs, None).map_err(|e| ControllerError::Roots(e.to_string()))?;
+    let load_root: certs::RootLoader = Arc::new(move |m| store.load(m));
+    if roots.signer_name() != ::certs::roots::STARTUP_ROOT_SECRET {
+        tracing::info!(
+            signer = roots.signer_name(),
+            roots = roots.roots().len(),
+            "mesh roots from MeshRootCertificates"
+        );
+    }
+    let trust = Arc::new(tokio::sync::watch::Sender::new(Arc::new(roots)));
+    let actors = ActorSystem::start(&config, trust.clone(), load_root, metrics.clone(), ready).await?;
     // No config is served before the first full scan has reached the catalog (sessions also refuse until
     // every source has listed everything, which for a cluster may take a while).
     if let Some(source) = &actors.source {
@@ -426,20 +472,19 @@ pub async fn run_on(
         names.push(config.ads_addr.ip().to_string());
     }
     let cn = ::certs::ads_server_common_name(&config.trust_domain);
-    let server_cert = ca.issue_server(&cn, &names, config.ads_cert_validity)?;
+    let roots = trust.borrow().clone();
+    let server_cert = roots.signer().issue_server(&cn, &names, config.ads_cert_validity)?;
     let certificate = Arc::new(xds::tls::ServerCertificate::new(&server_cert.cert_pem, &server_cert.key_pem)?);
-    let renewals = tokio::spawn(renew_ads_certificate(
-        ca.clone(),
+    let client_roots = Arc::new(xds::tls::ClientRoots::new(roots.trust_pem())?);
+    let renewals = tokio::spawn(keep_ads_tls(
+        trust.subscribe(),
         (cn, names),
         config.ads_cert_validity,
         server_cert,
         certificate.clone(),
+        client_roots.clone(),
     ));
-    let tls = xds::ServerTls {
-        certificate,
-        client_ca_pem: ca.root_pem().to_owned(),
-        trust_domain: config.trust_domain.clone(),
-    };
+    let tls = xds::ServerTls { certificate, client_roots, trust_domain: config.trust_domain.clone() };
     let addr = listeners.ads.local_addr().unwrap_or(config.ads_addr);
     let mesh_dir = config.mesh_dir.as_ref().map(|d| d.display().to_string());
     let cluster = config.kubernetes.as_ref().map(|k| k.client.cluster_url.to_string());

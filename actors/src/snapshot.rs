@@ -38,6 +38,12 @@ pub struct ConnectSnapshots(pub Addr<SnapshotActor>);
 #[rtype(result = "()")]
 pub struct IdentitiesRenewed(pub Vec<ServiceIdentity>);
 
+/// The roots sidecars trust changed (a root rotation step): every proxy gets the new validation contexts
+/// (an SDS update alone).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TrustChanged(pub Arc<str>);
+
 /// A session starts: it gets the proxy's latest state and all later ones.
 #[derive(Message)]
 #[rtype(result = "watch::Receiver<ProxyState>")]
@@ -281,6 +287,15 @@ impl Handler<MarkDirty> for SnapshotActor {
     type Result = ();
     fn handle(&mut self, msg: MarkDirty, ctx: &mut Self::Context) {
         self.mark(msg.0);
+        self.kick(ctx);
+    }
+}
+
+impl Handler<TrustChanged> for SnapshotActor {
+    type Result = ();
+    fn handle(&mut self, msg: TrustChanged, ctx: &mut Self::Context) {
+        self.root_pem = msg.0;
+        self.mark(Dirty::All);
         self.kick(ctx);
     }
 }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
+use certs::Issuer as _;
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark code
 
+use certs::Issuer as _;
 use std::time::Duration;
 
 use certs::CertificateAuthority;

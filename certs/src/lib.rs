@@ -6,6 +6,7 @@
 //! xDS client certificate that names the proxy, and the ADS server uses
 //! [`CertificateAuthority::issue_server`] plus [`peer_common_name`] to know who connected.
 
+pub mod roots;
 pub mod rotation;
 
 use std::fs;
@@ -16,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use messages::{ProxyId, ServiceIdentity};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
@@ -95,7 +96,7 @@ impl IssuedCert {
 /// The mesh's certificate authority: the built-in root (ECDSA P-256), or one brought from files or a
 /// Kubernetes Secret (RSA or ECDSA, a root or an intermediate followed by its chain).
 pub struct CertificateAuthority {
-    issuer: Issuer<'static, KeyPair>,
+    issuer: rcgen::Issuer<'static, KeyPair>,
     /// What sidecars trust: every certificate of the CA's file (the signing CA and its chain).
     cert_pem: String,
     /// The signing CA and its chain short of a self-signed root (nothing when the root signs), sent after
@@ -153,7 +154,7 @@ impl CertificateAuthority {
         Ok(Self {
             cert_pem: cert.pem(),
             chain_pem: String::new(),
-            issuer: Issuer::new(params, key),
+            issuer: rcgen::Issuer::new(params, key),
             trust_domain: trust_domain.to_owned(),
         })
     }
@@ -286,7 +287,7 @@ impl CertificateAuthority {
             ));
         }
         let blocks = pem_certificates(cert_pem);
-        let issuer = Issuer::from_ca_cert_pem(blocks.first().map_or(cert_pem, String::as_str), key)
+        let issuer = rcgen::Issuer::from_ca_cert_pem(blocks.first().map_or(cert_pem, String::as_str), key)
             .map_err(|e| format!("{cert_name}: {e}"))?;
         // What a peer needs besides its root: the signing CA (unless it is the root) and the chain after it,
         // short of the root (a self-signed last certificate).
@@ -311,14 +312,101 @@ impl CertificateAuthority {
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
     }
+}
 
-    fn issue(&self, cn: &str, sans: Vec<SanType>, validity: Duration) -> Result<IssuedCert, CertError> {
+/// A name a leaf certificate is issued for (a subject alternative name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectName {
+    Dns(String),
+    Uri(String),
+    Ip(std::net::IpAddr),
+}
+
+/// What to sign: the subject's common name, its alternative names and how long it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafRequest {
+    pub common_name: String,
+    pub names: Vec<SubjectName>,
+    pub validity: Duration,
+}
+
+/// Whatever signs the mesh's certificates: the built-in CA or one brought from files today; an external
+/// issuer (Vault, cert-manager) implements [`Issuer::issue`] and [`Issuer::trust_pem`] and every caller
+/// (service certificates, sidecar bootstraps, the ADS server) uses it unchanged.
+pub trait Issuer: Send + Sync + std::fmt::Debug {
+    /// What a peer trusts to verify the certificates this issuer signs (PEM): its root, or the file of
+    /// certificates brought with it.
+    fn trust_pem(&self) -> &str;
+
+    fn trust_domain(&self) -> &str;
+
+    /// Signs a leaf certificate (client and server use) with a new key.
+    fn issue(&self, request: &LeafRequest) -> Result<IssuedCert, CertError>;
+
+    /// The certificate of a service identity: CN and DNS SAN `<sa>.<ns>.<td>`, plus the SPIFFE URI SAN when
+    /// asked for.
+    fn issue_service(
+        &self,
+        identity: &ServiceIdentity,
+        validity: Duration,
+        spiffe: bool,
+    ) -> Result<IssuedCert, CertError> {
+        let principal = identity.principal(self.trust_domain());
+        let mut names = vec![SubjectName::Dns(principal.clone())];
+        if spiffe {
+            names.push(SubjectName::Uri(identity.spiffe_id(self.trust_domain())));
+        }
+        self.issue(&LeafRequest { common_name: principal, names, validity })
+    }
+
+    /// The xDS client certificate of one sidecar: CN `<uuid>.sidecar.<sa>.<ns>.<td>`.
+    fn issue_proxy_client(&self, proxy: &ProxyId, validity: Duration) -> Result<IssuedCert, CertError> {
+        let cn = proxy.common_name(self.trust_domain());
+        // The URI is what identifies the sidecar (see `ProxyId`); the CN is kept for people reading it.
+        let names = vec![SubjectName::Dns(cn.clone()), SubjectName::Uri(proxy.uri(self.trust_domain()))];
+        self.issue(&LeafRequest { common_name: cn, names, validity })
+    }
+
+    /// A server certificate (the ADS server: CN `ads.<td>`); DNS names and IP addresses become SANs.
+    fn issue_server(&self, cn: &str, names: &[String], validity: Duration) -> Result<IssuedCert, CertError> {
+        let names = std::iter::once(cn)
+            .chain(names.iter().map(String::as_str))
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => SubjectName::Ip(ip),
+                Err(_) => SubjectName::Dns(n.to_owned()),
+            })
+            .collect();
+        self.issue(&LeafRequest { common_name: cn.to_owned(), names, validity })
+    }
+}
+
+impl Issuer for CertificateAuthority {
+    fn trust_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    fn issue(&self, request: &LeafRequest) -> Result<IssuedCert, CertError> {
+        let validity = request.validity;
         if validity.is_zero() || validity > LONG_VALIDITY {
             return Err(CertError::Validity(validity));
         }
         let key = KeyPair::generate()?;
-        let mut params = params_for(cn);
-        params.subject_alt_names = sans;
+        let mut params = params_for(&request.common_name);
+        params.subject_alt_names = request
+            .names
+            .iter()
+            .map(|n| {
+                Ok(match n {
+                    SubjectName::Dns(d) => SanType::DnsName(d.clone().try_into()?),
+                    SubjectName::Uri(u) => SanType::URI(u.clone().try_into()?),
+                    SubjectName::Ip(ip) => SanType::IpAddress(*ip),
+                })
+            })
+            .collect::<Result<_, rcgen::Error>>()?;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
@@ -333,49 +421,13 @@ impl CertificateAuthority {
         params.not_after = to_offset(not_after);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
-            common_name: cn.to_owned(),
+            common_name: request.common_name.clone(),
             cert_pem: cert.pem() + &self.chain_pem,
             key_pem: key.serialize_pem(),
             serial: serial_hex,
             not_before,
             not_after,
         })
-    }
-
-    /// The certificate of a service identity: CN and DNS SAN `<sa>.<ns>.<td>`, plus the SPIFFE URI SAN when
-    /// asked for.
-    pub fn issue_service(
-        &self,
-        identity: &ServiceIdentity,
-        validity: Duration,
-        spiffe: bool,
-    ) -> Result<IssuedCert, CertError> {
-        let principal = identity.principal(&self.trust_domain);
-        let mut sans = vec![SanType::DnsName(principal.clone().try_into()?)];
-        if spiffe {
-            sans.push(SanType::URI(identity.spiffe_id(&self.trust_domain).try_into()?));
-        }
-        self.issue(&principal, sans, validity)
-    }
-
-    /// The xDS client certificate of one sidecar: CN `<uuid>.sidecar.<sa>.<ns>.<td>`.
-    pub fn issue_proxy_client(&self, proxy: &ProxyId, validity: Duration) -> Result<IssuedCert, CertError> {
-        let cn = proxy.common_name(&self.trust_domain);
-        // The URI is what identifies the sidecar (see `ProxyId`); the CN is kept for people reading it.
-        let uri = proxy.uri(&self.trust_domain);
-        self.issue(&cn, vec![SanType::DnsName(cn.clone().try_into()?), SanType::URI(uri.try_into()?)], validity)
-    }
-
-    /// A server certificate (the ADS server: CN `ads.<td>`); DNS names and IP addresses become SANs.
-    pub fn issue_server(&self, cn: &str, names: &[String], validity: Duration) -> Result<IssuedCert, CertError> {
-        let mut sans = Vec::new();
-        for n in std::iter::once(&cn.to_owned()).chain(names) {
-            match n.parse::<std::net::IpAddr>() {
-                Ok(ip) => sans.push(SanType::IpAddress(ip)),
-                Err(_) => sans.push(SanType::DnsName(n.clone().try_into()?)),
-            }
-        }
-        self.issue(cn, sans, validity)
     }
 }
 

@@ -348,6 +348,39 @@ pub fn mesh_config(o: &crds::MeshConfig) -> Result<MeshConfig, ConvertError> {
     })
 }
 
+/// The root of a MeshRootCertificate (its trust domain is checked against the mesh's where roots are
+/// put to use).
+pub fn mesh_root_certificate(o: &crds::MeshRootCertificate) -> Result<MeshRootCertificate, ConvertError> {
+    let (namespace, name, label) = name_ns("MeshRootCertificate", &o.metadata, true)?;
+    let role = match o.spec.role.as_str() {
+        "active" => RootRole::Active,
+        "passive" => RootRole::Passive,
+        "inactive" => RootRole::Inactive,
+        other => return Err(err(&label, format!("spec.role {other:?} is not one of active, passive, inactive"))),
+    };
+    let p = &o.spec.provider;
+    let secret = match (&p.tresor, &p.vault, &p.cert_manager) {
+        (Some(t), None, None) => {
+            let r = &t.ca.secret_ref;
+            check_name(NameRule::Dns1123Subdomain, &r.name)
+                .map_err(|e| err(&label, format!("spec.provider.tresor.ca.secretRef.name: {e}")))?;
+            (r.namespace.clone().unwrap_or_else(|| namespace.clone()), r.name.clone())
+        }
+        (None, None, None) => return Err(err(&label, "spec.provider names no issuer (tresor)")),
+        (None, Some(_), None) | (None, None, Some(_)) => {
+            return Err(err(
+                &label,
+                "spec.provider: only the built-in issuer (tresor) is supported; vault and certManager are not yet",
+            ));
+        }
+        _ => return Err(err(&label, "spec.provider must name exactly one issuer")),
+    };
+    if o.spec.spiffe_enabled == Some(true) {
+        return Err(err(&label, "spec.spiffeEnabled: SPIFFE URIs in service certificates are not supported yet"));
+    }
+    Ok(MeshRootCertificate { namespace, name, role, trust_domain: o.spec.trust_domain.clone(), secret })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

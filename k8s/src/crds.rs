@@ -15,7 +15,14 @@ use serde::{Deserialize, Serialize};
 /// The CustomResourceDefinitions of the kinds below, generated from these types: `osm-controller crds`
 /// prints them and the Helm chart ships them (a test keeps the two equal).
 pub fn definitions() -> Vec<CustomResourceDefinition> {
-    vec![TrafficTarget::crd(), HTTPRouteGroup::crd(), TCPRoute::crd(), TrafficSplit::crd(), MeshConfig::crd()]
+    vec![
+        TrafficTarget::crd(),
+        HTTPRouteGroup::crd(),
+        TCPRoute::crd(),
+        TrafficSplit::crd(),
+        MeshConfig::crd(),
+        MeshRootCertificate::crd(),
+    ]
 }
 
 /// [`definitions`] as one multi-document YAML stream.
@@ -254,6 +261,62 @@ optional_fields!(
     }
 );
 
+/// `config.openservicemesh.io/v1alpha2` MeshRootCertificate: one root of the mesh and its role in a root
+/// rotation (active: signs and is trusted; passive: trusted only; inactive: neither).
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "config.openservicemesh.io",
+    version = "v1alpha2",
+    kind = "MeshRootCertificate",
+    namespaced,
+    shortname = "mrc"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshRootCertificateSpec {
+    pub provider: RootProviderSpec,
+    #[serde(default)]
+    pub trust_domain: String,
+    /// `active`, `passive` or `inactive`.
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_enabled: Option<bool>,
+}
+
+/// `spec.provider`: exactly one issuer. Vault and cert-manager are read (so they can be refused by name).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RootProviderSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tresor: Option<TresorProviderSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "open_object")]
+    pub vault: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "open_object")]
+    pub cert_manager: Option<serde_json::Value>,
+}
+
+/// `spec.provider.tresor`: the built-in CA, its certificate and key in a Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TresorProviderSpec {
+    pub ca: TresorCaSpec,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TresorCaSpec {
+    pub secret_ref: SecretReference,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretReference {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
 /// MeshConfig fields the controller acts on; every other field that is set is reported as not acted on.
 pub const MESH_CONFIG_ACTED_ON: &[&str] =
     &["traffic.enableEgress", "traffic.enablePermissiveTrafficPolicyMode", "certificate.serviceCertValidityDuration"];
@@ -333,11 +396,12 @@ mod definition_tests {
                 "httproutegroups.specs.smi-spec.io",
                 "tcproutes.specs.smi-spec.io",
                 "trafficsplits.split.smi-spec.io",
-                "meshconfigs.config.openservicemesh.io"
+                "meshconfigs.config.openservicemesh.io",
+                "meshrootcertificates.config.openservicemesh.io"
             ]
         );
         let yaml = definitions_yaml().unwrap_or_default();
-        assert_eq!(yaml.matches("kind: CustomResourceDefinition").count(), 5);
+        assert_eq!(yaml.matches("kind: CustomResourceDefinition").count(), 6);
     }
 
     /// The API server refuses a CRD whose schema is not structural: every node needs a type unless it

@@ -337,7 +337,7 @@ pub fn inject(
         container_ports: Vec::new(),
         prometheus_scrape: false,
     };
-    let bundle = sidecar::sidecar_for_pod(&model, ca, &opts)?;
+    let bundle = sidecar::sidecar_for_pod(&model, ca, ca.root_pem(), &opts)?;
     let secret_name = bootstrap_secret_name(&uuid);
 
     out.metadata.labels.get_or_insert_with(BTreeMap::new).insert(PROXY_UUID_LABEL.to_owned(), uuid.as_str().to_owned());
@@ -522,7 +522,14 @@ mod tests {
         let data = inj.secret.data.clone().unwrap_or_default();
         assert_eq!(
             data.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["bootstrap.yaml", "cacert.pem", "sds_cert.pem", "sds_key.pem"]
+            [
+                "bootstrap.yaml",
+                "cacert.pem",
+                "sds_cert.pem",
+                "sds_key.pem",
+                "tls_certificate_sds_secret.yaml",
+                "validation_context_sds_secret.yaml"
+            ]
         );
         let boot: Value = serde_json::from_slice(&data["bootstrap.yaml"].0).unwrap_or(Value::Null);
         let listeners = boot["static_resources"]["listeners"].as_array().cloned().unwrap_or_default();

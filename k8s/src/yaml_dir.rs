@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
-use messages::{MeshObject, ObjectKey, SourceEvent};
+use messages::{MeshObject, MeshRootCertificate, ObjectKey, SourceEvent};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
@@ -112,7 +112,7 @@ fn is_known(api_version: &str, kind: &str) -> bool {
             | ("access.smi-spec.io/v1alpha3", "TrafficTarget")
             | ("specs.smi-spec.io/v1alpha4", "HTTPRouteGroup" | "TCPRoute")
             | ("split.smi-spec.io/v1alpha2", "TrafficSplit")
-            | ("config.openservicemesh.io/v1alpha2", "MeshConfig")
+            | ("config.openservicemesh.io/v1alpha2", "MeshConfig" | "MeshRootCertificate")
     )
 }
 
@@ -139,7 +139,7 @@ const MESH_GROUPS: &[(&str, &str)] = &[
     ("access.smi-spec.io", "TrafficTarget at access.smi-spec.io/v1alpha3"),
     ("specs.smi-spec.io", "HTTPRouteGroup and TCPRoute at specs.smi-spec.io/v1alpha4"),
     ("split.smi-spec.io", "TrafficSplit at split.smi-spec.io/v1alpha2"),
-    ("config.openservicemesh.io", "MeshConfig at config.openservicemesh.io/v1alpha2"),
+    ("config.openservicemesh.io", "MeshConfig and MeshRootCertificate at config.openservicemesh.io/v1alpha2"),
     ("policy.openservicemesh.io", "none of this group yet"),
 ];
 
@@ -219,6 +219,10 @@ fn convert_doc(doc: serde_json::Value, out: &mut Vec<MeshObject>) -> Result<(), 
         ),
         "MeshConfig" => MeshObject::MeshConfig(
             convert::mesh_config(&typed::<crds::MeshConfig>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
+        ),
+        "MeshRootCertificate" => MeshObject::MeshRootCertificate(
+            convert::mesh_root_certificate(&typed::<crds::MeshRootCertificate>(doc).map_err(bad)?)
+                .map_err(|e| e.to_string())?,
         ),
         _ => return Ok(()),
     };
@@ -326,6 +330,24 @@ fn read_manifest(path: &Path) -> Result<Vec<u8>, String> {
         return Err(format!("the file grew past the limit of {MAX_FILE_BYTES} bytes while being read"));
     }
     Ok(bytes)
+}
+
+/// The MeshRootCertificates of a mesh directory, read once (files that fail to parse are left out; the
+/// directory's source reports them).
+pub fn root_certificates(dir: &Path) -> Vec<MeshRootCertificate> {
+    let mut out = Vec::new();
+    for event in YamlDir::new(dir).scan().events {
+        let objects = match event {
+            SourceEvent::Reset(r) => r.objects,
+            SourceEvent::Apply(o) => vec![o],
+            SourceEvent::Delete(_) => Vec::new(),
+        };
+        out.extend(objects.into_iter().filter_map(|o| match o {
+            MeshObject::MeshRootCertificate(m) => Some(m),
+            _ => None,
+        }));
+    }
+    out
 }
 
 impl YamlDir {

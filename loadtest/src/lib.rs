@@ -11,6 +11,7 @@ pub mod client;
 pub mod mesh;
 pub mod report;
 
+use ::certs::Issuer as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

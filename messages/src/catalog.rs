@@ -117,6 +117,8 @@ pub struct MeshCatalog {
     /// The settings in force.
     settings: MeshSettings,
     mesh_configs: BTreeMap<ObjectKey, MeshConfig>,
+    /// The mesh's roots and their roles (they change certificates, never a proxy's configuration).
+    root_certificates: BTreeMap<ObjectKey, MeshRootCertificate>,
     targets: BTreeMap<ObjectKey, TrafficTarget>,
     route_groups: BTreeMap<ObjectKey, HttpRouteGroup>,
     tcp_routes: BTreeMap<ObjectKey, TcpRoute>,
@@ -169,6 +171,11 @@ impl MeshCatalog {
     /// The MeshConfig in force, if any.
     pub fn mesh_config(&self) -> Option<&MeshConfig> {
         self.mesh_configs.values().next()
+    }
+
+    /// The MeshRootCertificates, by namespace and name.
+    pub fn root_certificates(&self) -> impl Iterator<Item = &MeshRootCertificate> {
+        self.root_certificates.values()
     }
 
     /// Policy objects (or parts of them) that are not in force, and why.
@@ -336,6 +343,7 @@ impl MeshCatalog {
             self.service_accounts.iter().map(|(ns, n)| ObjectKey::new(Kind::ServiceAccount, ns.clone(), n.clone())),
         );
         keys.extend(self.mesh_configs.keys().cloned());
+        keys.extend(self.root_certificates.keys().cloned());
         keys.extend(self.targets.keys().cloned());
         keys.extend(self.route_groups.keys().cloned());
         keys.extend(self.tcp_routes.keys().cloned());
@@ -360,6 +368,10 @@ impl MeshCatalog {
             MeshObject::MeshConfig(o) => {
                 put(&mut self.mesh_configs, key, o, &mut self.policy_stale);
                 self.refresh_settings()
+            }
+            MeshObject::MeshRootCertificate(o) => {
+                self.root_certificates.insert(key, o);
+                Dirty::Nothing
             }
             MeshObject::Namespace(ns) => {
                 // Namespaces carry no config yet; they are kept for troubleshooting and later selectors.
@@ -454,6 +466,10 @@ impl MeshCatalog {
             Kind::MeshConfig => {
                 self.policy_stale |= self.mesh_configs.remove(key).is_some();
                 return self.refresh_settings();
+            }
+            Kind::MeshRootCertificate => {
+                self.root_certificates.remove(key);
+                false
             }
             Kind::Endpoints | Kind::EndpointSlice => {
                 let Some(svc_key) = self.endpoints.get(key).map(|e| e.service.clone()) else { return Dirty::Nothing };

@@ -58,10 +58,11 @@ pub enum Kind {
     TcpRoute,
     TrafficSplit,
     MeshConfig,
+    MeshRootCertificate,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Endpoints,
@@ -73,6 +74,7 @@ impl Kind {
         Kind::TcpRoute,
         Kind::TrafficSplit,
         Kind::MeshConfig,
+        Kind::MeshRootCertificate,
     ];
 }
 
@@ -90,6 +92,7 @@ impl fmt::Display for Kind {
             Kind::TcpRoute => "TCPRoute",
             Kind::TrafficSplit => "TrafficSplit",
             Kind::MeshConfig => "MeshConfig",
+            Kind::MeshRootCertificate => "MeshRootCertificate",
         };
         f.write_str(s)
     }
@@ -424,6 +427,38 @@ impl MeshConfig {
     }
 }
 
+/// What a mesh root does (OSM's MeshRootCertificate `spec.role`): an active root signs and is trusted, a
+/// passive one is only trusted (on its way in or out), an inactive one is neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RootRole {
+    Active,
+    Passive,
+    Inactive,
+}
+
+impl fmt::Display for RootRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RootRole::Active => "active",
+            RootRole::Passive => "passive",
+            RootRole::Inactive => "inactive",
+        })
+    }
+}
+
+/// OSM's `MeshRootCertificate`: one root of the mesh and its role. The built-in (`tresor`) provider keeps the
+/// root's certificate and key in the Secret `secret` names; the Secret the mesh started with
+/// (`osm-ca-bundle`) is the root the controller was started with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshRootCertificate {
+    pub namespace: String,
+    pub name: String,
+    pub role: RootRole,
+    pub trust_domain: String,
+    /// `spec.provider.tresor.ca.secretRef`: (namespace, name).
+    pub secret: (String, String),
+}
+
 /// Everything a source can hand to the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MeshObject {
@@ -437,6 +472,7 @@ pub enum MeshObject {
     TcpRoute(TcpRoute),
     TrafficSplit(TrafficSplit),
     MeshConfig(MeshConfig),
+    MeshRootCertificate(MeshRootCertificate),
 }
 
 impl MeshObject {
@@ -452,6 +488,9 @@ impl MeshObject {
             MeshObject::TcpRoute(o) => ObjectKey::new(Kind::TcpRoute, o.namespace.clone(), o.name.clone()),
             MeshObject::TrafficSplit(o) => ObjectKey::new(Kind::TrafficSplit, o.namespace.clone(), o.name.clone()),
             MeshObject::MeshConfig(o) => ObjectKey::new(Kind::MeshConfig, o.namespace.clone(), o.name.clone()),
+            MeshObject::MeshRootCertificate(o) => {
+                ObjectKey::new(Kind::MeshRootCertificate, o.namespace.clone(), o.name.clone())
+            }
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use certs::{CertificateAuthority, IssuedCert};
+use certs::{IssuedCert, Issuer};
 use messages::{ENVOY_UID, Pod, ProxyId, ports};
 use serde_json::{Value, json};
 
@@ -18,6 +18,12 @@ pub const BOOTSTRAP_FILE: &str = "bootstrap.yaml";
 pub const CERT_FILE: &str = "sds_cert.pem";
 pub const KEY_FILE: &str = "sds_key.pem";
 pub const CA_FILE: &str = "cacert.pem";
+/// File-based SDS configurations naming the three files above: Envoy watches the bundle's directory and
+/// takes a refreshed client certificate or trust bundle into use without a restart.
+pub const TLS_SDS_FILE: &str = "tls_certificate_sds_secret.yaml";
+pub const VALIDATION_SDS_FILE: &str = "validation_context_sds_secret.yaml";
+const TLS_SDS_SECRET: &str = "tls_sds";
+const VALIDATION_SDS_SECRET: &str = "validation_context_sds";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
@@ -25,6 +31,8 @@ pub enum SidecarError {
     Cert(String, certs::CertError),
     #[error("invalid interception option: {0}")]
     Option(String),
+    #[error("{path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// Which ADS flavour the sidecar speaks.
@@ -148,7 +156,10 @@ pub struct SidecarBundle {
     pub proxy: ProxyId,
     pub bootstrap: String,
     pub client_cert: IssuedCert,
+    /// The roots the sidecar trusts the controller with (every root in use).
     pub ca_pem: String,
+    pub tls_sds: String,
+    pub validation_sds: String,
     pub iptables_rules: String,
     pub envoy_args: Vec<String>,
 }
@@ -161,30 +172,123 @@ impl SidecarBundle {
             (CERT_FILE, self.client_cert.cert_pem.as_str(), 0o644),
             (KEY_FILE, self.client_cert.key_pem.as_str(), 0o600),
             (CA_FILE, self.ca_pem.as_str(), 0o644),
+            (TLS_SDS_FILE, self.tls_sds.as_str(), 0o644),
+            (VALIDATION_SDS_FILE, self.validation_sds.as_str(), 0o644),
         ]
     }
 }
 
-/// Builds the complete sidecar of one pod, issuing its xDS client certificate from `ca`.
+/// Builds the complete sidecar of one pod: its xDS client certificate signed by `signer`, trusting the
+/// controller through `trust_pem` (every root in use).
 pub fn sidecar_for_pod(
     pod: &Pod,
-    ca: &CertificateAuthority,
+    signer: &dyn Issuer,
+    trust_pem: &str,
     opts: &SidecarOptions,
 ) -> Result<SidecarBundle, SidecarError> {
     let proxy = ProxyId { uuid: pod.proxy_uuid.clone(), identity: pod.identity() };
-    let client_cert = ca
+    let client_cert = signer
         .issue_proxy_client(&proxy, opts.client_cert_validity)
         .map_err(|e| SidecarError::Cert(format!("{}/{}", pod.namespace, pod.name), e))?;
-    let bootstrap = bootstrap(&proxy, ca.trust_domain(), opts);
+    let bootstrap = bootstrap(&proxy, signer.trust_domain(), opts);
     let bootstrap = serde_json::to_string_pretty(&bootstrap).unwrap_or_default();
+    let (tls_sds, validation_sds) = sds_files(&opts.config_dir);
     Ok(SidecarBundle {
         envoy_args: envoy_args(&proxy, opts),
         iptables_rules: iptables_rules(&opts.intercept)?,
         proxy,
         bootstrap,
         client_cert,
-        ca_pem: ca.root_pem().to_owned(),
+        ca_pem: trust_pem.to_owned(),
+        tls_sds,
+        validation_sds,
     })
+}
+
+/// The file-based SDS configurations (JSON, which Envoy reads as YAML) of the xDS client certificate and
+/// of the roots the controller is trusted with.
+fn sds_files(dir: &str) -> (String, String) {
+    let secret = |body: Value| json!({"resources": [body]});
+    let tls = secret(json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": TLS_SDS_SECRET,
+        "tls_certificate": {
+            "certificate_chain": {"filename": format!("{dir}/{CERT_FILE}")},
+            "private_key": {"filename": format!("{dir}/{KEY_FILE}")}
+        }
+    }));
+    let validation = secret(json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": VALIDATION_SDS_SECRET,
+        "validation_context": {"trusted_ca": {"filename": format!("{dir}/{CA_FILE}")}}
+    }));
+    (
+        serde_json::to_string_pretty(&tls).unwrap_or_default(),
+        serde_json::to_string_pretty(&validation).unwrap_or_default(),
+    )
+}
+
+/// An SDS source reading `file` of the bundle's directory, reloaded when the directory's content is
+/// replaced (see [`write_bundle`]).
+fn file_sds(name: &str, dir: &str, file: &str) -> Value {
+    json!({
+        "name": name,
+        "sds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {"path": format!("{dir}/{file}"), "watched_directory": {"path": dir}}
+        }
+    })
+}
+
+/// The entry the bundle's files are reached through: a symbolic link to the directory of the current
+/// version, swapped in one rename (as Kubernetes updates a mounted Secret), so Envoy never reads a
+/// certificate of one version with the key of another.
+const DATA_LINK: &str = "..data";
+
+/// Writes `files` ((name, contents, mode)) into `dir` as one version replacing the previous one
+/// atomically: the files go into a new hidden directory, `..data` is switched to it in one rename, and each
+/// name is a link through `..data`. Envoy, watching `dir`, sees the switch and reloads its SDS files.
+/// Files are given to `owner` (uid and gid) when possible; returns whether they were.
+pub fn write_bundle(dir: &std::path::Path, files: &[(&str, &str, u32)], owner: u32) -> Result<bool, SidecarError> {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let io = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| SidecarError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let version = format!("..{nanos}.{}", std::process::id());
+    let vdir = dir.join(&version);
+    std::fs::create_dir(&vdir).map_err(io(&vdir))?;
+    std::fs::set_permissions(&vdir, std::fs::Permissions::from_mode(0o755)).map_err(io(&vdir))?;
+    let mut owned = std::os::unix::fs::chown(&vdir, Some(owner), Some(owner)).is_ok();
+    for (name, contents, mode) in files {
+        let path = vdir.join(name);
+        std::fs::write(&path, contents).map_err(io(&path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).map_err(io(&path))?;
+        owned &= std::os::unix::fs::chown(&path, Some(owner), Some(owner)).is_ok();
+    }
+    let previous = std::fs::read_link(dir.join(DATA_LINK)).ok();
+    let tmp_link = dir.join(format!("{DATA_LINK}_tmp"));
+    let _ = std::fs::remove_file(&tmp_link);
+    symlink(&version, &tmp_link).map_err(io(&tmp_link))?;
+    std::fs::rename(&tmp_link, dir.join(DATA_LINK)).map_err(io(&dir.join(DATA_LINK)))?;
+    for (name, _, _) in files {
+        let path = dir.join(name);
+        let target = std::path::Path::new(DATA_LINK).join(name);
+        if std::fs::read_link(&path).is_ok_and(|t| t == target) {
+            continue;
+        }
+        // A plain file of an older layout, or nothing yet: replaced by the link in one rename.
+        let tmp = dir.join(format!(".{name}.link"));
+        let _ = std::fs::remove_file(&tmp);
+        symlink(&target, &tmp).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    }
+    if let Some(old) = previous.filter(|p| *p != std::path::Path::new(&version)) {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+    Ok(owned)
 }
 
 /// Envoy's arguments, as the injected container runs it.
@@ -266,13 +370,15 @@ pub fn bootstrap(proxy: &ProxyId, trust_domain: &str, opts: &SidecarOptions) -> 
                         "common_tls_context": {
                             "alpn_protocols": ["h2"],
                             "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"},
-                            "tls_certificates": [{
-                                "certificate_chain": {"filename": format!("{dir}/{CERT_FILE}")},
-                                "private_key": {"filename": format!("{dir}/{KEY_FILE}")}
-                            }],
-                            "validation_context": {
-                                "trusted_ca": {"filename": format!("{dir}/{CA_FILE}")},
-                                "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": ads_cn}}]
+                            // From files Envoy watches: a refreshed bundle (a new client certificate, a
+                            // root rotation's trust bundle) is taken into use without a restart.
+                            "tls_certificate_sds_secret_configs": [file_sds(TLS_SDS_SECRET, dir, TLS_SDS_FILE)],
+                            "combined_validation_context": {
+                                "default_validation_context": {
+                                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": ads_cn}}]
+                                },
+                                "validation_context_sds_secret_config":
+                                    file_sds(VALIDATION_SDS_SECRET, dir, VALIDATION_SDS_FILE)
                             }
                         }
                     }
@@ -480,9 +586,9 @@ mod tests {
 
     #[test]
     fn bundle_names_the_proxy_everywhere() {
-        let ca = CertificateAuthority::generate("cluster.local").unwrap();
+        let ca = certs::CertificateAuthority::generate("cluster.local").unwrap();
         let opts = SidecarOptions { controller_host: "10.1.0.1".into(), ads_api: AdsApi::Delta, ..Default::default() };
-        let b = sidecar_for_pod(&pod(), &ca, &opts).unwrap();
+        let b = sidecar_for_pod(&pod(), &ca, ca.root_pem(), &opts).unwrap();
         let v: Value = serde_json::from_str(&b.bootstrap).unwrap();
         assert_eq!(v["node"]["id"], "11111111-2222-3333-4444-555555555555");
         assert_eq!(v["admin"]["address"]["socket_address"]["port_value"], 15000);
@@ -497,6 +603,32 @@ mod tests {
         assert_eq!(b.ca_pem, ca.root_pem());
         assert_eq!(b.envoy_args[3], "/etc/envoy/bootstrap.yaml");
         assert_eq!(b.files().iter().find(|f| f.0 == KEY_FILE).unwrap().2, 0o600);
+    }
+
+    #[test]
+    fn a_bundle_is_replaced_in_one_step_and_leaves_no_old_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a.pem"), "plain file of an older layout").unwrap();
+        let uid = rustix_uid();
+        write_bundle(d, &[("a.pem", "one", 0o644), ("k.pem", "key one", 0o600)], uid).unwrap();
+        assert_eq!(std::fs::read_to_string(d.join("a.pem")).unwrap(), "one");
+        let first = std::fs::read_link(d.join(DATA_LINK)).unwrap();
+        write_bundle(d, &[("a.pem", "two", 0o644), ("k.pem", "key two", 0o600)], uid).unwrap();
+        assert_eq!(std::fs::read_to_string(d.join("a.pem")).unwrap(), "two");
+        assert_eq!(std::fs::read_to_string(d.join("k.pem")).unwrap(), "key two");
+        assert_eq!(std::fs::read_link(d.join("k.pem")).unwrap(), std::path::Path::new("..data/k.pem"));
+        let mode = std::fs::metadata(d.join("k.pem")).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert!(!d.join(first).exists(), "the previous version is removed");
+        let entries = std::fs::read_dir(d).unwrap().count();
+        assert_eq!(entries, 4, "..data, its version, and the two links");
+    }
+
+    /// The current user: files can always be given to oneself.
+    fn rustix_uid() -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").unwrap().uid()
     }
 
     #[test]

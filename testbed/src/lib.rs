@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use certs::CertificateAuthority;
@@ -209,7 +209,7 @@ pub struct LocalMesh {
     controller_log: PathBuf,
     apps: Vec<Child>,
     pods: BTreeMap<String, PodRuntime>,
-    ca: CertificateAuthority,
+    ca: Arc<CertificateAuthority>,
     // Dropped last: everything above runs inside it.
     hub: Hub,
 }
@@ -270,10 +270,10 @@ impl LocalMesh {
         }
         // The mesh root, created here and found by the controller in its state directory, as after a restart
         // (or the one brought from files).
-        let ca = match &opts.ca_files {
+        let ca = Arc::new(match &opts.ca_files {
             Some((cert, key)) => CertificateAuthority::from_files(cert, key, "cluster.local")?,
             None => CertificateAuthority::load_or_create(&state_dir, "cluster.local")?,
-        };
+        });
         let controller_log = work.path().join("controller.log");
         Ok(Self {
             ca,
@@ -419,12 +419,23 @@ impl LocalMesh {
             log_level: self.opts.envoy_log_level.clone(),
             ..Default::default()
         };
-        let bundle = sidecar::sidecar_for_pod(pod, &self.ca, &opts)?;
-        for (file, contents, mode) in bundle.files() {
-            let path = dir.join(file);
-            fs::write(&path, contents).map_err(io(&path))?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io(&path))?;
-            std::os::unix::fs::chown(&path, Some(ENVOY_UID), Some(ENVOY_UID)).map_err(io(&path))?;
+        // Signed and trusting as `osm-controller bootstrap` would now: the roots the mesh directory's
+        // MeshRootCertificates put in force, else the mesh root.
+        let store = certs::roots::RootStore {
+            state_dir: self.state_dir.clone(),
+            trust_domain: "cluster.local".to_owned(),
+            startup: self.ca.clone(),
+            create: false,
+        };
+        let roots = store
+            .trust_set(&k8s::yaml_dir::root_certificates(&self.mesh_dir), None)
+            .map_err(|e| TestbedError::Setup(e.to_string()))?;
+        let bundle = sidecar::sidecar_for_pod(pod, roots.signer().as_ref(), roots.trust_pem(), &opts)?;
+        if !sidecar::write_bundle(&dir, &bundle.files(), ENVOY_UID)? {
+            return Err(TestbedError::Setup(format!(
+                "{}: the bundle could not be given to uid {ENVOY_UID}",
+                dir.display()
+            )));
         }
         let rules = dir.join("iptables.rules");
         fs::write(&rules, &bundle.iptables_rules).map_err(io(&rules))?;

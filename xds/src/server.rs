@@ -350,8 +350,8 @@ impl<H: SessionHandler> AggregatedDiscoveryService for AdsService<H> {
 pub struct ServerTls {
     /// Its certificate: replaced when renewed; each handshake takes the newest.
     pub certificate: Arc<crate::tls::ServerCertificate>,
-    /// Roots that sign sidecars' client certificates.
-    pub client_ca_pem: String,
+    /// Roots that sign sidecars' client certificates: replaced during a root rotation.
+    pub client_roots: Arc<crate::tls::ClientRoots>,
     /// The mesh's trust domain: a client certificate must name a sidecar of it.
     pub trust_domain: String,
 }

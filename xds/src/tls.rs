@@ -9,11 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{CertificateError, RootCertStore, ServerConfig};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -66,6 +70,81 @@ impl ResolvesServerCert for ServerCertificate {
     }
 }
 
+/// The roots a client certificate must chain to, replaceable while the server runs (a root rotation
+/// trusts the old and the new root, then the new one only); each handshake verifies with the newest.
+#[derive(Debug)]
+pub struct ClientRoots {
+    current: std::sync::RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientRoots {
+    pub fn new(ca_pem: &str) -> Result<Self, TlsConfigError> {
+        Ok(Self { current: std::sync::RwLock::new(client_verifier(ca_pem)?) })
+    }
+
+    /// From now on, client certificates must chain to one of `ca_pem`'s certificates.
+    pub fn replace(&self, ca_pem: &str) -> Result<(), TlsConfigError> {
+        let verifier = client_verifier(ca_pem)?;
+        let mut current = self.current.write().map_err(|_| TlsConfigError("client roots lock poisoned".to_owned()))?;
+        *current = verifier;
+        Ok(())
+    }
+
+    fn get(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        self.current.read().map(|c| c.clone()).map_err(|_| rustls::Error::General("client roots lock poisoned".into()))
+    }
+}
+
+fn client_verifier(ca_pem: &str) -> Result<Arc<dyn ClientCertVerifier>, TlsConfigError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| TlsConfigError(format!("{what}: {e}"));
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.map_err(|e| bad("client CA", &e))?).map_err(|e| bad("client CA", &e))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(rustls::crypto::ring::default_provider()))
+        .build()
+        .map_err(|e| bad("client verifier", &e))
+}
+
+impl ClientCertVerifier for ClientRoots {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints are optional (Envoy sends its one certificate whatever they say); none avoids holding a
+        // borrow of a verifier that may be replaced.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.get()?.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.get().map(|v| v.supported_verify_schemes()).unwrap_or_default()
+    }
+}
+
 fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsConfigError> {
     let bad = |what: &str, e: &dyn std::fmt::Display| TlsConfigError(format!("{what}: {e}"));
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
@@ -80,13 +159,7 @@ fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsConfi
 pub fn server_config(tls: &ServerTls) -> Result<Arc<ServerConfig>, TlsConfigError> {
     let bad = |what: &str, e: &dyn std::fmt::Display| TlsConfigError(format!("{what}: {e}"));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(tls.client_ca_pem.as_bytes()) {
-        roots.add(cert.map_err(|e| bad("client CA", &e))?).map_err(|e| bad("client CA", &e))?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| bad("client verifier", &e))?;
+    let verifier = tls.client_roots.clone();
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| bad("protocol versions", &e))?

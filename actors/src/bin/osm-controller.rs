@@ -154,6 +154,7 @@ fn run() -> anyhow::Result<()> {
         }
         Some(Command::Bootstrap { pod, controller_host, controller_port, delta, out, config_dir }) => write_bootstrap(
             &cli.mesh_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_MESH_DIR)),
+            &cli.state_dir,
             &ca_source(&cli.state_dir, cli.ca_cert.zip(cli.ca_key)),
             &cli.trust_domain,
             &pod,
@@ -308,6 +309,7 @@ fn raise_fd_limit() -> usize {
 #[allow(clippy::too_many_arguments)]
 fn write_bootstrap(
     mesh_dir: &std::path::Path,
+    state_dir: &std::path::Path,
     ca: &CaSource,
     trust_domain: &str,
     pod: &str,
@@ -333,6 +335,15 @@ fn write_bootstrap(
         CaSource::Files(cert, key) => certs::CertificateAuthority::from_files(cert, key, trust_domain)?,
         CaSource::StateDir(dir) => certs::CertificateAuthority::load(dir, trust_domain)?,
     };
+    // Signed by the root that signs now and trusting every root in use, as the MeshRootCertificates of the
+    // mesh directory say (during a root rotation: both).
+    let store = certs::roots::RootStore {
+        state_dir: state_dir.to_owned(),
+        trust_domain: trust_domain.to_owned(),
+        startup: std::sync::Arc::new(ca),
+        create: false,
+    };
+    let roots = store.trust_set(&k8s::yaml_dir::root_certificates(mesh_dir), None)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let out_abs = std::fs::canonicalize(out)?;
     let opts = sidecar::SidecarOptions {
@@ -342,19 +353,24 @@ fn write_bootstrap(
         config_dir: config_dir.unwrap_or_else(|| out_abs.display().to_string()),
         ..Default::default()
     };
-    let bundle = sidecar::sidecar_for_pod(pod, &ca, &opts)?;
-    let mut owned_by_envoy = true;
-    for (file, contents, mode) in bundle.files() {
-        let path = out.join(file);
-        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-        // Envoy runs as uid 1500 (the iptables rules exempt that uid) and must read its key: hand the files
-        // over to it. Only root may; anyone else keeps them and is told.
-        owned_by_envoy &= std::os::unix::fs::chown(&path, Some(messages::ENVOY_UID), Some(messages::ENVOY_UID)).is_ok();
-    }
-    std::fs::write(out.join("iptables.rules"), &bundle.iptables_rules)?;
+    let bundle = sidecar::sidecar_for_pod(pod, roots.signer().as_ref(), roots.trust_pem(), &opts)?;
+    let refresh = out.join(sidecar::BOOTSTRAP_FILE).exists();
+    // Envoy runs as uid 1500 (the iptables rules exempt that uid) and must read its key: the files are handed
+    // over to it. Only root may; anyone else keeps them and is told. A bundle written again replaces the
+    // previous one in one step, and a running Envoy takes the new certificate and roots into use.
+    let mut files = bundle.files();
+    files.push(("iptables.rules", bundle.iptables_rules.as_str(), 0o644));
+    let owned_by_envoy = sidecar::write_bundle(out, &files, messages::ENVOY_UID)?;
     println!("proxy {} ({})", bundle.proxy.uuid, bundle.proxy.identity);
-    println!("files written to {}", out.display());
+    println!(
+        "files written to {} (client certificate serial {}, roots: {})",
+        out.display(),
+        bundle.client_cert.serial,
+        roots.roots().iter().map(|(n, r)| format!("{n} {r}")).collect::<Vec<_>>().join(", ")
+    );
+    if refresh {
+        println!("a running sidecar of this bundle takes the new certificate and roots into use by itself");
+    }
     println!(
         "1. interception, in the workload's network namespace: iptables-restore --noflush < {}",
         out.join("iptables.rules").display()
