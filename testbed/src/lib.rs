@@ -647,6 +647,29 @@ impl LocalMesh {
         wait_for(timeout, what, f)
     }
 
+    /// Writes the bundle of a running pod again with `osm-controller bootstrap`, as an operator refreshes a
+    /// sidecar's client certificate and roots: its Envoy takes them into use without a restart.
+    pub fn bootstrap_again(&self, pod: &str) -> Result<String, TestbedError> {
+        let dir = self.pod(pod)?.dir.display().to_string();
+        let mut cmd = Command::new(&self.bins.controller);
+        cmd.args(["--mesh-dir", &self.mesh_dir.display().to_string()])
+            .args(["--state-dir", &self.state_dir.display().to_string()])
+            .args(self.opts.ca_files.iter().flat_map(|(cert, key)| {
+                ["--ca-cert".to_owned(), cert.display().to_string(), "--ca-key".to_owned(), key.display().to_string()]
+            }))
+            .args(["bootstrap", "--pod", pod, "--controller-host", &self.opts.gateway.to_string()])
+            .args(["--out", &dir, "--config-dir", &dir]);
+        if self.opts.ads_api == AdsApi::Delta {
+            cmd.arg("--delta");
+        }
+        let out = cmd.output().map_err(|e| TestbedError::Command(format!("bootstrap {pod}"), e.to_string()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(TestbedError::Command(format!("bootstrap {pod}"), text));
+        }
+        Ok(text)
+    }
+
     /// Replaces (or creates) a file in the live mesh directory, atomically.
     pub fn write_mesh_file(&self, name: &str, contents: &str) -> Result<(), TestbedError> {
         let tmp = self.mesh_dir.join(format!(".{name}.tmp"));
