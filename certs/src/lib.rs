@@ -1,10 +1,11 @@
-//! Certificates for the mesh: the built-in CA, leaf issuance and certificate inspection.
+//! Certificates for the mesh: issuers (the built-in CA, a CA brought from files), leaf issuance, the mesh's
+//! roots and their rotation, certificate inspection.
 //!
-//! Data flow: the certificate actor holds a [`CertificateAuthority`] and issues each service identity's
-//! certificate ([`CertificateAuthority::issue_service`]); the snapshot builder (`xds`) sends it to sidecars as
-//! SDS secrets. The sidecar bootstrap (`sidecar`) uses [`CertificateAuthority::issue_proxy_client`] for the
-//! xDS client certificate that names the proxy, and the ADS server uses
-//! [`CertificateAuthority::issue_server`] plus [`peer_common_name`] to know who connected.
+//! Data flow: the certificate actor resolves the mesh's roots ([`roots::TrustSet`]) and issues each service
+//! identity's certificate from the signing one ([`Issuer::issue_service`]); the snapshot builder (`xds`)
+//! sends it and the trusted roots to sidecars as SDS secrets. The sidecar bootstrap (`sidecar`) uses
+//! [`Issuer::issue_proxy_client`] for the xDS client certificate that names the proxy, and the ADS server
+//! uses [`Issuer::issue_server`] plus [`peer_common_name`] to know who connected.
 
 pub mod roots;
 pub mod rotation;
