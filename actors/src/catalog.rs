@@ -10,7 +10,7 @@ use messages::{
     SourceEvent, VerifyError,
 };
 
-use crate::certs::{CertActor, SetRoots, SetValidity};
+use crate::certs::{CertActor, CertSettings, SetRoots};
 use crate::metrics::Metrics;
 
 use crate::snapshot::{ConnectSnapshots, MarkDirty, SnapshotActor};
@@ -69,7 +69,7 @@ pub struct CatalogActor {
     /// Told the service-certificate validity of the MeshConfig in force and the MeshRootCertificates, and
     /// what it was last told.
     certs: Option<Addr<CertActor>>,
-    told_validity: Option<Option<std::time::Duration>>,
+    told_settings: Option<CertSettings>,
     told_roots: Option<Vec<MeshRootCertificate>>,
 }
 
@@ -91,7 +91,7 @@ impl CatalogActor {
             reported_errors: Vec::new(),
             reported_config: None,
             certs: None,
-            told_validity: None,
+            told_settings: None,
             told_roots: None,
         }
     }
@@ -134,12 +134,20 @@ impl CatalogActor {
             }
             self.reported_config = Some(config);
         }
-        let validity = self.catalog.mesh_config().and_then(|m| m.service_cert_validity);
-        if self.told_validity != Some(validity)
+        let mc = self.catalog.mesh_config();
+        let settings = CertSettings {
+            validity: mc.and_then(|m| m.service_cert_validity),
+            // (The size was checked where the MeshConfig was read.)
+            key: mc
+                .and_then(|m| m.cert_key_bits)
+                .and_then(::certs::RsaBits::new)
+                .map_or(::certs::KeyAlgorithm::EcdsaP256, ::certs::KeyAlgorithm::Rsa),
+        };
+        if self.told_settings != Some(settings)
             && let Some(certs) = &self.certs
         {
-            certs.do_send(SetValidity(validity));
-            self.told_validity = Some(validity);
+            certs.do_send(settings);
+            self.told_settings = Some(settings);
         }
         let roots: Vec<MeshRootCertificate> = self.catalog.root_certificates().cloned().collect();
         if self.told_roots.as_ref() != Some(&roots)

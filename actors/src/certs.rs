@@ -34,11 +34,15 @@ pub struct GetCerts(pub Vec<ServiceIdentity>);
 #[rtype(result = "()")]
 pub struct Forget(pub Vec<ServiceIdentity>);
 
-/// The validity of service certificates from now on (`None`: the command line's). Certificates in use
-/// that live longer are renewed when a certificate of the new validity would be.
-#[derive(Message)]
+/// How service certificates are issued from now on, from the MeshConfig: their validity (`None`: the
+/// command line's) and key. Certificates in use that live longer are renewed when a certificate of the new
+/// validity would be; a new key kind re-issues every certificate at once.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
 #[rtype(result = "()")]
-pub struct SetValidity(pub Option<Duration>);
+pub struct CertSettings {
+    pub validity: Option<Duration>,
+    pub key: certs::KeyAlgorithm,
+}
 
 /// The MeshRootCertificates in the mesh now (all of them; none: the root the controller started with).
 #[derive(Message)]
@@ -73,6 +77,7 @@ pub struct CertActor {
     resolving: bool,
     default_validity: Duration,
     validity: Duration,
+    key: certs::KeyAlgorithm,
     cache: HashMap<ServiceIdentity, Arc<IssuedCert>>,
     rotation: Rotation<ServiceIdentity>,
     /// The timer of the next renewal.
@@ -100,6 +105,7 @@ impl CertActor {
             resolving: false,
             default_validity: validity,
             validity,
+            key: certs::KeyAlgorithm::default(),
             cache: HashMap::new(),
             rotation: Rotation::new(RenewPolicy::default()),
             wake: None,
@@ -117,14 +123,15 @@ impl CertActor {
     /// Signs certificates for `ids` on the blocking pool; resolves to each result.
     fn sign(&self, ids: Vec<ServiceIdentity>) -> impl Future<Output = Vec<(ServiceIdentity, Signed)>> + 'static {
         let jobs = ids.into_iter().map(|id| {
-            let (ca, validity, signing) = (self.trust.signer().clone(), self.validity, self.signing.clone());
+            let (ca, validity, key, signing) =
+                (self.trust.signer().clone(), self.validity, self.key, self.signing.clone());
             async move {
                 let result = async {
                     let _permit = signing.acquire_owned().await.map_err(|e| e.to_string())?;
                     let id = id.clone();
                     tokio::task::spawn_blocking(move || {
                         let started = std::time::Instant::now();
-                        ca.issue_service(&id, validity, false)
+                        ca.issue_service_with(&id, validity, false, key)
                             .map(|c| (c, started.elapsed()))
                             .map_err(|e| e.to_string())
                     })
@@ -254,18 +261,22 @@ impl CertActor {
             s.do_send(TrustChanged(set.trust_pem().into()));
         }
         if signer_changed {
-            let now = (self.clock)();
-            let ids: Vec<ServiceIdentity> = self.cache.keys().cloned().collect();
             tracing::info!(
-                certificates = ids.len(),
+                certificates = self.cache.len(),
                 signer = set.signer_name(),
                 "re-issuing every service certificate from the new signing root"
             );
-            for id in &ids {
-                self.rotation.renew_by(id, now);
-            }
-            self.rearm(ctx);
+            self.renew_all_now(ctx);
         }
+    }
+
+    /// Every certificate in use is due now (another root signs, another key kind).
+    fn renew_all_now(&mut self, ctx: &mut Context<Self>) {
+        let now = (self.clock)();
+        for id in self.cache.keys() {
+            self.rotation.renew_by(id, now);
+        }
+        self.rearm(ctx);
     }
 }
 
@@ -340,10 +351,15 @@ impl Handler<Forget> for CertActor {
     }
 }
 
-impl Handler<SetValidity> for CertActor {
+impl Handler<CertSettings> for CertActor {
     type Result = ();
-    fn handle(&mut self, msg: SetValidity, ctx: &mut Self::Context) {
-        let validity = msg.0.unwrap_or(self.default_validity);
+    fn handle(&mut self, msg: CertSettings, ctx: &mut Self::Context) {
+        if msg.key != self.key {
+            tracing::info!(key = %msg.key, certificates = self.cache.len(), "service certificate key changed; re-issuing every certificate");
+            self.key = msg.key;
+            self.renew_all_now(ctx);
+        }
+        let validity = msg.validity.unwrap_or(self.default_validity);
         if validity == self.validity {
             return;
         }
@@ -391,6 +407,29 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn another_key_kind_reissues_every_certificate_in_use() {
+        let certs = actor(paused_clock(), Duration::from_secs(24 * 3600)).start();
+        let ids = [ServiceIdentity::new("a", "ns"), ServiceIdentity::new("b", "ns")];
+        let mut first = Vec::new();
+        for id in &ids {
+            first.push(cert(&certs, id).await);
+        }
+        let rsa = certs::KeyAlgorithm::Rsa(certs::RsaBits::B2048);
+        certs.send(CertSettings { validity: None, key: rsa }).await.unwrap();
+        for (id, old) in ids.iter().zip(&first) {
+            let renewed = loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let now = cert(&certs, id).await;
+                if now.serial != old.serial {
+                    break now;
+                }
+            };
+            // A PKCS#8 RSA 2048 key is about 1.7 kB of PEM; an ECDSA P-256 one about 240 bytes.
+            assert!(old.key_pem.len() < 400 && renewed.key_pem.len() > 1500, "{id}: an RSA key now");
+        }
+    }
+
+    #[actix_rt::test]
     async fn certificates_are_issued_once_renewed_on_schedule_and_follow_a_shorter_validity() {
         let clock = paused_clock();
         let day = Duration::from_secs(24 * 3600);
@@ -403,7 +442,7 @@ mod tests {
         assert_eq!(first.serial, cert(&certs, &id).await.serial);
         // A minute's validity from now on: the day-long certificate is renewed within half a minute,
         // and the new one every half minute or so.
-        certs.send(SetValidity(Some(Duration::from_secs(60)))).await.unwrap();
+        certs.send(CertSettings { validity: Some(Duration::from_secs(60)), key: Default::default() }).await.unwrap();
         let mut serials = vec![first.serial.clone()];
         for _ in 0..3 {
             let before = (clock)();

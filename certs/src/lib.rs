@@ -58,6 +58,8 @@ pub enum CertError {
     NoCommonName,
     #[error("validity {0:?} is out of range")]
     Validity(Duration),
+    #[error("key generation failed: {0}")]
+    KeyGeneration(String),
 }
 
 /// A leaf certificate and its private key, PEM encoded.
@@ -323,12 +325,74 @@ pub enum SubjectName {
     Ip(std::net::IpAddr),
 }
 
-/// What to sign: the subject's common name, its alternative names and how long it lives.
+/// The key of a leaf certificate: ECDSA P-256 (the default: small and fast), or RSA of 2048, 3072 or 4096
+/// bits for peers that need RSA (OSM's MeshConfig `certificate.certKeyBitSize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum KeyAlgorithm {
+    #[default]
+    EcdsaP256,
+    Rsa(RsaBits),
+}
+
+/// An RSA key size the mesh issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RsaBits {
+    B2048,
+    B3072,
+    B4096,
+}
+
+impl RsaBits {
+    /// The size of `bits`, if it is one the mesh issues.
+    pub fn new(bits: u32) -> Option<Self> {
+        match bits {
+            2048 => Some(Self::B2048),
+            3072 => Some(Self::B3072),
+            4096 => Some(Self::B4096),
+            _ => None,
+        }
+    }
+
+    pub fn bits(self) -> usize {
+        match self {
+            Self::B2048 => 2048,
+            Self::B3072 => 3072,
+            Self::B4096 => 4096,
+        }
+    }
+}
+
+impl std::fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::EcdsaP256 => f.write_str("ECDSA P-256"),
+            Self::Rsa(b) => write!(f, "RSA {}", b.bits()),
+        }
+    }
+}
+
+/// A new private key of `alg`. RSA keys are generated here (ring, which signs, cannot generate them).
+fn generate_key(alg: KeyAlgorithm) -> Result<KeyPair, CertError> {
+    match alg {
+        KeyAlgorithm::EcdsaP256 => Ok(KeyPair::generate()?),
+        KeyAlgorithm::Rsa(bits) => {
+            use rsa::pkcs8::EncodePrivateKey as _;
+            let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits.bits())
+                .map_err(|e| CertError::KeyGeneration(e.to_string()))?;
+            let der = key.to_pkcs8_der().map_err(|e| CertError::KeyGeneration(e.to_string()))?;
+            // Parsed as PKCS#8 RSA: signs with RSA PKCS#1 v1.5 SHA-256.
+            Ok(KeyPair::try_from(der.as_bytes())?)
+        }
+    }
+}
+
+/// What to sign: the subject's common name, its alternative names, how long it lives and its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeafRequest {
     pub common_name: String,
     pub names: Vec<SubjectName>,
     pub validity: Duration,
+    pub key: KeyAlgorithm,
 }
 
 /// Whatever signs the mesh's certificates: the built-in CA or one brought from files today; an external
@@ -352,12 +416,23 @@ pub trait Issuer: Send + Sync + std::fmt::Debug {
         validity: Duration,
         spiffe: bool,
     ) -> Result<IssuedCert, CertError> {
+        self.issue_service_with(identity, validity, spiffe, KeyAlgorithm::default())
+    }
+
+    /// [`Issuer::issue_service`] with a key of `key`.
+    fn issue_service_with(
+        &self,
+        identity: &ServiceIdentity,
+        validity: Duration,
+        spiffe: bool,
+        key: KeyAlgorithm,
+    ) -> Result<IssuedCert, CertError> {
         let principal = identity.principal(self.trust_domain());
         let mut names = vec![SubjectName::Dns(principal.clone())];
         if spiffe {
             names.push(SubjectName::Uri(identity.spiffe_id(self.trust_domain())));
         }
-        self.issue(&LeafRequest { common_name: principal, names, validity })
+        self.issue(&LeafRequest { common_name: principal, names, validity, key })
     }
 
     /// The xDS client certificate of one sidecar: CN `<uuid>.sidecar.<sa>.<ns>.<td>`.
@@ -365,7 +440,7 @@ pub trait Issuer: Send + Sync + std::fmt::Debug {
         let cn = proxy.common_name(self.trust_domain());
         // The URI is what identifies the sidecar (see `ProxyId`); the CN is kept for people reading it.
         let names = vec![SubjectName::Dns(cn.clone()), SubjectName::Uri(proxy.uri(self.trust_domain()))];
-        self.issue(&LeafRequest { common_name: cn, names, validity })
+        self.issue(&LeafRequest { common_name: cn, names, validity, key: KeyAlgorithm::default() })
     }
 
     /// A server certificate (the ADS server: CN `ads.<td>`); DNS names and IP addresses become SANs.
@@ -377,7 +452,7 @@ pub trait Issuer: Send + Sync + std::fmt::Debug {
                 Err(_) => SubjectName::Dns(n.to_owned()),
             })
             .collect();
-        self.issue(&LeafRequest { common_name: cn.to_owned(), names, validity })
+        self.issue(&LeafRequest { common_name: cn.to_owned(), names, validity, key: KeyAlgorithm::default() })
     }
 }
 
@@ -395,7 +470,7 @@ impl Issuer for CertificateAuthority {
         if validity.is_zero() || validity > LONG_VALIDITY {
             return Err(CertError::Validity(validity));
         }
-        let key = KeyPair::generate()?;
+        let key = generate_key(request.key)?;
         let mut params = params_for(&request.common_name);
         params.subject_alt_names = request
             .names
@@ -619,6 +694,24 @@ mod tests {
         assert_eq!(pem_certificates(&leaf.cert_pem).len(), 2, "leaf and intermediate");
         assert!(verifies(d, "rsa.crt", &leaf.cert_pem), "the leaf chains to the root through the intermediate");
         assert_eq!(pem_certificates(ca.root_pem()).len(), 2, "sidecars trust the whole file");
+    }
+
+    #[test]
+    fn rsa_leaf_keys_of_each_size_chain_to_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_create(dir.path(), "cluster.local").unwrap();
+        let id = ServiceIdentity::new("sa", "ns");
+        for bits in [2048, 3072] {
+            let key = KeyAlgorithm::Rsa(RsaBits::new(bits).unwrap());
+            let leaf = ca.issue_service_with(&id, Duration::from_secs(3600), false, key).unwrap();
+            assert!(leaf.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+            assert!(verifies(dir.path(), "ca.crt", &leaf.cert_pem), "RSA {bits} leaf chains to the root");
+            let der = pem_to_der(&leaf.cert_pem).unwrap();
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            let public = cert.public_key().parsed().unwrap();
+            assert_eq!(public.key_size(), bits as usize, "an RSA key of {bits} bits");
+        }
+        assert_eq!(RsaBits::new(1024), None, "too weak: not issued");
     }
 
     #[test]

@@ -338,12 +338,26 @@ pub fn mesh_config(o: &crds::MeshConfig) -> Result<MeshConfig, ConvertError> {
             Ok(d)
         })
         .transpose()?;
+    let bits_field = "spec.certificate.certKeyBitSize";
+    let key_bits = o
+        .spec
+        .certificate
+        .as_ref()
+        .and_then(|c| c.cert_key_bit_size)
+        .map(|b| match b {
+            2048 | 3072 | 4096 => Ok(b as u32),
+            _ => {
+                Err(err(&object, format!("{bits_field} {b} is not an RSA key size the mesh issues (2048, 3072, 4096)")))
+            }
+        })
+        .transpose()?;
     Ok(MeshConfig {
         namespace,
         name,
         enable_egress: traffic.enable_egress,
         permissive: traffic.enable_permissive_traffic_policy_mode,
         service_cert_validity: validity,
+        cert_key_bits: key_bits,
         not_acted_on: o.spec.not_acted_on(),
     })
 }
@@ -405,6 +419,41 @@ mod tests {
         assert!(short.contains("MeshConfig osm-system/osm-mesh-config") && short.contains("shortest"), "{short}");
         let bad = mc("1d").unwrap_err().to_string();
         assert!(bad.contains("serviceCertValidityDuration") && bad.contains("not a duration"), "{bad}");
+    }
+
+    #[test]
+    fn mesh_config_key_size_is_one_the_mesh_issues() {
+        let mc = |bits: i64| {
+            mesh_config(&from_json::<crds::MeshConfig>(serde_json::json!({
+                "apiVersion": "config.openservicemesh.io/v1alpha2", "kind": "MeshConfig",
+                "metadata": {"name": "osm-mesh-config", "namespace": "osm-system"},
+                "spec": {"certificate": {"certKeyBitSize": bits}}
+            })))
+        };
+        assert_eq!(mc(3072).unwrap().cert_key_bits, Some(3072));
+        assert!(mc(3072).unwrap().not_acted_on.is_empty());
+        let weak = mc(1024).unwrap_err().to_string();
+        assert!(weak.contains("osm-system/osm-mesh-config") && weak.contains("certKeyBitSize 1024"), "{weak}");
+    }
+
+    #[test]
+    fn mesh_root_certificates_name_their_role_and_only_the_builtin_issuer() {
+        let mrc = |spec: serde_json::Value| {
+            mesh_root_certificate(&from_json::<crds::MeshRootCertificate>(serde_json::json!({
+                "apiVersion": "config.openservicemesh.io/v1alpha2", "kind": "MeshRootCertificate",
+                "metadata": {"name": "next", "namespace": "osm-system"},
+                "spec": spec
+            })))
+        };
+        let tresor = serde_json::json!({"tresor": {"ca": {"secretRef": {"name": "osm-ca-bundle-2"}}}});
+        let ok =
+            mrc(serde_json::json!({"role": "passive", "trustDomain": "cluster.local", "provider": tresor})).unwrap();
+        assert_eq!((ok.role, ok.secret), (RootRole::Passive, ("osm-system".into(), "osm-ca-bundle-2".into())));
+        let role = mrc(serde_json::json!({"role": "standby", "provider": tresor})).unwrap_err().to_string();
+        assert!(role.contains("MeshRootCertificate osm-system/next") && role.contains("spec.role \"standby\""));
+        let vault =
+            mrc(serde_json::json!({"role": "active", "provider": {"vault": {"host": "v"}}})).unwrap_err().to_string();
+        assert!(vault.contains("only the built-in issuer (tresor)"), "{vault}");
     }
 
     #[test]

@@ -318,8 +318,12 @@ pub struct SecretReference {
 }
 
 /// MeshConfig fields the controller acts on; every other field that is set is reported as not acted on.
-pub const MESH_CONFIG_ACTED_ON: &[&str] =
-    &["traffic.enableEgress", "traffic.enablePermissiveTrafficPolicyMode", "certificate.serviceCertValidityDuration"];
+pub const MESH_CONFIG_ACTED_ON: &[&str] = &[
+    "traffic.enableEgress",
+    "traffic.enablePermissiveTrafficPolicyMode",
+    "certificate.serviceCertValidityDuration",
+    "certificate.certKeyBitSize",
+];
 
 impl MeshConfigSpec {
     /// The dotted paths of the fields that are set, e.g. `sidecar.logLevel`.

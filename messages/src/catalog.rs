@@ -1037,6 +1037,7 @@ mod tests {
             permissive: Some(permissive),
             not_acted_on: vec![],
             service_cert_validity: None,
+            cert_key_bits: None,
         })));
         c
     }

@@ -375,6 +375,9 @@ pub struct MeshConfig {
     pub permissive: Option<bool>,
     /// `spec.certificate.serviceCertValidityDuration`, at least [`MIN_CERT_VALIDITY`].
     pub service_cert_validity: Option<std::time::Duration>,
+    /// `spec.certificate.certKeyBitSize`: RSA service-certificate keys of this size (2048, 3072 or 4096)
+    /// instead of ECDSA P-256.
+    pub cert_key_bits: Option<u32>,
     /// Fields that are set but not acted on yet, e.g. `sidecar.logLevel`.
     pub not_acted_on: Vec<String>,
 }

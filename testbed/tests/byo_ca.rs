@@ -1,6 +1,7 @@
 //! Bring your own CA, through real Envoy: roots generated with openssl (RSA 2048 and ECDSA P-256), given
 //! to the controller as files; sidecars talk mTLS with certificates it signed and trust that root alone.
-//! Needs root, iptables, openssl and Envoy (`scripts/setup.sh`).
+//! With the RSA root, MeshConfig `certKeyBitSize` then switches service certificates to RSA keys. Needs root,
+//! iptables, openssl and Envoy (`scripts/setup.sh`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
@@ -86,5 +87,31 @@ fn sidecars_serve_mtls_on_a_root_brought_from_openssl_files_rsa_and_ecdsa() {
             assert!(!trusted.is_empty() && trusted.iter().all(|s| *s == want), "{name} {pod}: {trusted:?} vs {want}");
         }
         assert!(mesh.controller_output().contains("mesh CA brought from files"), "{}", mesh.controller_output());
+        if name == "rsa" {
+            rsa_leaf_keys_from_the_mesh_config(&mesh, keys.path());
+        }
     }
+}
+
+/// MeshConfig `certificate.certKeyBitSize`: service certificates are re-issued with RSA keys of that size,
+/// and traffic flows over them.
+fn rsa_leaf_keys_from_the_mesh_config(mesh: &LocalMesh, dir: &Path) {
+    mesh.write_mesh_file(
+        "meshconfig.yaml",
+        "apiVersion: config.openservicemesh.io/v1alpha2\nkind: MeshConfig\n\
+         metadata: {name: osm-mesh-config, namespace: osm-system}\nspec: {certificate: {certKeyBitSize: 2048}}\n",
+    )
+    .unwrap();
+    for pod in [SERVER, CLIENT] {
+        mesh.eventually(Duration::from_secs(30), &format!("{pod}: an RSA 2048 service certificate"), || {
+            let chains = common::service_chains(mesh, pod);
+            let leaf = dir.join("leaf.pem");
+            std::fs::write(&leaf, chains.first()?).unwrap();
+            let text = openssl(dir, &["x509", "-in", "leaf.pem", "-noout", "-text"]);
+            text.contains("Public-Key: (2048 bit)").then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", mesh.controller_output()));
+    }
+    let out = mesh.app(CLIENT, &["get", "http://10.96.0.10/rsa"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("status=200"), "{out:?}");
 }

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use base64::Engine as _;
 use testbed::{Binaries, LocalMesh, MeshOptions};
 
 mod common;
@@ -46,22 +45,6 @@ spec:
 /// The serial of the first certificate of a PEM file, as Envoy's `/certs` writes it.
 fn serial(pem: &str) -> String {
     certs::serial_of(&certs::pem_to_der(pem).unwrap()).unwrap().trim_start_matches('0').to_owned()
-}
-
-/// The service certificate chains (PEM) the pod's Envoy holds from the controller's SDS.
-fn service_chains(mesh: &LocalMesh, pod: &str) -> Vec<String> {
-    let dump: serde_json::Value = serde_json::from_str(&mesh.admin(pod, "/config_dump").unwrap()).unwrap();
-    let b64 = base64::engine::general_purpose::STANDARD;
-    dump["configs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| c["dynamic_active_secrets"].as_array().into_iter().flatten())
-        // (The xDS client certificate, from the bundle's files, is listed too.)
-        .filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with("service-cert")))
-        .filter_map(|s| s["secret"]["tls_certificate"]["certificate_chain"]["inline_bytes"].as_str())
-        .map(|bytes| String::from_utf8(b64.decode(bytes).unwrap()).unwrap())
-        .collect()
 }
 
 /// Whether openssl verifies `chain` (a leaf and what follows it) against `root` alone.
@@ -141,7 +124,7 @@ fn a_root_rotation_under_traffic_fails_no_request_and_ends_on_the_new_root_alone
                 std::fs::read_to_string(&new_root_file).ok().map(|pem| serial(&pem))
             })
             .unwrap_or_else(|e| fail(e));
-        let before: Vec<Vec<String>> = both.iter().map(|p| service_chains(&mesh, p)).collect();
+        let before: Vec<Vec<String>> = both.iter().map(|p| common::service_chains(&mesh, p)).collect();
         for pod in both {
             mesh.eventually(WAIT, &format!("{pod} to trust both roots"), || {
                 let t = trusted(pod);
@@ -158,14 +141,14 @@ fn a_root_rotation_under_traffic_fails_no_request_and_ends_on_the_new_root_alone
             .unwrap_or_else(|e| fail(e));
         }
         carries_traffic("with both roots trusted");
-        let after: Vec<Vec<String>> = both.iter().map(|p| service_chains(&mesh, p)).collect();
+        let after: Vec<Vec<String>> = both.iter().map(|p| common::service_chains(&mesh, p)).collect();
         assert_eq!(before, after, "the old root still signs the service certificates");
 
         // 3. The new root signs, the old one is still trusted: every service certificate is re-issued.
         step(Some("passive"), "active");
         for pod in both {
             mesh.eventually(WAIT, &format!("{pod}'s service certificate from the new root"), || {
-                let chains = service_chains(&mesh, pod);
+                let chains = common::service_chains(&mesh, pod);
                 (!chains.is_empty() && chains.iter().all(|c| chains_to(mesh.work_dir(), c, &new_root_file)))
                     .then_some(())
             })
@@ -193,7 +176,7 @@ fn a_root_rotation_under_traffic_fails_no_request_and_ends_on_the_new_root_alone
     assert_eq!(failed, 0, "{failed} of {} requests failed during the rotation", ok + failed);
 
     for pod in [SERVER, CLIENT] {
-        let chains = service_chains(&mesh, pod);
+        let chains = common::service_chains(&mesh, pod);
         assert!(!chains.is_empty(), "{pod} holds a service certificate");
         for chain in &chains {
             assert!(chains_to(mesh.work_dir(), chain, &new_root_file), "{pod}: chains to the new root");

@@ -1041,6 +1041,7 @@ mod tests {
                 permissive: Some(false),
                 not_acted_on: vec![],
                 service_cert_validity: None,
+                cert_key_bits: None,
             }),
             MeshObject::HttpRouteGroup(HttpRouteGroup {
                 namespace: "demo".into(),

@@ -19,3 +19,20 @@ pub fn cert_serials(mesh: &LocalMesh, pod: &str, field: &str) -> BTreeSet<String
         .filter_map(|c| c["serial_number"].as_str().map(|s| s.trim_start_matches('0').to_ascii_lowercase()))
         .collect()
 }
+
+/// The service certificate chains (PEM) the pod's Envoy holds from the controller's SDS.
+pub fn service_chains(mesh: &LocalMesh, pod: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let dump: serde_json::Value = serde_json::from_str(&mesh.admin(pod, "/config_dump").unwrap()).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["dynamic_active_secrets"].as_array().into_iter().flatten())
+        // (The xDS client certificate, from the bundle's files, is listed too.)
+        .filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with("service-cert")))
+        .filter_map(|s| s["secret"]["tls_certificate"]["certificate_chain"]["inline_bytes"].as_str())
+        .map(|bytes| String::from_utf8(b64.decode(bytes).unwrap()).unwrap())
+        .collect()
+}
