@@ -696,3 +696,88 @@ async fn two_replicas_serve_the_same_config_share_one_root_and_one_holds_the_lea
     .await
     .expect("the other replica takes the Lease over");
 }
+
+/// Whether a sidecar with `cert`, trusting `ca_pem`, gets a stream served: a first answer to its request.
+async fn served(c: &Controller, ca_pem: &str, cert: &certs::IssuedCert) -> bool {
+    let attempt = async {
+        let mut ads = loadtest::client::connect(&loadtest::client::ConnectConfig {
+            addr: ([127, 0, 0, 1], c.port).into(),
+            server_name: "ads.cluster.local".into(),
+            ca_pem: ca_pem.into(),
+            cert_pem: cert.cert_pem.clone(),
+            key_pem: cert.key_pem.clone(),
+            local_ip: None,
+        })
+        .await
+        .ok()?;
+        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+        tx.send(request(ResourceType::Cluster, &[], None)).await.ok()?;
+        let mut stream = ads.stream_aggregated_resources(ReceiverStream::new(rx)).await.ok()?.into_inner();
+        stream.message().await.ok()?
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(5), attempt).await, Ok(Some(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ads_server_verifies_and_presents_certificates_of_the_roots_in_force() {
+    let c = Controller::start();
+    let mrc = |name: &str, secret: &str, role: &str| {
+        format!(
+            "apiVersion: config.openservicemesh.io/v1alpha2\nkind: MeshRootCertificate\n\
+             metadata: {{name: {name}, namespace: osm-system}}\n\
+             spec: {{role: {role}, provider: {{tresor: {{ca: {{secretRef: {{name: {secret}}}}}}}}}}}\n"
+        )
+    };
+    let step = |old: Option<&str>, new: &str| {
+        let old = old.map(|r| mrc("old", "osm-ca-bundle", r) + "---\n").unwrap_or_default();
+        let tmp = c.mesh_dir().join(".roots.yaml.tmp");
+        std::fs::write(&tmp, old + &mrc("new", "osm-ca-bundle-2", new)).unwrap();
+        std::fs::rename(tmp, c.mesh_dir().join("roots.yaml")).unwrap();
+    };
+    let until = |what: &'static str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        move || assert!(std::time::Instant::now() < deadline, "{what}")
+    };
+    let proxy =
+        ProxyId { uuid: ProxyUuid::parse("client-uuid").unwrap(), identity: ServiceIdentity::new("client", "demo") };
+    let old_cert = c.ca.issue_proxy_client(&proxy, Duration::from_secs(3600)).unwrap();
+    let old_root = c.ca.root_pem().to_owned();
+    assert!(served(&c, &old_root, &old_cert).await);
+
+    // A new root beside the old one: sidecars with certificates of either are served.
+    step(Some("active"), "passive");
+    let new_dir =
+        certs::roots::RootStore::dir_of(&c.dir.path().join("state"), &("osm-system".into(), "osm-ca-bundle-2".into()));
+    let check = until("the new root is created");
+    let new_ca = loop {
+        if let Ok(ca) = certs::CertificateAuthority::load(&new_dir, "cluster.local") {
+            break ca;
+        }
+        check();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let new_cert = new_ca.issue_proxy_client(&proxy, Duration::from_secs(3600)).unwrap();
+    let both = format!("{old_root}{}", new_ca.root_pem());
+    let check = until("a sidecar of the new root is served");
+    while !served(&c, &both, &new_cert).await {
+        check();
+    }
+    assert!(served(&c, &both, &old_cert).await);
+    assert!(!served(&c, new_ca.root_pem(), &new_cert).await, "the old root still signs the server's certificate");
+
+    // The new root signs: the server presents a certificate of it.
+    step(Some("passive"), "active");
+    let check = until("the server presents a certificate of the new root");
+    while !served(&c, new_ca.root_pem(), &new_cert).await {
+        check();
+    }
+    assert!(served(&c, &both, &old_cert).await, "the old root is still trusted");
+
+    // The old root retires: its sidecars are refused, the new one's served.
+    step(None, "active");
+    let check = until("a sidecar of the old root is refused");
+    while served(&c, &both, &old_cert).await {
+        check();
+    }
+    assert!(served(&c, new_ca.root_pem(), &new_cert).await);
+}
