@@ -1,5 +1,6 @@
-//! The controller's HTTP endpoint (OSM: port 9091): liveness, readiness, Prometheus metrics, version;
-//! and the bounded HTTP(S) serving loop it shares with the admission webhooks.
+//! The controller's HTTP endpoint (OSM: port 9091): liveness, readiness, Prometheus metrics, version,
+//! every connected proxy's config status (`/status/proxies`, JSON, read by `osm proxy status`); and the
+//! bounded HTTP(S) serving loop it shares with the admission webhooks.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,9 +13,10 @@ use axum::routing::get;
 
 use crate::metrics::Metrics;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
+    pub status: Arc<crate::status::StatusBoard>,
     /// True once the catalog has its first full content (the ADS listener is bound before that).
     pub ready: Arc<AtomicBool>,
 }
@@ -24,6 +26,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/health/alive", get(|| async { "alive\n" }))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/status/proxies", get(proxy_status))
         .route("/version", get(|| async { format!("{{\"version\":\"{}\"}}\n", env!("CARGO_PKG_VERSION")) }))
         .with_state(state)
 }
@@ -34,6 +37,11 @@ async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: the mesh catalog has not finished its first sync\n")
     }
+}
+
+async fn proxy_status(State(s): State<HttpState>) -> impl IntoResponse {
+    let body = serde_json::to_string_pretty(&s.status.view()).unwrap_or_default() + "\n";
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {

@@ -20,6 +20,7 @@ pub mod schedule;
 pub mod session;
 pub mod snapshot;
 pub mod source;
+pub mod status;
 
 use ::certs::Issuer as _;
 use std::net::SocketAddr;
@@ -344,6 +345,7 @@ pub async fn run_on(
         _ => {}
     }
     let metrics = Arc::new(metrics::Metrics::default());
+    let status = Arc::new(status::StatusBoard::default());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_sessions = stop_rx.clone();
@@ -356,7 +358,7 @@ pub async fn run_on(
     // The HTTP endpoint comes up first: liveness answers, readiness says why not yet.
     if let Some(listener) = listeners.http {
         let addr = listener.local_addr().ok();
-        let state = http::HttpState { metrics: metrics.clone(), ready: ready.clone() };
+        let state = http::HttpState { metrics: metrics.clone(), status: status.clone(), ready: ready.clone() };
         let until = stopped();
         let limits = config.http_limits.clone();
         tokio::spawn(async move {
@@ -463,6 +465,7 @@ pub async fn run_on(
         actors.catalog.clone(),
         actors.snapshots.clone(),
         metrics.clone(),
+        status,
         stop_rx_sessions,
     ));
 

@@ -21,6 +21,7 @@ use xds::{AdsStream, Protocol, SessionHandler};
 use crate::catalog::{CatalogActor, IsSynced, Verify};
 use crate::metrics::{Metrics, ProxyCounters};
 use crate::snapshot::{ProxyState, SnapshotActor, Subscribe, Unsubscribe};
+use crate::status::{ProxyStatus, StatusBoard};
 
 /// Admits proxies: verifies them against the catalog, subscribes them to their snapshots and spawns
 /// their session on the serving runtime.
@@ -28,6 +29,7 @@ pub struct SessionManager {
     catalog: Addr<CatalogActor>,
     snapshots: Addr<SnapshotActor>,
     metrics: Arc<Metrics>,
+    status: Arc<StatusBoard>,
     /// Raised at shutdown: every session tells its proxy to go (UNAVAILABLE) and ends.
     stopping: watch::Receiver<bool>,
 }
@@ -37,9 +39,10 @@ impl SessionManager {
         catalog: Addr<CatalogActor>,
         snapshots: Addr<SnapshotActor>,
         metrics: Arc<Metrics>,
+        status: Arc<StatusBoard>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
-        Self { catalog, snapshots, metrics, stopping }
+        Self { catalog, snapshots, metrics, status, stopping }
     }
 }
 
@@ -54,6 +57,9 @@ struct Session<P: Protocol> {
     metrics: Arc<Metrics>,
     /// This proxy's series in `metrics`.
     counters: Arc<ProxyCounters>,
+    /// This proxy's config status (what was sent, ACKed, refused).
+    status: Arc<ProxyStatus>,
+    board: Arc<StatusBoard>,
     stopping: watch::Receiver<bool>,
     /// Warnings this session logged about what its proxy sent; past [`WARNINGS_PER_SESSION`] they are
     /// suppressed, so a hostile or broken proxy cannot flood the log.
@@ -81,6 +87,7 @@ where
             let _ = self.responses.send(Err(status)).await;
         }
         self.metrics.proxy_disconnected(&self.uuid);
+        self.board.leave(&self.status);
         tracing::info!(proxy = %self.proxy, "proxy disconnected");
     }
 
@@ -114,7 +121,10 @@ where
                     }
                 }
                 Event::Request(Some(Ok(req))) => {
-                    self.counters.xds_request(xds::type_label(P::request_type_url(&req)));
+                    let ty = xds::type_label(P::request_type_url(&req));
+                    self.counters.xds_request(ty);
+                    let (nonce, error) = P::request_answer(&req);
+                    self.status.answered(ty, nonce, error);
                     let out = self.protocol.on_request(&req);
                     if let Some(reason) = out.refused {
                         tracing::warn!(proxy = %self.proxy, %reason, "request refused; closing the stream");
@@ -178,6 +188,8 @@ where
     async fn send_all(&mut self, out: Vec<P::Response>) -> bool {
         for r in out {
             let ty = xds::type_label(P::response_type_url(&r));
+            let (nonce, version) = P::response_nonce_version(&r);
+            self.status.sent(ty, nonce, version);
             let ok = self.responses.send(Ok(r)).await.is_ok();
             self.counters.response_sent(ty, ok);
             if !ok {
@@ -193,6 +205,7 @@ struct Admitted {
     proxy: ProxyId,
     states: watch::Receiver<ProxyState>,
     metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
     stopping: watch::Receiver<bool>,
     snapshots: Addr<SnapshotActor>,
 }
@@ -207,9 +220,10 @@ impl Admitted {
     ) where
         P::Response: Send,
     {
-        let Admitted { proxy, states, metrics, stopping, snapshots } = self;
+        let Admitted { proxy, states, metrics, board, stopping, snapshots } = self;
         let uuid = proxy.uuid.clone();
         let counters = metrics.proxy_connected(uuid.as_str(), &proxy.identity.to_string());
+        let status = board.join(uuid.as_str(), &proxy.identity.to_string(), P::NAME);
         let session = Session {
             uuid: uuid.to_string(),
             proxy,
@@ -219,6 +233,8 @@ impl Admitted {
             states,
             metrics,
             counters,
+            status,
+            board,
             stopping,
             warnings: 0,
         };
@@ -239,6 +255,7 @@ impl SessionHandler for SessionManager {
         let catalog = self.catalog.clone();
         let snapshots = self.snapshots.clone();
         let metrics = self.metrics.clone();
+        let board = self.status.clone();
         let stopping = self.stopping.clone();
         Box::pin(async move {
             let unavailable = |e: MailboxError| Status::unavailable(format!("control plane busy: {e}"));
@@ -262,7 +279,7 @@ impl SessionHandler for SessionManager {
                 .send(Subscribe { uuid: proxy.uuid.clone(), identity: proxy.identity.clone() })
                 .await
                 .map_err(unavailable)?;
-            let admitted = Admitted { proxy, states, metrics, stopping, snapshots };
+            let admitted = Admitted { proxy, states, metrics, board, stopping, snapshots };
             match stream {
                 AdsStream::Sotw { requests, responses } => {
                     admitted.spawn(xds::sotw::SotwSession::new(), requests, responses);

@@ -58,6 +58,8 @@ pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::E
 #[derive(Debug, Clone)]
 pub struct Binaries {
     pub controller: PathBuf,
+    /// The `osm` troubleshooting tool.
+    pub osm: PathBuf,
     pub app: PathBuf,
     pub envoy: PathBuf,
 }
@@ -97,6 +99,8 @@ impl Binaries {
                     "actors",
                     "--bin",
                     "osm-controller",
+                    "--bin",
+                    "osm",
                     "-p",
                     "testbed",
                     "--bin",
@@ -114,7 +118,7 @@ impl Binaries {
             .clone()
             .map_err(TestbedError::Setup)?;
         let envoy = std::env::var_os("MESH_ENVOY").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_ENVOY));
-        Ok(Self { controller: dir.join("osm-controller"), app: dir.join("mesh-app"), envoy })
+        Ok(Self { controller: dir.join("osm-controller"), osm: dir.join("osm"), app: dir.join("mesh-app"), envoy })
     }
 }
 
@@ -363,6 +367,17 @@ impl LocalMesh {
             return Err(TestbedError::Command(format!("GET {url}"), String::from_utf8_lossy(&out.stdout).into_owned()));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `osm <args>` against this mesh's controller, from the hub (as an operator's machine would).
+    pub fn osm(&self, args: &[&str]) -> Result<Output, TestbedError> {
+        self.hub
+            .ns
+            .command(&self.bins.osm.display().to_string())
+            .args(["--controller", &format!("http://{}:9091", self.opts.gateway)])
+            .args(args)
+            .output()
+            .map_err(|e| TestbedError::Command(format!("osm {args:?}"), e.to_string()))
     }
 
     /// Stops the controller; sidecars keep running on their last config.

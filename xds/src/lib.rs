@@ -32,6 +32,11 @@ pub trait Protocol: Unpin + 'static {
     fn on_snapshot(&mut self, snap: Arc<ProxySnapshot>) -> Vec<Self::Response>;
     fn request_type_url(req: &Self::Request) -> &str;
     fn response_type_url(resp: &Self::Response) -> &str;
+    /// The response's nonce and version (delta: the system version), for a proxy's sync status.
+    fn response_nonce_version(resp: &Self::Response) -> (&str, &str);
+    /// What a request answers: the nonce of the response it answers (empty: none) and the error detail
+    /// of a NACK.
+    fn request_answer(req: &Self::Request) -> (&str, Option<&str>);
 }
 
 /// `CDS`, `EDS`, ... for a type URL this control plane serves; `other` for the rest (metric labels).
@@ -55,6 +60,12 @@ impl Protocol for sotw::SotwSession {
     fn response_type_url(resp: &Self::Response) -> &str {
         resp.type_url()
     }
+    fn response_nonce_version(resp: &Self::Response) -> (&str, &str) {
+        (resp.nonce(), resp.version())
+    }
+    fn request_answer(req: &Self::Request) -> (&str, Option<&str>) {
+        (&req.response_nonce, req.error_detail.as_ref().map(|e| e.message.as_str()))
+    }
 }
 
 impl Protocol for delta::DeltaSession {
@@ -72,5 +83,11 @@ impl Protocol for delta::DeltaSession {
     }
     fn response_type_url(resp: &Self::Response) -> &str {
         &resp.type_url
+    }
+    fn response_nonce_version(resp: &Self::Response) -> (&str, &str) {
+        (&resp.nonce, &resp.system_version_info)
+    }
+    fn request_answer(req: &Self::Request) -> (&str, Option<&str>) {
+        (&req.response_nonce, req.error_detail.as_ref().map(|e| e.message.as_str()))
     }
 }

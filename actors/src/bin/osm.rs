@@ -1,0 +1,216 @@
+//! `osm`: the operator's troubleshooting tool. Reads the controller's HTTP endpoint (`--controller`,
+//! default `http://127.0.0.1:9091`), on the embedded default as on a cluster (port-forward the
+//! controller's 9091 there).
+//!
+//! - `osm proxy status [--wait] [-o json]`: every connected proxy, synced / stale (for how long) / NACK
+//!   with Envoy's reason; `--wait` blocks until every proxy holds everything sent to it, or times out.
+
+use std::time::{Duration, Instant};
+
+use actors::status::{MeshStatus, ProxyStatusView, SyncState};
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use http_body_util::BodyExt as _;
+
+#[derive(Parser, Debug)]
+#[command(name = "osm", version, about = "Troubleshoot the service mesh: proxy sync status and more")]
+struct Cli {
+    /// The controller's HTTP endpoint.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:9091", env = "OSM_CONTROLLER")]
+    controller: String,
+    /// Output: a table for people, JSON for scripts.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Sidecar proxies.
+    Proxy {
+        #[command(subcommand)]
+        command: ProxyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ProxyCommand {
+    /// Is my change live? Every connected proxy: synced, stale (for how long) or NACK (Envoy's reason).
+    Status {
+        /// Wait until every connected proxy holds everything sent to it (exit 0), or the timeout (exit 3).
+        #[arg(long)]
+        wait: bool,
+        /// Seconds `--wait` waits.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Proxy { command: ProxyCommand::Status { wait, timeout_s } } => {
+            proxy_status(&cli.controller, cli.output, wait.then(|| Duration::from_secs(timeout_s))).await
+        }
+    }
+}
+
+/// GET `path` from the controller's endpoint; the body.
+async fn get(base: &str, path: &str) -> anyhow::Result<String> {
+    let uri: hyper::Uri = format!("{}{path}", base.trim_end_matches('/')).parse().context("--controller")?;
+    if uri.scheme_str() != Some("http") {
+        bail!("--controller {base:?}: give an http:// address (the controller's HTTP endpoint, port 9091)");
+    }
+    let host = uri.host().context("--controller has no host")?.to_owned();
+    let port = uri.port_u16().unwrap_or(80);
+    let unreachable =
+        || format!("cannot reach the controller at {base} (is it running? --controller, or OSM_CONTROLLER)");
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((host.as_str(), port)))
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))
+        .and_then(|r| r.map_err(Into::into))
+        .with_context(unreachable)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let request = hyper::Request::get(uri.path())
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .context("the controller did not answer within 10 s")??;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    if !status.is_success() {
+        bail!("{path}: the controller answered {status}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+async fn fetch_status(base: &str) -> anyhow::Result<MeshStatus> {
+    let body = get(base, "/status/proxies").await?;
+    serde_json::from_str(&body)
+        .context("the controller's /status/proxies is not what this osm reads (versions differ?)")
+}
+
+async fn proxy_status(base: &str, output: Output, wait: Option<Duration>) -> anyhow::Result<u8> {
+    let mut status = fetch_status(base).await?;
+    if let Some(timeout) = wait {
+        let deadline = Instant::now() + timeout;
+        let bar = (output == Output::Table).then(|| {
+            let bar = indicatif::ProgressBar::new(status.proxies.len() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} proxies synced {wide_bar} {elapsed}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        loop {
+            let synced = status.proxies.iter().filter(|p| p.state == SyncState::Synced).count();
+            if let Some(bar) = &bar {
+                bar.set_length(status.proxies.len() as u64);
+                bar.set_position(synced as u64);
+            }
+            if synced == status.proxies.len() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            status = fetch_status(base).await?;
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+    }
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+        Output::Table => print_table(&status.proxies),
+    }
+    let all_synced = status.proxies.iter().all(|p| p.state == SyncState::Synced);
+    Ok(if wait.is_some() && !all_synced { 3 } else { 0 })
+}
+
+/// What is wrong with a proxy, in a line.
+fn detail(p: &ProxyStatusView) -> String {
+    let nacks: Vec<String> = p
+        .types
+        .iter()
+        .filter_map(|(ty, t)| t.nack.as_ref().map(|e| format!("{ty} {} refused: {e}", short(&t.sent))))
+        .collect();
+    if !nacks.is_empty() {
+        return nacks.join("; ");
+    }
+    let waiting: Vec<&str> = p.types.iter().filter(|(_, t)| t.acked != t.sent).map(|(ty, _)| ty.as_str()).collect();
+    if waiting.is_empty() { String::new() } else { format!("waiting for the ACK of {}", waiting.join(", ")) }
+}
+
+fn short(version: &str) -> &str {
+    version.get(..8).unwrap_or(version)
+}
+
+fn duration(s: f64) -> String {
+    match s {
+        s if s < 1.0 => format!("{:.0}ms", s * 1000.0),
+        s if s < 120.0 => format!("{s:.0}s"),
+        s if s < 7200.0 => format!("{:.0}m", s / 60.0),
+        s => format!("{:.1}h", s / 3600.0),
+    }
+}
+
+fn print_table(proxies: &[ProxyStatusView]) {
+    if proxies.is_empty() {
+        println!("no proxy is connected");
+        return;
+    }
+    let rows: Vec<[String; 6]> = proxies
+        .iter()
+        .map(|p| {
+            let state = match p.state {
+                SyncState::Synced => "synced",
+                SyncState::Stale => "stale",
+                SyncState::Nack => "NACK",
+            };
+            let behind = if p.state == SyncState::Synced { "-".to_owned() } else { duration(p.behind_s) };
+            [p.identity.clone(), p.uuid.clone(), p.api.clone(), state.to_owned(), behind, detail(p)]
+        })
+        .collect();
+    let header = ["IDENTITY", "PROXY", "API", "STATUS", "BEHIND", "DETAIL"].map(str::to_owned);
+    let widths: Vec<usize> = (0..6)
+        .map(|i| std::iter::once(&header).chain(&rows).map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    let count = |s: SyncState| proxies.iter().filter(|p| p.state == s).count();
+    println!(
+        "\n{} proxies: {} synced, {} stale, {} NACK",
+        proxies.len(),
+        count(SyncState::Synced),
+        count(SyncState::Stale),
+        count(SyncState::Nack)
+    );
+}

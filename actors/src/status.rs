@@ -1,0 +1,215 @@
+//! Per-proxy config status, kept by each session: for every xDS type the version and nonce last sent,
+//! the version last ACKed and the last NACK with Envoy's error; whether the proxy holds everything sent to
+//! it, and since when it does not. The HTTP endpoint serves the board as JSON (`/status/proxies`), which
+//! `osm proxy status` reads; the same types deserialize there.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// Where a proxy stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncState {
+    /// Every response sent was ACKed.
+    Synced,
+    /// A response is not answered yet.
+    Stale,
+    /// The proxy refused (NACKed) the latest response of a type; it runs on its last good config.
+    Nack,
+}
+
+/// One xDS type of one proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeStatus {
+    /// Version of the last response sent.
+    pub sent: String,
+    /// Version the proxy last ACKed.
+    pub acked: String,
+    /// The proxy's error for the last response, when it refused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nack: Option<String>,
+    #[serde(skip)]
+    nonce: String,
+    /// The last response sent is answered (ACK or NACK).
+    #[serde(skip)]
+    answered: bool,
+}
+
+/// A proxy's status, as served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyStatusView {
+    pub uuid: String,
+    /// `<service account>.<namespace>`.
+    pub identity: String,
+    /// `sotw` or `delta`.
+    pub api: String,
+    pub state: SyncState,
+    /// Seconds since the proxy stopped holding everything sent to it (0 when synced).
+    pub behind_s: f64,
+    pub connected_s: f64,
+    /// By type label (`CDS`, `EDS`, `LDS`, `RDS`, `SDS`).
+    pub types: BTreeMap<String, TypeStatus>,
+}
+
+/// What `/status/proxies` answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeshStatus {
+    /// Unix seconds at which this was taken.
+    pub at: f64,
+    pub proxies: Vec<ProxyStatusView>,
+}
+
+struct Inner {
+    types: BTreeMap<&'static str, TypeStatus>,
+    /// Since when something sent is unanswered or refused.
+    behind_since: Option<Instant>,
+}
+
+/// The status of one connected proxy, written by its session only.
+pub struct ProxyStatus {
+    uuid: String,
+    identity: String,
+    api: &'static str,
+    connected: Instant,
+    inner: Mutex<Inner>,
+}
+
+impl ProxyStatus {
+    /// A response of type `ty` went out.
+    pub fn sent(&self, ty: &'static str, nonce: &str, version: &str) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let t = inner.types.entry(ty).or_default();
+        t.sent.clear();
+        t.sent.push_str(version);
+        t.nonce.clear();
+        t.nonce.push_str(nonce);
+        t.answered = false;
+        inner.behind_since.get_or_insert_with(Instant::now);
+    }
+
+    /// The proxy answered a response of type `ty` (`nonce`), refusing it with `error` or not. Answers to
+    /// older responses, and requests that answer nothing, change nothing.
+    pub fn answered(&self, ty: &'static str, nonce: &str, error: Option<&str>) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let Some(t) = inner.types.get_mut(ty) else { return };
+        if nonce.is_empty() || t.nonce != nonce || t.answered {
+            return;
+        }
+        t.answered = true;
+        match error {
+            Some(e) => t.nack = Some(xds::limits::peer_str(e.trim_end()).to_string()),
+            None => {
+                t.acked = t.sent.clone();
+                t.nack = None;
+            }
+        }
+        if inner.types.values().all(|t| t.answered && t.nack.is_none()) {
+            inner.behind_since = None;
+        }
+    }
+
+    pub fn view(&self) -> Option<ProxyStatusView> {
+        let inner = self.inner.lock().ok()?;
+        let state = if inner.types.values().any(|t| t.nack.is_some()) {
+            SyncState::Nack
+        } else if inner.behind_since.is_some() {
+            SyncState::Stale
+        } else {
+            SyncState::Synced
+        };
+        Some(ProxyStatusView {
+            uuid: self.uuid.clone(),
+            identity: self.identity.clone(),
+            api: self.api.to_owned(),
+            state,
+            behind_s: inner.behind_since.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+            connected_s: self.connected.elapsed().as_secs_f64(),
+            types: inner.types.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+        })
+    }
+}
+
+/// Every connected proxy's status.
+#[derive(Default)]
+pub struct StatusBoard {
+    /// By UUID; a proxy may have two sessions for a moment (a reconnect racing the old one): the newest
+    /// is shown.
+    proxies: Mutex<HashMap<String, Arc<ProxyStatus>>>,
+}
+
+impl StatusBoard {
+    /// A session starts: its status, on the board until [`StatusBoard::leave`].
+    pub fn join(&self, uuid: &str, identity: &str, api: &'static str) -> Arc<ProxyStatus> {
+        let status = Arc::new(ProxyStatus {
+            uuid: uuid.to_owned(),
+            identity: identity.to_owned(),
+            api,
+            connected: Instant::now(),
+            inner: Mutex::new(Inner { types: BTreeMap::new(), behind_since: Some(Instant::now()) }),
+        });
+        if let Ok(mut p) = self.proxies.lock() {
+            p.insert(uuid.to_owned(), status.clone());
+        }
+        status
+    }
+
+    /// A session ended (a newer session of the same proxy stays).
+    pub fn leave(&self, status: &Arc<ProxyStatus>) {
+        if let Ok(mut p) = self.proxies.lock()
+            && p.get(&status.uuid).is_some_and(|s| Arc::ptr_eq(s, status))
+        {
+            p.remove(&status.uuid);
+        }
+    }
+
+    pub fn view(&self) -> MeshStatus {
+        let statuses: Vec<Arc<ProxyStatus>> =
+            self.proxies.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
+        let mut proxies: Vec<ProxyStatusView> = statuses.iter().filter_map(|s| s.view()).collect();
+        proxies.sort_by(|a, b| a.identity.cmp(&b.identity).then_with(|| a.uuid.cmp(&b.uuid)));
+        let at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        MeshStatus { at, proxies }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proxy_is_stale_until_it_acks_everything_and_a_nack_shows_until_a_later_ack() {
+        let board = StatusBoard::default();
+        let s = board.join("u1", "sa.ns", "sotw");
+        assert_eq!(s.view().unwrap().state, SyncState::Stale, "nothing received yet");
+        s.sent("CDS", "n1", "v1");
+        s.sent("LDS", "n2", "v1");
+        s.answered("CDS", "n1", None);
+        assert_eq!(s.view().unwrap().state, SyncState::Stale, "LDS unanswered");
+        s.answered("LDS", "n2", None);
+        let v = s.view().unwrap();
+        assert_eq!((v.state, v.behind_s), (SyncState::Synced, 0.0));
+        assert_eq!(v.types["CDS"].acked, "v1");
+        // Envoy refuses the next listeners: it keeps v1 and says why.
+        s.sent("LDS", "n3", "v2");
+        s.answered("LDS", "n3", Some("cannot bind 0.0.0.0:15010: Address already in use"));
+        let v = s.view().unwrap();
+        assert_eq!(v.state, SyncState::Nack);
+        assert_eq!((v.types["LDS"].acked.as_str(), v.types["LDS"].sent.as_str()), ("v1", "v2"));
+        assert!(v.types["LDS"].nack.as_deref().unwrap().contains("Address already in use"));
+        // An answer to an older response changes nothing; an ACK of a newer one clears the NACK.
+        s.answered("LDS", "n2", None);
+        assert_eq!(s.view().unwrap().state, SyncState::Nack);
+        s.sent("LDS", "n4", "v3");
+        s.answered("LDS", "n4", None);
+        assert_eq!(s.view().unwrap().state, SyncState::Synced);
+        // A reconnect's newer session stays when the old one leaves.
+        let newer = board.join("u1", "sa.ns", "delta");
+        board.leave(&s);
+        assert_eq!(board.view().proxies.len(), 1);
+        board.leave(&newer);
+        assert!(board.view().proxies.is_empty());
+    }
+}

