@@ -49,6 +49,12 @@ pub struct CertSettings {
 #[rtype(result = "()")]
 pub struct SetRoots(pub Vec<MeshRootCertificate>);
 
+/// Answered once the MRCs told so far are resolved (at once when none were told): the ADS server starts
+/// with the roots the mesh directory names, not the startup root for a moment.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RootsSettled;
+
 /// Finds the root an MRC names (loading or creating it; blocking).
 pub type RootLoader = Arc<certs::roots::LoadRoot<'static>>;
 
@@ -75,6 +81,11 @@ pub struct CertActor {
     /// The last MRCs told, resolved one set at a time in order.
     roots_wanted: Option<Vec<MeshRootCertificate>>,
     resolving: bool,
+    /// The first MRCs told have been resolved: from then on a root must be trusted before it signs (the
+    /// first set is taken as it is: a controller restarted after a rotation starts on the new root).
+    roots_settled: bool,
+    /// Who waits for the roots to settle ([`RootsSettled`]).
+    settle_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
     default_validity: Duration,
     validity: Duration,
     key: certs::KeyAlgorithm,
@@ -103,6 +114,8 @@ impl CertActor {
             load_root,
             roots_wanted: None,
             resolving: false,
+            roots_settled: false,
+            settle_waiters: Vec::new(),
             default_validity: validity,
             validity,
             key: certs::KeyAlgorithm::default(),
@@ -222,14 +235,16 @@ impl CertActor {
         }
         let Some(mrcs) = self.roots_wanted.take() else { return };
         self.resolving = true;
-        let (previous, startup, load) = (self.trust.clone(), self.startup.clone(), self.load_root.clone());
+        let previous = self.roots_settled.then(|| self.trust.clone());
+        let (startup, load) = (self.startup.clone(), self.load_root.clone());
         let trust_domain = startup.trust_domain().to_owned();
         let work = tokio::task::spawn_blocking(move || {
-            certs::roots::resolve(&mrcs, &trust_domain, &startup, load.as_ref(), Some(&previous))
+            certs::roots::resolve(&mrcs, &trust_domain, &startup, load.as_ref(), previous.as_deref())
                 .map_err(|e| e.to_string())
         });
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             act.resolving = false;
+            act.roots_settled = true;
             match result.map_err(|e| format!("root resolution failed: {e}")).and_then(|r| r) {
                 Ok(set) => act.use_roots(Arc::new(set), ctx),
                 Err(e) => {
@@ -242,6 +257,11 @@ impl CertActor {
                 }
             }
             act.resolve_roots(ctx);
+            if !act.resolving {
+                for w in act.settle_waiters.drain(..) {
+                    let _ = w.send(());
+                }
+            }
         }));
     }
 
@@ -287,6 +307,20 @@ fn describe(set: &TrustSet) -> String {
 
 impl Actor for CertActor {
     type Context = Context<Self>;
+}
+
+impl Handler<RootsSettled> for CertActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, _: RootsSettled, _: &mut Self::Context) -> Self::Result {
+        if !self.resolving && self.roots_wanted.is_none() {
+            return Box::pin(async {});
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.settle_waiters.push(tx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
 }
 
 impl Handler<SetRoots> for CertActor {

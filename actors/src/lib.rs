@@ -142,8 +142,6 @@ pub enum ControllerError {
     CaSecret(#[from] k8s::ca_secret::CaSecretError),
     #[error("cannot start the actor system: {0}")]
     Actors(String),
-    #[error("{0}")]
-    Roots(String),
 }
 
 /// Keeps the ADS server's TLS in step with the mesh's roots, for as long as the server runs: its
@@ -234,6 +232,7 @@ struct ActorSystem {
     thread: std::thread::JoinHandle<()>,
     catalog: Addr<catalog::CatalogActor>,
     snapshots: Addr<snapshot::SnapshotActor>,
+    certs: Addr<certs::CertActor>,
     source: Option<Addr<source::DirSourceActor>>,
     /// Held: the watchers run while their actor is addressable.
     _kube_source: Option<Addr<kube_source::KubeSourceActor>>,
@@ -286,16 +285,16 @@ impl ActorSystem {
                         .mesh_dir
                         .clone()
                         .map(|dir| source::DirSourceActor::new(dir, catalog.clone(), config.scan_interval).start());
-                    let _ = tx.send((actix_rt::System::current(), catalog, snapshots, source, kube_source));
+                    let _ = tx.send((actix_rt::System::current(), catalog, snapshots, cert_actor, source, kube_source));
                 });
                 if let Err(e) = runner.run() {
                     tracing::error!(error = %e, "actor system failed");
                 }
             })
             .map_err(|e| ControllerError::Actors(e.to_string()))?;
-        let (system, catalog, snapshots, source, kube_source) =
+        let (system, catalog, snapshots, certs, source, kube_source) =
             rx.await.map_err(|_| ControllerError::Actors("the actor thread ended at start".to_owned()))?;
-        Ok(Self { system, thread, catalog, snapshots, source, _kube_source: kube_source })
+        Ok(Self { system, thread, catalog, snapshots, certs, source, _kube_source: kube_source })
     }
 
     async fn stop(self) {
@@ -366,7 +365,7 @@ pub async fn run_on(
                 tracing::error!(error = %e, "HTTP endpoint failed");
             }
         });
-        tracing::info!(addr = ?addr, "HTTP endpoint listening (/health/ready, /health/alive, /metrics)");
+        tracing::info!(addr = ?addr, "HTTP endpoint listening (/health/ready, /health/alive, /metrics, /status/proxies)");
     }
     // One client (and connection pool) for what runs here on a cluster: the root, the webhooks, the
     // election. The watchers have their own, on the actor thread.
@@ -443,23 +442,20 @@ pub async fn run_on(
         startup: startup.clone(),
         create: true,
     };
-    // A controller restarted after a root rotation starts with the roots the mesh directory names.
-    let mrcs = config.mesh_dir.as_deref().map(k8s::yaml_dir::root_certificates).unwrap_or_default();
-    let roots = store.trust_set(&mrcs, None).map_err(|e| ControllerError::Roots(e.to_string()))?;
     let load_root: certs::RootLoader = Arc::new(move |m| store.load(m));
-    if roots.signer_name() != ::certs::roots::STARTUP_ROOT_SECRET {
-        tracing::info!(
-            signer = roots.signer_name(),
-            roots = roots.roots().len(),
-            "mesh roots from MeshRootCertificates"
-        );
-    }
+    let roots = ::certs::roots::TrustSet::single(::certs::roots::STARTUP_ROOT_SECRET, startup);
     let trust = Arc::new(tokio::sync::watch::Sender::new(Arc::new(roots)));
     let actors = ActorSystem::start(&config, trust.clone(), load_root, metrics.clone(), ready).await?;
     // No config is served before the first full scan has reached the catalog (sessions also refuse until
-    // every source has listed everything, which for a cluster may take a while).
+    // every source has listed everything, which for a cluster may take a while); and the ADS server starts
+    // on the roots that scan's MeshRootCertificates name (a controller restarted after a root rotation
+    // presents a certificate of the new root from its first handshake).
     if let Some(source) = &actors.source {
         let _ = source.send(source::ScanNow).await;
+        let settled = actors.certs.send(certs::RootsSettled);
+        if tokio::time::timeout(Duration::from_secs(30), settled).await.is_err() {
+            tracing::warn!("the mesh roots are not resolved after 30 s; serving with the roots in force");
+        }
     }
     let manager = Arc::new(session::SessionManager::new(
         actors.catalog.clone(),

@@ -71,7 +71,8 @@ struct ServeArgs {
     /// Address of the ADS (xDS) gRPC server.
     #[arg(long, default_value = "0.0.0.0:15128")]
     ads_addr: SocketAddr,
-    /// Address of the HTTP endpoint: /health/alive, /health/ready, /metrics, /version ("off" for none).
+    /// Address of the HTTP endpoint: /health/alive, /health/ready, /metrics, /version, /status/proxies
+    /// ("off" for none).
     #[arg(long, default_value = "0.0.0.0:9091")]
     http_addr: String,
     /// Changes are seen through file-system notifications; this is the interval of the safety-net rescan
