@@ -102,7 +102,8 @@ impl ProxyStatus {
         match error {
             Some(e) => t.nack = Some(xds::limits::peer_str(e.trim_end()).to_string()),
             None => {
-                t.acked = t.sent.clone();
+                // (Reusing the buffer: an ACK is the common request.)
+                t.acked.clone_from(&t.sent);
                 t.nack = None;
             }
         }
