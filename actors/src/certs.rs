@@ -176,6 +176,11 @@ impl CertActor {
         cert
     }
 
+    /// Tells the metrics when the first certificate in use expires.
+    fn report_expiry(&self) {
+        self.metrics.set_next_cert_expiry(self.cache.values().map(|c| c.not_after).min());
+    }
+
     /// Sleeps until the next renewal is due.
     fn rearm(&mut self, ctx: &mut Context<Self>) {
         if let Some(h) = self.wake.take() {
@@ -217,6 +222,7 @@ impl CertActor {
                     }
                 }
             }
+            act.report_expiry();
             if !renewed.is_empty()
                 && let Some(s) = &act.snapshots
             {
@@ -366,6 +372,7 @@ impl Handler<GetCerts> for CertActor {
                 };
                 out.insert(id, cert);
             }
+            act.report_expiry();
             act.rearm(ctx);
             out
         }))
@@ -381,6 +388,7 @@ impl Handler<Forget> for CertActor {
                 tracing::debug!(identity = %id, "certificate no longer needed");
             }
         }
+        self.report_expiry();
         self.rearm(ctx);
     }
 }

@@ -45,6 +45,7 @@ async fn proxy_status(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    s.metrics.set_proxies_behind(s.status.behind());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.encode())
 }
 

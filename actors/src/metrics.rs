@@ -1,73 +1,50 @@
-//! Control-plane metrics, exposed in the Prometheus text format on `/metrics`.
+//! Control-plane metrics, exposed in the Prometheus text format on `/metrics` through the `prometheus`
+//! crate.
 //!
 //! Names and labels follow OSM (`osm_proxy_connect_count`, `osm_proxy_xds_request_count{proxy_uuid,identity,type}`,
-//! ...) so existing dashboards keep working; written by hand because OpenMetrics client libraries append
-//! `_total` to counter names. Per-proxy series are removed when the proxy disconnects, so their number is
-//! bounded by the connected proxies.
+//! ...) so existing dashboards keep working (the crate keeps names verbatim; OpenMetrics libraries would
+//! append `_total`). Per-proxy series are created on first use and removed when the proxy's last session
+//! ends, so their number is bounded by the connected proxies; counting is an atomic add on a handle the
+//! session holds, never a lookup under a lock shared by every session.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-/// A histogram with fixed upper bounds, in seconds.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    inner: Mutex<(Vec<u64>, f64, u64)>,
-}
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self { bounds, inner: Mutex::new((vec![0; bounds.len()], 0.0, 0)) }
-    }
-
-    pub fn observe(&self, d: Duration) {
-        let v = d.as_secs_f64();
-        if let Ok(mut g) = self.inner.lock() {
-            for (i, b) in self.bounds.iter().enumerate() {
-                if v <= *b {
-                    g.0[i] += 1;
-                }
-            }
-            g.1 += v;
-            g.2 += 1;
-        }
-    }
-
-    fn encode(&self, out: &mut String, name: &str, help: &str) {
-        let Ok(g) = self.inner.lock() else { return };
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (b, c) in self.bounds.iter().zip(&g.0) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}", g.2, g.1, g.2);
-    }
-}
-
-/// The `type` label values of per-proxy series, in exposition order.
+/// The `type` label values of per-proxy series.
 const TYPE_LABELS: [&str; 6] = ["CDS", "EDS", "LDS", "RDS", "SDS", "other"];
 
-/// The per-proxy metrics, in exposition order.
-const PROXY_METRICS: [(&str, &str); 3] = [
-    ("osm_proxy_xds_request_count", "xDS requests received from proxies"),
-    ("osm_proxy_response_send_success_count", "xDS responses sent to proxies"),
-    ("osm_proxy_response_send_error_count", "xDS responses that could not be sent"),
-];
+/// Buckets of the timings, in seconds.
+const FAST: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Buckets of the time from a mesh change to a proxy's ACK, in seconds.
+const PROPAGATION: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
-/// One connected proxy's counters, held by its sessions: counting is an atomic add, never a lookup under
-/// a lock shared by every session (10,000 sessions answering a change at once contended on one).
-#[derive(Debug, Default)]
+/// The per-proxy metrics: requests received, responses sent, responses that could not be sent.
+#[derive(Debug, Clone)]
+struct ProxyVecs([IntCounterVec; 3]);
+
+/// One connected proxy's counters, held by its sessions.
+#[derive(Debug)]
 pub struct ProxyCounters {
-    /// [metric][type], indexed as [`PROXY_METRICS`] × [`TYPE_LABELS`].
-    counts: [[AtomicU64; TYPE_LABELS.len()]; PROXY_METRICS.len()],
+    vecs: ProxyVecs,
+    uuid: String,
+    identity: String,
+    /// [metric][type]: created on first use.
+    counters: [[OnceLock<IntCounter>; TYPE_LABELS.len()]; 3],
 }
 
 impl ProxyCounters {
     fn bump(&self, metric: usize, ty: &str) {
-        let ty = TYPE_LABELS.iter().position(|t| *t == ty).unwrap_or(TYPE_LABELS.len() - 1);
-        self.counts[metric][ty].fetch_add(1, Ordering::Relaxed);
+        let t = TYPE_LABELS.iter().position(|l| *l == ty).unwrap_or(TYPE_LABELS.len() - 1);
+        self.counters[metric][t]
+            .get_or_init(|| self.vecs.0[metric].with_label_values(&[&self.uuid, &self.identity, TYPE_LABELS[t]]))
+            .inc();
     }
 
     /// A request of type `ty` (a label of [`xds::type_label`]) arrived.
@@ -78,219 +55,227 @@ impl ProxyCounters {
     pub fn response_sent(&self, ty: &str, ok: bool) {
         self.bump(if ok { 1 } else { 2 }, ty);
     }
+
+    /// Removes this proxy's series.
+    fn remove(&self) {
+        for (metric, row) in self.counters.iter().enumerate() {
+            for (t, c) in row.iter().enumerate() {
+                if c.get().is_some() {
+                    let _ = self.vecs.0[metric].remove_label_values(&[&self.uuid, &self.identity, TYPE_LABELS[t]]);
+                }
+            }
+        }
+    }
 }
 
 /// A connected proxy's series, dropped with its last session.
 #[derive(Debug)]
 struct ProxySeries {
-    identity: String,
     sessions: u32,
     counters: Arc<ProxyCounters>,
 }
 
 #[derive(Debug)]
 pub struct Metrics {
-    connected: AtomicI64,
-    /// Per-proxy series by UUID: a disconnect drops one entry, not a scan of every series.
-    proxies: Mutex<BTreeMap<String, ProxySeries>>,
-    nacks: Mutex<BTreeMap<&'static str, u64>>,
-    rejected: Mutex<BTreeMap<&'static str, u64>>,
-    /// Failed ADS TLS handshakes by reason.
-    handshakes_failed: Mutex<BTreeMap<&'static str, u64>>,
-    /// `osm_error_err_code_count{err_code}`: user-visible errors by stable code.
-    errors: Mutex<BTreeMap<&'static str, u64>>,
-    /// Policy objects (or parts of them) not in force right now.
-    policy_errors: AtomicI64,
-    certs_issued: AtomicU64,
-    pub cert_issue_time: Histogram,
-    pub snapshot_build_time: Histogram,
-    proxies_built: AtomicU64,
-    /// `osm_admission_webhook_response_total{kind,success}`: admission reviews answered.
-    admissions: Mutex<BTreeMap<(String, bool), u64>>,
+    registry: Registry,
+    connected: IntGauge,
+    proxy_vecs: ProxyVecs,
+    /// Per-proxy series by UUID.
+    proxies: Mutex<HashMap<String, ProxySeries>>,
+    nacks: IntCounterVec,
+    rejected: IntCounterVec,
+    handshakes_failed: IntCounterVec,
+    errors: IntCounterVec,
+    policy_errors: IntGauge,
+    certs_issued: IntCounter,
+    cert_issue_time: Histogram,
+    cert_expiry: IntGauge,
+    snapshot_build_time: Histogram,
+    proxies_built: IntCounter,
+    change_ack_time: Histogram,
+    proxies_behind: IntGauge,
+    admissions: IntCounterVec,
+    leader_gauge: IntGauge,
     /// This replica holds the Lease of the one-time duties (Kubernetes).
     pub leader: Arc<AtomicBool>,
 }
 
+/// Registers a metric; the names are fixed and distinct, so registration cannot fail but for a bug.
+fn reg<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: prometheus::Result<M>) -> M {
+    match m {
+        Ok(m) => {
+            if let Err(e) = registry.register(Box::new(m.clone())) {
+                tracing::error!(error = %e, "metric not registered");
+            }
+            m
+        }
+        // Only reachable with an invalid name or label, which the tests below would catch.
+        Err(e) => panic!("invalid metric definition: {e}"),
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
-        const FAST: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let r = Registry::new();
+        let counter = |name: &str, help: &str| reg(&r, IntCounter::new(name, help));
+        let gauge = |name: &str, help: &str| reg(&r, IntGauge::new(name, help));
+        let counters =
+            |name: &str, help: &str, labels: &[&str]| reg(&r, IntCounterVec::new(Opts::new(name, help), labels));
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())))
+        };
+        let version =
+            reg(&r, IntGaugeVec::new(Opts::new("osm_version_info", "Version of the control plane"), &["version"]));
+        version.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let per_proxy = ["proxy_uuid", "identity", "type"];
         Self {
-            connected: AtomicI64::new(0),
+            connected: gauge("osm_proxy_connect_count", "Number of connected proxies"),
+            proxy_vecs: ProxyVecs([
+                counters("osm_proxy_xds_request_count", "xDS requests received from proxies", &per_proxy),
+                counters("osm_proxy_response_send_success_count", "xDS responses sent to proxies", &per_proxy),
+                counters("osm_proxy_response_send_error_count", "xDS responses that could not be sent", &per_proxy),
+            ]),
             proxies: Mutex::default(),
-            nacks: Mutex::default(),
-            rejected: Mutex::default(),
-            errors: Mutex::default(),
-            handshakes_failed: Mutex::default(),
-            policy_errors: AtomicI64::new(0),
-            certs_issued: AtomicU64::new(0),
-            cert_issue_time: Histogram::new(FAST),
-            snapshot_build_time: Histogram::new(FAST),
-            proxies_built: AtomicU64::new(0),
-            admissions: Mutex::default(),
+            nacks: counters("osm_proxy_nack_count", "xDS responses proxies rejected (NACK)", &["type"]),
+            rejected: counters("osm_proxy_rejected_count", "proxies refused at connection", &["reason"]),
+            errors: counters("osm_error_err_code_count", "errors by stable error code", &["err_code"]),
+            handshakes_failed: counters(
+                "osm_ads_tls_handshake_failed_count",
+                "ADS connections whose TLS handshake failed",
+                &["reason"],
+            ),
+            policy_errors: gauge("osm_policy_error_count", "Policy objects or parts of them not in force"),
+            certs_issued: counter("osm_cert_issued_count", "Certificates issued"),
+            cert_issue_time: histogram("osm_cert_issued_time", "Time to issue a certificate, seconds", FAST),
+            cert_expiry: gauge(
+                "osm_cert_next_expiry_timestamp_seconds",
+                "When the service certificate in use that expires first expires (Unix time)",
+            ),
+            proxies_built: counter("osm_snapshot_proxies_built_count", "Proxy snapshots built"),
+            snapshot_build_time: histogram(
+                "osm_snapshot_build_time",
+                "Time to build one batch of snapshots, seconds",
+                FAST,
+            ),
+            change_ack_time: histogram(
+                "osm_proxy_config_ack_time",
+                "Time from a mesh change to a proxy's ACK of the configuration it brought, seconds",
+                PROPAGATION,
+            ),
+            proxies_behind: gauge(
+                "osm_proxy_out_of_date_count",
+                "Connected proxies that do not hold everything sent to them (stale or NACK)",
+            ),
+            admissions: counters(
+                "osm_admission_webhook_response_total",
+                "Admission reviews answered",
+                &["kind", "success"],
+            ),
+            leader_gauge: gauge("osm_controller_leader", "1 while this replica holds the leader Lease"),
             leader: Arc::default(),
+            registry: r,
         }
     }
-}
-
-fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
-    if let Ok(mut m) = map.lock() {
-        *m.entry(key).or_default() += 1;
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Metrics {
     /// A session of the proxy started; it counts into the returned counters (shared by the proxy's
     /// sessions: a reconnect may overlap the old stream).
     pub fn proxy_connected(&self, uuid: &str, identity: &str) -> Arc<ProxyCounters> {
-        self.connected.fetch_add(1, Ordering::Relaxed);
-        let Ok(mut m) = self.proxies.lock() else { return Arc::default() };
-        let p = m.entry(uuid.to_owned()).or_insert_with(|| ProxySeries {
-            identity: identity.to_owned(),
-            sessions: 0,
-            counters: Arc::default(),
-        });
-        p.identity = identity.to_owned();
+        self.connected.inc();
+        let fresh = || {
+            Arc::new(ProxyCounters {
+                vecs: self.proxy_vecs.clone(),
+                uuid: uuid.to_owned(),
+                identity: identity.to_owned(),
+                counters: Default::default(),
+            })
+        };
+        let Ok(mut m) = self.proxies.lock() else { return fresh() };
+        let p = m.entry(uuid.to_owned()).or_insert_with(|| ProxySeries { sessions: 0, counters: fresh() });
+        if p.counters.identity != identity {
+            p.counters.remove();
+            p.counters = fresh();
+        }
         p.sessions += 1;
         p.counters.clone()
     }
 
     /// Drops the proxy's series once its last session ended.
     pub fn proxy_disconnected(&self, uuid: &str) {
-        self.connected.fetch_sub(1, Ordering::Relaxed);
+        self.connected.dec();
         if let Ok(mut m) = self.proxies.lock()
             && let Some(p) = m.get_mut(uuid)
         {
             p.sessions = p.sessions.saturating_sub(1);
             if p.sessions == 0 {
+                p.counters.remove();
                 m.remove(uuid);
             }
         }
     }
 
     pub fn nack(&self, ty: &'static str) {
-        bump(&self.nacks, ty);
+        self.nacks.with_label_values(&[ty]).inc();
     }
 
     /// A proxy refused at connection; `reason` is a short stable code.
     pub fn rejected(&self, reason: &'static str) {
-        bump(&self.rejected, reason);
+        self.rejected.with_label_values(&[reason]).inc();
     }
 
     pub fn handshake_failed(&self, reason: &'static str) {
-        bump(&self.handshakes_failed, reason);
+        self.handshakes_failed.with_label_values(&[reason]).inc();
     }
 
     /// A user-visible error with a stable code happened.
     pub fn error(&self, code: &'static str) {
-        bump(&self.errors, code);
+        self.errors.with_label_values(&[code]).inc();
     }
 
     /// An admission review of an object of `kind` was answered (allowed or not).
     pub fn admission(&self, kind: &str, allowed: bool) {
-        bump(&self.admissions, (kind.to_owned(), allowed));
+        self.admissions.with_label_values(&[kind, if allowed { "true" } else { "false" }]).inc();
     }
 
     pub fn set_policy_errors(&self, n: usize) {
-        self.policy_errors.store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
+        self.policy_errors.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn cert_issued(&self, took: Duration) {
-        self.certs_issued.fetch_add(1, Ordering::Relaxed);
-        self.cert_issue_time.observe(took);
+        self.certs_issued.inc();
+        self.cert_issue_time.observe(took.as_secs_f64());
+    }
+
+    /// When the service certificate in use that expires first expires (`None`: none in use).
+    pub fn set_next_cert_expiry(&self, at: Option<std::time::SystemTime>) {
+        let unix = at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+        self.cert_expiry.set(i64::try_from(unix).unwrap_or(i64::MAX));
     }
 
     pub fn snapshots_built(&self, proxies: usize, took: Duration) {
-        self.proxies_built.fetch_add(proxies as u64, Ordering::Relaxed);
-        self.snapshot_build_time.observe(took);
+        self.proxies_built.inc_by(proxies as u64);
+        self.snapshot_build_time.observe(took.as_secs_f64());
+    }
+
+    /// A proxy ACKed everything a mesh change brought it, `took` after the change.
+    pub fn change_acked(&self, took: Duration) {
+        self.change_ack_time.observe(took.as_secs_f64());
+    }
+
+    /// Connected proxies that do not hold everything sent to them, as of now.
+    pub fn set_proxies_behind(&self, n: usize) {
+        self.proxies_behind.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP osm_version_info Version of the control plane\n# TYPE osm_version_info gauge\nosm_version_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
-        let _ = writeln!(
-            out,
-            "# HELP osm_proxy_connect_count Number of connected proxies\n# TYPE osm_proxy_connect_count gauge\nosm_proxy_connect_count {}",
-            self.connected.load(Ordering::Relaxed)
-        );
-        for (metric, (name, help)) in PROXY_METRICS.iter().enumerate() {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            if let Ok(m) = self.proxies.lock() {
-                for (uuid, p) in m.iter() {
-                    for (ty, v) in TYPE_LABELS.iter().zip(&p.counters.counts[metric]) {
-                        let v = v.load(Ordering::Relaxed);
-                        if v > 0 {
-                            let _ = writeln!(
-                                out,
-                                "{name}{{proxy_uuid=\"{}\",identity=\"{}\",type=\"{ty}\"}} {v}",
-                                escape(uuid),
-                                escape(&p.identity)
-                            );
-                        }
-                    }
-                }
-            }
+        self.leader_gauge.set(i64::from(self.leader.load(Ordering::Relaxed)));
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "metrics exposition failed");
         }
-        for (name, help, label, map) in [
-            ("osm_proxy_nack_count", "xDS responses proxies rejected (NACK)", "type", &self.nacks),
-            ("osm_proxy_rejected_count", "proxies refused at connection", "reason", &self.rejected),
-            ("osm_error_err_code_count", "errors by stable error code", "err_code", &self.errors),
-            (
-                "osm_ads_tls_handshake_failed_count",
-                "ADS connections whose TLS handshake failed",
-                "reason",
-                &self.handshakes_failed,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            if let Ok(m) = map.lock() {
-                for (k, v) in m.iter() {
-                    let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
-                }
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP osm_controller_leader 1 while this replica holds the leader Lease\n# TYPE osm_controller_leader gauge\nosm_controller_leader {}",
-            u8::from(self.leader.load(Ordering::Relaxed))
-        );
-        let name = "osm_admission_webhook_response_total";
-        let _ = writeln!(out, "# HELP {name} Admission reviews answered\n# TYPE {name} counter");
-        if let Ok(m) = self.admissions.lock() {
-            for ((kind, ok), v) in m.iter() {
-                let _ = writeln!(out, "{name}{{kind=\"{}\",success=\"{ok}\"}} {v}", escape(kind));
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP osm_policy_error_count Policy objects or parts of them not in force\n# TYPE osm_policy_error_count gauge\nosm_policy_error_count {}",
-            self.policy_errors.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP osm_cert_issued_count Certificates issued\n# TYPE osm_cert_issued_count counter\nosm_cert_issued_count {}",
-            self.certs_issued.load(Ordering::Relaxed)
-        );
-        self.cert_issue_time.encode(&mut out, "osm_cert_issued_time", "Time to issue a certificate, seconds");
-        let _ = writeln!(
-            out,
-            "# HELP osm_snapshot_proxies_built_count Proxy snapshots built\n# TYPE osm_snapshot_proxies_built_count counter\nosm_snapshot_proxies_built_count {}",
-            self.proxies_built.load(Ordering::Relaxed)
-        );
-        self.snapshot_build_time.encode(
-            &mut out,
-            "osm_snapshot_build_time",
-            "Time to build one batch of snapshots, seconds",
-        );
-        out
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
@@ -310,10 +295,10 @@ mod tests {
         m.snapshots_built(3, Duration::from_millis(2));
         let text = m.encode();
         assert!(text.contains("osm_proxy_connect_count 1\n"), "{text}");
-        assert!(text.contains("osm_proxy_xds_request_count{proxy_uuid=\"u1\",identity=\"sa.ns\",type=\"CDS\"} 2\n"));
+        assert!(text.contains("osm_proxy_xds_request_count{identity=\"sa.ns\",proxy_uuid=\"u1\",type=\"CDS\"} 2\n"));
         assert!(
             text.contains(
-                "osm_proxy_response_send_success_count{proxy_uuid=\"u1\",identity=\"sa.ns\",type=\"CDS\"} 1\n"
+                "osm_proxy_response_send_success_count{identity=\"sa.ns\",proxy_uuid=\"u1\",type=\"CDS\"} 1\n"
             )
         );
         assert!(text.contains("osm_proxy_nack_count{type=\"LDS\"} 1\n"));
@@ -326,7 +311,7 @@ mod tests {
         again.xds_request("CDS");
         m.proxy_disconnected("u1");
         assert!(
-            m.encode().contains("osm_proxy_xds_request_count{proxy_uuid=\"u1\",identity=\"sa.ns\",type=\"CDS\"} 3\n")
+            m.encode().contains("osm_proxy_xds_request_count{identity=\"sa.ns\",proxy_uuid=\"u1\",type=\"CDS\"} 3\n")
         );
         assert!(m.encode().contains("proxy_uuid=\"u1\""));
         m.proxy_disconnected("u1");

@@ -64,6 +64,8 @@ struct Session<P: Protocol> {
     /// Warnings this session logged about what its proxy sent; past [`WARNINGS_PER_SESSION`] they are
     /// suppressed, so a hostile or broken proxy cannot flood the log.
     warnings: u32,
+    /// The proxy got its first configuration (later ones are changes, timed to their ACK).
+    configured: bool,
 }
 
 const WARNINGS_PER_SESSION: u32 = 8;
@@ -124,7 +126,9 @@ where
                     let ty = xds::type_label(P::request_type_url(&req));
                     self.counters.xds_request(ty);
                     let (nonce, error) = P::request_answer(&req);
-                    self.status.answered(ty, nonce, error);
+                    if let Some(took) = self.status.answered(ty, nonce, error) {
+                        self.metrics.change_acked(took);
+                    }
                     let out = self.protocol.on_request(&req);
                     if let Some(reason) = out.refused {
                         tracing::warn!(proxy = %self.proxy, %reason, "request refused; closing the stream");
@@ -176,8 +180,16 @@ where
     async fn on_state(&mut self, state: ProxyState) -> Option<End> {
         match state {
             ProxyState::Pending => None,
-            ProxyState::Ready(snap) => {
+            ProxyState::Ready(snap, changed_at) => {
                 let out = self.protocol.on_snapshot(snap);
+                // A change that sends nothing to this proxy is not waited for, nor a first configuration.
+                if let Some(at) = changed_at
+                    && !out.is_empty()
+                    && self.configured
+                {
+                    self.status.change_sent(at);
+                }
+                self.configured = true;
                 if self.send_all(out).await { None } else { Some(End::Proxy) }
             }
             ProxyState::Gone(reason) => Some(End::Close(Status::permission_denied(reason))),
@@ -237,6 +249,7 @@ impl Admitted {
             board,
             stopping,
             warnings: 0,
+            configured: false,
         };
         tokio::spawn(async move {
             session.run().await;

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use messages::{Dirty, ProxyUuid, ServiceIdentity};
@@ -20,7 +21,9 @@ use crate::schedule::Schedule;
 pub enum ProxyState {
     /// Not built yet.
     Pending,
-    Ready(Arc<ProxySnapshot>),
+    /// A snapshot, and when the mesh change it reflects was made (`None`: no change, e.g. a first
+    /// configuration), for the change-to-ACK metric.
+    Ready(Arc<ProxySnapshot>, Option<Instant>),
     /// The pod left the mesh: the session ends with this reason.
     Gone(String),
 }
@@ -73,6 +76,9 @@ pub struct SnapshotActor {
     proxies: HashMap<ProxyUuid, Entry>,
     schedule: Schedule,
     generations: u64,
+    /// When the earliest mesh change not yet fully built was made (cleared once every dirty proxy is
+    /// built).
+    change_since: Option<Instant>,
     /// Encoded resources kept across builds (only one build runs at a time, so the lock is uncontended).
     cache: Arc<std::sync::Mutex<xds::BuildCache>>,
 }
@@ -105,6 +111,7 @@ impl SnapshotActor {
             schedule: Schedule::new(),
             generations: 0,
             cache: Arc::default(),
+            change_since: None,
         }
     }
 
@@ -123,7 +130,12 @@ impl SnapshotActor {
         // Proxies that have no configuration yet (just connected) go first: they wait for everything, the
         // others only for a change.
         let waiting = |u: &ProxyUuid| proxies.get(u).is_some_and(|e| matches!(*e.tx.borrow(), ProxyState::Pending));
-        let Some(uuids) = self.schedule.start(|| proxies.keys(), connected, waiting) else { return };
+        let Some(uuids) = self.schedule.start(|| proxies.keys(), connected, waiting) else {
+            // Everything dirty is built: the next change starts its own clock.
+            self.change_since = None;
+            return;
+        };
+        let changed_at = self.change_since;
         let retry = uuids.clone();
         // Per proxy of the batch, in its order (the catalog answers in it): the identity the proxy
         // authenticated with (its pod must still run as that identity), and which entry the build is for.
@@ -178,7 +190,7 @@ impl SnapshotActor {
                                         // last are still being built. (A replaced entry has a new sender;
                                         // this one then reaches nobody.)
                                         if let Some(tx) = tx {
-                                            publish_ready(tx, Arc::new(snap), &uuid);
+                                            publish_ready(tx, Arc::new(snap), &uuid, changed_at);
                                         }
                                         Built::Published
                                     }
@@ -245,7 +257,7 @@ impl SnapshotActor {
                     )));
                 }
                 Built::Failed(reason) => {
-                    if matches!(*entry.tx.borrow(), ProxyState::Ready(_)) {
+                    if matches!(*entry.tx.borrow(), ProxyState::Ready(..)) {
                         tracing::error!(proxy = %uuid, error = %reason, "build failed; the proxy keeps its last good config");
                     } else {
                         tracing::error!(proxy = %uuid, error = %reason, "build failed; the proxy has no config yet");
@@ -260,15 +272,20 @@ impl SnapshotActor {
 
 /// Hands a snapshot to a proxy's session, unless it is the one the session has or the session was told to
 /// end.
-fn publish_ready(tx: &watch::Sender<ProxyState>, snap: Arc<ProxySnapshot>, uuid: &ProxyUuid) {
+fn publish_ready(
+    tx: &watch::Sender<ProxyState>,
+    snap: Arc<ProxySnapshot>,
+    uuid: &ProxyUuid,
+    changed_at: Option<Instant>,
+) {
     let resources = snap.len();
     let changed = tx.send_if_modified(|cur| match cur {
-        ProxyState::Ready(old) if old.same_as(&snap) => false,
+        ProxyState::Ready(old, _) if old.same_as(&snap) => false,
         // Its session was told to end (the pod left, or changed identity) after this build started; a
         // reconnect resets the state and asks for a new build.
         ProxyState::Gone(_) => false,
         _ => {
-            *cur = ProxyState::Ready(snap);
+            *cur = ProxyState::Ready(snap, changed_at);
             true
         }
     });
@@ -286,6 +303,7 @@ impl Actor for SnapshotActor {
 impl Handler<MarkDirty> for SnapshotActor {
     type Result = ();
     fn handle(&mut self, msg: MarkDirty, ctx: &mut Self::Context) {
+        self.change_since.get_or_insert_with(Instant::now);
         self.mark(msg.0);
         self.kick(ctx);
     }
@@ -294,6 +312,7 @@ impl Handler<MarkDirty> for SnapshotActor {
 impl Handler<TrustChanged> for SnapshotActor {
     type Result = ();
     fn handle(&mut self, msg: TrustChanged, ctx: &mut Self::Context) {
+        self.change_since.get_or_insert_with(Instant::now);
         self.root_pem = msg.0;
         self.mark(Dirty::All);
         self.kick(ctx);
@@ -303,6 +322,7 @@ impl Handler<TrustChanged> for SnapshotActor {
 impl Handler<IdentitiesRenewed> for SnapshotActor {
     type Result = ();
     fn handle(&mut self, msg: IdentitiesRenewed, ctx: &mut Self::Context) {
+        self.change_since.get_or_insert_with(Instant::now);
         self.proxies.retain(|_, e| e.tx.receiver_count() > 0);
         let set: BTreeSet<ProxyUuid> =
             self.proxies.iter().filter(|(_, e)| msg.0.contains(&e.identity)).map(|(u, _)| u.clone()).collect();

@@ -66,6 +66,8 @@ struct Inner {
     types: BTreeMap<&'static str, TypeStatus>,
     /// Since when something sent is unanswered or refused.
     behind_since: Option<Instant>,
+    /// When the earliest mesh change whose configuration the proxy has not ACKed yet was made.
+    change: Option<Instant>,
 }
 
 /// The status of one connected proxy, written by its session only.
@@ -90,13 +92,21 @@ impl ProxyStatus {
         inner.behind_since.get_or_insert_with(Instant::now);
     }
 
+    /// What was just sent carries a mesh change made at `at` (the earliest one counts until ACKed).
+    pub fn change_sent(&self, at: Instant) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.change.get_or_insert(at);
+        }
+    }
+
     /// The proxy answered a response of type `ty` (`nonce`), refusing it with `error` or not. Answers to
-    /// older responses, and requests that answer nothing, change nothing.
-    pub fn answered(&self, ty: &'static str, nonce: &str, error: Option<&str>) {
-        let Ok(mut inner) = self.inner.lock() else { return };
-        let Some(t) = inner.types.get_mut(ty) else { return };
+    /// older responses, and requests that answer nothing, change nothing. When this answer leaves the
+    /// proxy holding everything sent to it, returns how long ago the change it brought was made.
+    pub fn answered(&self, ty: &'static str, nonce: &str, error: Option<&str>) -> Option<std::time::Duration> {
+        let mut inner = self.inner.lock().ok()?;
+        let t = inner.types.get_mut(ty)?;
         if nonce.is_empty() || t.nonce != nonce || t.answered {
-            return;
+            return None;
         }
         t.answered = true;
         match error {
@@ -109,7 +119,9 @@ impl ProxyStatus {
         }
         if inner.types.values().all(|t| t.answered && t.nack.is_none()) {
             inner.behind_since = None;
+            return inner.change.take().map(|at| at.elapsed());
         }
+        None
     }
 
     pub fn view(&self) -> Option<ProxyStatusView> {
@@ -149,7 +161,7 @@ impl StatusBoard {
             identity: identity.to_owned(),
             api,
             connected: Instant::now(),
-            inner: Mutex::new(Inner { types: BTreeMap::new(), behind_since: Some(Instant::now()) }),
+            inner: Mutex::new(Inner { types: BTreeMap::new(), behind_since: Some(Instant::now()), change: None }),
         });
         if let Ok(mut p) = self.proxies.lock() {
             p.insert(uuid.to_owned(), status.clone());
@@ -164,6 +176,13 @@ impl StatusBoard {
         {
             p.remove(&status.uuid);
         }
+    }
+
+    /// How many connected proxies do not hold everything sent to them (stale or NACK).
+    pub fn behind(&self) -> usize {
+        let statuses: Vec<Arc<ProxyStatus>> =
+            self.proxies.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
+        statuses.iter().filter(|s| s.inner.lock().is_ok_and(|i| i.behind_since.is_some())).count()
     }
 
     pub fn view(&self) -> MeshStatus {
@@ -204,8 +223,11 @@ mod tests {
         s.answered("LDS", "n2", None);
         assert_eq!(s.view().unwrap().state, SyncState::Nack);
         s.sent("LDS", "n4", "v3");
-        s.answered("LDS", "n4", None);
+        s.change_sent(Instant::now());
+        assert!(s.answered("LDS", "n4", None).is_some(), "the change is ACKed: how long it took");
         assert_eq!(s.view().unwrap().state, SyncState::Synced);
+        s.sent("CDS", "n5", "v2");
+        assert_eq!(s.answered("CDS", "n5", None), None, "no change to time");
         // A reconnect's newer session stays when the old one leaves.
         let newer = board.join("u1", "sa.ns", "delta");
         board.leave(&s);

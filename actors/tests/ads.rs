@@ -453,11 +453,11 @@ async fn health_and_metrics_endpoint() {
     assert!(text.contains("osm_proxy_connect_count 1\n"), "{text}");
     assert!(
         text.contains(
-            "osm_proxy_xds_request_count{proxy_uuid=\"client-uuid\",identity=\"client.demo\",type=\"CDS\"} 1\n"
+            "osm_proxy_xds_request_count{identity=\"client.demo\",proxy_uuid=\"client-uuid\",type=\"CDS\"} 1\n"
         ),
         "{text}"
     );
-    assert!(text.contains("osm_proxy_response_send_success_count{proxy_uuid=\"client-uuid\",identity=\"client.demo\",type=\"CDS\"} 1\n"), "{text}");
+    assert!(text.contains("osm_proxy_response_send_success_count{identity=\"client.demo\",proxy_uuid=\"client-uuid\",type=\"CDS\"} 1\n"), "{text}");
     assert!(text.contains("osm_proxy_rejected_count{reason=\"unknown_proxy\"} 1\n"), "{text}");
     assert!(text.contains("osm_cert_issued_count 1\n"), "{text}");
 }

@@ -88,3 +88,71 @@ fn a_proxy_that_refuses_its_config_is_shown_with_envoys_error_while_the_rest_sta
     // The server still serves; the client's Envoy kept its last good listeners.
     let _ = SERVER;
 }
+
+/// `/metrics`, parsed with a Prometheus text parser.
+fn scrape(mesh: &LocalMesh) -> prometheus_parse::Scrape {
+    let text = mesh.controller_http("/metrics").unwrap();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+/// A counter's or gauge's value (summed over its series).
+fn value(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// A histogram's observations: its `+Inf` bucket.
+fn observations(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .find_map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(buckets) if s.metric == name => buckets.last().map(|b| b.count),
+            _ => None,
+        })
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_count_connected_proxies_and_time_each_change_to_its_acks() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/basic");
+    let mut mesh = LocalMesh::start(MeshOptions::new(fixture), bins()).expect("starting the local mesh");
+    mesh.add_pod("demo", "server-1").unwrap();
+    assert_eq!(value(&scrape(&mesh), "osm_proxy_connect_count"), 1.0);
+    mesh.add_pod("demo", "client").unwrap();
+    let synced = |mesh: &LocalMesh| {
+        let out = mesh.osm(&["proxy", "status", "--wait", "--timeout-s", "30"]).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    };
+    synced(&mesh);
+    let before = scrape(&mesh);
+    assert_eq!(value(&before, "osm_proxy_connect_count"), 2.0);
+    assert_eq!(value(&before, "osm_proxy_out_of_date_count"), 0.0);
+    let acks = observations(&before, "osm_proxy_config_ack_time");
+
+    // A new Service: both proxies (permissive mode) get it and ACK it; each ACK is timed.
+    mesh.write_mesh_file(
+        "extra.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: extra, namespace: demo}\n\
+         spec: {clusterIP: 10.96.0.99, selector: {app: server}, ports: [{name: http, port: 80, targetPort: 8080}]}\n",
+    )
+    .unwrap();
+    mesh.eventually(WAIT, "both proxies' ACKs of the change to be timed", || {
+        (observations(&scrape(&mesh), "osm_proxy_config_ack_time") >= acks + 2.0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", mesh.controller_http("/metrics").unwrap()));
+    synced(&mesh);
+    let after = scrape(&mesh);
+    assert!(value(&after, "osm_proxy_config_ack_time_sum") > value(&before, "osm_proxy_config_ack_time_sum"));
+    assert!(value(&after, "osm_snapshot_proxies_built_count") > value(&before, "osm_snapshot_proxies_built_count"));
+    assert!(value(&after, "osm_cert_next_expiry_timestamp_seconds") > 0.0);
+    assert_eq!(value(&after, "osm_version_info"), 1.0);
+}
