@@ -351,7 +351,16 @@ pub fn mesh_config(o: &crds::MeshConfig) -> Result<MeshConfig, ConvertError> {
             }
         })
         .transpose()?;
+    let tracing = o
+        .spec
+        .observability
+        .as_ref()
+        .and_then(|obs| obs.tracing.as_ref())
+        .map(|t| tracing_settings(&object, &namespace, t))
+        .transpose()?
+        .flatten();
     Ok(MeshConfig {
+        tracing,
         namespace,
         name,
         enable_egress: traffic.enable_egress,
@@ -360,6 +369,57 @@ pub fn mesh_config(o: &crds::MeshConfig) -> Result<MeshConfig, ConvertError> {
         cert_key_bits: key_bits,
         not_acted_on: o.spec.not_acted_on(),
     })
+}
+
+/// `observability.tracing {enable, address, port, endpoint}` (OSM's defaults: the `jaeger` Service of the
+/// control plane's namespace, 9411, `/api/v2/spans`); `None` when not enabled.
+fn tracing_settings(
+    object: &str,
+    namespace: &str,
+    t: &serde_json::Value,
+) -> Result<Option<TracingSettings>, ConvertError> {
+    let field = |f: &str| format!("spec.observability.tracing.{f}");
+    let Some(t) = t.as_object() else {
+        return Err(err(object, "spec.observability.tracing must be an object {enable, address, port, endpoint}"));
+    };
+    if let Some(unknown) = t.keys().find(|k| !["enable", "address", "port", "endpoint"].contains(&k.as_str())) {
+        return Err(err(
+            object,
+            format!("{} is not a field of tracing (enable, address, port, endpoint)", field(unknown)),
+        ));
+    }
+    let enable = match t.get("enable") {
+        None => false,
+        Some(v) => v.as_bool().ok_or_else(|| err(object, format!("{} must be true or false", field("enable"))))?,
+    };
+    if !enable {
+        return Ok(None);
+    }
+    let address = match t.get("address") {
+        None => String::new(),
+        Some(v) => v.as_str().ok_or_else(|| err(object, format!("{} must be a string", field("address"))))?.to_owned(),
+    };
+    let address = if address.is_empty() { format!("jaeger.{namespace}.svc.cluster.local") } else { address };
+    if address.parse::<IpAddr>().is_err() {
+        check_name(NameRule::Dns1123Subdomain, &address)
+            .map_err(|e| err(object, format!("{}: not an IP address or host name: {e}", field("address"))))?;
+    }
+    let port = match t.get("port") {
+        None => 9411,
+        Some(v) => v
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| err(object, format!("{} {v} is not a port (1-65535)", field("port"))))?,
+    };
+    let endpoint = match t.get("endpoint") {
+        None => "/api/v2/spans".to_owned(),
+        Some(v) => v.as_str().ok_or_else(|| err(object, format!("{} must be a string", field("endpoint"))))?.to_owned(),
+    };
+    if !endpoint.starts_with('/') || endpoint.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err(object, format!("{} {endpoint:?} must be a path starting with /", field("endpoint"))));
+    }
+    Ok(Some(TracingSettings { address, port, endpoint }))
 }
 
 /// The root of a MeshRootCertificate (its trust domain is checked against the mesh's where roots are
@@ -419,6 +479,40 @@ mod tests {
         assert!(short.contains("MeshConfig osm-system/osm-mesh-config") && short.contains("shortest"), "{short}");
         let bad = mc("1d").unwrap_err().to_string();
         assert!(bad.contains("serviceCertValidityDuration") && bad.contains("not a duration"), "{bad}");
+    }
+
+    #[test]
+    fn mesh_config_tracing_has_osms_defaults_and_refuses_what_envoy_would() {
+        let mc = |t: serde_json::Value| {
+            mesh_config(&from_json::<crds::MeshConfig>(serde_json::json!({
+                "apiVersion": "config.openservicemesh.io/v1alpha2", "kind": "MeshConfig",
+                "metadata": {"name": "osm-mesh-config", "namespace": "osm-system"},
+                "spec": {"observability": {"tracing": t}}
+            })))
+        };
+        let on = mc(serde_json::json!({"enable": true})).unwrap();
+        assert_eq!(
+            on.tracing,
+            Some(TracingSettings {
+                address: "jaeger.osm-system.svc.cluster.local".into(),
+                port: 9411,
+                endpoint: "/api/v2/spans".into()
+            })
+        );
+        assert!(on.not_acted_on.is_empty(), "{:?}", on.not_acted_on);
+        assert_eq!(mc(serde_json::json!({"enable": false, "address": "10.0.0.1"})).unwrap().tracing, None);
+        let custom = mc(serde_json::json!({"enable": true, "address": "10.0.0.1", "port": 9412, "endpoint": "/z"}));
+        assert_eq!(custom.unwrap().tracing.unwrap().port, 9412);
+        for (bad, want) in [
+            (serde_json::json!({"enable": true, "port": 0}), "tracing.port 0"),
+            (serde_json::json!({"enable": true, "endpoint": "spans"}), "tracing.endpoint"),
+            (serde_json::json!({"enable": true, "adress": "x"}), "tracing.adress is not a field"),
+            (serde_json::json!({"enable": "yes"}), "tracing.enable must be"),
+            (serde_json::json!({"enable": true, "address": "bad host!"}), "tracing.address"),
+        ] {
+            let e = mc(bad).unwrap_err().to_string();
+            assert!(e.contains("MeshConfig osm-system/osm-mesh-config") && e.contains(want), "{e}");
+        }
     }
 
     #[test]

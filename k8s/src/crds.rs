@@ -323,6 +323,7 @@ pub const MESH_CONFIG_ACTED_ON: &[&str] = &[
     "traffic.enablePermissiveTrafficPolicyMode",
     "certificate.serviceCertValidityDuration",
     "certificate.certKeyBitSize",
+    "observability.tracing",
 ];
 
 impl MeshConfigSpec {

@@ -1038,6 +1038,7 @@ mod tests {
             not_acted_on: vec![],
             service_cert_validity: None,
             cert_key_bits: None,
+            tracing: None,
         })));
         c
     }

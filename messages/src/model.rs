@@ -36,11 +36,23 @@ pub struct MeshSettings {
     /// `traffic.enablePermissiveTrafficPolicyMode`: every mesh Service may call every other (mTLS still on);
     /// off, only what SMI TrafficTargets allow.
     pub permissive: bool,
+    /// `observability.tracing`: every HTTP connection manager reports Zipkin spans to this collector.
+    pub tracing: Option<TracingSettings>,
+}
+
+/// Where sidecars send Zipkin (HTTP JSON, v2) spans: OSM's MeshConfig `observability.tracing`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TracingSettings {
+    /// Host name or IP address of the collector.
+    pub address: String,
+    pub port: u16,
+    /// Path spans are POSTed to (`/api/v2/spans`).
+    pub endpoint: String,
 }
 
 impl Default for MeshSettings {
     fn default() -> Self {
-        Self { enable_egress: true, permissive: true }
+        Self { enable_egress: true, permissive: true, tracing: None }
     }
 }
 
@@ -375,6 +387,8 @@ pub struct MeshConfig {
     pub permissive: Option<bool>,
     /// `spec.certificate.serviceCertValidityDuration`, at least [`MIN_CERT_VALIDITY`].
     pub service_cert_validity: Option<std::time::Duration>,
+    /// `spec.observability.tracing`, when enabled.
+    pub tracing: Option<TracingSettings>,
     /// `spec.certificate.certKeyBitSize`: RSA service-certificate keys of this size (2048, 3072 or 4096)
     /// instead of ECDSA P-256.
     pub cert_key_bits: Option<u32>,
@@ -426,6 +440,7 @@ impl MeshConfig {
         MeshSettings {
             enable_egress: self.enable_egress.unwrap_or(base.enable_egress),
             permissive: self.permissive.unwrap_or(base.permissive),
+            tracing: self.tracing.clone().or_else(|| base.tracing.clone()),
         }
     }
 }

@@ -35,6 +35,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, route, route_action, route_match,
     weighted_cluster,
 };
+use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing as trace, zipkin_config};
 use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{StdoutAccessLog, stdout_access_log};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
@@ -52,7 +53,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOption
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration as PbDuration, UInt32Value};
 use envoy_types::util::pack_any;
-use messages::{AppProtocol, MeshSettings, ProxyView, ResolvedPort, ServiceKey, ServiceView, ports};
+use messages::{AppProtocol, MeshSettings, ProxyView, ResolvedPort, ServiceKey, ServiceView, TracingSettings, ports};
 
 use crate::snapshot::{ProxySnapshot, Resource, ResourceType, SnapshotError};
 
@@ -69,6 +70,8 @@ pub const PASSTHROUGH_CLUSTER: &str = "passthrough-outbound";
 /// The sidecar's Prometheus endpoint, for pods annotated `prometheus.io/scrape: "true"`.
 pub const PROMETHEUS_LISTENER: &str = "inbound-prometheus-listener";
 pub const METRICS_CLUSTER: &str = "envoy-metrics-cluster";
+/// The cluster Envoy's Zipkin tracer reports spans to (OSM's name).
+pub const TRACING_CLUSTER: &str = "envoy-tracing-cluster";
 const PROMETHEUS_PATH: &str = "/stats/prometheus";
 /// ALPN the mesh's upstream TLS offers; the inbound filter chains match on it.
 pub const MESH_ALPN: &str = "osm";
@@ -150,12 +153,17 @@ fn listener_filter(name: &str, any: Any) -> ListenerFilter {
 
 /// Access log written to Envoy's stdout for every request/connection, as OSM does by default (JSON).
 fn access_log() -> AccessLog {
+    // OSM's default fields, in its order.
     const FORMAT: &str = concat!(
         r#"{"start_time":"%START_TIME%","method":"%REQ(:METHOD)%","path":"%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%","#,
-        r#""protocol":"%PROTOCOL%","response_code":"%RESPONSE_CODE%","response_flags":"%RESPONSE_FLAGS%","#,
+        r#""protocol":"%PROTOCOL%","response_code":"%RESPONSE_CODE%","#,
+        r#""response_code_details":"%RESPONSE_CODE_DETAILS%","time_to_first_byte":"%RESPONSE_DURATION%","#,
+        r#""upstream_cluster":"%UPSTREAM_CLUSTER%","response_flags":"%RESPONSE_FLAGS%","#,
         r#""bytes_received":"%BYTES_RECEIVED%","bytes_sent":"%BYTES_SENT%","duration":"%DURATION%","#,
-        r#""upstream_cluster":"%UPSTREAM_CLUSTER%","upstream_host":"%UPSTREAM_HOST%","authority":"%REQ(:AUTHORITY)%","#,
-        r#""requested_server_name":"%REQUESTED_SERVER_NAME%"}"#,
+        r#""upstream_service_time":"%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%","#,
+        r#""x_forwarded_for":"%REQ(X-FORWARDED-FOR)%","user_agent":"%REQ(USER-AGENT)%","#,
+        r#""request_id":"%REQ(X-REQUEST-ID)%","requested_server_name":"%REQUESTED_SERVER_NAME%","#,
+        r#""authority":"%REQ(:AUTHORITY)%","upstream_host":"%UPSTREAM_HOST%"}"#,
         "\n"
     );
     let fmt = SubstitutionFormatString {
@@ -182,9 +190,68 @@ fn router_filter() -> HttpFilter {
     }
 }
 
+/// Zipkin (HTTP JSON, v2) spans of every request, reported to [`TRACING_CLUSTER`].
+fn tracing(t: &TracingSettings) -> http_connection_manager::Tracing {
+    let zipkin = ZipkinConfig {
+        collector_cluster: TRACING_CLUSTER.to_owned(),
+        collector_endpoint: t.endpoint.clone(),
+        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
+        collector_hostname: t.address.clone(),
+        trace_id_128bit: true,
+        ..Default::default()
+    };
+    http_connection_manager::Tracing {
+        provider: Some(trace::Http {
+            name: "envoy.tracers.zipkin".to_owned(),
+            config_type: Some(trace::http::ConfigType::TypedConfig(pack_any(zipkin))),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The collector of [`tracing`]: its address as given (an IP, or a name resolved by DNS).
+fn tracing_cluster(t: &TracingSettings) -> Cluster {
+    let discovery = if t.address.parse::<IpAddr>().is_ok() {
+        cluster::DiscoveryType::Static
+    } else {
+        cluster::DiscoveryType::StrictDns
+    };
+    Cluster {
+        name: TRACING_CLUSTER.to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(discovery as i32)),
+        connect_timeout: Some(seconds(1)),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: TRACING_CLUSTER.to_owned(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(Address {
+                            address: Some(address::Address::SocketAddress(SocketAddress {
+                                address: t.address.clone(),
+                                port_specifier: Some(socket_address::PortSpecifier::PortValue(t.port.into())),
+                                ..Default::default()
+                            })),
+                        }),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// An HTTP connection manager on RDS `route_config`; `rbac` adds the (rule-less) RBAC filter that inbound
-/// routes configure per route.
-fn http_connection_manager(route_config: &str, stat_prefix: &str, rbac: bool) -> Filter {
+/// routes configure per route; with `tracing` every request is traced.
+fn http_connection_manager(
+    route_config: &str,
+    stat_prefix: &str,
+    rbac: bool,
+    tracing_to: Option<&TracingSettings>,
+) -> Filter {
     let mut http_filters = Vec::new();
     if rbac {
         http_filters.push(crate::rbac::http_filter());
@@ -204,6 +271,7 @@ fn http_connection_manager(route_config: &str, stat_prefix: &str, rbac: bool) ->
             ..Default::default()
         }],
         generate_request_id: Some(BoolValue { value: true }),
+        tracing: tracing_to.map(tracing),
         ..Default::default()
     };
     network_filter("envoy.filters.network.http_connection_manager", pack_any(hcm))
@@ -559,7 +627,7 @@ fn outbound_listener(upstream: &[ServiceView], settings: &MeshSettings) -> Optio
                 prefix_ranges: prefixes,
                 ..Default::default()
             }),
-            filters: vec![http_connection_manager(&rds, &rds, false)],
+            filters: vec![http_connection_manager(&rds, &rds, false, settings.tracing.as_ref())],
             ..Default::default()
         });
     }
@@ -711,6 +779,12 @@ pub fn build_with(
         b.add_all(ResourceType::Cluster, passthrough)?;
         b.refer(ResourceType::Cluster, PASSTHROUGH_CLUSTER, EGRESS_CHAIN);
     }
+    if let Some(t) = &view.settings.tracing {
+        let cluster = cache.get_or_make(format!("cds-tracing|{:x}", fingerprint(t)), || {
+            vec![resource(TRACING_CLUSTER, tracing_cluster(t))]
+        });
+        b.add_all(ResourceType::Cluster, cluster)?;
+    }
     let routes = cache.get_or_make(format!("rds-out|{}|{upstream_fp:x}", view.pod.namespace), || {
         outbound_routes(&view.upstream, &view.pod.namespace)
     });
@@ -767,7 +841,7 @@ pub fn build_with(
                     routes,
                     ..Default::default()
                 });
-                vec![http_connection_manager(&rds, &rds, true)]
+                vec![http_connection_manager(&rds, &rds, true, view.settings.tracing.as_ref())]
             } else {
                 let mut filters = Vec::new();
                 if let Some(policy) = &view.inbound_policy {
@@ -1042,6 +1116,7 @@ mod tests {
                 not_acted_on: vec![],
                 service_cert_validity: None,
                 cert_key_bits: None,
+                tracing: None,
             }),
             MeshObject::HttpRouteGroup(HttpRouteGroup {
                 namespace: "demo".into(),
@@ -1179,6 +1254,43 @@ mod tests {
         assert!(l.default_filter_chain.is_none());
         Arc::make_mut(&mut view.upstream).clear();
         assert!(build(&view, CERTS).unwrap().get(ResourceType::Listener).resources().is_empty());
+    }
+
+    #[test]
+    fn tracing_adds_zipkin_to_every_connection_manager_and_its_collector_cluster() {
+        let hcm_tracing = |snap: &ProxySnapshot, listener: &str| {
+            let l =
+                Listener::decode(snap.get(ResourceType::Listener).resources()[listener].body.value.as_slice()).unwrap();
+            l.filter_chains
+                .iter()
+                .flat_map(|c| &c.filters)
+                .filter(|f| f.name == "envoy.filters.network.http_connection_manager")
+                .map(|f| {
+                    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else { panic!() };
+                    HttpConnectionManager::decode(any.value.as_slice()).unwrap().tracing
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut view = view_for("web-1");
+        let off = build(&view, CERTS).unwrap();
+        assert!(hcm_tracing(&off, INBOUND_LISTENER).iter().all(Option::is_none));
+        assert!(!off.get(ResourceType::Cluster).resources().contains_key(TRACING_CLUSTER));
+        view.settings.tracing = Some(TracingSettings {
+            address: "jaeger.osm-system.svc.cluster.local".into(),
+            port: 9411,
+            endpoint: "/api/v2/spans".into(),
+        });
+        let on = build(&view, CERTS).unwrap();
+        for listener in [INBOUND_LISTENER, OUTBOUND_LISTENER] {
+            let tracing = hcm_tracing(&on, listener);
+            assert!(!tracing.is_empty() && tracing.iter().all(Option::is_some), "{listener}");
+        }
+        let c =
+            Cluster::decode(on.get(ResourceType::Cluster).resources()[TRACING_CLUSTER].body.value.as_slice()).unwrap();
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::StrictDns as i32))
+        );
     }
 
     fn port(name: &str, port: u16, target: u16, protocol: AppProtocol, eps: &[&str]) -> ResolvedPort {

@@ -216,7 +216,11 @@ fn serve(
             drain: Duration::from_secs(args.drain_s),
             ..Default::default()
         },
-        settings: messages::MeshSettings { enable_egress: args.enable_egress, permissive: args.permissive },
+        settings: messages::MeshSettings {
+            enable_egress: args.enable_egress,
+            permissive: args.permissive,
+            tracing: None,
+        },
         http_limits: Default::default(),
         http_addr: match args.http_addr.as_str() {
             "off" => None,

@@ -23,6 +23,10 @@ enum Cmd {
         port: u16,
         #[arg(long)]
         name: String,
+        /// Appends every request to this file: `<method> <path> <body>`, one line each (a Zipkin collector,
+        /// say).
+        #[arg(long)]
+        record: Option<std::path::PathBuf>,
     },
     /// TCP server that answers each line with "<name>: <line>".
     TcpEcho {
@@ -107,7 +111,7 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::HttpServer { port, name } => http_server(port, &name),
+        Cmd::HttpServer { port, name, record } => http_server(port, &name, record),
         Cmd::TcpEcho { port, name } => tcp_echo(port, &name),
         Cmd::BannerServer { port, name } => banner_server(port, &name),
         Cmd::GrpcServer { port, name } => tokio_runtime()?.block_on(grpc_server(port, name)),
@@ -185,19 +189,26 @@ fn run() -> anyhow::Result<()> {
     }
 }
 
-fn http_server(port: u16, name: &str) -> anyhow::Result<()> {
+fn http_server(port: u16, name: &str, record: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding :{port}"))?;
+    let record = record
+        .map(|p| {
+            std::fs::OpenOptions::new().create(true).append(true).open(&p).with_context(|| format!("{}", p.display()))
+        })
+        .transpose()?
+        .map(|f| std::sync::Arc::new(std::sync::Mutex::new(f)));
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         let name = name.to_owned();
+        let record = record.clone();
         std::thread::spawn(move || {
-            let _ = serve_http(conn, &name);
+            let _ = serve_http(conn, &name, record.as_deref());
         });
     }
     Ok(())
 }
 
-fn serve_http(conn: TcpStream, name: &str) -> std::io::Result<()> {
+fn serve_http(conn: TcpStream, name: &str, record: Option<&std::sync::Mutex<std::fs::File>>) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut out = conn;
@@ -206,8 +217,10 @@ fn serve_http(conn: TcpStream, name: &str) -> std::io::Result<()> {
         if reader.read_line(&mut request_line)? == 0 {
             return Ok(());
         }
+        let method = request_line.split_whitespace().next().unwrap_or("GET").to_owned();
         let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
         let mut content_length = 0usize;
+        let mut chunked = false;
         let mut close = false;
         loop {
             let mut line = String::new();
@@ -222,6 +235,8 @@ fn serve_http(conn: TcpStream, name: &str) -> std::io::Result<()> {
                 let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
                 if k == "content-length" {
                     content_length = v.parse().unwrap_or(0);
+                } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
+                    chunked = true;
                 } else if k == "connection" && v.eq_ignore_ascii_case("close") {
                     close = true;
                 }
@@ -229,12 +244,50 @@ fn serve_http(conn: TcpStream, name: &str) -> std::io::Result<()> {
         }
         let mut body = vec![0; content_length];
         reader.read_exact(&mut body)?;
+        if chunked {
+            body = read_chunked(&mut reader)?;
+        }
+        if let Some(file) = record
+            && let Ok(mut f) = file.lock()
+        {
+            let body = String::from_utf8_lossy(&body).replace('\n', " ");
+            writeln!(f, "{method} {path} {body}")?;
+        }
         let reply = format!("hello from {name} path={path}\n");
         write!(out, "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{reply}", reply.len())?;
         out.flush()?;
         if close {
             return Ok(());
         }
+    }
+}
+
+/// A chunked request body: hex size lines, each followed by that many bytes and CRLF, up to a size 0.
+fn read_chunked(reader: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size)?;
+        let hex = size.trim().split(';').next().unwrap_or_default();
+        let n = usize::from_str_radix(hex, 16).map_err(|_| bad("chunk size"))?;
+        if n > 16 << 20 {
+            return Err(bad("chunk too large"));
+        }
+        if n == 0 {
+            // Trailers, then the blank line.
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + n, 0);
+        reader.read_exact(&mut body[start..])?;
+        let mut crlf = [0u8; 2];
+        reader.read_exact(&mut crlf)?;
     }
 }
 
