@@ -52,6 +52,15 @@ pub struct Verify(pub ProxyId);
 #[rtype(result = "bool")]
 pub struct IsSynced;
 
+/// Checks the path from a pod (namespace, name) to a Service, on one of its ports or all.
+#[derive(Message)]
+#[rtype(result = "messages::PathCheck")]
+pub struct CheckPath {
+    pub from: (String, String),
+    pub to: messages::ServiceKey,
+    pub port: Option<u16>,
+}
+
 /// Views of the given proxies, in the order asked; `None` for a proxy whose pod is gone.
 #[derive(Message)]
 #[rtype(result = "Vec<(ProxyUuid, Option<ProxyView>)>")]
@@ -228,6 +237,13 @@ impl Handler<IsSynced> for CatalogActor {
     type Result = bool;
     fn handle(&mut self, _: IsSynced, _: &mut Self::Context) -> bool {
         self.catalog.is_synced()
+    }
+}
+
+impl Handler<CheckPath> for CatalogActor {
+    type Result = MessageResult<CheckPath>;
+    fn handle(&mut self, msg: CheckPath, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.catalog.check_path((&msg.from.0, &msg.from.1), &msg.to, msg.port))
     }
 }
 

@@ -29,6 +29,12 @@ use crate::snapshot::{ConnectSnapshots, IdentitiesRenewed, SnapshotActor, TrustC
 #[rtype(result = "HashMap<ServiceIdentity, Result<Arc<IssuedCert>, String>>")]
 pub struct GetCerts(pub Vec<ServiceIdentity>);
 
+/// The certificates in use for these identities (never issues one): serial and expiry, `None` when there
+/// is none.
+#[derive(Message)]
+#[rtype(result = "Vec<(ServiceIdentity, Option<(String, SystemTime)>)>")]
+pub struct CertInfo(pub Vec<ServiceIdentity>);
+
 /// Identities no connected proxy uses any more: stop renewing them.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -376,6 +382,21 @@ impl Handler<GetCerts> for CertActor {
             act.rearm(ctx);
             out
         }))
+    }
+}
+
+impl Handler<CertInfo> for CertActor {
+    type Result = MessageResult<CertInfo>;
+    fn handle(&mut self, msg: CertInfo, _: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            msg.0
+                .into_iter()
+                .map(|id| {
+                    let info = self.cache.get(&id).map(|c| (c.serial.clone(), c.not_after));
+                    (id, info)
+                })
+                .collect(),
+        )
     }
 }
 

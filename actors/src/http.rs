@@ -17,6 +17,8 @@ use crate::metrics::Metrics;
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub status: Arc<crate::status::StatusBoard>,
+    /// The actors that answer path checks, once they run (the endpoint comes up before them).
+    pub actors: Arc<std::sync::OnceLock<Queries>>,
     /// True once the catalog has its first full content (the ADS listener is bound before that).
     pub ready: Arc<AtomicBool>,
 }
@@ -27,6 +29,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/status/proxies", get(proxy_status))
+        .route("/status/connectivity", get(connectivity))
         .route("/version", get(|| async { format!("{{\"version\":\"{}\"}}\n", env!("CARGO_PKG_VERSION")) }))
         .with_state(state)
 }
@@ -42,6 +45,100 @@ async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
 async fn proxy_status(State(s): State<HttpState>) -> impl IntoResponse {
     let body = serde_json::to_string_pretty(&s.status.view()).unwrap_or_default() + "\n";
     ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// Who answers the controller's questions about the mesh.
+#[derive(Clone)]
+pub struct Queries {
+    pub catalog: actix::Addr<crate::catalog::CatalogActor>,
+    pub certs: actix::Addr<crate::certs::CertActor>,
+}
+
+/// What `/status/connectivity` answers (`osm verify connectivity` reads it).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Connectivity {
+    pub from: String,
+    pub to: String,
+    pub ok: bool,
+    pub steps: Vec<messages::PathStep>,
+}
+
+/// `/status/connectivity?from=<ns>/<pod>&to=<ns>/<svc>[:<port>]`: the catalog's path check, then the
+/// sidecars of both ends (connected, synced) and their certificates.
+async fn connectivity(State(s): State<HttpState>, uri: axum::http::Uri) -> axum::response::Response {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m + "\n").into_response();
+    let query = uri.query().unwrap_or_default();
+    let param = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')).map(str::to_owned);
+    let (Some(from), Some(to)) = (param("from"), param("to")) else {
+        return bad("give from=<namespace>/<pod> and to=<namespace>/<service>[:<port>]".to_owned());
+    };
+    let Some((from_ns, from_pod)) = from.split_once('/') else { return bad(format!("from={from}: <namespace>/<pod>")) };
+    let (svc, port) = match to.rsplit_once(':') {
+        Some((svc, p)) => match p.parse::<u16>() {
+            Ok(p) => (svc, Some(p)),
+            Err(_) => return bad(format!("to={to}: the port must be a number")),
+        },
+        None => (to.as_str(), None),
+    };
+    let Some((to_ns, to_name)) = svc.split_once('/') else { return bad(format!("to={to}: <namespace>/<service>")) };
+    let Some(q) = s.actors.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the controller is starting\n").into_response();
+    };
+    let ask = crate::catalog::CheckPath {
+        from: (from_ns.to_owned(), from_pod.to_owned()),
+        to: messages::ServiceKey::new(to_ns, to_name),
+        port,
+    };
+    let Ok(check) = q.catalog.send(ask).await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the catalog is not answering\n").into_response();
+    };
+    let mut steps = check.steps.clone();
+    let mut ends: Vec<(&str, &messages::ProxyUuid, &messages::ServiceIdentity)> = Vec::new();
+    if let Some((u, i)) = &check.source {
+        ends.push(("source sidecar", u, i));
+    }
+    ends.extend(check.destinations.iter().map(|(u, i)| ("destination sidecar", u, i)));
+    let mut identities: Vec<messages::ServiceIdentity> = ends.iter().map(|(_, _, i)| (*i).clone()).collect();
+    identities.dedup();
+    if check.steps.iter().any(|s| s.step == "source pod" && s.ok) {
+        for (step, uuid, identity) in &ends {
+            let (ok, detail) = match s.status.proxy(uuid.as_str()) {
+                None => (false, format!("{identity} proxy {uuid} is not connected to this controller")),
+                Some(p) => match p.state {
+                    crate::status::SyncState::Synced => {
+                        (true, format!("{identity} proxy {uuid} is connected and synced"))
+                    }
+                    crate::status::SyncState::Stale => (
+                        false,
+                        format!("{identity} proxy {uuid} has not ACKed its latest config for {:.0}s", p.behind_s),
+                    ),
+                    crate::status::SyncState::Nack => {
+                        let why: Vec<String> =
+                            p.types.iter().filter_map(|(t, v)| v.nack.as_ref().map(|e| format!("{t}: {e}"))).collect();
+                        (false, format!("{identity} proxy {uuid} refused its config: {}", why.join("; ")))
+                    }
+                },
+            };
+            steps.push(messages::PathStep { step: (*step).to_owned(), ok, detail });
+        }
+        if let Ok(certs) = q.certs.send(crate::certs::CertInfo(identities)).await {
+            let now = std::time::SystemTime::now();
+            for (id, info) in certs {
+                let (ok, detail) = match info {
+                    Some((serial, until)) if until > now => {
+                        let left = until.duration_since(now).map_or(0, |d| d.as_secs());
+                        (true, format!("{id}: serial {serial}, valid for {left}s more, from the signing root"))
+                    }
+                    Some((serial, _)) => (false, format!("{id}: serial {serial} has expired")),
+                    None => (false, format!("{id}: no service certificate issued (its sidecar never got a config)")),
+                };
+                steps.push(messages::PathStep { step: "certificate".to_owned(), ok, detail });
+            }
+        }
+    }
+    let report = Connectivity { from, to, ok: steps.iter().all(|s| s.ok), steps };
+    let body = serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {

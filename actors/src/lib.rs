@@ -345,6 +345,7 @@ pub async fn run_on(
     }
     let metrics = Arc::new(metrics::Metrics::default());
     let status = Arc::new(status::StatusBoard::default());
+    let queries: Arc<std::sync::OnceLock<http::Queries>> = Arc::default();
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_sessions = stop_rx.clone();
@@ -357,7 +358,12 @@ pub async fn run_on(
     // The HTTP endpoint comes up first: liveness answers, readiness says why not yet.
     if let Some(listener) = listeners.http {
         let addr = listener.local_addr().ok();
-        let state = http::HttpState { metrics: metrics.clone(), status: status.clone(), ready: ready.clone() };
+        let state = http::HttpState {
+            metrics: metrics.clone(),
+            status: status.clone(),
+            actors: queries.clone(),
+            ready: ready.clone(),
+        };
         let until = stopped();
         let limits = config.http_limits.clone();
         tokio::spawn(async move {
@@ -446,6 +452,7 @@ pub async fn run_on(
     let roots = ::certs::roots::TrustSet::single(::certs::roots::STARTUP_ROOT_SECRET, startup);
     let trust = Arc::new(tokio::sync::watch::Sender::new(Arc::new(roots)));
     let actors = ActorSystem::start(&config, trust.clone(), load_root, metrics.clone(), ready).await?;
+    let _ = queries.set(http::Queries { catalog: actors.catalog.clone(), certs: actors.certs.clone() });
     // No config is served before the first full scan has reached the catalog (sessions also refuse until
     // every source has listed everything, which for a cluster may take a while); and the ADS server starts
     // on the roots that scan's MeshRootCertificates name (a controller restarted after a root rotation

@@ -185,6 +185,12 @@ impl StatusBoard {
         statuses.iter().filter(|s| s.inner.lock().is_ok_and(|i| i.behind_since.is_some())).count()
     }
 
+    /// One proxy's status, if it is connected.
+    pub fn proxy(&self, uuid: &str) -> Option<ProxyStatusView> {
+        let status = self.proxies.lock().ok()?.get(uuid).cloned()?;
+        status.view()
+    }
+
     pub fn view(&self) -> MeshStatus {
         let statuses: Vec<Arc<ProxyStatus>> =
             self.proxies.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();

@@ -590,6 +590,21 @@ impl MeshCatalog {
         true
     }
 
+    /// The Service `key` as any proxy sees it (every endpoint), if it exists with ports.
+    pub fn service_view_of(&self, key: &ServiceKey) -> Option<ServiceView> {
+        self.services.get(key).and_then(|s| self.service_view(s))
+    }
+
+    /// Pods with this address.
+    pub fn pods_at_ip(&self, ip: IpAddr) -> impl Iterator<Item = &Pod> {
+        self.pods_at(ip)
+    }
+
+    /// Every TrafficTarget, by namespace and name.
+    pub fn traffic_targets(&self) -> impl Iterator<Item = &TrafficTarget> {
+        self.targets.values()
+    }
+
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
         self.pods.get(&(namespace.to_owned(), name.to_owned())).map(Arc::as_ref)
     }

@@ -8,9 +8,11 @@
 pub mod catalog;
 pub mod events;
 pub mod model;
+pub mod path;
 pub mod policy;
 
 pub use catalog::{Dirty, MeshCatalog, ProxyView, ResolvedPort, ServiceView, VerifyError};
 pub use events::{DEFAULT_SOURCE, Reset, SourceEvent};
 pub use model::*;
+pub use path::{PathCheck, PathStep};
 pub use policy::{HttpRule, InboundPolicy, Policy, PolicyError, TcpGrant};

@@ -4,6 +4,8 @@
 //!
 //! - `osm proxy status [--wait] [-o json]`: every connected proxy, synced / stale (for how long) / NACK
 //!   with Envoy's reason; `--wait` blocks until every proxy holds everything sent to it, or times out.
+//! - `osm verify connectivity --from <ns>/<pod> --to <ns>/<svc>[:port]`: the path checked step by step;
+//!   what blocks it, named.
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,25 @@ enum Command {
     Proxy {
         #[command(subcommand)]
         command: ProxyCommand,
+    },
+    /// Checks that something works, step by step.
+    Verify {
+        #[command(subcommand)]
+        command: VerifyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum VerifyCommand {
+    /// Can this pod reach that Service? Pods, Service, endpoints, split, policy (naming the missing
+    /// TrafficTarget), both ends' sidecars and certificates. Exit 0 when the path is open, 2 when not.
+    Connectivity {
+        /// The client pod: <namespace>/<pod>.
+        #[arg(long)]
+        from: String,
+        /// The Service: <namespace>/<service>[:<port>].
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -76,6 +97,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Proxy { command: ProxyCommand::Status { wait, timeout_s } } => {
             proxy_status(&cli.controller, cli.output, wait.then(|| Duration::from_secs(timeout_s))).await
         }
+        Command::Verify { command: VerifyCommand::Connectivity { from, to } } => {
+            verify_connectivity(&cli.controller, cli.output, &from, &to).await
+        }
     }
 }
 
@@ -96,7 +120,7 @@ async fn get(base: &str, path: &str) -> anyhow::Result<String> {
         .with_context(unreachable)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
-    let request = hyper::Request::get(uri.path())
+    let request = hyper::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
         .header(hyper::header::HOST, format!("{host}:{port}"))
         .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
     let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
@@ -151,6 +175,33 @@ async fn proxy_status(base: &str, output: Output, wait: Option<Duration>) -> any
     }
     let all_synced = status.proxies.iter().all(|p| p.state == SyncState::Synced);
     Ok(if wait.is_some() && !all_synced { 3 } else { 0 })
+}
+
+async fn verify_connectivity(base: &str, output: Output, from: &str, to: &str) -> anyhow::Result<u8> {
+    let ok_chars = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || "-./:".contains(c));
+    if !ok_chars(from) || !ok_chars(to) {
+        bail!(
+            "--from <namespace>/<pod> and --to <namespace>/<service>[:<port>] (names of letters, digits, '-' and '.')"
+        );
+    }
+    let body = get(base, &format!("/status/connectivity?from={from}&to={to}")).await?;
+    let report: actors::http::Connectivity =
+        serde_json::from_str(&body).context("the controller's /status/connectivity is not what this osm reads")?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => {
+            println!("{} → {}", report.from, report.to);
+            let width = report.steps.iter().map(|s| s.step.len()).max().unwrap_or(0);
+            for s in &report.steps {
+                println!("  {} {:<width$}  {}", if s.ok { "ok  " } else { "FAIL" }, s.step, s.detail);
+            }
+            match report.steps.iter().find(|s| !s.ok) {
+                None => println!("\nOK: {} can reach {}", report.from, report.to),
+                Some(s) => println!("\nBLOCKED at {}: {}", s.step, s.detail),
+            }
+        }
+    }
+    Ok(if report.ok { 0 } else { 2 })
 }
 
 /// What is wrong with a proxy, in a line.
