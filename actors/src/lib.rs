@@ -122,7 +122,7 @@ pub struct Listeners {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    #[error(transparent)]
+    #[error("{code}: {0}", code = messages::errcode::CA_UNUSABLE)]
     Cert(#[from] ::certs::CertError),
     #[error("cannot listen on {addr}: {source} (hint: is another controller running, or is the address wrong?)")]
     Bind { addr: SocketAddr, source: std::io::Error },
@@ -264,7 +264,8 @@ impl ActorSystem {
                     let cert_actor =
                         certs::CertActor::new(trust, load_root, config.service_cert_validity, metrics.clone()).start();
                     let snapshots =
-                        snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), &trust_pem, metrics).start();
+                        snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), &trust_pem, metrics.clone())
+                            .start();
                     // Mailbox errors only happen when an actor is gone, which cannot be the case for ones just
                     // started.
                     let _ = catalog.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
@@ -281,10 +282,11 @@ impl ActorSystem {
                         }
                         None => None,
                     };
-                    let source = config
-                        .mesh_dir
-                        .clone()
-                        .map(|dir| source::DirSourceActor::new(dir, catalog.clone(), config.scan_interval).start());
+                    let source = config.mesh_dir.clone().map(|dir| {
+                        source::DirSourceActor::new(dir, catalog.clone(), config.scan_interval)
+                            .with_metrics(metrics.clone())
+                            .start()
+                    });
                     let _ = tx.send((actix_rt::System::current(), catalog, snapshots, cert_actor, source, kube_source));
                 });
                 if let Err(e) = runner.run() {
@@ -500,7 +502,10 @@ pub async fn run_on(
         let _ = stop_tx.send(true);
     };
     let counted = metrics.clone();
-    let handshake_failed: xds::tls::FailureSink = Arc::new(move |f| counted.handshake_failed(f.reason));
+    let handshake_failed: xds::tls::FailureSink = Arc::new(move |f| {
+        counted.handshake_failed(f.reason);
+        counted.error(messages::errcode::ADS_HANDSHAKE_FAILED);
+    });
     let result = xds::serve(listeners.ads, tls, manager, config.limits.clone(), handshake_failed, shutdown).await;
     renewals.abort();
     // The Lease is released on the way out, so another replica takes the duties over at once.

@@ -136,11 +136,13 @@ where
                     }
                     if let Some(nack) = &out.nack {
                         self.metrics.nack(xds::type_label(&nack.type_url));
+                        self.metrics.error(messages::errcode::PROXY_NACK);
                         let (ty, version, error) =
                             (peer_str(&nack.type_url), peer_str(&nack.version), peer_str(&nack.message));
                         self.warn(|proxy| {
                             tracing::warn!(
                                 %proxy, type_url = %ty, %version, %error,
+                                error_code = messages::errcode::PROXY_NACK,
                                 "proxy rejected config (NACK); it keeps its last good config"
                             )
                         });
@@ -280,12 +282,15 @@ impl SessionHandler for SessionManager {
                 return Err(Status::unavailable("the mesh catalog has not finished its first sync; retry shortly"));
             }
             if let Err(e) = catalog.send(Verify(proxy.clone())).await.map_err(unavailable)? {
-                tracing::warn!(proxy = %proxy, peer = ?peer, error = %e, "refused proxy");
-                metrics.rejected(match e {
-                    VerifyError::UnknownProxy(_) => "unknown_proxy",
-                    VerifyError::DuplicateProxy { .. } => "duplicate_proxy",
-                    VerifyError::IdentityMismatch { .. } => "identity_mismatch",
-                });
+                use messages::errcode;
+                let (reason, code) = match e {
+                    VerifyError::UnknownProxy(_) => ("unknown_proxy", errcode::PROXY_UNKNOWN),
+                    VerifyError::DuplicateProxy { .. } => ("duplicate_proxy", errcode::PROXY_DUPLICATE),
+                    VerifyError::IdentityMismatch { .. } => ("identity_mismatch", errcode::PROXY_IDENTITY_MISMATCH),
+                };
+                tracing::warn!(proxy = %proxy, peer = ?peer, error = %e, error_code = code, "refused proxy");
+                metrics.rejected(reason);
+                metrics.error(code);
                 return Err(Status::permission_denied(e.to_string()));
             }
             let states = snapshots

@@ -26,6 +26,8 @@ pub struct DirSourceActor {
     /// Filled by the watcher thread: files whose writer is done, and whether a scan is already asked for.
     notified: Arc<Notified>,
     watcher: Option<notify::RecommendedWatcher>,
+    /// Where rejected files are counted (`osm_error_err_code_count`).
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +62,13 @@ impl DirSourceActor {
             reported: BTreeSet::new(),
             notified: Arc::default(),
             watcher: None,
+            metrics: None,
         }
+    }
+
+    /// Counts rejected files in `metrics`.
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self { metrics: Some(metrics), ..self }
     }
 
     fn scan(&mut self) -> ResponseActFuture<Self, ()> {
@@ -78,7 +86,11 @@ impl DirSourceActor {
         // `scan.errors` lists every problem that holds now: log each once, and say when a file is fine again.
         let now: BTreeSet<(PathBuf, String)> = scan.errors.iter().map(|e| (e.path.clone(), e.reason.clone())).collect();
         for (path, reason) in now.difference(&self.reported) {
-            tracing::error!(file = %path.display(), error = %reason, "mesh file rejected; what it defined before stays in force");
+            let code = messages::errcode::MESH_FILE_INVALID;
+            tracing::error!(file = %path.display(), error = %reason, error_code = code, "mesh file rejected; what it defined before stays in force");
+            if let Some(m) = &self.metrics {
+                m.error(code);
+            }
         }
         let broken: BTreeSet<&PathBuf> = now.iter().map(|(p, _)| p).collect();
         let fixed: BTreeSet<&PathBuf> = self.reported.iter().map(|(p, _)| p).filter(|p| !broken.contains(p)).collect();

@@ -23,7 +23,7 @@ pub const STARTUP_ROOT_SECRET: &str = "osm-ca-bundle";
 
 /// Error code of a set of MeshRootCertificates that cannot be put in force (logged with `error_code` and
 /// counted); the roots in force stay.
-pub const ROOTS_REFUSED: &str = "E4016";
+pub use messages::errcode::ROOTS_REFUSED;
 
 /// A root in use and its role.
 #[derive(Debug, Clone)]

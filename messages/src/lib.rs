@@ -6,6 +6,7 @@
 //! `xds` crate turns a view into Envoy resources. This crate does no I/O and knows no actor framework.
 
 pub mod catalog;
+pub mod errcode;
 pub mod events;
 pub mod model;
 pub mod path;

@@ -85,7 +85,11 @@ fn a_proxy_that_refuses_its_config_is_shown_with_envoys_error_while_the_rest_sta
     assert_eq!(out.status.code(), Some(3), "{table}");
     assert!(table.contains("NACK") && table.contains("LDS") && table.contains("15010"), "{table}");
     assert!(table.contains("2 proxies: 1 synced, 0 stale, 1 NACK"), "{table}");
-    // The server still serves; the client's Envoy kept its last good listeners.
+    // The NACK is counted under its stable code, which the tool explains.
+    let metrics = mesh.controller_http("/metrics").unwrap();
+    assert!(metrics.contains("osm_error_err_code_count{err_code=\"E5004\"}"), "{metrics}");
+    let out = mesh.osm(&["support", "error-info", "E5004"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("osm proxy status"), "{out:?}");
     let _ = SERVER;
 }
 

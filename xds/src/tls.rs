@@ -226,6 +226,7 @@ impl Reporter {
         entry.0 = Instant::now();
         tracing::warn!(
             reason = failure.reason, peer = ?failure.peer, suppressed_since_last = suppressed,
+            error_code = messages::errcode::ADS_HANDSHAKE_FAILED,
             "ADS TLS handshake failed: {}", failure.detail
         );
     }

@@ -6,6 +6,7 @@
 //!   with Envoy's reason; `--wait` blocks until every proxy holds everything sent to it, or times out.
 //! - `osm verify connectivity --from <ns>/<pod> --to <ns>/<svc>[:port]`: the path checked step by step;
 //!   what blocks it, named.
+//! - `osm support error-info [code]`: what an error code means and what to do (no controller needed).
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,21 @@ enum Command {
     Verify {
         #[command(subcommand)]
         command: VerifyCommand,
+    },
+    /// Help with problems.
+    Support {
+        #[command(subcommand)]
+        command: SupportCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SupportCommand {
+    /// What an error code (the `error_code` of a log line, or a label of osm_error_err_code_count) means and
+    /// how to fix it; every code without one.
+    ErrorInfo {
+        /// E.g. E2025.
+        code: Option<String>,
     },
 }
 
@@ -100,7 +116,32 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Verify { command: VerifyCommand::Connectivity { from, to } } => {
             verify_connectivity(&cli.controller, cli.output, &from, &to).await
         }
+        Command::Support { command: SupportCommand::ErrorInfo { code } } => error_info(cli.output, code.as_deref()),
     }
+}
+
+fn error_info(output: Output, code: Option<&str>) -> anyhow::Result<u8> {
+    use messages::errcode::{CODES, ErrorCode, lookup};
+    let codes: Vec<&ErrorCode> = match code {
+        None => CODES.iter().collect(),
+        Some(c) => match lookup(c) {
+            Some(e) => vec![e],
+            None => bail!("{c} is not an error code of this control plane (osm support error-info lists them)"),
+        },
+    };
+    match output {
+        Output::Json => {
+            let list: Vec<serde_json::Value> =
+                codes.iter().map(|c| serde_json::json!({"code": c.code, "cause": c.cause, "fix": c.fix})).collect();
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+        Output::Table => {
+            for c in codes {
+                println!("{}\n  cause: {}\n  fix:   {}", c.code, c.cause, c.fix);
+            }
+        }
+    }
+    Ok(0)
 }
 
 /// GET `path` from the controller's endpoint; the body.
