@@ -243,6 +243,7 @@ impl ActorSystem {
         config: &ControllerConfig,
         trust: Arc<certs::TrustWatch>,
         load_root: certs::RootLoader,
+        building: Arc<std::sync::atomic::AtomicBool>,
         metrics: Arc<metrics::Metrics>,
         ready: Arc<AtomicBool>,
     ) -> Result<Self, ControllerError> {
@@ -265,6 +266,7 @@ impl ActorSystem {
                         certs::CertActor::new(trust, load_root, config.service_cert_validity, metrics.clone()).start();
                     let snapshots =
                         snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), &trust_pem, metrics.clone())
+                            .with_busy_flag(building)
                             .start();
                     // Mailbox errors only happen when an actor is gone, which cannot be the case for ones just
                     // started.
@@ -453,7 +455,8 @@ pub async fn run_on(
     let load_root: certs::RootLoader = Arc::new(move |m| store.load(m));
     let roots = ::certs::roots::TrustSet::single(::certs::roots::STARTUP_ROOT_SECRET, startup);
     let trust = Arc::new(tokio::sync::watch::Sender::new(Arc::new(roots)));
-    let actors = ActorSystem::start(&config, trust.clone(), load_root, metrics.clone(), ready).await?;
+    let actors =
+        ActorSystem::start(&config, trust.clone(), load_root, status.building.clone(), metrics.clone(), ready).await?;
     let _ = queries.set(http::Queries { catalog: actors.catalog.clone(), certs: actors.certs.clone() });
     // No config is served before the first full scan has reached the catalog (sessions also refuse until
     // every source has listed everything, which for a cluster may take a while); and the ADS server starts

@@ -27,6 +27,11 @@ impl Schedule {
         self.building
     }
 
+    /// Nothing is being built and nothing waits to be.
+    pub fn is_idle(&self) -> bool {
+        !self.building && self.pending == Dirty::Nothing
+    }
+
     /// Starts the next batch unless one is running: the pending proxies that are still `connected` (all of
     /// `everyone`, enumerated only then, for [`Dirty::All`]), those without configuration (`waiting`)
     /// first. `None` when there is nothing to do; the pending set is then empty or kept for after the

@@ -79,6 +79,8 @@ pub struct SnapshotActor {
     /// When the earliest mesh change not yet fully built was made (cleared once every dirty proxy is
     /// built).
     change_since: Option<Instant>,
+    /// Raised while proxies are being built or wait to be (shown by `/status/proxies`).
+    busy: Arc<std::sync::atomic::AtomicBool>,
     /// Encoded resources kept across builds (only one build runs at a time, so the lock is uncontended).
     cache: Arc<std::sync::Mutex<xds::BuildCache>>,
 }
@@ -112,11 +114,18 @@ impl SnapshotActor {
             generations: 0,
             cache: Arc::default(),
             change_since: None,
+            busy: Arc::default(),
         }
+    }
+
+    /// Raises `busy` while proxies are being built or wait to be.
+    pub fn with_busy_flag(self, busy: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self { busy, ..self }
     }
 
     fn mark(&mut self, dirty: Dirty) {
         self.schedule.mark(dirty);
+        self.busy.store(!self.schedule.is_idle(), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn kick(&mut self, ctx: &mut Context<Self>) {
@@ -133,6 +142,7 @@ impl SnapshotActor {
         let Some(uuids) = self.schedule.start(|| proxies.keys(), connected, waiting) else {
             // Everything dirty is built: the next change starts its own clock.
             self.change_since = None;
+            self.busy.store(!self.schedule.is_idle(), std::sync::atomic::Ordering::Relaxed);
             return;
         };
         let changed_at = self.change_since;

@@ -59,6 +59,9 @@ pub struct ProxyStatusView {
 pub struct MeshStatus {
     /// Unix seconds at which this was taken.
     pub at: f64,
+    /// Proxies are being built or wait to be: a change is on its way to some proxies.
+    #[serde(default)]
+    pub building: bool,
     pub proxies: Vec<ProxyStatusView>,
 }
 
@@ -148,6 +151,8 @@ impl ProxyStatus {
 /// Every connected proxy's status.
 #[derive(Default)]
 pub struct StatusBoard {
+    /// Raised by the snapshot actor while it has proxies to build.
+    pub building: Arc<std::sync::atomic::AtomicBool>,
     /// By UUID; a proxy may have two sessions for a moment (a reconnect racing the old one): the newest
     /// is shown.
     proxies: Mutex<HashMap<String, Arc<ProxyStatus>>>,
@@ -197,7 +202,7 @@ impl StatusBoard {
         let mut proxies: Vec<ProxyStatusView> = statuses.iter().filter_map(|s| s.view()).collect();
         proxies.sort_by(|a, b| a.identity.cmp(&b.identity).then_with(|| a.uuid.cmp(&b.uuid)));
         let at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-        MeshStatus { at, proxies }
+        MeshStatus { at, building: self.building.load(std::sync::atomic::Ordering::Relaxed), proxies }
     }
 }
 

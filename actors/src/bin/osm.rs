@@ -194,15 +194,20 @@ async fn proxy_status(base: &str, output: Output, wait: Option<Duration>) -> any
             );
             bar
         });
+        // Live: nothing left to build and every proxy synced, at two polls in a row (a change written a
+        // moment ago may not have been read yet at the first).
+        let mut live_before = false;
         loop {
             let synced = status.proxies.iter().filter(|p| p.state == SyncState::Synced).count();
             if let Some(bar) = &bar {
                 bar.set_length(status.proxies.len() as u64);
                 bar.set_position(synced as u64);
             }
-            if synced == status.proxies.len() || Instant::now() >= deadline {
+            let live = !status.building && synced == status.proxies.len();
+            if (live && live_before) || Instant::now() >= deadline {
                 break;
             }
+            live_before = live;
             tokio::time::sleep(Duration::from_millis(500)).await;
             status = fetch_status(base).await?;
         }
@@ -214,8 +219,8 @@ async fn proxy_status(base: &str, output: Output, wait: Option<Duration>) -> any
         Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
         Output::Table => print_table(&status.proxies),
     }
-    let all_synced = status.proxies.iter().all(|p| p.state == SyncState::Synced);
-    Ok(if wait.is_some() && !all_synced { 3 } else { 0 })
+    let live = !status.building && status.proxies.iter().all(|p| p.state == SyncState::Synced);
+    Ok(if wait.is_some() && !live { 3 } else { 0 })
 }
 
 async fn verify_connectivity(base: &str, output: Output, from: &str, to: &str) -> anyhow::Result<u8> {
