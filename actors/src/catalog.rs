@@ -61,6 +61,25 @@ pub struct CheckPath {
     pub port: Option<u16>,
 }
 
+/// What the catalog holds, for the debug server.
+#[derive(Message)]
+#[rtype(result = "CatalogSummary")]
+pub struct Summary;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CatalogSummary {
+    pub synced: bool,
+    pub services: usize,
+    pub endpoints: usize,
+    pub pods: usize,
+    pub permissive: bool,
+    pub egress: bool,
+    pub tracing: Option<String>,
+    pub mesh_config: Option<String>,
+    pub policy_errors: Vec<String>,
+    pub root_certificates: Vec<String>,
+}
+
 /// Views of the given proxies, in the order asked; `None` for a proxy whose pod is gone.
 #[derive(Message)]
 #[rtype(result = "Vec<(ProxyUuid, Option<ProxyView>)>")]
@@ -80,6 +99,8 @@ pub struct CatalogActor {
     certs: Option<Addr<CertActor>>,
     told_settings: Option<CertSettings>,
     told_roots: Option<Vec<MeshRootCertificate>>,
+    /// Switched by the MeshConfig's `observability.enableDebugServer`.
+    debug_switch: Option<Arc<tokio::sync::watch::Sender<bool>>>,
 }
 
 /// Tells the catalog where the certificate actor is (it follows the MeshConfig's validity and the
@@ -102,7 +123,13 @@ impl CatalogActor {
             certs: None,
             told_settings: None,
             told_roots: None,
+            debug_switch: None,
         }
+    }
+
+    /// Follows the MeshConfig's `observability.enableDebugServer` on `switch`.
+    pub fn with_debug_switch(self, switch: Arc<tokio::sync::watch::Sender<bool>>) -> Self {
+        Self { debug_switch: Some(switch), ..self }
     }
 
     /// Logs what changed in the policy's health and the settings in force.
@@ -157,6 +184,10 @@ impl CatalogActor {
         {
             certs.do_send(settings);
             self.told_settings = Some(settings);
+        }
+        if let Some(switch) = &self.debug_switch {
+            let on = self.catalog.mesh_config().and_then(|m| m.enable_debug_server).unwrap_or(false);
+            switch.send_if_modified(|cur| std::mem::replace(cur, on) != on);
         }
         let roots: Vec<MeshRootCertificate> = self.catalog.root_certificates().cloned().collect();
         if self.told_roots.as_ref() != Some(&roots)
@@ -237,6 +268,30 @@ impl Handler<IsSynced> for CatalogActor {
     type Result = bool;
     fn handle(&mut self, _: IsSynced, _: &mut Self::Context) -> bool {
         self.catalog.is_synced()
+    }
+}
+
+impl Handler<Summary> for CatalogActor {
+    type Result = MessageResult<Summary>;
+    fn handle(&mut self, _: Summary, _: &mut Self::Context) -> Self::Result {
+        let c = &self.catalog;
+        let (services, endpoints, pods) = c.counts();
+        let settings = c.settings();
+        MessageResult(CatalogSummary {
+            synced: c.is_synced(),
+            services,
+            endpoints,
+            pods,
+            permissive: settings.permissive,
+            egress: settings.enable_egress,
+            tracing: settings.tracing.as_ref().map(|t| format!("{}:{}{}", t.address, t.port, t.endpoint)),
+            mesh_config: c.mesh_config().map(|m| format!("{}/{}", m.namespace, m.name)),
+            policy_errors: c.policy_errors().iter().map(|e| format!("{} {}: {}", e.code, e.object, e.reason)).collect(),
+            root_certificates: c
+                .root_certificates()
+                .map(|m| format!("{}/{} ({})", m.namespace, m.name, m.role))
+                .collect(),
+        })
     }
 }
 

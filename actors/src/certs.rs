@@ -35,6 +35,30 @@ pub struct GetCerts(pub Vec<ServiceIdentity>);
 #[rtype(result = "Vec<(ServiceIdentity, Option<(String, SystemTime)>)>")]
 pub struct CertInfo(pub Vec<ServiceIdentity>);
 
+/// Every certificate in use, for the debug server: never keys.
+#[derive(Message)]
+#[rtype(result = "IssuedList")]
+pub struct ListCerts;
+
+/// What [`ListCerts`] answers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IssuedList {
+    /// The root that signs, and every root trusted.
+    pub signer: String,
+    pub roots: Vec<String>,
+    pub certificates: Vec<IssuedEntry>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IssuedEntry {
+    pub identity: String,
+    pub common_name: String,
+    pub serial: String,
+    /// Unix seconds.
+    pub not_after: u64,
+    pub expires_in_s: i64,
+}
+
 /// Identities no connected proxy uses any more: stop renewing them.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -382,6 +406,34 @@ impl Handler<GetCerts> for CertActor {
             act.rearm(ctx);
             out
         }))
+    }
+}
+
+impl Handler<ListCerts> for CertActor {
+    type Result = MessageResult<ListCerts>;
+    fn handle(&mut self, _: ListCerts, _: &mut Self::Context) -> Self::Result {
+        let now = (self.clock)();
+        let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut certificates: Vec<IssuedEntry> = self
+            .cache
+            .iter()
+            .map(|(id, c)| IssuedEntry {
+                identity: id.to_string(),
+                common_name: c.common_name.clone(),
+                serial: c.serial.clone(),
+                not_after: unix(c.not_after),
+                expires_in_s: match c.not_after.duration_since(now) {
+                    Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                    Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+                },
+            })
+            .collect();
+        certificates.sort_by(|a, b| a.identity.cmp(&b.identity));
+        MessageResult(IssuedList {
+            signer: self.trust.signer_name().to_owned(),
+            roots: self.trust.roots().iter().map(|(n, r)| format!("{n} ({r})")).collect(),
+            certificates,
+        })
     }
 }
 

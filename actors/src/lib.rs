@@ -13,6 +13,7 @@
 
 pub mod catalog;
 pub mod certs;
+pub mod debug;
 pub mod http;
 pub mod kube_source;
 pub mod metrics;
@@ -57,6 +58,9 @@ pub struct ControllerConfig {
     pub settings: messages::MeshSettings,
     /// Health, readiness and metrics endpoint (OSM: :9091); `None` serves none.
     pub http_addr: Option<SocketAddr>,
+    /// Where the debug server listens while the MeshConfig's `observability.enableDebugServer` is on
+    /// (OSM: 9092, here on localhost unless configured).
+    pub debug_addr: SocketAddr,
 }
 
 impl ControllerConfig {
@@ -78,6 +82,7 @@ impl ControllerConfig {
             http_limits: Default::default(),
             settings: Default::default(),
             http_addr: None,
+            debug_addr: SocketAddr::from(([127, 0, 0, 1], 9092)),
         }
     }
 }
@@ -244,6 +249,7 @@ impl ActorSystem {
         trust: Arc<certs::TrustWatch>,
         load_root: certs::RootLoader,
         building: Arc<std::sync::atomic::AtomicBool>,
+        debug_switch: Arc<tokio::sync::watch::Sender<bool>>,
         metrics: Arc<metrics::Metrics>,
         ready: Arc<AtomicBool>,
     ) -> Result<Self, ControllerError> {
@@ -260,6 +266,7 @@ impl ActorSystem {
                         ready,
                         metrics.clone(),
                     )
+                    .with_debug_switch(debug_switch)
                     .start();
                     let trust_pem = trust.borrow().trust_pem().to_owned();
                     let cert_actor =
@@ -455,9 +462,27 @@ pub async fn run_on(
     let load_root: certs::RootLoader = Arc::new(move |m| store.load(m));
     let roots = ::certs::roots::TrustSet::single(::certs::roots::STARTUP_ROOT_SECRET, startup);
     let trust = Arc::new(tokio::sync::watch::Sender::new(Arc::new(roots)));
-    let actors =
-        ActorSystem::start(&config, trust.clone(), load_root, status.building.clone(), metrics.clone(), ready).await?;
-    let _ = queries.set(http::Queries { catalog: actors.catalog.clone(), certs: actors.certs.clone() });
+    let debug_switch = Arc::new(tokio::sync::watch::Sender::new(false));
+    let actors = ActorSystem::start(
+        &config,
+        trust.clone(),
+        load_root,
+        status.building.clone(),
+        debug_switch.clone(),
+        metrics.clone(),
+        ready,
+    )
+    .await?;
+    let q = http::Queries { catalog: actors.catalog.clone(), certs: actors.certs.clone() };
+    let _ = queries.set(q.clone());
+    let debug_state = debug::DebugState { queries: q, snapshots: actors.snapshots.clone(), status: status.clone() };
+    tokio::spawn(debug::run(
+        debug_switch.subscribe(),
+        config.debug_addr,
+        debug_state,
+        config.http_limits.clone(),
+        stopped(),
+    ));
     // No config is served before the first full scan has reached the catalog (sessions also refuse until
     // every source has listed everything, which for a cluster may take a while); and the ADS server starts
     // on the roots that scan's MeshRootCertificates name (a controller restarted after a root rotation

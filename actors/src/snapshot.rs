@@ -47,6 +47,20 @@ pub struct IdentitiesRenewed(pub Vec<ServiceIdentity>);
 #[rtype(result = "()")]
 pub struct TrustChanged(pub Arc<str>);
 
+/// A proxy's generated configuration, for the debug server: `None` when it has none.
+#[derive(Message)]
+#[rtype(result = "Option<ConfigSummary>")]
+pub struct ProxyConfig(pub ProxyUuid);
+
+/// Resource names, versions and sizes by type (never contents: secrets hold keys).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConfigSummary {
+    pub proxy: String,
+    pub identity: String,
+    /// Type label → (name, version, bytes).
+    pub types: std::collections::BTreeMap<String, Vec<(String, String, usize)>>,
+}
+
 /// A session starts: it gets the proxy's latest state and all later ones.
 #[derive(Message)]
 #[rtype(result = "watch::Receiver<ProxyState>")]
@@ -316,6 +330,27 @@ impl Handler<MarkDirty> for SnapshotActor {
         self.change_since.get_or_insert_with(Instant::now);
         self.mark(msg.0);
         self.kick(ctx);
+    }
+}
+
+impl Handler<ProxyConfig> for SnapshotActor {
+    type Result = MessageResult<ProxyConfig>;
+    fn handle(&mut self, msg: ProxyConfig, _: &mut Self::Context) -> Self::Result {
+        let Some(entry) = self.proxies.get(&msg.0) else { return MessageResult(None) };
+        let ProxyState::Ready(snap, _) = &*entry.tx.borrow() else { return MessageResult(None) };
+        let types = xds::ResourceType::ALL
+            .into_iter()
+            .map(|ty| {
+                let list = snap
+                    .get(ty)
+                    .resources()
+                    .values()
+                    .map(|r| (r.name.clone(), r.version.clone(), r.body.value.len()))
+                    .collect();
+                (xds::type_label(ty.type_url()).to_owned(), list)
+            })
+            .collect();
+        MessageResult(Some(ConfigSummary { proxy: msg.0.to_string(), identity: entry.identity.to_string(), types }))
     }
 }
 

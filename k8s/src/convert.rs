@@ -361,6 +361,7 @@ pub fn mesh_config(o: &crds::MeshConfig) -> Result<MeshConfig, ConvertError> {
         .flatten();
     Ok(MeshConfig {
         tracing,
+        enable_debug_server: o.spec.observability.as_ref().and_then(|obs| obs.enable_debug_server),
         namespace,
         name,
         enable_egress: traffic.enable_egress,

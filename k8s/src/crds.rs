@@ -324,6 +324,7 @@ pub const MESH_CONFIG_ACTED_ON: &[&str] = &[
     "certificate.serviceCertValidityDuration",
     "certificate.certKeyBitSize",
     "observability.tracing",
+    "observability.enableDebugServer",
 ];
 
 impl MeshConfigSpec {

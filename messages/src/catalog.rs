@@ -1054,6 +1054,7 @@ mod tests {
             service_cert_validity: None,
             cert_key_bits: None,
             tracing: None,
+            enable_debug_server: None,
         })));
         c
     }

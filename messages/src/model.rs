@@ -389,6 +389,8 @@ pub struct MeshConfig {
     pub service_cert_validity: Option<std::time::Duration>,
     /// `spec.observability.tracing`, when enabled.
     pub tracing: Option<TracingSettings>,
+    /// `spec.observability.enableDebugServer`.
+    pub enable_debug_server: Option<bool>,
     /// `spec.certificate.certKeyBitSize`: RSA service-certificate keys of this size (2048, 3072 or 4096)
     /// instead of ECDSA P-256.
     pub cert_key_bits: Option<u32>,

@@ -1117,6 +1117,7 @@ mod tests {
                 service_cert_validity: None,
                 cert_key_bits: None,
                 tracing: None,
+                enable_debug_server: None,
             }),
             MeshObject::HttpRouteGroup(HttpRouteGroup {
                 namespace: "demo".into(),

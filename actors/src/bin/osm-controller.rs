@@ -75,6 +75,9 @@ struct ServeArgs {
     /// ("off" for none).
     #[arg(long, default_value = "0.0.0.0:9091")]
     http_addr: String,
+    /// Where the debug server listens while a MeshConfig's `observability.enableDebugServer` is on.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    debug_addr: SocketAddr,
     /// Changes are seen through file-system notifications; this is the interval of the safety-net rescan
     /// (a stat per file when nothing changed), in milliseconds.
     #[arg(long, default_value_t = 5000)]
@@ -222,6 +225,7 @@ fn serve(
             tracing: None,
         },
         http_limits: Default::default(),
+        debug_addr: args.debug_addr,
         http_addr: match args.http_addr.as_str() {
             "off" => None,
             a => Some(a.parse().with_context(|| format!("--http-addr {a:?} is not an address (or off)"))?),
