@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::metrics::Metrics;
@@ -19,6 +19,8 @@ pub struct HttpState {
     pub status: Arc<crate::status::StatusBoard>,
     /// The actors that answer path checks, once they run (the endpoint comes up before them).
     pub actors: Arc<std::sync::OnceLock<Queries>>,
+    /// What this controller serves, for `/status/mesh`.
+    pub identity: Arc<MeshIdentity>,
     /// True once the catalog has its first full content (the ADS listener is bound before that).
     pub ready: Arc<AtomicBool>,
 }
@@ -30,6 +32,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/status/proxies", get(proxy_status))
         .route("/status/connectivity", get(connectivity))
+        .route("/status/mesh", get(mesh_summary))
         .route("/version", get(|| async { format!("{{\"version\":\"{}\"}}\n", env!("CARGO_PKG_VERSION")) }))
         .with_state(state)
 }
@@ -47,6 +50,13 @@ async fn proxy_status(State(s): State<HttpState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
+/// What this controller serves.
+#[derive(Debug, Clone, Default)]
+pub struct MeshIdentity {
+    pub trust_domain: String,
+    pub sources: Vec<String>,
+}
+
 /// Who answers the controller's questions about the mesh.
 #[derive(Clone)]
 pub struct Queries {
@@ -61,6 +71,56 @@ pub struct Connectivity {
     pub to: String,
     pub ok: bool,
     pub steps: Vec<messages::PathStep>,
+}
+
+/// What `/status/mesh` answers (`osm mesh list` reads it).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MeshSummary {
+    pub version: String,
+    pub trust_domain: String,
+    /// Where the mesh is described: the mesh directory, the cluster, or both.
+    pub sources: Vec<String>,
+    pub synced: bool,
+    pub mode: String,
+    pub egress: bool,
+    pub tracing: Option<String>,
+    pub mesh_config: Option<String>,
+    pub services: usize,
+    pub pods: usize,
+    pub proxies_connected: usize,
+    pub proxies_synced: usize,
+    pub policy_errors: usize,
+    pub signing_root: String,
+}
+
+async fn mesh_summary(State(s): State<HttpState>) -> Response {
+    let Some(q) = s.actors.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the controller is starting\n").into_response();
+    };
+    let (Ok(c), Ok(certs)) =
+        (q.catalog.send(crate::catalog::Summary).await, q.certs.send(crate::certs::ListCerts).await)
+    else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the controller is not answering\n").into_response();
+    };
+    let status = s.status.view();
+    let summary = MeshSummary {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        trust_domain: s.identity.trust_domain.clone(),
+        sources: s.identity.sources.clone(),
+        synced: c.synced,
+        mode: if c.permissive { "permissive" } else { "SMI" }.to_owned(),
+        egress: c.egress,
+        tracing: c.tracing,
+        mesh_config: c.mesh_config,
+        services: c.services,
+        pods: c.pods,
+        proxies_connected: status.proxies.len(),
+        proxies_synced: status.proxies.iter().filter(|p| p.state == crate::status::SyncState::Synced).count(),
+        policy_errors: c.policy_errors.len(),
+        signing_root: certs.signer,
+    };
+    let body = serde_json::to_string_pretty(&summary).unwrap_or_default() + "\n";
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// `/status/connectivity?from=<ns>/<pod>&to=<ns>/<svc>[:<port>]`: the catalog's path check, then the

@@ -373,6 +373,15 @@ pub async fn run_on(
             metrics: metrics.clone(),
             status: status.clone(),
             actors: queries.clone(),
+            identity: Arc::new(http::MeshIdentity {
+                trust_domain: config.trust_domain.clone(),
+                sources: config
+                    .mesh_dir
+                    .iter()
+                    .map(|d| format!("mesh directory {}", d.display()))
+                    .chain(config.kubernetes.iter().map(|k| format!("cluster {}", k.client.cluster_url)))
+                    .collect(),
+            }),
             ready: ready.clone(),
         };
         let until = stopped();

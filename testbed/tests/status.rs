@@ -52,6 +52,11 @@ fn a_proxy_that_refuses_its_config_is_shown_with_envoys_error_while_the_rest_sta
     assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
     assert!(table.contains("2 proxies: 2 synced, 0 stale, 0 NACK"), "{table}");
     assert!(table.contains("client.demo") && table.contains("server.demo"), "{table}");
+    let out = mesh.osm(&["mesh", "list"]).unwrap();
+    let mesh_list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{mesh_list}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(mesh_list.contains("2 connected, 2 synced") && mesh_list.contains("permissive"), "{mesh_list}");
+    assert!(mesh_list.contains("trust domain cluster.local") && mesh_list.contains("mesh directory"), "{mesh_list}");
 
     // Something in the client's pod holds the Prometheus port; then the mesh asks for its listener there.
     mesh.spawn_app(CLIENT, &["http-server", "--port", "15010", "--name", "squatter"]).unwrap();

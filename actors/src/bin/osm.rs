@@ -6,6 +6,7 @@
 //!   with Envoy's reason; `--wait` blocks until every proxy holds everything sent to it, or times out.
 //! - `osm verify connectivity --from <ns>/<pod> --to <ns>/<svc>[:port]`: the path checked step by step;
 //!   what blocks it, named.
+//! - `osm mesh list`: the mesh this controller serves: sources, mode, proxies, roots.
 //! - `osm support error-info [code]`: what an error code means and what to do (no controller needed).
 
 use std::time::{Duration, Instant};
@@ -46,11 +47,22 @@ enum Command {
         #[command(subcommand)]
         command: VerifyCommand,
     },
+    /// The mesh.
+    Mesh {
+        #[command(subcommand)]
+        command: MeshCommand,
+    },
     /// Help with problems.
     Support {
         #[command(subcommand)]
         command: SupportCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum MeshCommand {
+    /// The mesh this controller serves: version, trust domain, sources, mode, Services, pods, proxies.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,7 +129,38 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             verify_connectivity(&cli.controller, cli.output, &from, &to).await
         }
         Command::Support { command: SupportCommand::ErrorInfo { code } } => error_info(cli.output, code.as_deref()),
+        Command::Mesh { command: MeshCommand::List } => mesh_list(&cli.controller, cli.output).await,
     }
+}
+
+async fn mesh_list(base: &str, output: Output) -> anyhow::Result<u8> {
+    let body = get(base, "/status/mesh").await?;
+    let m: actors::http::MeshSummary =
+        serde_json::from_str(&body).context("the controller's /status/mesh is not what this osm reads")?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
+        Output::Table => {
+            let rows = [
+                ("controller", format!("{} (trust domain {})", m.version, m.trust_domain)),
+                (
+                    "sources",
+                    format!("{}{}", m.sources.join(", "), if m.synced { "" } else { " (first sync not done)" }),
+                ),
+                ("traffic policy", m.mode.clone()),
+                ("egress", if m.egress { "allowed" } else { "mesh Services only" }.to_owned()),
+                ("tracing", m.tracing.clone().unwrap_or_else(|| "off".to_owned())),
+                ("MeshConfig", m.mesh_config.clone().unwrap_or_else(|| "none (command-line settings)".to_owned())),
+                ("Services, pods", format!("{}, {}", m.services, m.pods)),
+                ("proxies", format!("{} connected, {} synced", m.proxies_connected, m.proxies_synced)),
+                ("policy errors", m.policy_errors.to_string()),
+                ("signing root", m.signing_root.clone()),
+            ];
+            for (k, v) in rows {
+                println!("{k:<15} {v}");
+            }
+        }
+    }
+    Ok(0)
 }
 
 fn error_info(output: Output, code: Option<&str>) -> anyhow::Result<u8> {
