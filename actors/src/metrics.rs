@@ -3,13 +3,13 @@
 //!
 //! Names and labels follow OSM (`osm_proxy_connect_count`, `osm_proxy_xds_request_count{proxy_uuid,identity,type}`,
 //! ...) so existing dashboards keep working (the crate keeps names verbatim; OpenMetrics libraries would
-//! append `_total`). Per-proxy series are created on first use and removed when the proxy's last session
-//! ends, so their number is bounded by the connected proxies; counting is an atomic add on a handle the
-//! session holds, never a lookup under a lock shared by every session.
+//! append `_total`). Per-proxy counters are atomics the sessions hold, exposed by a collector of ours at
+//! scrape time (one series per proxy and type that counted) and gone with the proxy's last session, so
+//! their number is bounded by the connected proxies and counting is an atomic add.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
@@ -25,26 +25,26 @@ const FAST: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2
 /// Buckets of the time from a mesh change to a proxy's ACK, in seconds.
 const PROPAGATION: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
-/// The per-proxy metrics: requests received, responses sent, responses that could not be sent.
-#[derive(Debug, Clone)]
-struct ProxyVecs([IntCounterVec; 3]);
+/// The per-proxy metrics (name, help): requests received, responses sent, responses that could not be sent.
+const PROXY_METRICS: [(&str, &str); 3] = [
+    ("osm_proxy_xds_request_count", "xDS requests received from proxies"),
+    ("osm_proxy_response_send_success_count", "xDS responses sent to proxies"),
+    ("osm_proxy_response_send_error_count", "xDS responses that could not be sent"),
+];
 
-/// One connected proxy's counters, held by its sessions.
-#[derive(Debug)]
+/// One connected proxy's counters, held by its sessions: counting is an atomic add, never a lookup under
+/// a lock shared by every session. (A registered series per proxy and type costs the better part of a
+/// kilobyte each; these are 144 bytes a proxy, exposed by [`ProxyCollector`] at scrape time.)
+#[derive(Debug, Default)]
 pub struct ProxyCounters {
-    vecs: ProxyVecs,
-    uuid: String,
-    identity: String,
-    /// [metric][type]: created on first use.
-    counters: [[OnceLock<IntCounter>; TYPE_LABELS.len()]; 3],
+    /// [metric][type], indexed as [`PROXY_METRICS`] × [`TYPE_LABELS`].
+    counts: [[AtomicU64; TYPE_LABELS.len()]; PROXY_METRICS.len()],
 }
 
 impl ProxyCounters {
     fn bump(&self, metric: usize, ty: &str) {
         let t = TYPE_LABELS.iter().position(|l| *l == ty).unwrap_or(TYPE_LABELS.len() - 1);
-        self.counters[metric][t]
-            .get_or_init(|| self.vecs.0[metric].with_label_values(&[&self.uuid, &self.identity, TYPE_LABELS[t]]))
-            .inc();
+        self.counts[metric][t].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request of type `ty` (a label of [`xds::type_label`]) arrived.
@@ -55,33 +55,80 @@ impl ProxyCounters {
     pub fn response_sent(&self, ty: &str, ok: bool) {
         self.bump(if ok { 1 } else { 2 }, ty);
     }
-
-    /// Removes this proxy's series.
-    fn remove(&self) {
-        for (metric, row) in self.counters.iter().enumerate() {
-            for (t, c) in row.iter().enumerate() {
-                if c.get().is_some() {
-                    let _ = self.vecs.0[metric].remove_label_values(&[&self.uuid, &self.identity, TYPE_LABELS[t]]);
-                }
-            }
-        }
-    }
 }
 
 /// A connected proxy's series, dropped with its last session.
 #[derive(Debug)]
 struct ProxySeries {
+    identity: String,
     sessions: u32,
     counters: Arc<ProxyCounters>,
+}
+
+type ProxyMap = Arc<Mutex<HashMap<String, ProxySeries>>>;
+
+/// Exposes the per-proxy counters through the registry, one series per proxy and type that counted.
+struct ProxyCollector {
+    descs: Vec<prometheus::core::Desc>,
+    proxies: ProxyMap,
+}
+
+impl prometheus::core::Collector for ProxyCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
+        let label = |name: &str, value: &str| {
+            let mut l = LabelPair::default();
+            l.set_name(name.to_owned());
+            l.set_value(value.to_owned());
+            l
+        };
+        let Ok(proxies) = self.proxies.lock() else { return Vec::new() };
+        let mut uuids: Vec<&String> = proxies.keys().collect();
+        uuids.sort();
+        PROXY_METRICS
+            .iter()
+            .enumerate()
+            .map(|(i, (name, help))| {
+                let mut family = MetricFamily::default();
+                family.set_name((*name).to_owned());
+                family.set_help((*help).to_owned());
+                family.set_field_type(MetricType::COUNTER);
+                let mut metrics = Vec::new();
+                for uuid in &uuids {
+                    let p = &proxies[*uuid];
+                    for (ty, count) in TYPE_LABELS.iter().zip(&p.counters.counts[i]) {
+                        let v = count.load(Ordering::Relaxed);
+                        if v == 0 {
+                            continue;
+                        }
+                        let mut m = Metric::from_label(vec![
+                            label("identity", &p.identity),
+                            label("proxy_uuid", uuid),
+                            label("type", ty),
+                        ]);
+                        let mut c = Counter::default();
+                        c.set_value(v as f64);
+                        m.set_counter(c);
+                        metrics.push(m);
+                    }
+                }
+                family.set_metric(metrics);
+                family
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     connected: IntGauge,
-    proxy_vecs: ProxyVecs,
-    /// Per-proxy series by UUID.
-    proxies: Mutex<HashMap<String, ProxySeries>>,
+    /// Per-proxy series by UUID (exposed by [`ProxyCollector`]).
+    proxies: ProxyMap,
     nacks: IntCounterVec,
     rejected: IntCounterVec,
     handshakes_failed: IntCounterVec,
@@ -127,15 +174,20 @@ impl Default for Metrics {
         let version =
             reg(&r, IntGaugeVec::new(Opts::new("osm_version_info", "Version of the control plane"), &["version"]));
         version.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let per_proxy = ["proxy_uuid", "identity", "type"];
+        let proxies = ProxyMap::default();
+        let descs = PROXY_METRICS
+            .iter()
+            .filter_map(|(name, help)| {
+                let labels = ["identity", "proxy_uuid", "type"].map(str::to_owned).to_vec();
+                prometheus::core::Desc::new((*name).to_owned(), (*help).to_owned(), labels, HashMap::new()).ok()
+            })
+            .collect();
+        if let Err(e) = r.register(Box::new(ProxyCollector { descs, proxies: proxies.clone() })) {
+            tracing::error!(error = %e, "per-proxy metrics not registered");
+        }
         Self {
             connected: gauge("osm_proxy_connect_count", "Number of connected proxies"),
-            proxy_vecs: ProxyVecs([
-                counters("osm_proxy_xds_request_count", "xDS requests received from proxies", &per_proxy),
-                counters("osm_proxy_response_send_success_count", "xDS responses sent to proxies", &per_proxy),
-                counters("osm_proxy_response_send_error_count", "xDS responses that could not be sent", &per_proxy),
-            ]),
-            proxies: Mutex::default(),
+            proxies,
             nacks: counters("osm_proxy_nack_count", "xDS responses proxies rejected (NACK)", &["type"]),
             rejected: counters("osm_proxy_rejected_count", "proxies refused at connection", &["reason"]),
             errors: counters("osm_error_err_code_count", "errors by stable error code", &["err_code"]),
@@ -183,19 +235,16 @@ impl Metrics {
     /// sessions: a reconnect may overlap the old stream).
     pub fn proxy_connected(&self, uuid: &str, identity: &str) -> Arc<ProxyCounters> {
         self.connected.inc();
-        let fresh = || {
-            Arc::new(ProxyCounters {
-                vecs: self.proxy_vecs.clone(),
-                uuid: uuid.to_owned(),
-                identity: identity.to_owned(),
-                counters: Default::default(),
-            })
-        };
-        let Ok(mut m) = self.proxies.lock() else { return fresh() };
-        let p = m.entry(uuid.to_owned()).or_insert_with(|| ProxySeries { sessions: 0, counters: fresh() });
-        if p.counters.identity != identity {
-            p.counters.remove();
-            p.counters = fresh();
+        let Ok(mut m) = self.proxies.lock() else { return Arc::default() };
+        let p = m.entry(uuid.to_owned()).or_insert_with(|| ProxySeries {
+            identity: identity.to_owned(),
+            sessions: 0,
+            counters: Arc::default(),
+        });
+        if p.identity != identity {
+            // Another identity's counts are not this one's.
+            p.identity = identity.to_owned();
+            p.counters = Arc::default();
         }
         p.sessions += 1;
         p.counters.clone()
@@ -209,7 +258,6 @@ impl Metrics {
         {
             p.sessions = p.sessions.saturating_sub(1);
             if p.sessions == 0 {
-                p.counters.remove();
                 m.remove(uuid);
             }
         }
