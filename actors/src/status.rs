@@ -31,11 +31,58 @@ pub struct TypeStatus {
     /// The proxy's error for the last response, when it refused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nack: Option<String>,
-    #[serde(skip)]
-    nonce: String,
+}
+
+/// The type labels a status is kept for, by index.
+const TYPES: [&str; 6] = ["CDS", "EDS", "LDS", "RDS", "SDS", "other"];
+
+/// A version as kept: the 16 hex digits the controller writes fit a `u64` (no allocation per proxy and
+/// type; 10,000 proxies hold this for every type).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Version {
+    #[default]
+    None,
+    Hex(u64),
+    Text(Box<str>),
+}
+
+impl Version {
+    fn of(v: &str) -> Self {
+        match v.len() {
+            0 => Self::None,
+            16 => u64::from_str_radix(v, 16).map_or_else(|_| Self::Text(v.into()), Self::Hex),
+            _ => Self::Text(v.into()),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Self::None => String::new(),
+            Self::Hex(h) => format!("{h:016x}"),
+            Self::Text(t) => t.to_string(),
+        }
+    }
+}
+
+/// One type's state, as kept.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    used: bool,
+    sent: Version,
+    acked: Version,
+    /// A hash of the last response's nonce: an answer is matched against it.
+    nonce: u64,
     /// The last response sent is answered (ACK or NACK).
-    #[serde(skip)]
     answered: bool,
+    nack: Option<Box<str>>,
+}
+
+fn nonce_hash(nonce: &str) -> u64 {
+    nonce.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+fn slot_of(ty: &str) -> usize {
+    TYPES.iter().position(|t| *t == ty).unwrap_or(TYPES.len() - 1)
 }
 
 /// A proxy's status, as served.
@@ -66,7 +113,7 @@ pub struct MeshStatus {
 }
 
 struct Inner {
-    types: BTreeMap<&'static str, TypeStatus>,
+    types: [Slot; TYPES.len()],
     /// Since when something sent is unanswered or refused.
     behind_since: Option<Instant>,
     /// When the earliest mesh change whose configuration the proxy has not ACKed yet was made.
@@ -86,11 +133,10 @@ impl ProxyStatus {
     /// A response of type `ty` went out.
     pub fn sent(&self, ty: &'static str, nonce: &str, version: &str) {
         let Ok(mut inner) = self.inner.lock() else { return };
-        let t = inner.types.entry(ty).or_default();
-        t.sent.clear();
-        t.sent.push_str(version);
-        t.nonce.clear();
-        t.nonce.push_str(nonce);
+        let t = &mut inner.types[slot_of(ty)];
+        t.used = true;
+        t.sent = Version::of(version);
+        t.nonce = nonce_hash(nonce);
         t.answered = false;
         inner.behind_since.get_or_insert_with(Instant::now);
     }
@@ -107,20 +153,19 @@ impl ProxyStatus {
     /// proxy holding everything sent to it, returns how long ago the change it brought was made.
     pub fn answered(&self, ty: &'static str, nonce: &str, error: Option<&str>) -> Option<std::time::Duration> {
         let mut inner = self.inner.lock().ok()?;
-        let t = inner.types.get_mut(ty)?;
-        if nonce.is_empty() || t.nonce != nonce || t.answered {
+        let t = &mut inner.types[slot_of(ty)];
+        if nonce.is_empty() || !t.used || t.nonce != nonce_hash(nonce) || t.answered {
             return None;
         }
         t.answered = true;
         match error {
-            Some(e) => t.nack = Some(xds::limits::peer_str(e.trim_end()).to_string()),
+            Some(e) => t.nack = Some(xds::limits::peer_str(e.trim_end()).to_string().into()),
             None => {
-                // (Reusing the buffer: an ACK is the common request.)
-                t.acked.clone_from(&t.sent);
+                t.acked = t.sent.clone();
                 t.nack = None;
             }
         }
-        if inner.types.values().all(|t| t.answered && t.nack.is_none()) {
+        if inner.types.iter().filter(|t| t.used).all(|t| t.answered && t.nack.is_none()) {
             inner.behind_since = None;
             return inner.change.take().map(|at| at.elapsed());
         }
@@ -129,7 +174,7 @@ impl ProxyStatus {
 
     pub fn view(&self) -> Option<ProxyStatusView> {
         let inner = self.inner.lock().ok()?;
-        let state = if inner.types.values().any(|t| t.nack.is_some()) {
+        let state = if inner.types.iter().any(|t| t.nack.is_some()) {
             SyncState::Nack
         } else if inner.behind_since.is_some() {
             SyncState::Stale
@@ -143,7 +188,19 @@ impl ProxyStatus {
             state,
             behind_s: inner.behind_since.map_or(0.0, |s| s.elapsed().as_secs_f64()),
             connected_s: self.connected.elapsed().as_secs_f64(),
-            types: inner.types.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+            types: TYPES
+                .iter()
+                .zip(&inner.types)
+                .filter(|(_, t)| t.used)
+                .map(|(label, t)| {
+                    let status = TypeStatus {
+                        sent: t.sent.text(),
+                        acked: t.acked.text(),
+                        nack: t.nack.as_deref().map(str::to_owned),
+                    };
+                    ((*label).to_owned(), status)
+                })
+                .collect(),
         })
     }
 }
@@ -166,7 +223,7 @@ impl StatusBoard {
             identity: identity.to_owned(),
             api,
             connected: Instant::now(),
-            inner: Mutex::new(Inner { types: BTreeMap::new(), behind_since: Some(Instant::now()), change: None }),
+            inner: Mutex::new(Inner { types: Default::default(), behind_since: Some(Instant::now()), change: None }),
         });
         if let Ok(mut p) = self.proxies.lock() {
             p.insert(uuid.to_owned(), status.clone());
@@ -215,14 +272,14 @@ mod tests {
         let board = StatusBoard::default();
         let s = board.join("u1", "sa.ns", "sotw");
         assert_eq!(s.view().unwrap().state, SyncState::Stale, "nothing received yet");
-        s.sent("CDS", "n1", "v1");
+        s.sent("CDS", "n1", "06e4bbe9f2b4f66e");
         s.sent("LDS", "n2", "v1");
         s.answered("CDS", "n1", None);
         assert_eq!(s.view().unwrap().state, SyncState::Stale, "LDS unanswered");
         s.answered("LDS", "n2", None);
         let v = s.view().unwrap();
         assert_eq!((v.state, v.behind_s), (SyncState::Synced, 0.0));
-        assert_eq!(v.types["CDS"].acked, "v1");
+        assert_eq!(v.types["CDS"].acked, "06e4bbe9f2b4f66e", "versions are kept as they were sent");
         // Envoy refuses the next listeners: it keeps v1 and says why.
         s.sent("LDS", "n3", "v2");
         s.answered("LDS", "n3", Some("cannot bind 0.0.0.0:15010: Address already in use"));
