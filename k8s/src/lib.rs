@@ -10,6 +10,7 @@ pub mod convert;
 pub mod crds;
 pub mod duties;
 pub mod inject;
+pub mod namespaces;
 pub mod watch;
 pub mod webhook;
 pub mod yaml_dir;

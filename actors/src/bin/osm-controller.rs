@@ -245,7 +245,8 @@ fn serve(
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
                 format!("{}-{}", host.trim(), std::process::id())
             });
-            let client = kube_config(args.kubeconfig.as_deref()).await?;
+            let client =
+                actors::kube_source::kube_config(args.kubeconfig.as_deref()).await.map_err(anyhow::Error::msg)?;
             let mut source = actors::KubernetesSource::new(client, &args.mesh_name, &args.osm_namespace, replica_id);
             if let Some(image) = args.envoy_image {
                 source.injector.envoy_image = image;
@@ -280,22 +281,6 @@ fn serve(
         actors::run(config, shutdown).await.map_err(anyhow::Error::from)
     })?;
     Ok(())
-}
-
-/// The cluster's client configuration: the given kubeconfig, else in-cluster, $KUBECONFIG or ~/.kube/config.
-async fn kube_config(path: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
-    use kube::config::{KubeConfigOptions, Kubeconfig};
-    match path {
-        Some(p) => {
-            let file = Kubeconfig::read_from(p).with_context(|| format!("reading kubeconfig {}", p.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("kubeconfig {}", p.display()))
-        }
-        None => kube::Config::infer().await.context(
-            "no Kubernetes configuration: not in a cluster, and no $KUBECONFIG or ~/.kube/config (or give --kubeconfig)",
-        ),
-    }
 }
 
 /// Each sidecar holds a connection, so the soft open-file limit (often 1,024 under supervisors) caps the

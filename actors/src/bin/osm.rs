@@ -7,6 +7,7 @@
 //! - `osm verify connectivity --from <ns>/<pod> --to <ns>/<svc>[:port]`: the path checked step by step;
 //!   what blocks it, named.
 //! - `osm mesh list`: the mesh this controller serves: sources, mode, proxies, roots.
+//! - `osm namespace add|remove|list`: namespaces in and out of the mesh on a cluster (the kubeconfig's).
 //! - `osm support error-info [code]`: what an error code means and what to do (no controller needed).
 
 use std::time::{Duration, Instant};
@@ -47,6 +48,17 @@ enum Command {
         #[command(subcommand)]
         command: VerifyCommand,
     },
+    /// Namespaces of the mesh on a Kubernetes cluster (labelled openservicemesh.io/monitored-by=<mesh>).
+    Namespace {
+        /// The kubeconfig to use (default: in-cluster, $KUBECONFIG or ~/.kube/config).
+        #[arg(long, global = true)]
+        kubeconfig: Option<std::path::PathBuf>,
+        /// The mesh's name (the controller's --mesh-name).
+        #[arg(long, global = true, default_value = "osm")]
+        mesh_name: String,
+        #[command(subcommand)]
+        command: NamespaceCommand,
+    },
     /// The mesh.
     Mesh {
         #[command(subcommand)]
@@ -57,6 +69,25 @@ enum Command {
         #[command(subcommand)]
         command: SupportCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum NamespaceCommand {
+    /// Puts namespaces in the mesh: their pods are watched, and new pods get a sidecar.
+    Add {
+        #[arg(required = true)]
+        namespaces: Vec<String>,
+        /// Watch the namespaces without injecting sidecars into new pods.
+        #[arg(long)]
+        disable_sidecar_injection: bool,
+    },
+    /// Takes namespaces out of the mesh (running pods keep their sidecars until restarted).
+    Remove {
+        #[arg(required = true)]
+        namespaces: Vec<String>,
+    },
+    /// The namespaces of the mesh.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,7 +161,51 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Support { command: SupportCommand::ErrorInfo { code } } => error_info(cli.output, code.as_deref()),
         Command::Mesh { command: MeshCommand::List } => mesh_list(&cli.controller, cli.output).await,
+        Command::Namespace { kubeconfig, mesh_name, command } => {
+            namespace(kubeconfig.as_deref(), &mesh_name, command, cli.output).await
+        }
     }
+}
+
+async fn namespace(
+    kubeconfig: Option<&std::path::Path>,
+    mesh: &str,
+    command: NamespaceCommand,
+    output: Output,
+) -> anyhow::Result<u8> {
+    let config = actors::kube_source::kube_config(kubeconfig).await.map_err(anyhow::Error::msg)?;
+    let client = kube::Client::try_from(config).context("connecting to the cluster")?;
+    match command {
+        NamespaceCommand::Add { namespaces, disable_sidecar_injection } => {
+            for ns in &namespaces {
+                k8s::namespaces::add(client.clone(), ns, mesh, !disable_sidecar_injection).await?;
+                let injection = if disable_sidecar_injection { "without" } else { "with" };
+                println!("namespace {ns} is in mesh {mesh}, {injection} sidecar injection");
+            }
+        }
+        NamespaceCommand::Remove { namespaces } => {
+            for ns in &namespaces {
+                k8s::namespaces::remove(client.clone(), ns, mesh).await?;
+                println!("namespace {ns} left mesh {mesh} (restart its pods to remove their sidecars)");
+            }
+        }
+        NamespaceCommand::List => {
+            let list = k8s::namespaces::list(client, Some(mesh)).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Output::Table if list.is_empty() => println!("no namespace is in mesh {mesh}"),
+                Output::Table => {
+                    let width = list.iter().map(|n| n.name.len()).max().unwrap_or(0).max(9);
+                    println!("{:<width$}  {:<10}  SIDECAR-INJECTION", "NAMESPACE", "MESH");
+                    for n in list {
+                        let inject = if n.sidecar_injection { "enabled" } else { "disabled" };
+                        println!("{:<width$}  {:<10}  {inject}", n.name, n.mesh);
+                    }
+                }
+            }
+        }
+    }
+    Ok(0)
 }
 
 async fn mesh_list(base: &str, output: Output) -> anyhow::Result<u8> {

@@ -1,0 +1,97 @@
+//! Namespaces in and out of the mesh (`osm namespace add|remove|list`), as OSM marks them: the label
+//! `openservicemesh.io/monitored-by=<mesh>` puts a namespace in the mesh (the controller watches only those),
+//! the annotation `openservicemesh.io/sidecar-injection: enabled` has its new pods injected.
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+
+use crate::inject::INJECTION_ANNOTATION;
+use crate::watch::MONITORED_BY_LABEL;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    #[error("namespace {0} does not exist")]
+    NotFound(String),
+    #[error("namespace {namespace} is already in mesh {other}; remove it from that mesh first")]
+    OtherMesh { namespace: String, other: String },
+    #[error("namespace {namespace} is not in mesh {mesh}")]
+    NotInMesh { namespace: String, mesh: String },
+    #[error("the API server: {0}")]
+    Api(#[from] kube::Error),
+}
+
+/// A namespace of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MeshNamespace {
+    pub name: String,
+    pub mesh: String,
+    pub sidecar_injection: bool,
+}
+
+async fn get(api: &Api<Namespace>, name: &str) -> Result<Namespace, NamespaceError> {
+    api.get_opt(name).await?.ok_or_else(|| NamespaceError::NotFound(name.to_owned()))
+}
+
+fn monitored_by(ns: &Namespace) -> Option<&str> {
+    ns.metadata.labels.as_ref()?.get(MONITORED_BY_LABEL).map(String::as_str)
+}
+
+/// Puts `name` in mesh `mesh`, with sidecar injection unless `inject` is false. Idempotent; a namespace of
+/// another mesh is refused.
+pub async fn add(client: kube::Client, name: &str, mesh: &str, inject: bool) -> Result<(), NamespaceError> {
+    let api: Api<Namespace> = Api::all(client);
+    let ns = get(&api, name).await?;
+    if let Some(other) = monitored_by(&ns).filter(|m| *m != mesh) {
+        return Err(NamespaceError::OtherMesh { namespace: name.to_owned(), other: other.to_owned() });
+    }
+    let injection = if inject { serde_json::json!("enabled") } else { serde_json::Value::Null };
+    let patch = serde_json::json!({"metadata": {
+        "labels": {MONITORED_BY_LABEL: mesh},
+        "annotations": {INJECTION_ANNOTATION: injection},
+    }});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// Takes `name` out of mesh `mesh` (its label and injection annotation go; running pods keep their
+/// sidecars until restarted).
+pub async fn remove(client: kube::Client, name: &str, mesh: &str) -> Result<(), NamespaceError> {
+    let api: Api<Namespace> = Api::all(client);
+    let ns = get(&api, name).await?;
+    if monitored_by(&ns) != Some(mesh) {
+        return Err(NamespaceError::NotInMesh { namespace: name.to_owned(), mesh: mesh.to_owned() });
+    }
+    let patch = serde_json::json!({"metadata": {
+        "labels": {MONITORED_BY_LABEL: null},
+        "annotations": {INJECTION_ANNOTATION: null},
+    }});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// The namespaces of mesh `mesh` (every mesh with `None`), by name.
+pub async fn list(client: kube::Client, mesh: Option<&str>) -> Result<Vec<MeshNamespace>, NamespaceError> {
+    let api: Api<Namespace> = Api::all(client);
+    let selector = match mesh {
+        Some(m) => format!("{MONITORED_BY_LABEL}={m}"),
+        None => MONITORED_BY_LABEL.to_owned(),
+    };
+    let mut out: Vec<MeshNamespace> = api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .map(|ns| MeshNamespace {
+            mesh: monitored_by(&ns).unwrap_or_default().to_owned(),
+            sidecar_injection: ns
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(INJECTION_ANNOTATION))
+                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "enabled" | "yes" | "true")),
+            name: ns.metadata.name.unwrap_or_default(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
