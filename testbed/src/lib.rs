@@ -602,6 +602,17 @@ impl LocalMesh {
             .map_err(|e| TestbedError::Command(shown, e.to_string()))
     }
 
+    /// Runs `osm <args>` inside a pod's network namespace, as an operator on the workload's machine would
+    /// (the sidecar's admin interface listens on that namespace's loopback only).
+    pub fn osm_in_pod(&self, pod: &str, args: &[&str]) -> Result<Output, TestbedError> {
+        let p = self.pod(pod)?;
+        p.netns
+            .command(&self.bins.osm.display().to_string())
+            .args(args)
+            .output()
+            .map_err(|e| TestbedError::Command(format!("osm {args:?} (in {pod})"), e.to_string()))
+    }
+
     /// Starts a long-running `mesh-app <args>` inside a pod; stopped when the mesh is dropped.
     pub fn spawn_app(&mut self, pod: &str, args: &[&str]) -> Result<(), TestbedError> {
         let p = self.pod(pod)?;

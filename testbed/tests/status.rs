@@ -52,6 +52,15 @@ fn a_proxy_that_refuses_its_config_is_shown_with_envoys_error_while_the_rest_sta
     assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
     assert!(table.contains("2 proxies: 2 synced, 0 stale, 0 NACK"), "{table}");
     assert!(table.contains("client.demo") && table.contains("server.demo"), "{table}");
+    // What the client's Envoy itself holds, from its admin interface in the pod's network namespace.
+    let out = mesh.osm_in_pod(CLIENT, &["proxy", "get", "config_dump", "demo/client"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(dump["configs"].as_array().is_some_and(|c| !c.is_empty()));
+    let out = mesh.osm_in_pod(CLIENT, &["proxy", "get", "stats", "demo/client"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("control_plane.connected_state: 1"), "{out:?}");
+    let out = mesh.osm_in_pod(CLIENT, &["proxy", "get", "stats", "other/pod"]).unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("client.demo"), "{out:?}");
     let out = mesh.osm(&["mesh", "list"]).unwrap();
     let mesh_list = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{mesh_list}{}", String::from_utf8_lossy(&out.stderr));

@@ -6,6 +6,8 @@
 //!   with Envoy's reason; `--wait` blocks until every proxy holds everything sent to it, or times out.
 //! - `osm verify connectivity --from <ns>/<pod> --to <ns>/<svc>[:port]`: the path checked step by step;
 //!   what blocks it, named.
+//! - `osm proxy get config_dump|stats <ns>/<pod>`: the sidecar's own view, from its Envoy admin interface
+//!   (`--admin`, default `127.0.0.1:15000`: run it in the pod's network namespace, or port-forward).
 //! - `osm mesh list`: the mesh this controller serves: sources, mode, proxies, roots.
 //! - `osm namespace add|remove|list`: namespaces in and out of the mesh on a cluster (the kubeconfig's).
 //! - `osm support error-info [code]`: what an error code means and what to do (no controller needed).
@@ -131,6 +133,31 @@ enum ProxyCommand {
         #[arg(long, default_value_t = 60)]
         timeout_s: u64,
     },
+    /// What a sidecar's Envoy holds, from its admin interface.
+    Get {
+        #[command(subcommand)]
+        what: ProxyGet,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ProxyGet {
+    /// Envoy's configuration (its /config_dump; secrets' keys are redacted by Envoy).
+    #[command(name = "config_dump", alias = "config-dump")]
+    ConfigDump {
+        /// The pod: <namespace>/<pod> (checked against the sidecar's node).
+        pod: String,
+        /// The sidecar's admin interface: it listens on the pod's loopback, so run this in the pod's
+        /// network namespace (ip netns exec), or port-forward 15000 (kubectl port-forward pod/<pod> 15000).
+        #[arg(long, default_value = "http://127.0.0.1:15000")]
+        admin: String,
+    },
+    /// Envoy's statistics (its /stats).
+    Stats {
+        pod: String,
+        #[arg(long, default_value = "http://127.0.0.1:15000")]
+        admin: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -156,6 +183,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Proxy { command: ProxyCommand::Status { wait, timeout_s } } => {
             proxy_status(&cli.controller, cli.output, wait.then(|| Duration::from_secs(timeout_s))).await
         }
+        Command::Proxy { command: ProxyCommand::Get { what } } => {
+            let (pod, admin, path) = match &what {
+                ProxyGet::ConfigDump { pod, admin } => (pod, admin, "/config_dump"),
+                ProxyGet::Stats { pod, admin } => (pod, admin, "/stats"),
+            };
+            proxy_get(pod, admin, path).await
+        }
         Command::Verify { command: VerifyCommand::Connectivity { from, to } } => {
             verify_connectivity(&cli.controller, cli.output, &from, &to).await
         }
@@ -165,6 +199,25 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             namespace(kubeconfig.as_deref(), &mesh_name, command, cli.output).await
         }
     }
+}
+
+/// GETs `path` from a sidecar's admin interface, after checking it is the sidecar of `pod`'s service
+/// account (its node's cluster is `<sa>.<ns>`; the pod's name is not known to Envoy).
+async fn proxy_get(pod: &str, admin: &str, path: &str) -> anyhow::Result<u8> {
+    let (ns, _) = pod.split_once('/').context("the pod is <namespace>/<pod>")?;
+    let info = get(admin, "/server_info").await.with_context(|| {
+        format!(
+            "no Envoy admin interface at {admin}: run osm in the pod's network namespace \
+             (ip netns exec <netns> osm ...), or port-forward 15000 and give --admin"
+        )
+    })?;
+    let info: serde_json::Value = serde_json::from_str(&info).context("the admin interface's /server_info")?;
+    let cluster = info["command_line_options"]["service_cluster"].as_str().unwrap_or_default();
+    if !cluster.ends_with(&format!(".{ns}")) {
+        bail!("the Envoy at {admin} is the sidecar of {cluster:?}, not of a pod in namespace {ns}");
+    }
+    print!("{}", get(admin, path).await?);
+    Ok(0)
 }
 
 async fn namespace(
@@ -209,7 +262,7 @@ async fn namespace(
 }
 
 async fn mesh_list(base: &str, output: Output) -> anyhow::Result<u8> {
-    let body = get(base, "/status/mesh").await?;
+    let body = controller_get(base, "/status/mesh").await?;
     let m: actors::http::MeshSummary =
         serde_json::from_str(&body).context("the controller's /status/mesh is not what this osm reads")?;
     match output {
@@ -262,7 +315,14 @@ fn error_info(output: Output, code: Option<&str>) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// GET `path` from the controller's endpoint; the body.
+/// GET `path` from the controller's HTTP endpoint; the body.
+async fn controller_get(base: &str, path: &str) -> anyhow::Result<String> {
+    get(base, path).await.with_context(|| {
+        format!("the controller's HTTP endpoint at {base} (is it running? --controller, or OSM_CONTROLLER)")
+    })
+}
+
+/// GET `path` from an HTTP endpoint; the body.
 async fn get(base: &str, path: &str) -> anyhow::Result<String> {
     let uri: hyper::Uri = format!("{}{path}", base.trim_end_matches('/')).parse().context("--controller")?;
     if uri.scheme_str() != Some("http") {
@@ -270,8 +330,7 @@ async fn get(base: &str, path: &str) -> anyhow::Result<String> {
     }
     let host = uri.host().context("--controller has no host")?.to_owned();
     let port = uri.port_u16().unwrap_or(80);
-    let unreachable =
-        || format!("cannot reach the controller at {base} (is it running? --controller, or OSM_CONTROLLER)");
+    let unreachable = || format!("cannot reach {base}");
     let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((host.as_str(), port)))
         .await
         .map_err(|_| anyhow::anyhow!("timed out"))
@@ -295,7 +354,7 @@ async fn get(base: &str, path: &str) -> anyhow::Result<String> {
 }
 
 async fn fetch_status(base: &str) -> anyhow::Result<MeshStatus> {
-    let body = get(base, "/status/proxies").await?;
+    let body = controller_get(base, "/status/proxies").await?;
     serde_json::from_str(&body)
         .context("the controller's /status/proxies is not what this osm reads (versions differ?)")
 }
@@ -348,7 +407,7 @@ async fn verify_connectivity(base: &str, output: Output, from: &str, to: &str) -
             "--from <namespace>/<pod> and --to <namespace>/<service>[:<port>] (names of letters, digits, '-' and '.')"
         );
     }
-    let body = get(base, &format!("/status/connectivity?from={from}&to={to}")).await?;
+    let body = controller_get(base, &format!("/status/connectivity?from={from}&to={to}")).await?;
     let report: actors::http::Connectivity =
         serde_json::from_str(&body).context("the controller's /status/connectivity is not what this osm reads")?;
     match output {
