@@ -96,6 +96,9 @@ pub struct ProxyStatusView {
     pub state: SyncState,
     /// Seconds since the proxy stopped holding everything sent to it (0 when synced).
     pub behind_s: f64,
+    /// Seconds since it last held everything sent to it (`None`: not yet since it connected).
+    #[serde(default)]
+    pub synced_s_ago: Option<f64>,
     pub connected_s: f64,
     /// By type label (`CDS`, `EDS`, `LDS`, `RDS`, `SDS`).
     pub types: BTreeMap<String, TypeStatus>,
@@ -118,6 +121,8 @@ struct Inner {
     behind_since: Option<Instant>,
     /// When the earliest mesh change whose configuration the proxy has not ACKed yet was made.
     change: Option<Instant>,
+    /// When the proxy last held everything sent to it.
+    synced_at: Option<Instant>,
 }
 
 /// The status of one connected proxy, written by its session only.
@@ -167,6 +172,7 @@ impl ProxyStatus {
         }
         if inner.types.iter().filter(|t| t.used).all(|t| t.answered && t.nack.is_none()) {
             inner.behind_since = None;
+            inner.synced_at = Some(Instant::now());
             return inner.change.take().map(|at| at.elapsed());
         }
         None
@@ -187,6 +193,10 @@ impl ProxyStatus {
             api: self.api.to_owned(),
             state,
             behind_s: inner.behind_since.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+            synced_s_ago: match inner.behind_since {
+                None => Some(0.0),
+                Some(_) => inner.synced_at.map(|t| t.elapsed().as_secs_f64()),
+            },
             connected_s: self.connected.elapsed().as_secs_f64(),
             types: TYPES
                 .iter()
@@ -223,7 +233,12 @@ impl StatusBoard {
             identity: identity.to_owned(),
             api,
             connected: Instant::now(),
-            inner: Mutex::new(Inner { types: Default::default(), behind_since: Some(Instant::now()), change: None }),
+            inner: Mutex::new(Inner {
+                types: Default::default(),
+                behind_since: Some(Instant::now()),
+                change: None,
+                synced_at: None,
+            }),
         });
         if let Ok(mut p) = self.proxies.lock() {
             p.insert(uuid.to_owned(), status.clone());
