@@ -35,6 +35,11 @@ pub struct GetCerts(pub Vec<ServiceIdentity>);
 #[rtype(result = "Vec<(ServiceIdentity, Option<(String, SystemTime)>)>")]
 pub struct CertInfo(pub Vec<ServiceIdentity>);
 
+/// The name of the root that signs now.
+#[derive(Message)]
+#[rtype(result = "String")]
+pub struct Signer;
+
 /// Every certificate in use, for the debug server: never keys.
 #[derive(Message)]
 #[rtype(result = "IssuedList")]
@@ -88,6 +93,9 @@ pub struct RootsSettled;
 /// Finds the root an MRC names (loading or creating it; blocking).
 pub type RootLoader = Arc<certs::roots::LoadRoot<'static>>;
 
+/// Records the MRCs put in force (for tools; see [`certs::roots::RootStore::record_in_force`]).
+pub type RootRecorder = Arc<dyn Fn(&[MeshRootCertificate]) + Send + Sync>;
+
 /// The roots in force, as the certificate actor publishes them.
 pub type TrustWatch = watch::Sender<Arc<TrustSet>>;
 
@@ -108,6 +116,7 @@ pub struct CertActor {
     /// The root the controller started with, used when no MRC exists.
     startup: Arc<dyn certs::Issuer>,
     load_root: RootLoader,
+    record_roots: Option<RootRecorder>,
     /// The last MRCs told, resolved one set at a time in order.
     roots_wanted: Option<Vec<MeshRootCertificate>>,
     resolving: bool,
@@ -131,6 +140,17 @@ pub struct CertActor {
 /// A signed certificate and how long signing took, or why it failed.
 type Signed = Result<(IssuedCert, Duration), String>;
 
+/// What a certificate was issued under: the roots (their signer signed it) and the key kind.
+#[derive(Clone)]
+struct Issuance {
+    trust: Arc<TrustSet>,
+    key: certs::KeyAlgorithm,
+}
+
+/// Identities renewed together: a renewal reaches their sidecars as soon as its group is signed, not once
+/// every due certificate is (thousands of RSA keys take minutes).
+const RENEWAL_GROUP: usize = 64;
+
 impl CertActor {
     /// Issues from the signer of `trust_tx`'s roots, which it then keeps up to date from the
     /// MeshRootCertificates it is told (`load_root` finds each one's root).
@@ -142,6 +162,7 @@ impl CertActor {
             trust,
             trust_tx,
             load_root,
+            record_roots: None,
             roots_wanted: None,
             resolving: false,
             roots_settled: false,
@@ -158,13 +179,23 @@ impl CertActor {
         }
     }
 
+    /// The same, recording each set of MRCs put in force with `record`.
+    pub fn with_recorder(self, record: RootRecorder) -> Self {
+        Self { record_roots: Some(record), ..self }
+    }
+
     /// The same, reading the time from `clock`.
     pub fn with_clock(self, clock: Clock) -> Self {
         Self { clock, ..self }
     }
 
-    /// Signs certificates for `ids` on the blocking pool; resolves to each result.
-    fn sign(&self, ids: Vec<ServiceIdentity>) -> impl Future<Output = Vec<(ServiceIdentity, Signed)>> + 'static {
+    /// Signs certificates for `ids` on the blocking pool; resolves to each result, and what they were
+    /// issued under.
+    fn sign(
+        &self,
+        ids: Vec<ServiceIdentity>,
+    ) -> impl Future<Output = (Issuance, Vec<(ServiceIdentity, Signed)>)> + 'static {
+        let issuance = Issuance { trust: self.trust.clone(), key: self.key };
         let jobs = ids.into_iter().map(|id| {
             let (ca, validity, key, signing) =
                 (self.trust.signer().clone(), self.validity, self.key, self.signing.clone());
@@ -185,11 +216,12 @@ impl CertActor {
                 (id, result)
             }
         });
-        futures::future::join_all(jobs)
+        futures::FutureExt::map(futures::future::join_all(jobs), move |results| (issuance, results))
     }
 
-    /// Takes a signed certificate into use and schedules its renewal.
-    fn keep(&mut self, id: ServiceIdentity, cert: IssuedCert, took: Duration) -> Arc<IssuedCert> {
+    /// Takes a signed certificate into use and schedules its renewal: at once when the roots or the key
+    /// kind changed while it was being signed (it must not outlive the root that signed it).
+    fn keep(&mut self, id: ServiceIdentity, cert: IssuedCert, took: Duration, under: &Issuance) -> Arc<IssuedCert> {
         self.metrics.cert_issued(took);
         let cert = Arc::new(cert);
         // Scheduled over the validity asked for (from now), not over the backdated start the certificate
@@ -202,6 +234,9 @@ impl CertActor {
             renew_in_s = due.duration_since(now).unwrap_or_default().as_secs(),
             "issued service certificate"
         );
+        if !under.trust.same_signer(&self.trust) || under.key != self.key {
+            self.rotation.renew_by(&id, now);
+        }
         self.cache.insert(id, cert.clone());
         cert
     }
@@ -231,7 +266,14 @@ impl CertActor {
             self.rearm(ctx);
             return;
         }
-        ctx.spawn(self.sign(due).into_actor(self).map(|results, act, ctx| {
+        for group in due.chunks(RENEWAL_GROUP) {
+            self.renew(group.to_vec(), ctx);
+        }
+    }
+
+    /// Renews `ids`; their sidecars get the new certificates once these are signed.
+    fn renew(&mut self, ids: Vec<ServiceIdentity>, ctx: &mut Context<Self>) {
+        ctx.spawn(self.sign(ids).into_actor(self).map(|(under, results), act, ctx| {
             let mut renewed = Vec::new();
             for (id, result) in results {
                 // Forgotten while it was being signed: nobody needs it.
@@ -240,7 +282,7 @@ impl CertActor {
                 }
                 match result {
                     Ok((cert, took)) => {
-                        let serial = act.keep(id.clone(), cert, took).serial.clone();
+                        let serial = act.keep(id.clone(), cert, took, &under).serial.clone();
                         tracing::info!(identity = %id, %serial, "renewed service certificate");
                         renewed.push(id);
                     }
@@ -272,17 +314,27 @@ impl CertActor {
         let Some(mrcs) = self.roots_wanted.take() else { return };
         self.resolving = true;
         let previous = self.roots_settled.then(|| self.trust.clone());
-        let (startup, load) = (self.startup.clone(), self.load_root.clone());
+        let (startup, load, record) = (self.startup.clone(), self.load_root.clone(), self.record_roots.clone());
         let trust_domain = startup.trust_domain().to_owned();
         let work = tokio::task::spawn_blocking(move || {
-            certs::roots::resolve(&mrcs, &trust_domain, &startup, load.as_ref(), previous.as_deref())
-                .map_err(|e| e.to_string())
+            let set = certs::roots::resolve(&mrcs, &trust_domain, &startup, load.as_ref(), previous.as_deref())
+                .map_err(|e| e.to_string())?;
+            // Recorded before anyone is told: a bundle refreshed after a sidecar trusts these roots is
+            // issued under them.
+            if let Some(record) = record {
+                record(&mrcs);
+            }
+            Ok(set)
         });
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             act.resolving = false;
-            act.roots_settled = true;
             match result.map_err(|e| format!("root resolution failed: {e}")).and_then(|r| r) {
-                Ok(set) => act.use_roots(Arc::new(set), ctx),
+                Ok(set) => {
+                    // Only a set in force is what later ones are checked against: a first one that failed
+                    // (a root not loadable yet) must not make the roots the mesh names look untrusted.
+                    act.roots_settled = true;
+                    act.use_roots(Arc::new(set), ctx);
+                }
                 Err(e) => {
                     act.metrics.error(certs::roots::ROOTS_REFUSED);
                     tracing::error!(
@@ -388,13 +440,13 @@ impl Handler<GetCerts> for CertActor {
                 None => missing.push(id),
             }
         }
-        Box::pin(self.sign(missing).into_actor(self).map(move |results, act, ctx| {
+        Box::pin(self.sign(missing).into_actor(self).map(move |(under, results), act, ctx| {
             for (id, result) in results {
                 let issued_meanwhile = act.cache.get(&id).cloned();
                 let cert = match (result, issued_meanwhile) {
                     // Another request issued one meanwhile: the first stays.
                     (_, Some(first)) => Ok(first),
-                    (Ok((cert, took)), None) => Ok(act.keep(id.clone(), cert, took)),
+                    (Ok((cert, took)), None) => Ok(act.keep(id.clone(), cert, took, &under)),
                     (Err(e), None) => {
                         tracing::error!(identity = %id, error = %e, "cannot issue service certificate");
                         Err(e)
@@ -406,6 +458,13 @@ impl Handler<GetCerts> for CertActor {
             act.rearm(ctx);
             out
         }))
+    }
+}
+
+impl Handler<Signer> for CertActor {
+    type Result = String;
+    fn handle(&mut self, _: Signer, _: &mut Self::Context) -> String {
+        self.trust.signer_name().to_owned()
     }
 }
 

@@ -97,8 +97,7 @@ async fn mesh_summary(State(s): State<HttpState>) -> Response {
     let Some(q) = s.actors.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "the controller is starting\n").into_response();
     };
-    let (Ok(c), Ok(certs)) =
-        (q.catalog.send(crate::catalog::Summary).await, q.certs.send(crate::certs::ListCerts).await)
+    let (Ok(c), Ok(signer)) = (q.catalog.send(crate::catalog::Summary).await, q.certs.send(crate::certs::Signer).await)
     else {
         return (StatusCode::SERVICE_UNAVAILABLE, "the controller is not answering\n").into_response();
     };
@@ -117,7 +116,7 @@ async fn mesh_summary(State(s): State<HttpState>) -> Response {
         proxies_connected: status.proxies.len(),
         proxies_synced: status.proxies.iter().filter(|p| p.state == crate::status::SyncState::Synced).count(),
         policy_errors: c.policy_errors.len(),
-        signing_root: certs.signer,
+        signing_root: signer,
     };
     let body = serde_json::to_string_pretty(&summary).unwrap_or_default() + "\n";
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
@@ -153,16 +152,10 @@ async fn connectivity(State(s): State<HttpState>, uri: axum::http::Uri) -> axum:
         return (StatusCode::SERVICE_UNAVAILABLE, "the catalog is not answering\n").into_response();
     };
     let mut steps = check.steps.clone();
-    let mut ends: Vec<(&str, &messages::ProxyUuid, &messages::ServiceIdentity)> = Vec::new();
-    if let Some((u, i)) = &check.source {
-        ends.push(("source sidecar", u, i));
-    }
-    ends.extend(check.destinations.iter().map(|(u, i)| ("destination sidecar", u, i)));
-    let mut identities: Vec<messages::ServiceIdentity> = ends.iter().map(|(_, _, i)| (*i).clone()).collect();
-    identities.dedup();
+    let mut identities: std::collections::BTreeSet<messages::ServiceIdentity> = std::collections::BTreeSet::new();
     if check.steps.iter().any(|s| s.step == "source pod" && s.ok) {
-        for (step, uuid, identity) in &ends {
-            let (ok, detail) = match s.status.proxy(uuid.as_str()) {
+        let sidecar = |uuid: &messages::ProxyUuid, identity: &messages::ServiceIdentity| -> (bool, String) {
+            match s.status.proxy(uuid.as_str()) {
                 None => (false, format!("{identity} proxy {uuid} is not connected to this controller")),
                 Some(p) => match p.state {
                     crate::status::SyncState::Synced => {
@@ -178,16 +171,39 @@ async fn connectivity(State(s): State<HttpState>, uri: axum::http::Uri) -> axum:
                         (false, format!("{identity} proxy {uuid} refused its config: {}", why.join("; ")))
                     }
                 },
-            };
-            steps.push(messages::PathStep { step: (*step).to_owned(), ok, detail });
+            }
+        };
+        if let Some((uuid, identity)) = &check.source {
+            let (ok, detail) = sidecar(uuid, identity);
+            steps.push(messages::PathStep { step: "source sidecar".to_owned(), ok, detail });
+            identities.insert(identity.clone());
         }
-        if let Ok(certs) = q.certs.send(crate::certs::CertInfo(identities)).await {
+        // One step for all destinations (a Service may have hundreds of pods): the first few problems.
+        if !check.destinations.is_empty() {
+            const SHOWN: usize = 5;
+            let results: Vec<(bool, String)> = check.destinations.iter().map(|(u, i)| sidecar(u, i)).collect();
+            let bad: Vec<&String> = results.iter().filter(|(ok, _)| !ok).map(|(_, d)| d).collect();
+            let detail = if bad.is_empty() {
+                match results.as_slice() {
+                    [(_, only)] => only.clone(),
+                    all => format!("all {} are connected and synced", all.len()),
+                }
+            } else {
+                let more = bad.len().saturating_sub(SHOWN);
+                let shown: Vec<&str> = bad.iter().take(SHOWN).map(|d| d.as_str()).collect();
+                let tail = if more > 0 { format!(" (and {more} more)") } else { String::new() };
+                format!("{} of {}: {}{tail}", bad.len(), results.len(), shown.join("; "))
+            };
+            steps.push(messages::PathStep { step: "destination sidecars".to_owned(), ok: bad.is_empty(), detail });
+            identities.extend(check.destinations.iter().map(|(_, i)| i.clone()));
+        }
+        if let Ok(certs) = q.certs.send(crate::certs::CertInfo(identities.into_iter().collect())).await {
             let now = std::time::SystemTime::now();
             for (id, info) in certs {
                 let (ok, detail) = match info {
                     Some((serial, until)) if until > now => {
                         let left = until.duration_since(now).map_or(0, |d| d.as_secs());
-                        (true, format!("{id}: serial {serial}, valid for {left}s more, from the signing root"))
+                        (true, format!("{id}: serial {serial}, valid for {left}s more"))
                     }
                     Some((serial, _)) => (false, format!("{id}: serial {serial} has expired")),
                     None => (false, format!("{id}: no service certificate issued (its sidecar never got a config)")),

@@ -247,7 +247,7 @@ impl ActorSystem {
     async fn start(
         config: &ControllerConfig,
         trust: Arc<certs::TrustWatch>,
-        load_root: certs::RootLoader,
+        (load_root, record_roots): (certs::RootLoader, certs::RootRecorder),
         building: Arc<std::sync::atomic::AtomicBool>,
         debug_switch: Arc<tokio::sync::watch::Sender<bool>>,
         metrics: Arc<metrics::Metrics>,
@@ -270,7 +270,9 @@ impl ActorSystem {
                     .start();
                     let trust_pem = trust.borrow().trust_pem().to_owned();
                     let cert_actor =
-                        certs::CertActor::new(trust, load_root, config.service_cert_validity, metrics.clone()).start();
+                        certs::CertActor::new(trust, load_root, config.service_cert_validity, metrics.clone())
+                            .with_recorder(record_roots)
+                            .start();
                     let snapshots =
                         snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), &trust_pem, metrics.clone())
                             .with_busy_flag(building)
@@ -468,6 +470,12 @@ pub async fn run_on(
         startup: startup.clone(),
         create: true,
     };
+    let recorder = store.clone();
+    let record_roots: certs::RootRecorder = Arc::new(move |mrcs| {
+        if let Err(e) = recorder.record_in_force(mrcs) {
+            tracing::warn!(error = %e, "cannot record the mesh roots in force for osm-controller bootstrap");
+        }
+    });
     let load_root: certs::RootLoader = Arc::new(move |m| store.load(m));
     let roots = ::certs::roots::TrustSet::single(::certs::roots::STARTUP_ROOT_SECRET, startup);
     let trust = Arc::new(tokio::sync::watch::Sender::new(Arc::new(roots)));
@@ -475,7 +483,7 @@ pub async fn run_on(
     let actors = ActorSystem::start(
         &config,
         trust.clone(),
-        load_root,
+        (load_root, record_roots),
         status.building.clone(),
         debug_switch.clone(),
         metrics.clone(),
@@ -517,12 +525,14 @@ pub async fn run_on(
         names.push(config.ads_addr.ip().to_string());
     }
     let cn = ::certs::ads_server_common_name(&config.trust_domain);
-    let roots = trust.borrow().clone();
+    // Subscribed before reading: a change in between is not missed.
+    let mut trust_rx = trust.subscribe();
+    let roots = trust_rx.borrow_and_update().clone();
     let server_cert = roots.signer().issue_server(&cn, &names, config.ads_cert_validity)?;
     let certificate = Arc::new(xds::tls::ServerCertificate::new(&server_cert.cert_pem, &server_cert.key_pem)?);
     let client_roots = Arc::new(xds::tls::ClientRoots::new(roots.trust_pem())?);
     let renewals = tokio::spawn(keep_ads_tls(
-        trust.subscribe(),
+        trust_rx,
         (cn, names),
         config.ads_cert_validity,
         server_cert,

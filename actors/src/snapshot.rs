@@ -90,8 +90,7 @@ pub struct SnapshotActor {
     proxies: HashMap<ProxyUuid, Entry>,
     schedule: Schedule,
     generations: u64,
-    /// When the earliest mesh change not yet fully built was made (cleared once every dirty proxy is
-    /// built).
+    /// When the earliest mesh change not yet in a build was made.
     change_since: Option<Instant>,
     /// Raised while proxies are being built or wait to be (shown by `/status/proxies`).
     busy: Arc<std::sync::atomic::AtomicBool>,
@@ -154,12 +153,12 @@ impl SnapshotActor {
         // others only for a change.
         let waiting = |u: &ProxyUuid| proxies.get(u).is_some_and(|e| matches!(*e.tx.borrow(), ProxyState::Pending));
         let Some(uuids) = self.schedule.start(|| proxies.keys(), connected, waiting) else {
-            // Everything dirty is built: the next change starts its own clock.
             self.change_since = None;
             self.busy.store(!self.schedule.is_idle(), std::sync::atomic::Ordering::Relaxed);
             return;
         };
-        let changed_at = self.change_since;
+        // This batch carries the changes made so far; those made while it builds start their own clock.
+        let changed_at = self.change_since.take();
         let retry = uuids.clone();
         // Per proxy of the batch, in its order (the catalog answers in it): the identity the proxy
         // authenticated with (its pod must still run as that identity), and which entry the build is for.

@@ -190,7 +190,38 @@ pub struct RootStore {
     pub create: bool,
 }
 
+/// Where the controller records the MeshRootCertificates it put in force, in its state directory.
+const IN_FORCE_FILE: &str = "in-force.json";
+
 impl RootStore {
+    /// Records the MRCs the controller put in force, so tools (`osm-controller bootstrap`) issue from and
+    /// trust exactly what the controller does, whatever the mesh directory holds meanwhile (a set the
+    /// controller refused, a file being edited).
+    pub fn record_in_force(&self, mrcs: &[MeshRootCertificate]) -> Result<(), CertError> {
+        let dir = self.state_dir.join("roots");
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CertError::Io { path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let text = serde_json::to_string_pretty(mrcs).map_err(|e| CertError::BadCa { reason: e.to_string() })?;
+        let tmp = dir.join(format!(".{IN_FORCE_FILE}.{}", std::process::id()));
+        std::fs::write(&tmp, text).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, dir.join(IN_FORCE_FILE)).map_err(io(&dir.join(IN_FORCE_FILE)))
+    }
+
+    /// The roots in force as the controller last recorded them (the startup root when it recorded none).
+    pub fn in_force(&self) -> Result<TrustSet, RootsError> {
+        let path = self.state_dir.join("roots").join(IN_FORCE_FILE);
+        let mrcs: Vec<MeshRootCertificate> = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| RootsError::Load { name: path.display().to_string(), reason: e.to_string() })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(RootsError::Load { name: path.display().to_string(), reason: e.to_string() }),
+        };
+        self.trust_set(&mrcs, None)
+    }
+
     pub fn dir_of(state_dir: &Path, secret: &(String, String)) -> PathBuf {
         state_dir.join("roots").join(format!("{}.{}", secret.0, secret.1))
     }
@@ -323,5 +354,9 @@ mod tests {
         store.create = false;
         assert_eq!(store.load(&mrc("next")).unwrap().trust_pem(), created.trust_pem());
         assert!(dir.path().join("roots/osm-system.next/ca.crt").exists());
+        // What tools use is what the controller recorded, not what the directory says now.
+        assert_eq!(store.in_force().unwrap().signer_name(), STARTUP_ROOT_SECRET, "nothing recorded yet");
+        store.record_in_force(&[mrc("next")]).unwrap();
+        assert_eq!(store.in_force().unwrap().trust_pem(), created.trust_pem());
     }
 }

@@ -439,6 +439,10 @@ pub fn mesh_root_certificate(o: &crds::MeshRootCertificate) -> Result<MeshRootCe
             let r = &t.ca.secret_ref;
             check_name(NameRule::Dns1123Subdomain, &r.name)
                 .map_err(|e| err(&label, format!("spec.provider.tresor.ca.secretRef.name: {e}")))?;
+            if let Some(ns) = &r.namespace {
+                check_name(NameRule::Dns1123Label, ns)
+                    .map_err(|e| err(&label, format!("spec.provider.tresor.ca.secretRef.namespace: {e}")))?;
+            }
             (r.namespace.clone().unwrap_or_else(|| namespace.clone()), r.name.clone())
         }
         (None, None, None) => return Err(err(&label, "spec.provider names no issuer (tresor)")),

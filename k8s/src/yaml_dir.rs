@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
-use messages::{MeshObject, MeshRootCertificate, ObjectKey, SourceEvent};
+use messages::{MeshObject, ObjectKey, SourceEvent};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
@@ -330,24 +330,6 @@ fn read_manifest(path: &Path) -> Result<Vec<u8>, String> {
         return Err(format!("the file grew past the limit of {MAX_FILE_BYTES} bytes while being read"));
     }
     Ok(bytes)
-}
-
-/// The MeshRootCertificates of a mesh directory, read once (files that fail to parse are left out; the
-/// directory's source reports them).
-pub fn root_certificates(dir: &Path) -> Vec<MeshRootCertificate> {
-    let mut out = Vec::new();
-    for event in YamlDir::new(dir).scan().events {
-        let objects = match event {
-            SourceEvent::Reset(r) => r.objects,
-            SourceEvent::Apply(o) => vec![o],
-            SourceEvent::Delete(_) => Vec::new(),
-        };
-        out.extend(objects.into_iter().filter_map(|o| match o {
-            MeshObject::MeshRootCertificate(m) => Some(m),
-            _ => None,
-        }));
-    }
-    out
 }
 
 impl YamlDir {

@@ -123,7 +123,7 @@ pub const CODES: &[ErrorCode] = &[
     },
     ErrorCode {
         code: ROOTS_REFUSED,
-        cause: "The MeshRootCertificates cannot be put in force (none active, more than two in use, another trust domain, an unsupported provider, or a root made active before it was trusted); the roots in force stay.",
+        cause: "The MeshRootCertificates cannot be put in force (none active, more than two in use, another trust domain, a root that cannot be loaded, or a root made active before it was trusted); the roots in force stay.",
         fix: "Follow the rotation steps: add the new root as passive, make it active, then retire the old one (README, \"Rotating the mesh root\").",
     },
     ErrorCode {

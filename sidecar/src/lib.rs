@@ -250,7 +250,7 @@ const DATA_LINK: &str = "..data";
 /// name is a link through `..data`. Envoy, watching `dir`, sees the switch and reloads its SDS files.
 /// Files are given to `owner` (uid and gid) when possible; returns whether they were.
 pub fn write_bundle(dir: &std::path::Path, files: &[(&str, &str, u32)], owner: u32) -> Result<bool, SidecarError> {
-    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
     let io = |path: &std::path::Path| {
         let path = path.to_owned();
         move |source| SidecarError::Io { path, source }
@@ -264,7 +264,11 @@ pub fn write_bundle(dir: &std::path::Path, files: &[(&str, &str, u32)], owner: u
     let mut owned = std::os::unix::fs::chown(&vdir, Some(owner), Some(owner)).is_ok();
     for (name, contents, mode) in files {
         let path = vdir.join(name);
-        std::fs::write(&path, contents).map_err(io(&path))?;
+        // Created with its mode: a key is never readable by others, not even for a moment.
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(*mode).open(&path).map_err(io(&path))?;
+        std::io::Write::write_all(&mut f, contents.as_bytes()).map_err(io(&path))?;
+        // (The mode given at creation is masked by the umask.)
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).map_err(io(&path))?;
         owned &= std::os::unix::fs::chown(&path, Some(owner), Some(owner)).is_ok();
     }
@@ -285,8 +289,14 @@ pub fn write_bundle(dir: &std::path::Path, files: &[(&str, &str, u32)], owner: u
         symlink(&target, &tmp).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
     }
-    if let Some(old) = previous.filter(|p| *p != std::path::Path::new(&version)) {
-        let _ = std::fs::remove_dir_all(dir.join(old));
+    // Only a version directory of ours goes: a single relative `..<n>` name, never a path elsewhere.
+    if let Some(old) = previous.filter(|p| *p != std::path::Path::new(&version))
+        && let Some(name) = old.to_str()
+        && name.starts_with("..")
+        && !name.contains('/')
+        && name != ".."
+    {
+        let _ = std::fs::remove_dir_all(dir.join(name));
     }
     Ok(owned)
 }

@@ -434,17 +434,14 @@ impl LocalMesh {
             log_level: self.opts.envoy_log_level.clone(),
             ..Default::default()
         };
-        // Signed and trusting as `osm-controller bootstrap` would now: the roots the mesh directory's
-        // MeshRootCertificates put in force, else the mesh root.
+        // Signed and trusting as `osm-controller bootstrap` would now: the roots the controller put in force.
         let store = certs::roots::RootStore {
             state_dir: self.state_dir.clone(),
             trust_domain: "cluster.local".to_owned(),
             startup: self.ca.clone(),
             create: false,
         };
-        let roots = store
-            .trust_set(&k8s::yaml_dir::root_certificates(&self.mesh_dir), None)
-            .map_err(|e| TestbedError::Setup(e.to_string()))?;
+        let roots = store.in_force().map_err(|e| TestbedError::Setup(e.to_string()))?;
         let bundle = sidecar::sidecar_for_pod(pod, roots.signer().as_ref(), roots.trust_pem(), &opts)?;
         if !sidecar::write_bundle(&dir, &bundle.files(), ENVOY_UID)? {
             return Err(TestbedError::Setup(format!(

@@ -329,15 +329,15 @@ fn write_bootstrap(
         CaSource::Files(cert, key) => certs::CertificateAuthority::from_files(cert, key, trust_domain)?,
         CaSource::StateDir(dir) => certs::CertificateAuthority::load(dir, trust_domain)?,
     };
-    // Signed by the root that signs now and trusting every root in use, as the MeshRootCertificates of the
-    // mesh directory say (during a root rotation: both).
+    // Signed by the root that signs now and trusting every root in use, as the controller put them in force
+    // (during a root rotation: both), whatever the mesh directory's MeshRootCertificates say meanwhile.
     let store = certs::roots::RootStore {
         state_dir: state_dir.to_owned(),
         trust_domain: trust_domain.to_owned(),
         startup: std::sync::Arc::new(ca),
         create: false,
     };
-    let roots = store.trust_set(&k8s::yaml_dir::root_certificates(mesh_dir), None)?;
+    let roots = store.in_force()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let out_abs = std::fs::canonicalize(out)?;
     let opts = sidecar::SidecarOptions {

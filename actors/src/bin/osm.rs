@@ -348,7 +348,7 @@ async fn get(base: &str, path: &str) -> anyhow::Result<String> {
     let body = response.into_body().collect().await?.to_bytes();
     let body = String::from_utf8_lossy(&body).into_owned();
     if !status.is_success() {
-        bail!("{path}: the controller answered {status}: {}", body.trim());
+        bail!("{base}{path} answered {status}: {}", body.trim());
     }
     Ok(body)
 }
