@@ -107,6 +107,14 @@ fn run() -> anyhow::Result<()> {
     println!("\n1. SMI policy (meshconfig.yaml, policy.yaml): bookbuyer may GET /books-bought/... and restock over");
     println!("   TCP; anything else is refused by the destination's sidecar; bookthief is named by no TrafficTarget.");
     run_phase(&mesh, phase, &mut n, true)?;
+    println!(
+        "\n   why is bookthief refused? osm verify connectivity --from bookthief/bookthief --to bookstore/bookstore"
+    );
+    let out = mesh.osm(&["verify", "connectivity", "--from", "bookthief/bookthief", "--to", "bookstore/bookstore"])?;
+    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("FAIL") || l.starts_with("BLOCKED"))
+    {
+        println!("   {line}");
+    }
 
     println!("\n2. TrafficSplit written live: bookstore -> bookstore-v1 50%, bookstore-v2 50%");
     mesh.write_mesh_file("split.yaml", &split(50, 50))?;
@@ -142,6 +150,11 @@ fn run() -> anyhow::Result<()> {
         ("warehouse/stock-1", "listener.0.0.0.0_15003.ssl.handshake"),
     ] {
         println!("  {pod:<24} {stat:<52} {}", mesh.stat(pod, stat)?.map_or("-".to_owned(), |v| v.to_string()));
+    }
+    println!("\nosm proxy status --wait (is every change live?):");
+    let out = mesh.osm(&["proxy", "status", "--wait", "--timeout-s", "20"])?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("  {line}");
     }
     println!("\ncontroller metrics (GET :9091/metrics, excerpt):");
     for line in mesh.controller_http("/metrics")?.lines() {
