@@ -45,8 +45,17 @@ async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-async fn proxy_status(State(s): State<HttpState>) -> impl IntoResponse {
-    let body = serde_json::to_string_pretty(&s.status.view()).unwrap_or_default() + "\n";
+/// `/status/proxies`: every proxy's status; with `?summary` only the counts (what `osm proxy status
+/// --wait` polls: a few bytes instead of megabytes at 10,000 proxies).
+async fn proxy_status(State(s): State<HttpState>, uri: axum::http::Uri) -> impl IntoResponse {
+    let view = s.status.view();
+    let body = if uri.query().is_some_and(|q| q.split('&').any(|kv| kv == "summary")) {
+        serde_json::to_string_pretty(&crate::status::StatusSummary::of(&view))
+    } else {
+        serde_json::to_string_pretty(&view)
+    }
+    .unwrap_or_default()
+        + "\n";
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 

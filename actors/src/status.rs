@@ -115,6 +115,34 @@ pub struct MeshStatus {
     pub proxies: Vec<ProxyStatusView>,
 }
 
+/// The counts of a [`MeshStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusSummary {
+    pub building: bool,
+    pub proxies: usize,
+    pub synced: usize,
+    pub stale: usize,
+    pub nack: usize,
+}
+
+impl StatusSummary {
+    pub fn of(status: &MeshStatus) -> Self {
+        let count = |s: SyncState| status.proxies.iter().filter(|p| p.state == s).count();
+        Self {
+            building: status.building,
+            proxies: status.proxies.len(),
+            synced: count(SyncState::Synced),
+            stale: count(SyncState::Stale),
+            nack: count(SyncState::Nack),
+        }
+    }
+
+    /// Nothing left to build and every proxy synced.
+    pub fn live(&self) -> bool {
+        !self.building && self.synced == self.proxies
+    }
+}
+
 struct Inner {
     types: [Slot; TYPES.len()],
     /// Since when something sent is unanswered or refused.

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use actors::status::{MeshStatus, ProxyStatusView, SyncState};
+use actors::status::{MeshStatus, ProxyStatusView, StatusSummary, SyncState};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use http_body_util::BodyExt as _;
@@ -360,11 +360,15 @@ async fn fetch_status(base: &str) -> anyhow::Result<MeshStatus> {
 }
 
 async fn proxy_status(base: &str, output: Output, wait: Option<Duration>) -> anyhow::Result<u8> {
-    let mut status = fetch_status(base).await?;
     if let Some(timeout) = wait {
+        // Polls the counts only (a full status is megabytes at 10,000 proxies).
+        let summary = || async {
+            let body = controller_get(base, "/status/proxies?summary").await?;
+            serde_json::from_str::<StatusSummary>(&body).context("the controller's /status/proxies?summary")
+        };
         let deadline = Instant::now() + timeout;
         let bar = (output == Output::Table).then(|| {
-            let bar = indicatif::ProgressBar::new(status.proxies.len() as u64);
+            let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} proxies synced {wide_bar} {elapsed}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -375,28 +379,27 @@ async fn proxy_status(base: &str, output: Output, wait: Option<Duration>) -> any
         // moment ago may not have been read yet at the first).
         let mut live_before = false;
         loop {
-            let synced = status.proxies.iter().filter(|p| p.state == SyncState::Synced).count();
+            let s = summary().await?;
             if let Some(bar) = &bar {
-                bar.set_length(status.proxies.len() as u64);
-                bar.set_position(synced as u64);
+                bar.set_length(s.proxies as u64);
+                bar.set_position(s.synced as u64);
             }
-            let live = !status.building && synced == status.proxies.len();
-            if (live && live_before) || Instant::now() >= deadline {
+            if (s.live() && live_before) || Instant::now() >= deadline {
                 break;
             }
-            live_before = live;
+            live_before = s.live();
             tokio::time::sleep(Duration::from_millis(500)).await;
-            status = fetch_status(base).await?;
         }
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
     }
+    let status = fetch_status(base).await?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
         Output::Table => print_table(&status.proxies),
     }
-    let live = !status.building && status.proxies.iter().all(|p| p.state == SyncState::Synced);
+    let live = StatusSummary::of(&status).live();
     Ok(if wait.is_some() && !live { 3 } else { 0 })
 }
 
