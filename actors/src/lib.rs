@@ -181,8 +181,19 @@ async fn keep_ads_tls(
                     return;
                 }
                 let set = trust.borrow_and_update().clone();
-                if let Err(e) = client_roots.replace(set.trust_pem()) {
-                    tracing::error!(error = %e, "cannot verify sidecars with the new mesh roots; the previous ones stay");
+                match client_roots.replace(set.trust_pem()) {
+                    Ok(()) => {
+                        // Sidecars connected with a retired root's certificate must go: off the serving
+                        // threads, a verification per stream.
+                        let roots = client_roots.clone();
+                        let evicted = tokio::task::spawn_blocking(move || roots.evict_untrusted()).await.unwrap_or(0);
+                        if evicted > 0 {
+                            tracing::warn!(evicted, "ended the streams of sidecars whose client certificate's root was retired; they must be bootstrapped again");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot verify sidecars with the new mesh roots; the previous ones stay");
+                    }
                 }
                 if set.same_signer(&signer) {
                     continue;

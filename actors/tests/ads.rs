@@ -773,13 +773,44 @@ async fn the_ads_server_verifies_and_presents_certificates_of_the_roots_in_force
     }
     assert!(served(&c, &both, &old_cert).await, "the old root is still trusted");
 
-    // The old root retires: its sidecars are refused, the new one's served.
+    // A sidecar of the old root, connected before it retires.
+    let mut ads = loadtest::client::connect(&loadtest::client::ConnectConfig {
+        addr: ([127, 0, 0, 1], c.port).into(),
+        server_name: "ads.cluster.local".into(),
+        ca_pem: both.clone(),
+        cert_pem: old_cert.cert_pem.clone(),
+        key_pem: old_cert.key_pem.clone(),
+        local_ip: None,
+    })
+    .await
+    .unwrap();
+    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(4);
+    tx.send(request(ResourceType::Cluster, &[], None)).await.unwrap();
+    let mut connected = ads.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    next(&mut connected).await;
+
+    // The old root retires: its sidecars are refused, the new one's served, and the stream of the one
+    // connected with it ends (it must not keep receiving keys).
     step(None, "active");
     let check = until("a sidecar of the old root is refused");
     while served(&c, &both, &old_cert).await {
         check();
     }
     assert!(served(&c, new_ca.root_pem(), &new_cert).await);
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match connected.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended with OK"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("the retired root's stream to end");
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("bootstrap it again"), "{ended:?}");
+    drop(tx);
 }
 
 /// GET on a local port: (status, body), or `None` when nothing listens.

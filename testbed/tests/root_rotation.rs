@@ -201,5 +201,8 @@ fn a_root_rotation_under_traffic_fails_no_request_and_ends_on_the_new_root_alone
     }
     let log = mesh.controller_output();
     assert!(!log.contains("ADS TLS handshake failed"), "{log}");
+    // When the old root retired, the streams the sidecars had opened with their first (old-root) client
+    // certificates were ended; they reconnected with the refreshed ones.
+    assert!(log.contains("ended the streams of sidecars whose client certificate's root was retired"), "{log}");
     assert!(get(&mesh), "traffic after the restart");
 }

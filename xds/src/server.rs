@@ -95,11 +95,18 @@ fn identify<T>(req: &Request<T>, trust_domain: &str) -> Result<ProxyId, Status> 
 pub struct AdsService<H> {
     handler: Arc<H>,
     trust_domain: String,
+    /// Told about every stream opened, to end it if its client certificate's root is retired.
+    client_roots: Option<Arc<crate::tls::ClientRoots>>,
 }
 
 impl<H: SessionHandler> AdsService<H> {
     pub fn new(handler: Arc<H>, trust_domain: impl Into<String>) -> Self {
-        Self { handler, trust_domain: trust_domain.into() }
+        Self { handler, trust_domain: trust_domain.into(), client_roots: None }
+    }
+
+    /// The same, registering every stream with `roots` (see [`crate::tls::ClientRoots::evict_untrusted`]).
+    pub fn with_client_roots(self, roots: Arc<crate::tls::ClientRoots>) -> Self {
+        Self { client_roots: Some(roots), ..self }
     }
 
     /// The gRPC service: both kinds of ADS stream through [`AdsRouter`].
@@ -119,10 +126,25 @@ impl<H: SessionHandler> AdsService<H> {
     ) -> Result<Response<ReceiverStream<Result<Resp, Status>>>, Status>
     where
         Req: Send + 'static,
+        Resp: Send + 'static,
     {
         let proxy = identify(&request, &self.trust_domain)?;
         let peer = request.remote_addr();
+        let chain = request.peer_certs();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        if let (Some(roots), Some(chain)) = (&self.client_roots, chain) {
+            let (closed, end) = (tx.clone(), tx.clone());
+            roots.track(crate::tls::LiveStream {
+                chain,
+                closed: Box::new(move || closed.is_closed()),
+                end: Box::new(move |status| {
+                    let end = end.clone();
+                    tokio::spawn(async move {
+                        let _ = end.send(Err(status)).await;
+                    });
+                }),
+            });
+        }
         self.handler.open(proxy, peer, stream(Box::pin(request.into_inner()), tx)).await?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -533,7 +555,7 @@ pub async fn serve<H: SessionHandler>(
     let server = Server::builder()
         .max_concurrent_streams(limits.max_streams_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
-        .add_service(AdsService::new(handler, trust_domain).into_server())
+        .add_service(AdsService::new(handler, trust_domain).with_client_roots(tls.client_roots.clone()).into_server())
         .serve_with_incoming_shutdown(connections, shutdown);
     let drained = async move {
         let _ = stopping.wait_for(|s| *s).await;

@@ -71,15 +71,73 @@ impl ResolvesServerCert for ServerCertificate {
 }
 
 /// The roots a client certificate must chain to, replaceable while the server runs (a root rotation
-/// trusts the old and the new root, then the new one only); each handshake verifies with the newest.
-#[derive(Debug)]
+/// trusts the old and the new root, then the new one only); each handshake verifies with the newest, and
+/// [`ClientRoots::evict_untrusted`] ends the streams of connections made with a root no longer trusted.
 pub struct ClientRoots {
     current: std::sync::RwLock<Arc<dyn ClientCertVerifier>>,
+    /// Open streams: the client certificate chain they were opened with, and how to end them.
+    streams: Mutex<Vec<LiveStream>>,
 }
+
+impl std::fmt::Debug for ClientRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientRoots").finish_non_exhaustive()
+    }
+}
+
+/// An open ADS stream as the roots see it.
+pub struct LiveStream {
+    pub chain: Arc<Vec<CertificateDer<'static>>>,
+    /// Whether the stream has ended.
+    pub closed: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Ends the stream with this status.
+    pub end: Box<dyn Fn(tonic::Status) + Send + Sync>,
+}
+
+/// Streams registered between sweeps of ended ones.
+const SWEEP_EVERY: usize = 1024;
 
 impl ClientRoots {
     pub fn new(ca_pem: &str) -> Result<Self, TlsConfigError> {
-        Ok(Self { current: std::sync::RwLock::new(client_verifier(ca_pem)?) })
+        Ok(Self { current: std::sync::RwLock::new(client_verifier(ca_pem)?), streams: Mutex::default() })
+    }
+
+    /// Keeps `stream` until it ends, to end it should its client certificate's root be retired.
+    pub fn track(&self, stream: LiveStream) {
+        let Ok(mut streams) = self.streams.lock() else { return };
+        if streams.len() % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            streams.retain(|s| !(s.closed)());
+        }
+        streams.push(stream);
+    }
+
+    /// Ends every open stream whose client certificate does not chain to the roots in force (a retired
+    /// root: those sidecars must not keep receiving configuration and keys); returns how many. Costs a
+    /// signature verification per stream: run it off the serving threads.
+    pub fn evict_untrusted(&self) -> usize {
+        let Ok(verifier) = self.get() else { return 0 };
+        let Ok(mut streams) = self.streams.lock() else { return 0 };
+        let before = streams.len();
+        let mut evicted = 0;
+        streams.retain(|s| {
+            if (s.closed)() {
+                return false;
+            }
+            let Some((leaf, rest)) = s.chain.split_first() else { return true };
+            match verifier.verify_client_cert(leaf, rest, UnixTime::now()) {
+                Ok(_) => true,
+                Err(e) => {
+                    (s.end)(tonic::Status::unauthenticated(format!(
+                        "this sidecar's client certificate no longer chains to a root of the mesh ({e}); \
+                         bootstrap it again"
+                    )));
+                    evicted += 1;
+                    false
+                }
+            }
+        });
+        tracing::debug!(streams = before, evicted, "streams checked against the new client roots");
+        evicted
     }
 
     /// From now on, client certificates must chain to one of `ca_pem`'s certificates.
