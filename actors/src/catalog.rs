@@ -61,6 +61,11 @@ pub struct CheckPath {
     pub port: Option<u16>,
 }
 
+/// The pods of these proxies (`<namespace>/<name>`), in the order asked.
+#[derive(Message)]
+#[rtype(result = "Vec<Option<String>>")]
+pub struct PodsOf(pub Vec<String>);
+
 /// What the catalog holds, for the debug server.
 #[derive(Message)]
 #[rtype(result = "CatalogSummary")]
@@ -268,6 +273,13 @@ impl Handler<IsSynced> for CatalogActor {
     type Result = bool;
     fn handle(&mut self, _: IsSynced, _: &mut Self::Context) -> bool {
         self.catalog.is_synced()
+    }
+}
+
+impl Handler<PodsOf> for CatalogActor {
+    type Result = MessageResult<PodsOf>;
+    fn handle(&mut self, msg: PodsOf, _: &mut Self::Context) -> Self::Result {
+        MessageResult(msg.0.iter().map(|u| ProxyUuid::parse(u).ok().and_then(|u| self.catalog.pod_of(&u))).collect())
     }
 }
 

@@ -48,10 +48,19 @@ async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
 /// `/status/proxies`: every proxy's status; with `?summary` only the counts (what `osm proxy status
 /// --wait` polls: a few bytes instead of megabytes at 10,000 proxies).
 async fn proxy_status(State(s): State<HttpState>, uri: axum::http::Uri) -> impl IntoResponse {
-    let view = s.status.view();
+    let mut view = s.status.view();
     let body = if uri.query().is_some_and(|q| q.split('&').any(|kv| kv == "summary")) {
         serde_json::to_string_pretty(&crate::status::StatusSummary::of(&view))
     } else {
+        // Operators think in pods: name each proxy's.
+        if let Some(q) = s.actors.get() {
+            let uuids = view.proxies.iter().map(|p| p.uuid.clone()).collect();
+            if let Ok(pods) = q.catalog.send(crate::catalog::PodsOf(uuids)).await {
+                for (p, pod) in view.proxies.iter_mut().zip(pods) {
+                    p.pod = pod;
+                }
+            }
+        }
         serde_json::to_string_pretty(&view)
     }
     .unwrap_or_default()

@@ -89,6 +89,9 @@ fn slot_of(ty: &str) -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProxyStatusView {
     pub uuid: String,
+    /// The pod (`<namespace>/<name>`) the catalog knows by this UUID, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// `<service account>.<namespace>`.
     pub identity: String,
     /// `sotw` or `delta`.
@@ -217,6 +220,7 @@ impl ProxyStatus {
         };
         Some(ProxyStatusView {
             uuid: self.uuid.clone(),
+            pod: None,
             identity: self.identity.clone(),
             api: self.api.to_owned(),
             state,

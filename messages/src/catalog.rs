@@ -600,6 +600,15 @@ impl MeshCatalog {
         self.pods_at(ip)
     }
 
+    /// The pod (`<namespace>/<name>`) of a proxy, when exactly one pod has its UUID.
+    pub fn pod_of(&self, uuid: &ProxyUuid) -> Option<String> {
+        let mut pods = self.pods_with_uuid(uuid);
+        match (pods.next(), pods.next()) {
+            (Some(p), None) => Some(format!("{}/{}", p.namespace, p.name)),
+            _ => None,
+        }
+    }
+
     /// Every TrafficTarget, by namespace and name.
     pub fn traffic_targets(&self) -> impl Iterator<Item = &TrafficTarget> {
         self.targets.values()

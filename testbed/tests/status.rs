@@ -52,6 +52,7 @@ fn a_proxy_that_refuses_its_config_is_shown_with_envoys_error_while_the_rest_sta
     assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
     assert!(table.contains("2 proxies: 2 synced, 0 stale, 0 NACK"), "{table}");
     assert!(table.contains("client.demo") && table.contains("server.demo"), "{table}");
+    assert!(table.starts_with("POD") && table.contains("demo/server-1") && table.contains("demo/client"), "{table}");
     // What the client's Envoy itself holds, from its admin interface in the pod's network namespace.
     let out = mesh.osm_in_pod(CLIENT, &["proxy", "get", "config_dump", "demo/client"]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

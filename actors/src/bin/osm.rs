@@ -462,7 +462,7 @@ fn print_table(proxies: &[ProxyStatusView]) {
         println!("no proxy is connected");
         return;
     }
-    let rows: Vec<[String; 6]> = proxies
+    let rows: Vec<[String; 7]> = proxies
         .iter()
         .map(|p| {
             let state = match p.state {
@@ -471,11 +471,12 @@ fn print_table(proxies: &[ProxyStatusView]) {
                 SyncState::Nack => "NACK",
             };
             let behind = if p.state == SyncState::Synced { "-".to_owned() } else { duration(p.behind_s) };
-            [p.identity.clone(), p.uuid.clone(), p.api.clone(), state.to_owned(), behind, detail(p)]
+            let pod = p.pod.clone().unwrap_or_else(|| "-".to_owned());
+            [pod, p.identity.clone(), p.uuid.clone(), p.api.clone(), state.to_owned(), behind, detail(p)]
         })
         .collect();
-    let header = ["IDENTITY", "PROXY", "API", "STATUS", "BEHIND", "DETAIL"].map(str::to_owned);
-    let widths: Vec<usize> = (0..6)
+    let header = ["POD", "IDENTITY", "PROXY", "API", "STATUS", "BEHIND", "DETAIL"].map(str::to_owned);
+    let widths: Vec<usize> = (0..7)
         .map(|i| std::iter::once(&header).chain(&rows).map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     for row in std::iter::once(&header).chain(&rows) {
