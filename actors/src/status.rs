@@ -78,7 +78,10 @@ struct Slot {
 }
 
 fn nonce_hash(nonce: &str) -> u64 {
-    nonce.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    nonce.hash(&mut h);
+    h.finish()
 }
 
 fn slot_of(ty: &str) -> usize {

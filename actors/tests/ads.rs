@@ -89,13 +89,7 @@ fn write_mesh(c: &Controller, text: impl AsRef<str>) -> std::io::Result<()> {
 impl Controller {
     /// GET on the controller's HTTP endpoint: (status, body).
     async fn http(&self, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).await.unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-        (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_owned())
+        get_at(self.http_port, path).await.expect("the HTTP endpoint answers")
     }
 }
 
@@ -697,19 +691,27 @@ async fn two_replicas_serve_the_same_config_share_one_root_and_one_holds_the_lea
     .expect("the other replica takes the Lease over");
 }
 
+/// An ADS client presenting `cert` and trusting `ca_pem`.
+async fn sidecar_client(
+    c: &Controller,
+    ca_pem: &str,
+    cert: &certs::IssuedCert,
+) -> Result<AggregatedDiscoveryServiceClient<Channel>, loadtest::client::ClientError> {
+    loadtest::client::connect(&loadtest::client::ConnectConfig {
+        addr: ([127, 0, 0, 1], c.port).into(),
+        server_name: "ads.cluster.local".into(),
+        ca_pem: ca_pem.into(),
+        cert_pem: cert.cert_pem.clone(),
+        key_pem: cert.key_pem.clone(),
+        local_ip: None,
+    })
+    .await
+}
+
 /// Whether a sidecar with `cert`, trusting `ca_pem`, gets a stream served: a first answer to its request.
 async fn served(c: &Controller, ca_pem: &str, cert: &certs::IssuedCert) -> bool {
     let attempt = async {
-        let mut ads = loadtest::client::connect(&loadtest::client::ConnectConfig {
-            addr: ([127, 0, 0, 1], c.port).into(),
-            server_name: "ads.cluster.local".into(),
-            ca_pem: ca_pem.into(),
-            cert_pem: cert.cert_pem.clone(),
-            key_pem: cert.key_pem.clone(),
-            local_ip: None,
-        })
-        .await
-        .ok()?;
+        let mut ads = sidecar_client(c, ca_pem, cert).await.ok()?;
         let (tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
         tx.send(request(ResourceType::Cluster, &[], None)).await.ok()?;
         let mut stream = ads.stream_aggregated_resources(ReceiverStream::new(rx)).await.ok()?.into_inner();
@@ -774,16 +776,7 @@ async fn the_ads_server_verifies_and_presents_certificates_of_the_roots_in_force
     assert!(served(&c, &both, &old_cert).await, "the old root is still trusted");
 
     // A sidecar of the old root, connected before it retires.
-    let mut ads = loadtest::client::connect(&loadtest::client::ConnectConfig {
-        addr: ([127, 0, 0, 1], c.port).into(),
-        server_name: "ads.cluster.local".into(),
-        ca_pem: both.clone(),
-        cert_pem: old_cert.cert_pem.clone(),
-        key_pem: old_cert.key_pem.clone(),
-        local_ip: None,
-    })
-    .await
-    .unwrap();
+    let mut ads = sidecar_client(&c, &both, &old_cert).await.unwrap();
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(4);
     tx.send(request(ResourceType::Cluster, &[], None)).await.unwrap();
     let mut connected = ads.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
