@@ -232,8 +232,19 @@ impl Handler<ApplyEvents> for CatalogActor {
 
     fn handle(&mut self, msg: ApplyEvents, _: &mut Self::Context) -> Self::Result {
         let mut dirty = Dirty::Nothing;
+        // What changed, for `/status/changes`: the first event that touched a proxy, and how many more did.
+        let (mut first, mut more) = (None, 0usize);
         for event in msg.events {
-            dirty = dirty.merge(self.catalog.apply_from(&msg.source, event));
+            let described = first.is_none().then(|| describe(&event));
+            let touched = self.catalog.apply_from(&msg.source, event);
+            if touched != Dirty::Nothing {
+                if first.is_none() {
+                    first = described;
+                } else {
+                    more += 1;
+                }
+            }
+            dirty = dirty.merge(touched);
         }
         if self.catalog.is_synced() {
             self.synced.store(true, Ordering::Relaxed);
@@ -245,12 +256,27 @@ impl Handler<ApplyEvents> for CatalogActor {
         Box::pin(
             async move {
                 if let (Some(addr), false) = (snapshots, dirty == Dirty::Nothing) {
+                    let mut what = first.unwrap_or_default();
+                    if more > 0 {
+                        what.push_str(&format!(" and {more} more"));
+                    }
                     // Awaited: the catalog waits while the snapshot actor's mailbox is full.
-                    let _ = addr.send(MarkDirty(dirty)).await;
+                    let _ = addr.send(MarkDirty { dirty, what }).await;
                 }
             }
             .into_actor(self),
         )
+    }
+}
+
+/// A source event in a few words (the `what` of a mesh change).
+fn describe(event: &messages::SourceEvent) -> String {
+    match event {
+        messages::SourceEvent::Apply(object) => format!("{} applied", object.key()),
+        messages::SourceEvent::Delete(key) => format!("{key} deleted"),
+        messages::SourceEvent::Reset(reset) => {
+            format!("{} listed ({} objects)", reset.source, reset.objects.len())
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/status/proxies", get(proxy_status))
+        .route("/status/changes", get(changes))
         .route("/status/connectivity", get(connectivity))
         .route("/status/mesh", get(mesh_summary))
         .route("/version", get(|| async { format!("{{\"version\":\"{}\"}}\n", env!("CARGO_PKG_VERSION")) }))
@@ -45,27 +46,69 @@ async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-/// `/status/proxies`: every proxy's status; with `?summary` only the counts (what `osm proxy status
-/// --wait` polls: a few bytes instead of megabytes at 10,000 proxies).
-async fn proxy_status(State(s): State<HttpState>, uri: axum::http::Uri) -> impl IntoResponse {
+/// The value of `key` in a query string (`Some("")` for a bare `key`).
+fn query_param<'a>(uri: &'a axum::http::Uri, key: &str) -> Option<&'a str> {
+    uri.query()?.split('&').find_map(|kv| match kv.split_once('=') {
+        Some((k, v)) if k == key => Some(v),
+        None if kv == key => Some(""),
+        _ => None,
+    })
+}
+
+/// `?generation=N`: a number, or what to answer instead (a 400 naming the parameter).
+fn generation_param(uri: &axum::http::Uri) -> Result<Option<u64>, (StatusCode, String)> {
+    match query_param(uri, "generation") {
+        None => Ok(None),
+        Some(g) => g
+            .parse()
+            .map(Some)
+            .map_err(|_| (StatusCode::BAD_REQUEST, format!("generation={g:?}: give a mesh generation number\n"))),
+    }
+}
+
+fn json(body: &impl serde::Serialize) -> Response {
+    let body = serde_json::to_string_pretty(body).unwrap_or_default() + "\n";
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The board's view with each proxy's pod named (operators think in pods).
+async fn status_with_pods(s: &HttpState) -> crate::status::MeshStatus {
     let mut view = s.status.view();
-    let body = if uri.query().is_some_and(|q| q.split('&').any(|kv| kv == "summary")) {
-        serde_json::to_string_pretty(&crate::status::StatusSummary::of(&view))
-    } else {
-        // Operators think in pods: name each proxy's.
-        if let Some(q) = s.actors.get() {
-            let uuids = view.proxies.iter().map(|p| p.uuid.clone()).collect();
-            if let Ok(pods) = q.catalog.send(crate::catalog::PodsOf(uuids)).await {
-                for (p, pod) in view.proxies.iter_mut().zip(pods) {
-                    p.pod = pod;
-                }
+    if let Some(q) = s.actors.get() {
+        let uuids = view.proxies.iter().map(|p| p.uuid.clone()).collect();
+        if let Ok(pods) = q.catalog.send(crate::catalog::PodsOf(uuids)).await {
+            for (p, pod) in view.proxies.iter_mut().zip(pods) {
+                p.pod = pod;
             }
         }
-        serde_json::to_string_pretty(&view)
     }
-    .unwrap_or_default()
-        + "\n";
-    ([(header::CONTENT_TYPE, "application/json")], body)
+    view
+}
+
+/// `/status/proxies`: every proxy's status; with `?summary` only the counts (what `osm proxy status
+/// --wait` polls: a few bytes instead of megabytes at 10,000 proxies), counting the proxies that hold
+/// `?generation=N` (default: the latest change).
+async fn proxy_status(State(s): State<HttpState>, uri: axum::http::Uri) -> Response {
+    let generation = match generation_param(&uri) {
+        Ok(g) => g,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if query_param(&uri, "summary").is_some() {
+        json(&crate::status::StatusSummary::of(&s.status.view(), generation))
+    } else {
+        json(&status_with_pods(&s).await)
+    }
+}
+
+/// `/status/changes[?generation=N]`: the recent mesh changes (or one), newest first, each with how many
+/// proxies hold it and which do not.
+async fn changes(State(s): State<HttpState>, uri: axum::http::Uri) -> Response {
+    let generation = match generation_param(&uri) {
+        Ok(g) => g,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let status = status_with_pods(&s).await;
+    json(&s.status.change_status(&status, generation))
 }
 
 /// What this controller serves.

@@ -259,7 +259,7 @@ impl ActorSystem {
         config: &ControllerConfig,
         trust: Arc<certs::TrustWatch>,
         (load_root, record_roots): (certs::RootLoader, certs::RootRecorder),
-        building: Arc<std::sync::atomic::AtomicBool>,
+        progress: Arc<status::MeshProgress>,
         debug_switch: Arc<tokio::sync::watch::Sender<bool>>,
         metrics: Arc<metrics::Metrics>,
         ready: Arc<AtomicBool>,
@@ -286,7 +286,7 @@ impl ActorSystem {
                             .start();
                     let snapshots =
                         snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), &trust_pem, metrics.clone())
-                            .with_busy_flag(building)
+                            .with_progress(progress)
                             .start();
                     // Mailbox errors only happen when an actor is gone, which cannot be the case for ones just
                     // started.
@@ -495,7 +495,7 @@ pub async fn run_on(
         &config,
         trust.clone(),
         (load_root, record_roots),
-        status.building.clone(),
+        status.progress.clone(),
         debug_switch.clone(),
         metrics.clone(),
         ready,

@@ -182,7 +182,7 @@ where
     async fn on_state(&mut self, state: ProxyState) -> Option<End> {
         match state {
             ProxyState::Pending => None,
-            ProxyState::Ready(snap, changed_at) => {
+            ProxyState::Ready(snap, changed_at, generation) => {
                 let out = self.protocol.on_snapshot(snap);
                 // A change that sends nothing to this proxy is not waited for, nor a first configuration.
                 if let Some(at) = changed_at
@@ -192,7 +192,11 @@ where
                     self.status.change_sent(at);
                 }
                 self.configured = true;
-                if self.send_all(out).await { None } else { Some(End::Proxy) }
+                if !self.send_all(out).await {
+                    return Some(End::Proxy);
+                }
+                self.status.took(generation);
+                None
             }
             ProxyState::Gone(reason) => Some(End::Close(Status::permission_denied(reason))),
         }
@@ -218,6 +222,7 @@ where
 struct Admitted {
     proxy: ProxyId,
     states: watch::Receiver<ProxyState>,
+    gens: Arc<crate::status::ProxyGenerations>,
     metrics: Arc<Metrics>,
     board: Arc<StatusBoard>,
     stopping: watch::Receiver<bool>,
@@ -234,10 +239,10 @@ impl Admitted {
     ) where
         P::Response: Send,
     {
-        let Admitted { proxy, states, metrics, board, stopping, snapshots } = self;
+        let Admitted { proxy, states, gens, metrics, board, stopping, snapshots } = self;
         let uuid = proxy.uuid.clone();
         let counters = metrics.proxy_connected(uuid.as_str(), &proxy.identity.to_string());
-        let status = board.join(uuid.as_str(), &proxy.identity.to_string(), P::NAME);
+        let status = board.join(uuid.as_str(), &proxy.identity.to_string(), P::NAME, gens);
         let session = Session {
             uuid: uuid.to_string(),
             proxy,
@@ -293,11 +298,11 @@ impl SessionHandler for SessionManager {
                 metrics.error(code);
                 return Err(Status::permission_denied(e.to_string()));
             }
-            let states = snapshots
+            let (states, gens) = snapshots
                 .send(Subscribe { uuid: proxy.uuid.clone(), identity: proxy.identity.clone() })
                 .await
                 .map_err(unavailable)?;
-            let admitted = Admitted { proxy, states, metrics, board, stopping, snapshots };
+            let admitted = Admitted { proxy, states, gens, metrics, board, stopping, snapshots };
             match stream {
                 AdsStream::Sotw { requests, responses } => {
                     admitted.spawn(xds::sotw::SotwSession::new(), requests, responses);

@@ -15,22 +15,27 @@ use crate::catalog::{CatalogActor, GetViews};
 use crate::certs::{CertActor, Forget, GetCerts};
 use crate::metrics::Metrics;
 use crate::schedule::Schedule;
+use crate::status::{MeshProgress, ProxyGenerations};
 
 /// What a session sees of its proxy's configuration.
 #[derive(Debug, Clone)]
 pub enum ProxyState {
     /// Not built yet.
     Pending,
-    /// A snapshot, and when the mesh change it reflects was made (`None`: no change, e.g. a first
-    /// configuration), for the change-to-ACK metric.
-    Ready(Arc<ProxySnapshot>, Option<Instant>),
+    /// A snapshot; when the mesh change it reflects was made (`None`: no change, e.g. a first
+    /// configuration), for the change-to-ACK metric; and the mesh generation it was built for.
+    Ready(Arc<ProxySnapshot>, Option<Instant>, u64),
     /// The pod left the mesh: the session ends with this reason.
     Gone(String),
 }
 
+/// A mesh change: the proxies it touches, and what it was (for `/status/changes`).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct MarkDirty(pub Dirty);
+pub struct MarkDirty {
+    pub dirty: Dirty,
+    pub what: String,
+}
 
 /// Tells an actor that reports to the snapshot actor where it is (the actors are started in a cycle).
 #[derive(Message)]
@@ -61,9 +66,10 @@ pub struct ConfigSummary {
     pub types: std::collections::BTreeMap<String, Vec<(String, String, usize)>>,
 }
 
-/// A session starts: it gets the proxy's latest state and all later ones.
+/// A session starts: it gets the proxy's latest state and all later ones, and the generations of its
+/// builds (for its status).
 #[derive(Message)]
-#[rtype(result = "watch::Receiver<ProxyState>")]
+#[rtype(result = "(watch::Receiver<ProxyState>, Arc<ProxyGenerations>)")]
 pub struct Subscribe {
     pub uuid: ProxyUuid,
     pub identity: ServiceIdentity,
@@ -80,6 +86,8 @@ struct Entry {
     generation: u64,
     /// Shared with the build thread, which publishes each snapshot as soon as it is built.
     tx: Arc<watch::Sender<ProxyState>>,
+    /// Which mesh generations the proxy's builds were for; shared with its sessions' status.
+    gens: Arc<ProxyGenerations>,
 }
 
 pub struct SnapshotActor {
@@ -92,8 +100,10 @@ pub struct SnapshotActor {
     generations: u64,
     /// When the earliest mesh change not yet in a build was made.
     change_since: Option<Instant>,
-    /// Raised while proxies are being built or wait to be (shown by `/status/proxies`).
-    busy: Arc<std::sync::atomic::AtomicBool>,
+    /// The mesh changes, numbered, and how far the builds have come (shown by `/status/proxies`).
+    progress: Arc<MeshProgress>,
+    /// The generation the running batch was started at.
+    batch_generation: u64,
     /// Encoded resources kept across builds (only one build runs at a time, so the lock is uncontended).
     cache: Arc<std::sync::Mutex<xds::BuildCache>>,
 }
@@ -112,8 +122,9 @@ enum Built {
 
 type BuildResult = Vec<(ProxyUuid, u64, Built)>;
 
-/// Whom a build is for: the identity the proxy authenticated with, its entry's generation, its sender.
-type BuildTarget = (ServiceIdentity, u64, Arc<watch::Sender<ProxyState>>);
+/// Whom a build is for: the identity the proxy authenticated with, its entry's generation, its sender and
+/// build generations.
+type BuildTarget = (ServiceIdentity, u64, Arc<watch::Sender<ProxyState>>, Arc<ProxyGenerations>);
 
 impl SnapshotActor {
     pub fn new(catalog: Addr<CatalogActor>, certs: Addr<CertActor>, root_pem: &str, metrics: Arc<Metrics>) -> Self {
@@ -127,18 +138,27 @@ impl SnapshotActor {
             generations: 0,
             cache: Arc::default(),
             change_since: None,
-            busy: Arc::default(),
+            progress: Arc::default(),
+            batch_generation: 0,
         }
     }
 
-    /// Raises `busy` while proxies are being built or wait to be.
-    pub fn with_busy_flag(self, busy: Arc<std::sync::atomic::AtomicBool>) -> Self {
-        Self { busy, ..self }
+    /// Numbers mesh changes and records how far the builds have come in `progress`.
+    pub fn with_progress(self, progress: Arc<MeshProgress>) -> Self {
+        Self { progress, ..self }
     }
 
     fn mark(&mut self, dirty: Dirty) {
         self.schedule.mark(dirty);
-        self.busy.store(!self.schedule.is_idle(), std::sync::atomic::Ordering::Relaxed);
+        self.progress.set_building(!self.schedule.is_idle());
+    }
+
+    /// A mesh change: numbered, its clock started, its proxies marked.
+    fn change(&mut self, dirty: Dirty, what: String, ctx: &mut Context<Self>) {
+        self.progress.change(what);
+        self.change_since.get_or_insert_with(Instant::now);
+        self.mark(dirty);
+        self.kick(ctx);
     }
 
     fn kick(&mut self, ctx: &mut Context<Self>) {
@@ -153,18 +173,23 @@ impl SnapshotActor {
         // others only for a change.
         let waiting = |u: &ProxyUuid| proxies.get(u).is_some_and(|e| matches!(*e.tx.borrow(), ProxyState::Pending));
         let Some(uuids) = self.schedule.start(|| proxies.keys(), connected, waiting) else {
+            // Nothing is built or waits to be: every change so far reached every proxy it touched.
             self.change_since = None;
-            self.busy.store(!self.schedule.is_idle(), std::sync::atomic::Ordering::Relaxed);
+            self.progress.settle(self.progress.latest());
+            self.progress.set_building(!self.schedule.is_idle());
             return;
         };
-        // This batch carries the changes made so far; those made while it builds start their own clock.
+        // This batch carries the changes made so far; those made while it builds start their own clock
+        // and come with a later generation.
         let changed_at = self.change_since.take();
+        let generation = self.progress.latest();
+        self.batch_generation = generation;
         let retry = uuids.clone();
         // Per proxy of the batch, in its order (the catalog answers in it): the identity the proxy
         // authenticated with (its pod must still run as that identity), and which entry the build is for.
         let expected: Vec<Option<BuildTarget>> = uuids
             .iter()
-            .map(|u| self.proxies.get(u).map(|e| (e.identity.clone(), e.generation, e.tx.clone())))
+            .map(|u| self.proxies.get(u).map(|e| (e.identity.clone(), e.generation, e.tx.clone(), e.gens.clone())))
             .collect();
         let catalog = self.catalog.clone();
         let certs = self.certs.clone();
@@ -189,8 +214,8 @@ impl SnapshotActor {
                     .into_iter()
                     .zip(&expected)
                     .map(|((uuid, view), expected)| {
-                        let (identity, generation, tx) = match expected {
-                            Some((id, g, tx)) => (Some(id), *g, Some(tx)),
+                        let (identity, entry_generation, target) = match expected {
+                            Some((id, g, tx, gens)) => (Some(id), *g, Some((tx, gens))),
                             None => (None, 0, None),
                         };
                         let result = match view {
@@ -212,8 +237,8 @@ impl SnapshotActor {
                                         // Published at once: the first proxies have the change while the
                                         // last are still being built. (A replaced entry has a new sender;
                                         // this one then reaches nobody.)
-                                        if let Some(tx) = tx {
-                                            publish_ready(tx, Arc::new(snap), &uuid, changed_at);
+                                        if let Some((tx, gens)) = target {
+                                            publish_ready(tx, gens, Arc::new(snap), &uuid, changed_at, generation);
                                         }
                                         Built::Published
                                     }
@@ -221,7 +246,7 @@ impl SnapshotActor {
                                 },
                             },
                         };
-                        (uuid, generation, result)
+                        (uuid, entry_generation, result)
                     })
                     .collect::<BuildResult>();
                 metrics.snapshots_built(results.len(), started.elapsed());
@@ -242,6 +267,8 @@ impl SnapshotActor {
                 Ok(results) => {
                     act.schedule.finished();
                     let failed = act.publish(results);
+                    // Every proxy the batch's changes touched was built for them, or says it failed.
+                    act.progress.settle(act.batch_generation);
                     if !failed.is_empty() {
                         // Try those again shortly (e.g. a certificate that could not be issued).
                         ctx.run_later(std::time::Duration::from_secs(1), move |act, ctx| {
@@ -280,6 +307,7 @@ impl SnapshotActor {
                     )));
                 }
                 Built::Failed(reason) => {
+                    entry.gens.failed(self.batch_generation);
                     if matches!(*entry.tx.borrow(), ProxyState::Ready(..)) {
                         tracing::error!(proxy = %uuid, error = %reason, "build failed; the proxy keeps its last good config");
                     } else {
@@ -293,22 +321,28 @@ impl SnapshotActor {
     }
 }
 
-/// Hands a snapshot to a proxy's session, unless it is the one the session has or the session was told to
-/// end.
+/// Hands a snapshot built for mesh `generation` to a proxy's session, unless it is the one the session has
+/// (the proxy then holds `generation` as soon as it holds that one) or the session was told to end.
 fn publish_ready(
     tx: &watch::Sender<ProxyState>,
+    gens: &ProxyGenerations,
     snap: Arc<ProxySnapshot>,
     uuid: &ProxyUuid,
     changed_at: Option<Instant>,
+    generation: u64,
 ) {
     let resources = snap.len();
     let changed = tx.send_if_modified(|cur| match cur {
-        ProxyState::Ready(old, _) if old.same_as(&snap) => false,
+        ProxyState::Ready(old, ..) if old.same_as(&snap) => {
+            gens.built(generation);
+            false
+        }
         // Its session was told to end (the pod left, or changed identity) after this build started; a
         // reconnect resets the state and asks for a new build.
         ProxyState::Gone(_) => false,
         _ => {
-            *cur = ProxyState::Ready(snap, changed_at);
+            gens.published(generation);
+            *cur = ProxyState::Ready(snap, changed_at, generation);
             true
         }
     });
@@ -326,9 +360,7 @@ impl Actor for SnapshotActor {
 impl Handler<MarkDirty> for SnapshotActor {
     type Result = ();
     fn handle(&mut self, msg: MarkDirty, ctx: &mut Self::Context) {
-        self.change_since.get_or_insert_with(Instant::now);
-        self.mark(msg.0);
-        self.kick(ctx);
+        self.change(msg.dirty, msg.what, ctx);
     }
 }
 
@@ -336,7 +368,7 @@ impl Handler<ProxyConfig> for SnapshotActor {
     type Result = MessageResult<ProxyConfig>;
     fn handle(&mut self, msg: ProxyConfig, _: &mut Self::Context) -> Self::Result {
         let Some(entry) = self.proxies.get(&msg.0) else { return MessageResult(None) };
-        let ProxyState::Ready(snap, _) = &*entry.tx.borrow() else { return MessageResult(None) };
+        let ProxyState::Ready(snap, ..) = &*entry.tx.borrow() else { return MessageResult(None) };
         let types = xds::ResourceType::ALL
             .into_iter()
             .map(|ty| {
@@ -356,17 +388,18 @@ impl Handler<ProxyConfig> for SnapshotActor {
 impl Handler<TrustChanged> for SnapshotActor {
     type Result = ();
     fn handle(&mut self, msg: TrustChanged, ctx: &mut Self::Context) {
-        self.change_since.get_or_insert_with(Instant::now);
         self.root_pem = msg.0;
-        self.mark(Dirty::All);
-        self.kick(ctx);
+        self.change(Dirty::All, "the roots sidecars trust changed".to_owned(), ctx);
     }
 }
 
 impl Handler<IdentitiesRenewed> for SnapshotActor {
     type Result = ();
     fn handle(&mut self, msg: IdentitiesRenewed, ctx: &mut Self::Context) {
-        self.change_since.get_or_insert_with(Instant::now);
+        let what = match msg.0.as_slice() {
+            [one] => format!("the certificate of {one} renewed"),
+            many => format!("the certificates of {} identities renewed", many.len()),
+        };
         self.proxies.retain(|_, e| e.tx.receiver_count() > 0);
         let set: BTreeSet<ProxyUuid> =
             self.proxies.iter().filter(|(_, e)| msg.0.contains(&e.identity)).map(|(u, _)| u.clone()).collect();
@@ -375,8 +408,7 @@ impl Handler<IdentitiesRenewed> for SnapshotActor {
         if !unused.is_empty() {
             self.certs.do_send(Forget(unused));
         }
-        self.mark(Dirty::Proxies(set));
-        self.kick(ctx);
+        self.change(Dirty::Proxies(set), what, ctx);
     }
 }
 
@@ -399,15 +431,17 @@ impl Handler<Subscribe> for SnapshotActor {
                 identity: msg.identity.clone(),
                 generation: *generations,
                 tx: Arc::new(watch::Sender::new(ProxyState::Pending)),
+                gens: Arc::default(),
             }
         });
         let rx = entry.tx.subscribe();
+        let gens = entry.gens.clone();
         if matches!(*rx.borrow(), ProxyState::Pending | ProxyState::Gone(_)) {
             entry.tx.send_replace(ProxyState::Pending);
             self.mark(Dirty::Proxies(BTreeSet::from([msg.uuid])));
             self.kick(ctx);
         }
-        MessageResult(rx)
+        MessageResult((rx, gens))
     }
 }
 

@@ -2,8 +2,16 @@
 //! the version last ACKed and the last NACK with Envoy's error; whether the proxy holds everything sent to
 //! it, and since when it does not. The HTTP endpoint serves the board as JSON (`/status/proxies`), which
 //! `osm proxy status` reads; the same types deserialize there.
+//!
+//! Every mesh change (a batch of objects the catalog applied, a certificate renewal, a trust change) gets
+//! a generation number from [`MeshProgress`]. A proxy *holds* generation `g` when the configuration it
+//! ACKed reflects every change up to `g`: its session records the generation of each snapshot it sends
+//! and ACKs, the snapshot actor records (in [`ProxyGenerations`]) the generation each proxy's latest build
+//! was for, changed or not, and a proxy no change touched holds whatever every build has caught up with
+//! (`settled`). So for every change the board knows which proxies hold it (`/status/changes`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -88,6 +96,103 @@ fn slot_of(ty: &str) -> usize {
     TYPES.iter().position(|t| *t == ty).unwrap_or(TYPES.len() - 1)
 }
 
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A mesh change, numbered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub generation: u64,
+    /// Unix seconds at which the controller took it.
+    pub at: f64,
+    /// What changed, e.g. `Service bookstore/bookstore applied`.
+    pub what: String,
+}
+
+/// How many recent changes are remembered for `/status/changes`.
+const CHANGES_KEPT: usize = 64;
+
+/// How far the controller has come with the mesh's changes: written by the snapshot actor, read by the
+/// board.
+#[derive(Debug, Default)]
+pub struct MeshProgress {
+    /// Raised while proxies are being built or wait to be.
+    building: AtomicBool,
+    /// The latest change's generation (0: none since the controller started).
+    latest: AtomicU64,
+    /// Every proxy that any change up to this generation touched has been built for it (or its build
+    /// failed and says so): the proxies no such change touched hold it as soon as they hold their own.
+    settled: AtomicU64,
+    changes: Mutex<VecDeque<Change>>,
+}
+
+impl MeshProgress {
+    /// A mesh change: its generation.
+    pub fn change(&self, what: String) -> u64 {
+        let Ok(mut changes) = self.changes.lock() else { return self.latest.fetch_add(1, Ordering::SeqCst) + 1 };
+        let generation = self.latest.fetch_add(1, Ordering::SeqCst) + 1;
+        if changes.len() == CHANGES_KEPT {
+            changes.pop_front();
+        }
+        changes.push_back(Change { generation, at: unix_now(), what });
+        generation
+    }
+
+    pub fn latest(&self) -> u64 {
+        self.latest.load(Ordering::SeqCst)
+    }
+
+    /// Every proxy touched by a change up to `generation` has been built for it.
+    pub fn settle(&self, generation: u64) {
+        self.settled.fetch_max(generation, Ordering::SeqCst);
+    }
+
+    pub fn set_building(&self, building: bool) {
+        self.building.store(building, Ordering::Relaxed);
+    }
+
+    pub fn is_building(&self) -> bool {
+        self.building.load(Ordering::Relaxed)
+    }
+
+    fn settled(&self) -> u64 {
+        self.settled.load(Ordering::SeqCst)
+    }
+}
+
+/// One proxy's builds, kept by the snapshot actor across the proxy's sessions (a reconnect keeps them).
+#[derive(Debug, Default)]
+pub struct ProxyGenerations {
+    /// The generation of the snapshot last published to the proxy's session: what it must ACK.
+    published: AtomicU64,
+    /// The generation the proxy's latest build was for, whether it changed the snapshot or not.
+    built: AtomicU64,
+    /// The generation of a build that failed, until one succeeds (0: none failed): the proxy does not
+    /// have that change, whatever it ACKed.
+    failed: AtomicU64,
+}
+
+impl ProxyGenerations {
+    /// A snapshot built for `generation` is about to be handed to the session (store before the watch
+    /// notifies it, so the session never ACKs a generation the board does not yet ask it for).
+    pub fn published(&self, generation: u64) {
+        self.published.fetch_max(generation, Ordering::SeqCst);
+        self.built(generation);
+    }
+
+    /// A build for `generation` came out identical to the snapshot the session has.
+    pub fn built(&self, generation: u64) {
+        self.built.fetch_max(generation, Ordering::SeqCst);
+        self.failed.store(0, Ordering::SeqCst);
+    }
+
+    /// The build for `generation` failed: the proxy keeps its last good config, without that change.
+    pub fn failed(&self, generation: u64) {
+        self.failed.store(generation, Ordering::SeqCst);
+    }
+}
+
 /// A proxy's status, as served.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProxyStatusView {
@@ -100,6 +205,9 @@ pub struct ProxyStatusView {
     /// `sotw` or `delta`.
     pub api: String,
     pub state: SyncState,
+    /// The latest mesh generation the proxy holds (every change up to it is in the config it ACKed).
+    #[serde(default)]
+    pub generation: u64,
     /// Seconds since the proxy stopped holding everything sent to it (0 when synced).
     pub behind_s: f64,
     /// Seconds since it last held everything sent to it (`None`: not yet since it connected).
@@ -118,6 +226,12 @@ pub struct MeshStatus {
     /// Proxies are being built or wait to be: a change is on its way to some proxies.
     #[serde(default)]
     pub building: bool,
+    /// The latest mesh change's generation.
+    #[serde(default)]
+    pub generation: u64,
+    /// That change, when it is still remembered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Change>,
     pub proxies: Vec<ProxyStatusView>,
 }
 
@@ -129,17 +243,31 @@ pub struct StatusSummary {
     pub synced: usize,
     pub stale: usize,
     pub nack: usize,
+    /// The latest mesh change's generation.
+    #[serde(default)]
+    pub generation: u64,
+    /// The generation `holding` counts for (the latest unless asked for another).
+    #[serde(default)]
+    pub of_generation: u64,
+    /// Proxies that hold `of_generation`.
+    #[serde(default)]
+    pub holding: usize,
 }
 
 impl StatusSummary {
-    pub fn of(status: &MeshStatus) -> Self {
+    /// The counts, with the proxies holding generation `of` (`None`: the latest).
+    pub fn of(status: &MeshStatus, of: Option<u64>) -> Self {
         let count = |s: SyncState| status.proxies.iter().filter(|p| p.state == s).count();
+        let of_generation = of.unwrap_or(status.generation);
         Self {
             building: status.building,
             proxies: status.proxies.len(),
             synced: count(SyncState::Synced),
             stale: count(SyncState::Stale),
             nack: count(SyncState::Nack),
+            generation: status.generation,
+            of_generation,
+            holding: status.proxies.iter().filter(|p| p.generation >= of_generation).count(),
         }
     }
 
@@ -147,10 +275,38 @@ impl StatusSummary {
     pub fn live(&self) -> bool {
         !self.building && self.synced == self.proxies
     }
+
+    /// Every connected proxy holds `of_generation`.
+    pub fn held(&self) -> bool {
+        self.holding == self.proxies
+    }
+}
+
+/// A recent mesh change and the proxies that hold it (`/status/changes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeStatus {
+    #[serde(flatten)]
+    pub change: Change,
+    /// Connected proxies.
+    pub proxies: usize,
+    /// Those that hold this change (ACKed a config with it, or a later one).
+    pub holding: usize,
+    /// Those that do not (pod, or proxy UUID when the catalog does not know the pod), at most
+    /// [`ChangeStatus::LISTED`].
+    pub not_holding: Vec<String>,
+}
+
+impl ChangeStatus {
+    /// How many proxies not holding a change are named.
+    pub const LISTED: usize = 100;
 }
 
 struct Inner {
     types: [Slot; TYPES.len()],
+    /// The generation of the snapshot the session last took (sent, or had nothing to send for).
+    gen_taken: u64,
+    /// The generation of the last snapshot the proxy holds all of.
+    gen_acked: u64,
     /// Since when something sent is unanswered or refused.
     behind_since: Option<Instant>,
     /// When the earliest mesh change whose configuration the proxy has not ACKed yet was made.
@@ -165,6 +321,7 @@ pub struct ProxyStatus {
     identity: String,
     api: &'static str,
     connected: Instant,
+    gens: Arc<ProxyGenerations>,
     inner: Mutex<Inner>,
 }
 
@@ -184,6 +341,17 @@ impl ProxyStatus {
     pub fn change_sent(&self, at: Instant) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.change.get_or_insert(at);
+        }
+    }
+
+    /// The session took a snapshot of `generation` (and sent what it had to send of it): once the proxy
+    /// holds everything sent, it holds that generation.
+    pub fn took(&self, generation: u64) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.gen_taken = generation;
+            if inner.behind_since.is_none() {
+                inner.gen_acked = generation;
+            }
         }
     }
 
@@ -207,12 +375,22 @@ impl ProxyStatus {
         if inner.types.iter().filter(|t| t.used).all(|t| t.answered && t.nack.is_none()) {
             inner.behind_since = None;
             inner.synced_at = Some(Instant::now());
+            inner.gen_acked = inner.gen_taken;
             return inner.change.take().map(|at| at.elapsed());
         }
         None
     }
 
-    pub fn view(&self) -> Option<ProxyStatusView> {
+    /// The latest generation this proxy holds, given how far every build has come (`settled`).
+    fn generation(&self, inner: &Inner, settled: u64) -> u64 {
+        let gens = &self.gens;
+        let current = inner.behind_since.is_none()
+            && gens.failed.load(Ordering::SeqCst) == 0
+            && inner.gen_acked >= gens.published.load(Ordering::SeqCst);
+        if current { inner.gen_acked.max(gens.built.load(Ordering::SeqCst)).max(settled) } else { inner.gen_acked }
+    }
+
+    pub fn view(&self, settled: u64) -> Option<ProxyStatusView> {
         let inner = self.inner.lock().ok()?;
         let state = if inner.types.iter().any(|t| t.nack.is_some()) {
             SyncState::Nack
@@ -227,6 +405,7 @@ impl ProxyStatus {
             identity: self.identity.clone(),
             api: self.api.to_owned(),
             state,
+            generation: self.generation(&inner, settled),
             behind_s: inner.behind_since.map_or(0.0, |s| s.elapsed().as_secs_f64()),
             synced_s_ago: match inner.behind_since {
                 None => Some(0.0),
@@ -253,8 +432,8 @@ impl ProxyStatus {
 /// Every connected proxy's status.
 #[derive(Default)]
 pub struct StatusBoard {
-    /// Raised by the snapshot actor while it has proxies to build.
-    pub building: Arc<std::sync::atomic::AtomicBool>,
+    /// Written by the snapshot actor: the changes, and how far its builds have come.
+    pub progress: Arc<MeshProgress>,
     /// By UUID; a proxy may have two sessions for a moment (a reconnect racing the old one): the newest
     /// is shown.
     proxies: Mutex<HashMap<String, Arc<ProxyStatus>>>,
@@ -262,14 +441,17 @@ pub struct StatusBoard {
 
 impl StatusBoard {
     /// A session starts: its status, on the board until [`StatusBoard::leave`].
-    pub fn join(&self, uuid: &str, identity: &str, api: &'static str) -> Arc<ProxyStatus> {
+    pub fn join(&self, uuid: &str, identity: &str, api: &'static str, gens: Arc<ProxyGenerations>) -> Arc<ProxyStatus> {
         let status = Arc::new(ProxyStatus {
             uuid: uuid.to_owned(),
             identity: identity.to_owned(),
             api,
             connected: Instant::now(),
+            gens,
             inner: Mutex::new(Inner {
                 types: Default::default(),
+                gen_taken: 0,
+                gen_acked: 0,
                 behind_since: Some(Instant::now()),
                 change: None,
                 synced_at: None,
@@ -300,16 +482,48 @@ impl StatusBoard {
     /// One proxy's status, if it is connected.
     pub fn proxy(&self, uuid: &str) -> Option<ProxyStatusView> {
         let status = self.proxies.lock().ok()?.get(uuid).cloned()?;
-        status.view()
+        status.view(self.progress.settled())
     }
 
     pub fn view(&self) -> MeshStatus {
+        // Read before the proxies: a proxy's generation is never credited with a build that came later
+        // than the latest generation reported.
+        let generation = self.progress.latest();
+        let settled = self.progress.settled();
         let statuses: Vec<Arc<ProxyStatus>> =
             self.proxies.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
-        let mut proxies: Vec<ProxyStatusView> = statuses.iter().filter_map(|s| s.view()).collect();
+        let mut proxies: Vec<ProxyStatusView> = statuses.iter().filter_map(|s| s.view(settled)).collect();
         proxies.sort_by(|a, b| a.identity.cmp(&b.identity).then_with(|| a.uuid.cmp(&b.uuid)));
-        let at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-        MeshStatus { at, building: self.building.load(std::sync::atomic::Ordering::Relaxed), proxies }
+        let change = self.changes().into_iter().rev().find(|c| c.generation == generation);
+        MeshStatus { at: unix_now(), building: self.progress.is_building(), generation, change, proxies }
+    }
+
+    /// The changes remembered, oldest first.
+    pub fn changes(&self) -> Vec<Change> {
+        self.progress.changes.lock().map(|c| c.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The recent changes (or the one of `generation`), newest first, with the proxies of `status` (a
+    /// [`StatusBoard::view`]) holding each.
+    pub fn change_status(&self, status: &MeshStatus, generation: Option<u64>) -> Vec<ChangeStatus> {
+        let mut held: Vec<u64> = status.proxies.iter().map(|p| p.generation).collect();
+        held.sort_unstable();
+        self.changes()
+            .into_iter()
+            .rev()
+            .filter(|c| generation.is_none_or(|g| g == c.generation))
+            .map(|change| {
+                let behind = held.partition_point(|g| *g < change.generation);
+                let not_holding = status
+                    .proxies
+                    .iter()
+                    .filter(|p| p.generation < change.generation)
+                    .take(ChangeStatus::LISTED)
+                    .map(|p| p.pod.clone().unwrap_or_else(|| p.uuid.clone()))
+                    .collect();
+                ChangeStatus { change, proxies: held.len(), holding: held.len() - behind, not_holding }
+            })
+            .collect()
     }
 }
 
@@ -320,37 +534,94 @@ mod tests {
     #[test]
     fn a_proxy_is_stale_until_it_acks_everything_and_a_nack_shows_until_a_later_ack() {
         let board = StatusBoard::default();
-        let s = board.join("u1", "sa.ns", "sotw");
-        assert_eq!(s.view().unwrap().state, SyncState::Stale, "nothing received yet");
+        let s = board.join("u1", "sa.ns", "sotw", Arc::default());
+        assert_eq!(s.view(0).unwrap().state, SyncState::Stale, "nothing received yet");
         s.sent("CDS", "n1", "06e4bbe9f2b4f66e");
         s.sent("LDS", "n2", "v1");
         s.answered("CDS", "n1", None);
-        assert_eq!(s.view().unwrap().state, SyncState::Stale, "LDS unanswered");
+        assert_eq!(s.view(0).unwrap().state, SyncState::Stale, "LDS unanswered");
         s.answered("LDS", "n2", None);
-        let v = s.view().unwrap();
+        let v = s.view(0).unwrap();
         assert_eq!((v.state, v.behind_s), (SyncState::Synced, 0.0));
         assert_eq!(v.types["CDS"].acked, "06e4bbe9f2b4f66e", "versions are kept as they were sent");
         // Envoy refuses the next listeners: it keeps v1 and says why.
         s.sent("LDS", "n3", "v2");
         s.answered("LDS", "n3", Some("cannot bind 0.0.0.0:15010: Address already in use"));
-        let v = s.view().unwrap();
+        let v = s.view(0).unwrap();
         assert_eq!(v.state, SyncState::Nack);
         assert_eq!((v.types["LDS"].acked.as_str(), v.types["LDS"].sent.as_str()), ("v1", "v2"));
         assert!(v.types["LDS"].nack.as_deref().unwrap().contains("Address already in use"));
         // An answer to an older response changes nothing; an ACK of a newer one clears the NACK.
         s.answered("LDS", "n2", None);
-        assert_eq!(s.view().unwrap().state, SyncState::Nack);
+        assert_eq!(s.view(0).unwrap().state, SyncState::Nack);
         s.sent("LDS", "n4", "v3");
         s.change_sent(Instant::now());
         assert!(s.answered("LDS", "n4", None).is_some(), "the change is ACKed: how long it took");
-        assert_eq!(s.view().unwrap().state, SyncState::Synced);
+        assert_eq!(s.view(0).unwrap().state, SyncState::Synced);
         s.sent("CDS", "n5", "v2");
         assert_eq!(s.answered("CDS", "n5", None), None, "no change to time");
         // A reconnect's newer session stays when the old one leaves.
-        let newer = board.join("u1", "sa.ns", "delta");
+        let newer = board.join("u1", "sa.ns", "delta", Arc::default());
         board.leave(&s);
         assert_eq!(board.view().proxies.len(), 1);
         board.leave(&newer);
         assert!(board.view().proxies.is_empty());
+    }
+
+    #[test]
+    fn a_proxy_holds_a_generation_once_it_acked_a_config_with_it_or_no_build_touched_it() {
+        let board = StatusBoard::default();
+        let progress = board.progress.clone();
+        let (gens_a, gens_b) = (Arc::new(ProxyGenerations::default()), Arc::new(ProxyGenerations::default()));
+        let a = board.join("a", "a.ns", "sotw", gens_a.clone());
+        let b = board.join("b", "b.ns", "sotw", gens_b.clone());
+        let held = |uuid: &str| board.proxy(uuid).unwrap().generation;
+        // Both get their first config (built before any change: generation 0) and ACK it.
+        for (s, g) in [(&a, &gens_a), (&b, &gens_b)] {
+            g.published(0);
+            s.sent("CDS", "n1", "v1");
+            s.took(0);
+            s.answered("CDS", "n1", None);
+        }
+        // Change 1 touches only a: a's new config is published, b is not built at all.
+        assert_eq!(progress.change("Service demo/web applied".into()), 1);
+        gens_a.published(1);
+        assert_eq!((held("a"), held("b")), (0, 0), "a has not taken it; the build is not over");
+        a.sent("CDS", "n2", "v2");
+        a.took(1);
+        progress.settle(1);
+        assert_eq!((held("a"), held("b")), (0, 1), "b holds what no build of it changed; a waits for its ACK");
+        let status = board.view();
+        assert_eq!(status.generation, 1);
+        assert_eq!(status.change.as_ref().map(|c| c.what.as_str()), Some("Service demo/web applied"));
+        let changes = board.change_status(&status, Some(1));
+        assert_eq!((changes[0].proxies, changes[0].holding, changes[0].not_holding.clone()), (2, 1, vec!["a".into()]));
+        // a refuses it: it still does not hold it.
+        a.answered("CDS", "n2", Some("bad cluster"));
+        assert_eq!(held("a"), 0);
+        // Change 2: a's rebuild fixes it; b's build comes out identical (nothing to send, held at once).
+        progress.change("Service demo/web applied".into());
+        gens_a.published(2);
+        gens_b.built(2);
+        assert_eq!(held("b"), 2);
+        a.sent("CDS", "n3", "v3");
+        a.took(2);
+        a.answered("CDS", "n3", None);
+        assert_eq!(held("a"), 2, "its ACK of a config built for 2 holds 1 and 2");
+        assert_eq!(StatusSummary::of(&board.view(), Some(1)).holding, 2);
+        // Change 3: a's build fails; it keeps its config, without the change, even once all is settled.
+        progress.change("certificates renewed".into());
+        gens_a.failed(3);
+        progress.settle(3);
+        assert_eq!((held("a"), held("b")), (2, 3));
+        let summary = StatusSummary::of(&board.view(), None);
+        assert_eq!((summary.of_generation, summary.holding, summary.held()), (3, 1, false));
+        // A snapshot taken while the proxy still owes an ACK counts once that ACK comes.
+        gens_a.published(4);
+        a.sent("CDS", "n4", "v4");
+        a.took(4);
+        assert_eq!(held("a"), 2);
+        a.answered("CDS", "n4", None);
+        assert_eq!(held("a"), 4);
     }
 }

@@ -861,3 +861,99 @@ async fn the_debug_server_follows_the_mesh_config_and_never_shows_keys() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A SotW request from the sidecar of proxy `node`.
+fn request_from(node: &str, ty: ResourceType, names: &[&str], last: Option<&DiscoveryResponse>) -> DiscoveryRequest {
+    DiscoveryRequest { node: Some(Node { id: node.into(), ..Default::default() }), ..request(ty, names, last) }
+}
+
+/// Polls a JSON document of the controller's HTTP endpoint until `ok` accepts it.
+async fn http_json_until(c: &Controller, path: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = c.http(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if ok(&doc) {
+            return doc;
+        }
+        assert!(std::time::Instant::now() < deadline, "{path} never came to what was expected; last: {doc:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mesh_change_is_numbered_and_the_controller_knows_which_proxies_hold_it() {
+    let mesh = MESH.replace("labels: {app: web}}", "labels: {app: web, osm-proxy-uuid: web-uuid}}");
+    assert_ne!(mesh, MESH);
+    let written = mesh.clone();
+    let c = Controller::start_with(move |config| {
+        std::fs::write(config.mesh_dir.as_ref().unwrap().join("mesh.yaml"), written).unwrap();
+    });
+    // The client's sidecar watches clusters and web's endpoints; web's sidecar only clusters.
+    let mut client_ads = c.client("client-uuid", "client").await;
+    let (client_tx, rx) = mpsc::channel(8);
+    client_tx.send(request(ResourceType::Cluster, &[], None)).await.unwrap();
+    let mut client = client_ads.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let cds = next(&mut client).await;
+    client_tx.send(request(ResourceType::Cluster, &[], Some(&cds))).await.unwrap();
+    let mut web_ads = c.client("web-uuid", "web").await;
+    let (web_tx, rx) = mpsc::channel(8);
+    web_tx.send(request_from("web-uuid", ResourceType::Cluster, &[], None)).await.unwrap();
+    let mut web = web_ads.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let web_cds = next(&mut web).await;
+    web_tx.send(request_from("web-uuid", ResourceType::Cluster, &[], Some(&web_cds))).await.unwrap();
+    client_tx.send(request(ResourceType::Endpoint, &["demo/web|8080"], None)).await.unwrap();
+    let eds = next(&mut client).await;
+    client_tx.send(request(ResourceType::Endpoint, &["demo/web|8080"], Some(&eds))).await.unwrap();
+    let summary = http_json_until(&c, "/status/proxies?summary", |s| s["proxies"] == 2 && s["holding"] == 2).await;
+    let before = summary["generation"].as_u64().unwrap();
+
+    // web-1 moves: the client's endpoints change; web's sidecar has nothing new to take.
+    let moved = mesh.replace("status: {podIP: 10.244.1.2}", "status: {podIP: 10.244.1.3}");
+    write_mesh(&c, &moved).unwrap();
+    let update = next(&mut client).await;
+    assert_eq!(update.type_url, ResourceType::Endpoint.type_url());
+    let changes =
+        http_json_until(&c, "/status/changes", |c| c[0]["generation"].as_u64() > Some(before) && c[0]["holding"] == 1)
+            .await;
+    let change = &changes[0];
+    let first = change["generation"].as_u64().unwrap();
+    assert!(change["what"].as_str().unwrap().contains("web-1"), "{change:#}");
+    assert_eq!(change["not_holding"], serde_json::json!(["demo/client"]), "{change:#}");
+    assert_eq!(change["proxies"], 2);
+
+    // The client refuses it: it still does not hold that change, and its status says why.
+    let mut nack = request(ResourceType::Endpoint, &["demo/web|8080"], Some(&update));
+    nack.version_info = eds.version_info.clone();
+    nack.error_detail = Some(RpcStatus { code: 3, message: "rejected on purpose".into(), details: vec![] });
+    client_tx.send(nack).await.unwrap();
+    let status = http_json_until(&c, "/status/proxies", |s| {
+        s["proxies"].as_array().unwrap().iter().any(|p| p["uuid"] == "client-uuid" && p["state"] == "nack")
+    })
+    .await;
+    for p in status["proxies"].as_array().unwrap() {
+        let expected = if p["uuid"] == "client-uuid" { before } else { first };
+        assert_eq!(p["generation"].as_u64(), Some(expected), "{p:#}");
+    }
+    // web took nothing: the clusters it holds are the ones it had.
+    let web_status = status["proxies"].as_array().unwrap().iter().find(|p| p["uuid"] == "web-uuid").unwrap();
+    assert_eq!(web_status["types"]["CDS"]["acked"].as_str(), Some(web_cds.version_info.as_str()));
+    let (code, body) = c.http(&format!("/status/changes?generation={first}")).await;
+    assert_eq!(code, 200);
+    assert!(body.contains("\"holding\": 1"), "{body}");
+
+    // The next change reaches it and it ACKs: it holds both changes.
+    write_mesh(&c, moved.replace("status: {podIP: 10.244.1.3}", "status: {podIP: 10.244.1.4}")).unwrap();
+    let again = next(&mut client).await;
+    client_tx.send(request(ResourceType::Endpoint, &["demo/web|8080"], Some(&again))).await.unwrap();
+    let summary =
+        http_json_until(&c, "/status/proxies?summary", |s| s["generation"].as_u64() > Some(first) && s["holding"] == 2)
+            .await;
+    assert_eq!(summary["synced"], 2);
+    let (_, of_first) = c.http(&format!("/status/proxies?summary&generation={first}")).await;
+    assert!(of_first.contains("\"holding\": 2"), "{of_first}");
+    let (code, body) = c.http("/status/changes?generation=x").await;
+    assert_eq!((code, body.contains("generation")), (400, true), "{body}");
+    drop((client_tx, web_tx));
+}

@@ -100,6 +100,21 @@ fn a_proxy_that_refuses_its_config_is_shown_with_envoys_error_while_the_rest_sta
     assert_eq!(out.status.code(), Some(3), "{table}");
     assert!(table.contains("NACK") && table.contains("LDS") && table.contains("15010"), "{table}");
     assert!(table.contains("2 proxies: 1 synced, 0 stale, 1 NACK"), "{table}");
+    assert!(table.contains("applied): held by 1 of 2 proxies"), "{table}");
+    // The change is numbered; the controller knows the client's sidecar does not hold it.
+    let out = mesh.osm(&["mesh", "changes", "-o", "json"]).unwrap();
+    let changes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let change = &changes[0];
+    assert!(change["what"].as_str().unwrap().contains("Pod demo/client applied"), "{changes:#}");
+    assert_eq!((change["proxies"].as_u64(), change["holding"].as_u64()), (Some(2), Some(1)), "{changes:#}");
+    let generation = change["generation"].as_u64().unwrap().to_string();
+    let out = mesh.osm(&["mesh", "changes", "--generation", &generation]).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(table.contains(&format!("not holding generation {generation}:\n  demo/client\n")), "{table}");
+    assert!(table.contains("1/2") && table.contains("Pod demo/client applied"), "{table}");
+    let out = mesh.osm(&["proxy", "status", "--wait", "--generation", &generation, "--timeout-s", "1"]).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
     // The NACK is counted under its stable code, which the tool explains.
     let metrics = mesh.controller_http("/metrics").unwrap();
     assert!(metrics.contains("osm_error_err_code_count{err_code=\"E5004\"}"), "{metrics}");
@@ -169,6 +184,10 @@ fn metrics_count_connected_proxies_and_time_each_change_to_its_acks() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", mesh.controller_http("/metrics").unwrap()));
     synced(&mesh);
+    let out = mesh.osm(&["mesh", "changes", "-o", "json"]).unwrap();
+    let changes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(changes[0]["what"], "Service demo/extra applied", "{changes:#}");
+    assert_eq!((changes[0]["holding"].as_u64(), changes[0]["proxies"].as_u64()), (Some(2), Some(2)));
     let after = scrape(&mesh);
     assert!(value(&after, "osm_proxy_config_ack_time_sum") > value(&before, "osm_proxy_config_ack_time_sum"));
     assert!(value(&after, "osm_snapshot_proxies_built_count") > value(&before, "osm_snapshot_proxies_built_count"));

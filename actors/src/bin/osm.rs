@@ -2,19 +2,21 @@
 //! default `http://127.0.0.1:9091`), on the embedded default as on a cluster (port-forward the
 //! controller's 9091 there).
 //!
-//! - `osm proxy status [--wait] [-o json]`: every connected proxy, synced / stale (for how long) / NACK
-//!   with Envoy's reason; `--wait` blocks until every proxy holds everything sent to it, or times out.
+//! - `osm proxy status [--wait [--generation N]] [-o json]`: every connected proxy, synced / stale (for how
+//!   long) / NACK with Envoy's reason, and the mesh generation it holds; `--wait` blocks until every proxy
+//!   holds the latest mesh change (or generation N), or times out.
 //! - `osm verify connectivity --from <ns>/<pod> --to <ns>/<svc>[:port]`: the path checked step by step;
 //!   what blocks it, named.
 //! - `osm proxy get config_dump|stats <ns>/<pod>`: the sidecar's own view, from its Envoy admin interface
 //!   (`--admin`, default `127.0.0.1:15000`: run it in the pod's network namespace, or port-forward).
 //! - `osm mesh list`: the mesh this controller serves: sources, mode, proxies, roots.
+//! - `osm mesh changes [--generation N]`: the recent mesh changes and which proxies hold each.
 //! - `osm namespace add|remove|list`: namespaces in and out of the mesh on a cluster (the kubeconfig's).
 //! - `osm support error-info [code]`: what an error code means and what to do (no controller needed).
 
 use std::time::{Duration, Instant};
 
-use actors::status::{MeshStatus, ProxyStatusView, StatusSummary, SyncState};
+use actors::status::{ChangeStatus, MeshStatus, ProxyStatusView, StatusSummary, SyncState};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use http_body_util::BodyExt as _;
@@ -96,6 +98,12 @@ enum NamespaceCommand {
 enum MeshCommand {
     /// The mesh this controller serves: version, trust domain, sources, mode, Services, pods, proxies.
     List,
+    /// The recent mesh changes, numbered (generations), newest first: what changed, when, and how many
+    /// proxies hold it; with --generation, the proxies that do not.
+    Changes {
+        #[arg(long)]
+        generation: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -126,9 +134,13 @@ enum VerifyCommand {
 enum ProxyCommand {
     /// Is my change live? Every connected proxy: synced, stale (for how long) or NACK (Envoy's reason).
     Status {
-        /// Wait until every connected proxy holds everything sent to it (exit 0), or the timeout (exit 3).
+        /// Wait until every connected proxy holds the latest mesh change (exit 0), or the timeout (exit 3).
         #[arg(long)]
         wait: bool,
+        /// With --wait: the mesh generation to wait for (`osm mesh changes` lists them), instead of the
+        /// latest.
+        #[arg(long, requires = "wait")]
+        generation: Option<u64>,
         /// Seconds `--wait` waits.
         #[arg(long, default_value_t = 60)]
         timeout_s: u64,
@@ -180,8 +192,9 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Proxy { command: ProxyCommand::Status { wait, timeout_s } } => {
-            proxy_status(&cli.controller, cli.output, wait.then(|| Duration::from_secs(timeout_s))).await
+        Command::Proxy { command: ProxyCommand::Status { wait, generation, timeout_s } } => {
+            let wait = wait.then(|| (Duration::from_secs(timeout_s), generation));
+            proxy_status(&cli.controller, cli.output, wait).await
         }
         Command::Proxy { command: ProxyCommand::Get { what } } => {
             let (pod, admin, path) = match &what {
@@ -195,6 +208,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Support { command: SupportCommand::ErrorInfo { code } } => error_info(cli.output, code.as_deref()),
         Command::Mesh { command: MeshCommand::List } => mesh_list(&cli.controller, cli.output).await,
+        Command::Mesh { command: MeshCommand::Changes { generation } } => {
+            mesh_changes(&cli.controller, cli.output, generation).await
+        }
         Command::Namespace { kubeconfig, mesh_name, command } => {
             namespace(kubeconfig.as_deref(), &mesh_name, command, cli.output).await
         }
@@ -359,36 +375,53 @@ async fn fetch_status(base: &str) -> anyhow::Result<MeshStatus> {
         .context("the controller's /status/proxies is not what this osm reads (versions differ?)")
 }
 
-async fn proxy_status(base: &str, output: Output, wait: Option<Duration>) -> anyhow::Result<u8> {
-    if let Some(timeout) = wait {
+/// How long after `--wait` starts a newer mesh change still counts as the one waited for: a file written
+/// (or an object applied) just before is read by the controller within moments.
+const WAIT_CATCH_UP: Duration = Duration::from_secs(1);
+
+async fn proxy_status(base: &str, output: Output, wait: Option<(Duration, Option<u64>)>) -> anyhow::Result<u8> {
+    let mut target = None;
+    if let Some((timeout, generation)) = wait {
         // Polls the counts only (a full status is megabytes at 10,000 proxies).
-        let summary = || async {
-            let body = controller_get(base, "/status/proxies?summary").await?;
+        let summary = |of: Option<u64>| async move {
+            let query = of.map_or_else(String::new, |g| format!("&generation={g}"));
+            let body = controller_get(base, &format!("/status/proxies?summary{query}")).await?;
             serde_json::from_str::<StatusSummary>(&body).context("the controller's /status/proxies?summary")
         };
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
         let bar = (output == Output::Table).then(|| {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} proxies synced {wide_bar} {elapsed}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {pos}/{len} proxies hold {msg} {wide_bar} {elapsed}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             bar
         });
-        // Live: nothing left to build and every proxy synced, at two polls in a row (a change written a
-        // moment ago may not have been read yet at the first).
-        let mut live_before = false;
         loop {
-            let s = summary().await?;
-            if let Some(bar) = &bar {
-                bar.set_length(s.proxies as u64);
-                bar.set_position(s.synced as u64);
+            let mut s = summary(target.or(generation)).await?;
+            // The generation waited for: the one asked for, or the latest as of the first moment.
+            let goal = match generation {
+                Some(g) => g,
+                None if started.elapsed() < WAIT_CATCH_UP => target.unwrap_or(0).max(s.generation),
+                None => target.unwrap_or(s.generation),
+            };
+            if s.of_generation != goal {
+                s = summary(Some(goal)).await?;
             }
-            if (s.live() && live_before) || Instant::now() >= deadline {
+            target = Some(goal);
+            if let Some(bar) = &bar {
+                bar.set_message(format!("generation {goal}"));
+                bar.set_length(s.proxies as u64);
+                bar.set_position(s.holding as u64);
+            }
+            let caught_up = generation.is_some() || started.elapsed() >= WAIT_CATCH_UP;
+            if (s.held() && caught_up) || Instant::now() >= deadline {
                 break;
             }
-            live_before = s.live();
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         if let Some(bar) = bar {
             bar.finish_and_clear();
@@ -397,10 +430,52 @@ async fn proxy_status(base: &str, output: Output, wait: Option<Duration>) -> any
     let status = fetch_status(base).await?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-        Output::Table => print_table(&status.proxies),
+        Output::Table => print_table(&status, target),
     }
-    let live = StatusSummary::of(&status).live();
-    Ok(if wait.is_some() && !live { 3 } else { 0 })
+    let held = StatusSummary::of(&status, target).held();
+    Ok(if wait.is_some() && !held { 3 } else { 0 })
+}
+
+async fn mesh_changes(base: &str, output: Output, generation: Option<u64>) -> anyhow::Result<u8> {
+    let query = generation.map_or_else(String::new, |g| format!("?generation={g}"));
+    let body = controller_get(base, &format!("/status/changes{query}")).await?;
+    let changes: Vec<ChangeStatus> =
+        serde_json::from_str(&body).context("the controller's /status/changes is not what this osm reads")?;
+    if let (Some(g), true) = (generation, changes.is_empty()) {
+        bail!("generation {g} is not among the changes the controller remembers (osm mesh changes lists them)");
+    }
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&changes)?),
+        Output::Table if changes.is_empty() => println!("no mesh change since the controller started"),
+        Output::Table => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            println!("{:>10}  {:>6}  {:>13}  WHAT", "GENERATION", "AGE", "HELD BY");
+            for c in &changes {
+                let held = format!("{}/{}", c.holding, c.proxies);
+                let age = duration((now - c.change.at).max(0.0));
+                println!("{:>10}  {age:>6}  {held:>13}  {}", c.change.generation, c.change.what);
+            }
+            if generation.is_some() {
+                for c in &changes {
+                    if c.not_holding.is_empty() {
+                        println!("\nevery connected proxy holds generation {}", c.change.generation);
+                    } else {
+                        let more = c.proxies - c.holding - c.not_holding.len();
+                        println!("\nnot holding generation {}:", c.change.generation);
+                        for p in &c.not_holding {
+                            println!("  {p}");
+                        }
+                        if more > 0 {
+                            println!("  ... and {more} more");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(0)
 }
 
 async fn verify_connectivity(base: &str, output: Output, from: &str, to: &str) -> anyhow::Result<u8> {
@@ -457,12 +532,14 @@ fn duration(s: f64) -> String {
     }
 }
 
-fn print_table(proxies: &[ProxyStatusView]) {
+/// The proxies, and how many hold generation `of` (default: the latest).
+fn print_table(status: &MeshStatus, of: Option<u64>) {
+    let proxies = &status.proxies;
     if proxies.is_empty() {
         println!("no proxy is connected");
         return;
     }
-    let rows: Vec<[String; 7]> = proxies
+    let rows: Vec<[String; 8]> = proxies
         .iter()
         .map(|p| {
             let state = match p.state {
@@ -472,11 +549,12 @@ fn print_table(proxies: &[ProxyStatusView]) {
             };
             let behind = if p.state == SyncState::Synced { "-".to_owned() } else { duration(p.behind_s) };
             let pod = p.pod.clone().unwrap_or_else(|| "-".to_owned());
-            [pod, p.identity.clone(), p.uuid.clone(), p.api.clone(), state.to_owned(), behind, detail(p)]
+            let generation = p.generation.to_string();
+            [pod, p.identity.clone(), p.uuid.clone(), p.api.clone(), state.to_owned(), generation, behind, detail(p)]
         })
         .collect();
-    let header = ["POD", "IDENTITY", "PROXY", "API", "STATUS", "BEHIND", "DETAIL"].map(str::to_owned);
-    let widths: Vec<usize> = (0..7)
+    let header = ["POD", "IDENTITY", "PROXY", "API", "STATUS", "GEN", "BEHIND", "DETAIL"].map(str::to_owned);
+    let widths: Vec<usize> = (0..8)
         .map(|i| std::iter::once(&header).chain(&rows).map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     for row in std::iter::once(&header).chain(&rows) {
@@ -490,5 +568,15 @@ fn print_table(proxies: &[ProxyStatusView]) {
         count(SyncState::Synced),
         count(SyncState::Stale),
         count(SyncState::Nack)
+    );
+    let summary = StatusSummary::of(status, of);
+    let what = match &status.change {
+        Some(c) if c.generation == summary.of_generation => format!(" ({})", c.what),
+        _ if summary.of_generation == 0 => " (the configuration the controller started with)".to_owned(),
+        _ => String::new(),
+    };
+    println!(
+        "mesh generation {}{what}: held by {} of {} proxies",
+        summary.of_generation, summary.holding, summary.proxies
     );
 }
