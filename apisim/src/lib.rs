@@ -19,11 +19,14 @@
 //!   `fieldManager` set is refused with `409 Conflict` unless `force=true` (what Lease-based leader
 //!   election relies on); a field that is removed has no owner.
 //!
-//! [`webhook`] is the API server's other side: calling admission webhooks over HTTPS.
+//! [`webhook`] is the API server's other side: calling admission webhooks over HTTPS. [`portforward`]
+//! serves `pods/<name>/portforward` (WebSocket, as `kubectl port-forward` uses it) to a port reached by a
+//! [`portforward::PodDialer`] the test provides ([`ApiServer::forward_ports_with`]).
 //!
 //! Not simulated: schema validation, admission, finalizers and garbage collection, pagination (`limit` is
 //! ignored: every list is one page), protobuf.
 
+pub mod portforward;
 pub mod webhook;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -155,6 +158,18 @@ struct State {
     uid: AtomicU64,
     /// Requests served, by method and path, for tests that check what a client did.
     requests: Mutex<Vec<(Method, String)>>,
+    /// Reaches pods' ports for port-forwards (the kubelet's part); none until a test gives one.
+    dialer: Mutex<Option<Dialer>>,
+}
+
+/// A [`portforward::PodDialer`] in [`State`] (which is `Debug`).
+#[derive(Clone)]
+struct Dialer(portforward::PodDialer);
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PodDialer")
+    }
 }
 
 impl State {
@@ -204,8 +219,12 @@ impl ApiServer {
             options,
             uid: AtomicU64::new(1),
             requests: Mutex::default(),
+            dialer: Mutex::default(),
         });
-        let app = axum::Router::new().fallback(handle).with_state(state.clone());
+        let app = axum::Router::new()
+            .route("/api/v1/namespaces/{namespace}/pods/{name}/portforward", axum::routing::any(port_forward))
+            .fallback(handle)
+            .with_state(state.clone());
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "API-server simulator stopped");
@@ -216,6 +235,14 @@ impl ApiServer {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Serves port-forwards to pods through `dialer` (what the kubelet does: reach the port on the pod's
+    /// loopback). Without one, a port-forward to an existing pod is refused.
+    pub fn forward_ports_with(&self, dialer: portforward::PodDialer) {
+        if let Ok(mut d) = self.state.dialer.lock() {
+            *d = Some(Dialer(dialer));
+        }
     }
 
     /// The port it listens on.
@@ -510,6 +537,52 @@ fn not_found(t: &Target, name: &str) -> ApiError {
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// `GET /api/v1/namespaces/<ns>/pods/<name>/portforward?ports=...` with a WebSocket upgrade.
+async fn port_forward(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+    axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
+    mut request: axum::extract::Request,
+) -> Response {
+    let uri = request.uri().clone();
+    if let Ok(mut r) = state.requests.lock() {
+        r.push((
+            request.method().clone(),
+            uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.to_string()),
+        ));
+    }
+    let bad = |reason: String| {
+        let e = api_error(StatusCode::BAD_REQUEST, "BadRequest", reason);
+        json_response(e.status, &e.body)
+    };
+    if !matches!(*request.method(), Method::GET | Method::POST) {
+        return bad(format!(
+            "{} is not how a port-forward is asked for (GET with a WebSocket upgrade)",
+            request.method()
+        ));
+    }
+    let key = Key { resource: (String::new(), "pods".to_owned()), namespace: namespace.clone(), name: name.clone() };
+    if !state.store().objects.contains_key(&key) {
+        let e = api_error(StatusCode::NOT_FOUND, "NotFound", format!("pods \"{name}\" not found"));
+        return json_response(e.status, &e.body);
+    }
+    let ports = match portforward::ports_of(uri.query()) {
+        Ok(p) => p,
+        Err(reason) => return bad(reason),
+    };
+    let Some(Dialer(dial)) = state.dialer.lock().ok().and_then(|d| d.clone()) else {
+        let e = api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("pod {namespace}/{name} has no reachable kubelet in this simulator (no dialer)"),
+        );
+        return json_response(e.status, &e.body);
+    };
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return bad("the connection cannot be upgraded".to_owned());
+    };
+    portforward::upgrade(request.headers(), on_upgrade, dial, (namespace, name), ports).unwrap_or_else(bad)
 }
 
 async fn handle(

@@ -189,6 +189,11 @@ pub struct PodRuntime {
 }
 
 impl PodRuntime {
+    /// The pod's network namespace (`ip netns exec <it> ...` runs inside the pod).
+    pub fn netns_name(&self) -> &str {
+        &self.netns.name
+    }
+
     pub fn envoy_log(&self) -> String {
         fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
     }
@@ -603,9 +608,13 @@ impl LocalMesh {
     /// (the sidecar's admin interface listens on that namespace's loopback only).
     pub fn osm_in_pod(&self, pod: &str, args: &[&str]) -> Result<Output, TestbedError> {
         let p = self.pod(pod)?;
+        // As on a machine of the embedded default: no cluster configured, whatever this one has.
         p.netns
             .command(&self.bins.osm.display().to_string())
             .args(args)
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("HOME", &p.dir)
             .output()
             .map_err(|e| TestbedError::Command(format!("osm {args:?} (in {pod})"), e.to_string()))
     }

@@ -175,4 +175,51 @@ fn pods_injected_by_the_webhook_carry_traffic_through_real_envoy() {
     );
     let answer = mesh.get_from_hub(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
     assert!(answer.contains("hello from web-1"), "{answer}");
+
+    // `osm proxy get` on a cluster: the sidecar's admin interface through the API server (a port-forward,
+    // the kubelet's part done from inside the pod), no port-forward of the operator's own.
+    let netns: BTreeMap<String, String> = ["shop/web-1", "shop/client"]
+        .into_iter()
+        .map(|k| (k.to_owned(), mesh.pod(k).unwrap().netns_name().to_owned()))
+        .collect();
+    let app = bins().app;
+    let dialer: apisim::portforward::PodDialer = std::sync::Arc::new(move |ns: &str, pod: &str, port: u16| {
+        let target = netns.get(&format!("{ns}/{pod}")).cloned();
+        let app = app.clone();
+        let dial: futures::future::BoxFuture<'static, std::io::Result<Box<dyn apisim::portforward::PodStream>>> =
+            Box::pin(async move {
+                let netns = target.ok_or_else(|| std::io::Error::other("no such pod running"))?;
+                let mut child = tokio::process::Command::new("ip")
+                    .args(["netns", "exec", &netns])
+                    .arg(&app)
+                    .args(["pipe", &format!("127.0.0.1:{port}")])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .kill_on_drop(false)
+                    .spawn()?;
+                let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
+                let stream = tokio::io::join(
+                    stdout.ok_or_else(|| std::io::Error::other("no stdout"))?,
+                    stdin.ok_or_else(|| std::io::Error::other("no stdin"))?,
+                );
+                Ok(Box::new(stream) as Box<dyn apisim::portforward::PodStream>)
+            });
+        dial
+    });
+    sim.forward_ports_with(dialer);
+    let kubeconfig_arg = kubeconfig.display().to_string();
+    let out = mesh.osm(&["proxy", "get", "config_dump", "shop/client", "--kubeconfig", &kubeconfig_arg]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dump: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = dump.to_string();
+    assert!(text.contains("shop/web|8080") || text.contains("shop_web"), "the client's clusters: {text:.2000}");
+    let out = mesh.osm(&["proxy", "get", "stats", "shop/web-1", "--kubeconfig", &kubeconfig_arg]).unwrap();
+    let stats = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && stats.contains("control_plane.connected_state: 1"), "{stats:.2000}{out:?}");
+    // A pod that is not there, and a name in another namespace than its sidecar says, are refused.
+    let out = mesh.osm(&["proxy", "get", "stats", "shop/nobody", "--kubeconfig", &kubeconfig_arg]).unwrap();
+    let error = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && error.contains("shop/nobody") && error.contains("not found"), "{error}");
+    let requests = sim.requests();
+    assert!(requests.iter().any(|(_, path)| path.contains("/pods/client/portforward")), "{requests:?}");
 }

@@ -7,8 +7,9 @@
 //!   holds the latest mesh change (or generation N), or times out.
 //! - `osm verify connectivity --from <ns>/<pod> --to <ns>/<svc>[:port]`: the path checked step by step;
 //!   what blocks it, named.
-//! - `osm proxy get config_dump|stats <ns>/<pod>`: the sidecar's own view, from its Envoy admin interface
-//!   (`--admin`, default `127.0.0.1:15000`: run it in the pod's network namespace, or port-forward).
+//! - `osm proxy get config_dump|stats <ns>/<pod>`: the sidecar's own view, from its Envoy admin interface:
+//!   on a cluster through the API server (a port-forward to the pod's 15000, as `kubectl port-forward`
+//!   makes), else at `--admin` (default `127.0.0.1:15000`: run it in the pod's network namespace).
 //! - `osm mesh list`: the mesh this controller serves: sources, mode, proxies, roots.
 //! - `osm mesh changes [--generation N]`: the recent mesh changes and which proxies hold each.
 //! - `osm namespace add|remove|list`: namespaces in and out of the mesh on a cluster (the kubeconfig's).
@@ -27,6 +28,9 @@ struct Cli {
     /// The controller's HTTP endpoint.
     #[arg(long, global = true, default_value = "http://127.0.0.1:9091", env = "OSM_CONTROLLER")]
     controller: String,
+    /// The kubeconfig for cluster commands (default: in-cluster, $KUBECONFIG or ~/.kube/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<std::path::PathBuf>,
     /// Output: a table for people, JSON for scripts.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -54,9 +58,6 @@ enum Command {
     },
     /// Namespaces of the mesh on a Kubernetes cluster (labelled openservicemesh.io/monitored-by=<mesh>).
     Namespace {
-        /// The kubeconfig to use (default: in-cluster, $KUBECONFIG or ~/.kube/config).
-        #[arg(long, global = true)]
-        kubeconfig: Option<std::path::PathBuf>,
         /// The mesh's name (the controller's --mesh-name).
         #[arg(long, global = true, default_value = "osm")]
         mesh_name: String,
@@ -159,17 +160,30 @@ enum ProxyGet {
     ConfigDump {
         /// The pod: <namespace>/<pod> (checked against the sidecar's node).
         pod: String,
-        /// The sidecar's admin interface: it listens on the pod's loopback, so run this in the pod's
-        /// network namespace (ip netns exec), or port-forward 15000 (kubectl port-forward pod/<pod> 15000).
-        #[arg(long, default_value = "http://127.0.0.1:15000")]
-        admin: String,
+        /// The sidecar's admin interface, reached directly. Without it: on a cluster (a kubeconfig, or
+        /// in-cluster) through the API server, a port-forward to the pod's 15000; otherwise
+        /// http://127.0.0.1:15000, the pod's loopback (run osm in the pod's network namespace).
+        #[arg(long)]
+        admin: Option<String>,
     },
     /// Envoy's statistics (its /stats).
     Stats {
         pod: String,
-        #[arg(long, default_value = "http://127.0.0.1:15000")]
-        admin: String,
+        /// As for config_dump.
+        #[arg(long)]
+        admin: Option<String>,
     },
+}
+
+/// The port of a sidecar's Envoy admin interface, on the pod's loopback.
+const ENVOY_ADMIN_PORT: u16 = 15000;
+
+/// Where a sidecar's admin interface is reached.
+enum Admin {
+    /// At a URL: the pod's loopback from its network namespace, or a port-forward of one's own.
+    Url(String),
+    /// Through the cluster's API server: a port-forward to the pod's admin port per request.
+    Cluster(kube::Client),
 }
 
 fn main() -> std::process::ExitCode {
@@ -197,11 +211,23 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             proxy_status(&cli.controller, cli.output, wait).await
         }
         Command::Proxy { command: ProxyCommand::Get { what } } => {
-            let (pod, admin, path) = match &what {
+            let (pod, admin, path) = match what {
                 ProxyGet::ConfigDump { pod, admin } => (pod, admin, "/config_dump"),
                 ProxyGet::Stats { pod, admin } => (pod, admin, "/stats"),
             };
-            proxy_get(pod, admin, path).await
+            let admin = match (admin, &cli.kubeconfig) {
+                (Some(url), _) => Admin::Url(url),
+                (None, Some(path)) => {
+                    let config = actors::kube_source::kube_config(Some(path)).await.map_err(anyhow::Error::msg)?;
+                    Admin::Cluster(kube::Client::try_from(config).context("connecting to the cluster")?)
+                }
+                // No kubeconfig named: a cluster if one is configured, else the pod's loopback.
+                (None, None) => match actors::kube_source::kube_config(None).await {
+                    Ok(config) => Admin::Cluster(kube::Client::try_from(config).context("connecting to the cluster")?),
+                    Err(_) => Admin::Url(format!("http://127.0.0.1:{ENVOY_ADMIN_PORT}")),
+                },
+            };
+            proxy_get(&pod, &admin, path).await
         }
         Command::Verify { command: VerifyCommand::Connectivity { from, to } } => {
             verify_connectivity(&cli.controller, cli.output, &from, &to).await
@@ -211,29 +237,50 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Mesh { command: MeshCommand::Changes { generation } } => {
             mesh_changes(&cli.controller, cli.output, generation).await
         }
-        Command::Namespace { kubeconfig, mesh_name, command } => {
-            namespace(kubeconfig.as_deref(), &mesh_name, command, cli.output).await
+        Command::Namespace { mesh_name, command } => {
+            namespace(cli.kubeconfig.as_deref(), &mesh_name, command, cli.output).await
         }
     }
 }
 
 /// GETs `path` from a sidecar's admin interface, after checking it is the sidecar of `pod`'s service
 /// account (its node's cluster is `<sa>.<ns>`; the pod's name is not known to Envoy).
-async fn proxy_get(pod: &str, admin: &str, path: &str) -> anyhow::Result<u8> {
-    let (ns, _) = pod.split_once('/').context("the pod is <namespace>/<pod>")?;
-    let info = get(admin, "/server_info").await.with_context(|| {
-        format!(
-            "no Envoy admin interface at {admin}: run osm in the pod's network namespace \
-             (ip netns exec <netns> osm ...), or port-forward 15000 and give --admin"
-        )
-    })?;
+async fn proxy_get(pod: &str, admin: &Admin, path: &str) -> anyhow::Result<u8> {
+    let (ns, name) = pod.split_once('/').context("the pod is <namespace>/<pod>")?;
+    let info = admin_get(admin, (ns, name), "/server_info").await?;
     let info: serde_json::Value = serde_json::from_str(&info).context("the admin interface's /server_info")?;
     let cluster = info["command_line_options"]["service_cluster"].as_str().unwrap_or_default();
     if !cluster.ends_with(&format!(".{ns}")) {
-        bail!("the Envoy at {admin} is the sidecar of {cluster:?}, not of a pod in namespace {ns}");
+        bail!("the Envoy reached is the sidecar of {cluster:?}, not of a pod in namespace {ns}");
     }
-    print!("{}", get(admin, path).await?);
+    print!("{}", admin_get(admin, (ns, name), path).await?);
     Ok(0)
+}
+
+/// GET `path` from the admin interface of pod `ns`/`name`'s sidecar; the body.
+async fn admin_get(admin: &Admin, (ns, name): (&str, &str), path: &str) -> anyhow::Result<String> {
+    match admin {
+        Admin::Url(url) => get(url, path).await.with_context(|| {
+            format!(
+                "no Envoy admin interface at {url}: run osm in the pod's network namespace \
+                 (ip netns exec <netns> osm ...), or, on a cluster, give --kubeconfig"
+            )
+        }),
+        Admin::Cluster(client) => {
+            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), ns);
+            let forwarding = || format!("port-forwarding to pod {ns}/{name}:{ENVOY_ADMIN_PORT} through the API server");
+            let mut forward = pods.portforward(name, &[ENVOY_ADMIN_PORT]).await.with_context(forwarding)?;
+            let stream = forward.take_stream(ENVOY_ADMIN_PORT).with_context(forwarding)?;
+            let error = forward.take_error(ENVOY_ADMIN_PORT).with_context(forwarding)?;
+            let host = format!("127.0.0.1:{ENVOY_ADMIN_PORT}");
+            tokio::select! {
+                body = get_on(stream, &host, path) => body.with_context(|| {
+                    format!("the sidecar's admin interface in pod {ns}/{name} (is it a mesh pod with a running sidecar?)")
+                }),
+                Some(e) = error => bail!("{}: {e}", forwarding()),
+            }
+        }
+    }
 }
 
 async fn namespace(
@@ -342,9 +389,9 @@ async fn controller_get(base: &str, path: &str) -> anyhow::Result<String> {
 async fn get(base: &str, path: &str) -> anyhow::Result<String> {
     let uri: hyper::Uri = format!("{}{path}", base.trim_end_matches('/')).parse().context("--controller")?;
     if uri.scheme_str() != Some("http") {
-        bail!("--controller {base:?}: give an http:// address (the controller's HTTP endpoint, port 9091)");
+        bail!("{base:?}: give an http:// address");
     }
-    let host = uri.host().context("--controller has no host")?.to_owned();
+    let host = uri.host().context("no host")?.to_owned();
     let port = uri.port_u16().unwrap_or(80);
     let unreachable = || format!("cannot reach {base}");
     let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((host.as_str(), port)))
@@ -352,19 +399,30 @@ async fn get(base: &str, path: &str) -> anyhow::Result<String> {
         .map_err(|_| anyhow::anyhow!("timed out"))
         .and_then(|r| r.map_err(Into::into))
         .with_context(unreachable)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    get_on(tcp, &format!("{host}:{port}"), uri.path_and_query().map_or("/", |p| p.as_str())).await
+}
+
+/// GET `path` (with its query) over a connection to `host`; the body.
+async fn get_on<S>(io: S, host: &str, path: &str) -> anyhow::Result<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
     tokio::spawn(conn);
-    let request = hyper::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
-        .header(hyper::header::HOST, format!("{host}:{port}"))
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, host)
         .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
     let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
         .await
-        .context("the controller did not answer within 10 s")??;
+        .with_context(|| format!("{host} did not answer within 10 s"))??;
     let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
+    let body = tokio::time::timeout(Duration::from_secs(30), response.into_body().collect())
+        .await
+        .with_context(|| format!("{host} did not send all of its answer within 30 s"))??
+        .to_bytes();
     let body = String::from_utf8_lossy(&body).into_owned();
     if !status.is_success() {
-        bail!("{base}{path} answered {status}: {}", body.trim());
+        bail!("{host}{path} answered {status}: {}", body.trim());
     }
     Ok(body)
 }

@@ -86,6 +86,13 @@ enum Cmd {
         #[arg(long)]
         tcp: bool,
     },
+    /// Connects to addr, then copies stdin to it and what it sends to stdout until it closes: the
+    /// kubelet's part of a port-forward (reaching a port on the pod's loopback from inside the pod).
+    Pipe {
+        addr: String,
+        #[arg(long, default_value_t = 5)]
+        timeout_s: u64,
+    },
     /// Sends one line over TCP and prints the reply line.
     TcpSend {
         addr: String,
@@ -120,6 +127,7 @@ fn run() -> anyhow::Result<()> {
             println!("{status}");
             Ok(())
         }
+        Cmd::Pipe { addr, timeout_s } => pipe(&addr, Duration::from_secs(timeout_s)),
         Cmd::TcpRead { addr, timeout_s } => {
             let s = connect(&addr, Duration::from_secs(timeout_s))?;
             let mut line = String::new();
@@ -350,6 +358,36 @@ async fn grpc_check(addr: &str, service: String, timeout: Duration) -> anyhow::R
         .await
         .map_err(|s| anyhow::anyhow!("gRPC status {:?}: {}", s.code(), s.message()))?;
     Ok(reply.into_inner().status().as_str_name().to_owned())
+}
+
+fn pipe(addr: &str, timeout: Duration) -> anyhow::Result<()> {
+    let s = connect(addr, timeout)?;
+    // Idle periods are the client's business: no timeouts once connected.
+    s.set_read_timeout(None)?;
+    s.set_write_timeout(None)?;
+    let mut up = s.try_clone()?;
+    // Each chunk is passed on as it comes (std's copy may hold output back until the stream ends, and a
+    // kept-alive HTTP connection never ends).
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 32 * 1024];
+        while let Ok(n @ 1..) = stdin.read(&mut buf) {
+            if up.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = (&s).read(&mut buf).context("reading")?;
+        if n == 0 {
+            return Ok(());
+        }
+        out.write_all(&buf[..n])?;
+        out.flush()?;
+    }
 }
 
 fn connect(addr: &str, timeout: Duration) -> anyhow::Result<TcpStream> {
