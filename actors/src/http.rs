@@ -131,7 +131,138 @@ pub struct Connectivity {
     pub from: String,
     pub to: String,
     pub ok: bool,
+    /// Every step: the path's, then the sidecars' and certificates'.
     pub steps: Vec<messages::PathStep>,
+    /// The path's own steps (pods, Service, endpoints, split, policy, routes): the same at every replica.
+    #[serde(default)]
+    pub path: Vec<messages::PathStep>,
+    /// The sidecars of both ends as this controller sees them; with several controller replicas each
+    /// serves some sidecars, and `osm` merges what they see ([`Connectivity::merge`]).
+    #[serde(default)]
+    pub sidecars: Vec<SidecarSeen>,
+    /// The service certificates of both ends' identities, as this controller issued them.
+    #[serde(default)]
+    pub certificates: Vec<CertSeen>,
+}
+
+/// A sidecar of a checked path, as one controller sees it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SidecarSeen {
+    pub uuid: String,
+    pub identity: String,
+    /// The source's (else a destination's).
+    pub source: bool,
+    /// `None`: not connected to this controller.
+    pub status: Option<crate::status::ProxyStatusView>,
+}
+
+/// A service certificate, as one controller issued it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CertSeen {
+    pub identity: String,
+    /// Serial and expiry (Unix seconds), when this controller issued one.
+    pub issued: Option<(String, f64)>,
+}
+
+impl Connectivity {
+    /// The report of the path's own steps and what was seen of its sidecars and certificates, at `now`
+    /// (Unix seconds).
+    pub fn new(
+        (from, to): (String, String),
+        path: Vec<messages::PathStep>,
+        sidecars: Vec<SidecarSeen>,
+        certificates: Vec<CertSeen>,
+        now: f64,
+    ) -> Self {
+        let mut steps = path.clone();
+        if let Some(s) = sidecars.iter().find(|s| s.source) {
+            let (ok, detail) = sidecar_detail(s);
+            steps.push(messages::PathStep { step: "source sidecar".to_owned(), ok, detail });
+        }
+        // One step for all destinations (a Service may have hundreds of pods): the first few problems.
+        let destinations: Vec<(bool, String)> = sidecars.iter().filter(|s| !s.source).map(sidecar_detail).collect();
+        if !destinations.is_empty() {
+            const SHOWN: usize = 5;
+            let bad: Vec<&String> = destinations.iter().filter(|(ok, _)| !ok).map(|(_, d)| d).collect();
+            let detail = if bad.is_empty() {
+                match destinations.as_slice() {
+                    [(_, only)] => only.clone(),
+                    all => format!("all {} are connected and synced", all.len()),
+                }
+            } else {
+                let more = bad.len().saturating_sub(SHOWN);
+                let shown: Vec<&str> = bad.iter().take(SHOWN).map(|d| d.as_str()).collect();
+                let tail = if more > 0 { format!(" (and {more} more)") } else { String::new() };
+                format!("{} of {}: {}{tail}", bad.len(), destinations.len(), shown.join("; "))
+            };
+            steps.push(messages::PathStep { step: "destination sidecars".to_owned(), ok: bad.is_empty(), detail });
+        }
+        for c in &certificates {
+            let id = &c.identity;
+            let (ok, detail) = match &c.issued {
+                Some((serial, until)) if *until > now => {
+                    (true, format!("{id}: serial {serial}, valid for {:.0}s more", until - now))
+                }
+                Some((serial, _)) => (false, format!("{id}: serial {serial} has expired")),
+                None => (false, format!("{id}: no service certificate issued (its sidecar never got a config)")),
+            };
+            steps.push(messages::PathStep { step: "certificate".to_owned(), ok, detail });
+        }
+        Self { from, to, ok: steps.iter().all(|s| s.ok), steps, path, sidecars, certificates }
+    }
+
+    /// One report of the answers of several controller replicas: each sidecar as the replica it is
+    /// connected to sees it, each identity's certificate as the replica that issued the latest has it.
+    pub fn merge(reports: Vec<Connectivity>, now: f64) -> Option<Connectivity> {
+        let first = reports.first()?.clone();
+        let mut sidecars: Vec<SidecarSeen> = Vec::new();
+        let mut certificates: Vec<CertSeen> = Vec::new();
+        for r in reports {
+            for s in r.sidecars {
+                match sidecars.iter_mut().find(|k| k.uuid == s.uuid && k.source == s.source) {
+                    Some(known) => {
+                        let synced =
+                            |v: &SidecarSeen| v.status.as_ref().map(|p| p.state == crate::status::SyncState::Synced);
+                        if synced(&s) > synced(known) {
+                            *known = s;
+                        }
+                    }
+                    None => sidecars.push(s),
+                }
+            }
+            for c in r.certificates {
+                match certificates.iter_mut().find(|k| k.identity == c.identity) {
+                    Some(known) => {
+                        let until = |c: &CertSeen| c.issued.as_ref().map(|(_, u)| *u);
+                        if until(&c) > until(known) {
+                            *known = c;
+                        }
+                    }
+                    None => certificates.push(c),
+                }
+            }
+        }
+        Some(Self::new((first.from, first.to), first.path, sidecars, certificates, now))
+    }
+}
+
+/// Whether a sidecar is connected and in sync, in a line.
+fn sidecar_detail(s: &SidecarSeen) -> (bool, String) {
+    let (identity, uuid) = (&s.identity, &s.uuid);
+    match &s.status {
+        None => (false, format!("{identity} proxy {uuid} is not connected to this controller")),
+        Some(p) => match p.state {
+            crate::status::SyncState::Synced => (true, format!("{identity} proxy {uuid} is connected and synced")),
+            crate::status::SyncState::Stale => {
+                (false, format!("{identity} proxy {uuid} has not ACKed its latest config for {:.0}s", p.behind_s))
+            }
+            crate::status::SyncState::Nack => {
+                let why: Vec<String> =
+                    p.types.iter().filter_map(|(t, v)| v.nack.as_ref().map(|e| format!("{t}: {e}"))).collect();
+                (false, format!("{identity} proxy {uuid} refused its config: {}", why.join("; ")))
+            }
+        },
+    }
 }
 
 /// What `/status/mesh` answers (`osm mesh list` reads it).
@@ -212,70 +343,36 @@ async fn connectivity(State(s): State<HttpState>, uri: axum::http::Uri) -> axum:
     let Ok(check) = q.catalog.send(ask).await else {
         return (StatusCode::SERVICE_UNAVAILABLE, "the catalog is not answering\n").into_response();
     };
-    let mut steps = check.steps.clone();
-    let mut identities: std::collections::BTreeSet<messages::ServiceIdentity> = std::collections::BTreeSet::new();
+    let mut sidecars = Vec::new();
+    let mut certificates = Vec::new();
     if check.steps.iter().any(|s| s.step == "source pod" && s.ok) {
-        let sidecar = |uuid: &messages::ProxyUuid, identity: &messages::ServiceIdentity| -> (bool, String) {
-            match s.status.proxy(uuid.as_str()) {
-                None => (false, format!("{identity} proxy {uuid} is not connected to this controller")),
-                Some(p) => match p.state {
-                    crate::status::SyncState::Synced => {
-                        (true, format!("{identity} proxy {uuid} is connected and synced"))
-                    }
-                    crate::status::SyncState::Stale => (
-                        false,
-                        format!("{identity} proxy {uuid} has not ACKed its latest config for {:.0}s", p.behind_s),
-                    ),
-                    crate::status::SyncState::Nack => {
-                        let why: Vec<String> =
-                            p.types.iter().filter_map(|(t, v)| v.nack.as_ref().map(|e| format!("{t}: {e}"))).collect();
-                        (false, format!("{identity} proxy {uuid} refused its config: {}", why.join("; ")))
-                    }
-                },
-            }
+        let seen = |(uuid, identity): &(messages::ProxyUuid, messages::ServiceIdentity), source: bool| SidecarSeen {
+            uuid: uuid.to_string(),
+            identity: identity.to_string(),
+            source,
+            status: s.status.proxy(uuid.as_str()),
         };
-        if let Some((uuid, identity)) = &check.source {
-            let (ok, detail) = sidecar(uuid, identity);
-            steps.push(messages::PathStep { step: "source sidecar".to_owned(), ok, detail });
-            identities.insert(identity.clone());
-        }
-        // One step for all destinations (a Service may have hundreds of pods): the first few problems.
-        if !check.destinations.is_empty() {
-            const SHOWN: usize = 5;
-            let results: Vec<(bool, String)> = check.destinations.iter().map(|(u, i)| sidecar(u, i)).collect();
-            let bad: Vec<&String> = results.iter().filter(|(ok, _)| !ok).map(|(_, d)| d).collect();
-            let detail = if bad.is_empty() {
-                match results.as_slice() {
-                    [(_, only)] => only.clone(),
-                    all => format!("all {} are connected and synced", all.len()),
-                }
-            } else {
-                let more = bad.len().saturating_sub(SHOWN);
-                let shown: Vec<&str> = bad.iter().take(SHOWN).map(|d| d.as_str()).collect();
-                let tail = if more > 0 { format!(" (and {more} more)") } else { String::new() };
-                format!("{} of {}: {}{tail}", bad.len(), results.len(), shown.join("; "))
-            };
-            steps.push(messages::PathStep { step: "destination sidecars".to_owned(), ok: bad.is_empty(), detail });
-            identities.extend(check.destinations.iter().map(|(_, i)| i.clone()));
-        }
+        sidecars.extend(check.source.iter().map(|p| seen(p, true)));
+        sidecars.extend(check.destinations.iter().map(|p| seen(p, false)));
+        let identities: std::collections::BTreeSet<messages::ServiceIdentity> =
+            check.source.iter().chain(&check.destinations).map(|(_, i)| i.clone()).collect();
         if let Ok(certs) = q.certs.send(crate::certs::CertInfo(identities.into_iter().collect())).await {
-            let now = std::time::SystemTime::now();
-            for (id, info) in certs {
-                let (ok, detail) = match info {
-                    Some((serial, until)) if until > now => {
-                        let left = until.duration_since(now).map_or(0, |d| d.as_secs());
-                        (true, format!("{id}: serial {serial}, valid for {left}s more"))
-                    }
-                    Some((serial, _)) => (false, format!("{id}: serial {serial} has expired")),
-                    None => (false, format!("{id}: no service certificate issued (its sidecar never got a config)")),
-                };
-                steps.push(messages::PathStep { step: "certificate".to_owned(), ok, detail });
-            }
+            certificates = certs
+                .into_iter()
+                .map(|(id, info)| CertSeen {
+                    identity: id.to_string(),
+                    issued: info.map(|(serial, until)| (serial, unix(until))),
+                })
+                .collect();
         }
     }
-    let report = Connectivity { from, to, ok: steps.iter().all(|s| s.ok), steps };
-    let body = serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    let report = Connectivity::new((from, to), check.steps, sidecars, certificates, unix(std::time::SystemTime::now()));
+    json(&report)
+}
+
+/// Unix seconds.
+fn unix(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
@@ -381,5 +478,80 @@ pub async fn serve_router(
                 tracing::debug!(error = %e, "HTTP connection ended");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{ProxyStatusView, SyncState};
+
+    fn seen(uuid: &str, source: bool, state: Option<SyncState>) -> SidecarSeen {
+        let identity = if source { "client.demo" } else { "web.demo" };
+        SidecarSeen {
+            uuid: uuid.to_owned(),
+            identity: identity.to_owned(),
+            source,
+            status: state.map(|state| ProxyStatusView {
+                uuid: uuid.to_owned(),
+                pod: None,
+                identity: identity.to_owned(),
+                api: "sotw".to_owned(),
+                state,
+                generation: 1,
+                behind_s: 0.0,
+                synced_s_ago: Some(0.0),
+                connected_s: 1.0,
+                types: Default::default(),
+            }),
+        }
+    }
+
+    #[test]
+    fn replicas_reports_merge_into_what_the_replica_serving_each_sidecar_sees() {
+        let path = vec![messages::PathStep { step: "policy".to_owned(), ok: true, detail: "allowed".to_owned() }];
+        let ends = ("demo/client".to_owned(), "demo/web:80".to_owned());
+        let cert = |id: &str, until: Option<f64>| CertSeen {
+            identity: id.to_owned(),
+            issued: until.map(|u| ("01".to_owned(), u)),
+        };
+        // Replica a serves the client and web-1; replica b serves web-2 and issued web's latest certificate.
+        let a = Connectivity::new(
+            ends.clone(),
+            path.clone(),
+            vec![
+                seen("c", true, Some(SyncState::Synced)),
+                seen("w1", false, Some(SyncState::Synced)),
+                seen("w2", false, None),
+            ],
+            vec![cert("client.demo", Some(200.0)), cert("web.demo", None)],
+            100.0,
+        );
+        let b = Connectivity::new(
+            ends.clone(),
+            path.clone(),
+            vec![seen("c", true, None), seen("w1", false, None), seen("w2", false, Some(SyncState::Synced))],
+            vec![cert("client.demo", None), cert("web.demo", Some(300.0))],
+            100.0,
+        );
+        assert!(!a.ok && !b.ok, "each alone misses the other's sidecars");
+        let merged = Connectivity::merge(vec![a, b.clone()], 100.0).unwrap();
+        assert!(merged.ok, "{:#?}", merged.steps);
+        assert!(merged.steps.iter().any(|s| s.detail == "all 2 are connected and synced"), "{:#?}", merged.steps);
+        // A sidecar refusing its config on the replica it is connected to stays a failure.
+        let nack = Connectivity::new(
+            ends,
+            path,
+            vec![
+                seen("c", true, Some(SyncState::Nack)),
+                seen("w1", false, Some(SyncState::Synced)),
+                seen("w2", false, None),
+            ],
+            vec![cert("client.demo", Some(200.0))],
+            100.0,
+        );
+        let merged = Connectivity::merge(vec![nack, b], 100.0).unwrap();
+        let source = merged.steps.iter().find(|s| s.step == "source sidecar").unwrap();
+        assert!(!merged.ok && !source.ok && source.detail.contains("refused"), "{source:?}");
     }
 }

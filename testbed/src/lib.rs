@@ -374,6 +374,25 @@ impl LocalMesh {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Runs `osm <args>` from the hub with only `kubeconfig` to go by (no `--controller`): it finds the
+    /// controller, and the sidecars, through the cluster's API server.
+    pub fn osm_on_cluster(&self, kubeconfig: &Path, args: &[&str]) -> Result<Output, TestbedError> {
+        self.hub
+            .ns
+            .command(&self.bins.osm.display().to_string())
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .env_remove("OSM_CONTROLLER")
+            .output()
+            .map_err(|e| TestbedError::Command(format!("osm {args:?}"), e.to_string()))
+    }
+
+    /// The hub's network namespace: where the controller runs and the pods' gateway is.
+    pub fn hub_netns_name(&self) -> &str {
+        &self.hub.ns.name
+    }
+
     /// Runs `osm <args>` against this mesh's controller, from the hub (as an operator's machine would).
     pub fn osm(&self, args: &[&str]) -> Result<Output, TestbedError> {
         self.hub

@@ -176,26 +176,33 @@ fn pods_injected_by_the_webhook_carry_traffic_through_real_envoy() {
     let answer = mesh.get_from_hub(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
     assert!(answer.contains("hello from web-1"), "{answer}");
 
-    // `osm proxy get` on a cluster: the sidecar's admin interface through the API server (a port-forward,
-    // the kubelet's part done from inside the pod), no port-forward of the operator's own.
-    let netns: BTreeMap<String, String> = ["shop/web-1", "shop/client"]
+    // osm on a cluster, with nothing but the kubeconfig: the controller's pod and the sidecars' admin
+    // interfaces through the API server's port-forwards (the kubelet's part done from inside each pod's
+    // network namespace; the controller runs in the hub's), no port-forward of the operator's own.
+    sim.apply_yaml(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: osm-controller-0, namespace: osm-system, labels: {app: osm-controller}}\n\
+         spec: {containers: [{name: osm-controller, image: x}]}\n\
+         status: {phase: Running, conditions: [{type: Ready, status: \"True\"}]}\n",
+    )
+    .unwrap();
+    let mut reach: BTreeMap<String, (String, String)> = ["shop/web-1", "shop/client"]
         .into_iter()
-        .map(|k| (k.to_owned(), mesh.pod(k).unwrap().netns_name().to_owned()))
+        .map(|k| (k.to_owned(), (mesh.pod(k).unwrap().netns_name().to_owned(), "127.0.0.1".to_owned())))
         .collect();
+    reach.insert("osm-system/osm-controller-0".to_owned(), (mesh.hub_netns_name().to_owned(), gateway.clone()));
     let app = bins().app;
     let dialer: apisim::portforward::PodDialer = std::sync::Arc::new(move |ns: &str, pod: &str, port: u16| {
-        let target = netns.get(&format!("{ns}/{pod}")).cloned();
+        let target = reach.get(&format!("{ns}/{pod}")).cloned();
         let app = app.clone();
         let dial: futures::future::BoxFuture<'static, std::io::Result<Box<dyn apisim::portforward::PodStream>>> =
             Box::pin(async move {
-                let netns = target.ok_or_else(|| std::io::Error::other("no such pod running"))?;
+                let (netns, host) = target.ok_or_else(|| std::io::Error::other("no such pod running"))?;
                 let mut child = tokio::process::Command::new("ip")
                     .args(["netns", "exec", &netns])
                     .arg(&app)
-                    .args(["pipe", &format!("127.0.0.1:{port}")])
+                    .args(["pipe", &format!("{host}:{port}")])
                     .stdin(std::process::Stdio::piped())
                     .stdout(std::process::Stdio::piped())
-                    .kill_on_drop(false)
                     .spawn()?;
                 let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
                 let stream = tokio::io::join(
@@ -207,19 +214,35 @@ fn pods_injected_by_the_webhook_carry_traffic_through_real_envoy() {
         dial
     });
     sim.forward_ports_with(dialer);
-    let kubeconfig_arg = kubeconfig.display().to_string();
-    let out = mesh.osm(&["proxy", "get", "config_dump", "shop/client", "--kubeconfig", &kubeconfig_arg]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let dump: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let osm = |args: &[&str]| {
+        let out = mesh.osm_on_cluster(&kubeconfig, args).unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, table, err) = osm(&["proxy", "status", "--wait", "--timeout-s", "20"]);
+    assert_eq!(code, Some(0), "{table}{err}");
+    assert!(table.contains("shop/web-1") && table.contains("shop/client"), "{table}");
+    assert!(table.contains("2 proxies: 2 synced") && table.contains("held by 2 of 2 proxies"), "{table}");
+    let (code, report, err) = osm(&["verify", "connectivity", "--from", "shop/client", "--to", "shop/web:80"]);
+    assert_eq!(code, Some(0), "{report}{err}");
+    assert!(report.contains("OK: shop/client can reach shop/web:80"), "{report}");
+    let (_, list, err) = osm(&["mesh", "list"]);
+    assert!(list.contains("2 connected, 2 synced") && list.contains("cluster"), "{list}{err}");
+
+    let (code, dump, err) = osm(&["proxy", "get", "config_dump", "shop/client"]);
+    assert_eq!(code, Some(0), "{err}");
+    let dump: Value = serde_json::from_str(&dump).unwrap();
     let text = dump.to_string();
-    assert!(text.contains("shop/web|8080") || text.contains("shop_web"), "the client's clusters: {text:.2000}");
-    let out = mesh.osm(&["proxy", "get", "stats", "shop/web-1", "--kubeconfig", &kubeconfig_arg]).unwrap();
-    let stats = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success() && stats.contains("control_plane.connected_state: 1"), "{stats:.2000}{out:?}");
-    // A pod that is not there, and a name in another namespace than its sidecar says, are refused.
-    let out = mesh.osm(&["proxy", "get", "stats", "shop/nobody", "--kubeconfig", &kubeconfig_arg]).unwrap();
-    let error = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success() && error.contains("shop/nobody") && error.contains("not found"), "{error}");
+    assert!(text.contains("shop/web|8080"), "the client's clusters: {text:.2000}");
+    let (code, stats, err) = osm(&["proxy", "get", "stats", "shop/web-1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(stats.contains("control_plane.connected_state: 1"), "{stats:.2000}");
+    // A pod that is not there is named, with the API server's answer.
+    let (code, _, error) = osm(&["proxy", "get", "stats", "shop/nobody"]);
+    assert!(code != Some(0) && error.contains("shop/nobody") && error.contains("not found"), "{error}");
     let requests = sim.requests();
-    assert!(requests.iter().any(|(_, path)| path.contains("/pods/client/portforward")), "{requests:?}");
+    for pod in ["client", "osm-controller-0"] {
+        assert!(requests.iter().any(|(_, path)| path.contains(&format!("/pods/{pod}/portforward"))), "{requests:?}");
+    }
 }

@@ -1,6 +1,7 @@
-//! `osm`: the operator's troubleshooting tool. Reads the controller's HTTP endpoint (`--controller`,
-//! default `http://127.0.0.1:9091`), on the embedded default as on a cluster (port-forward the
-//! controller's 9091 there).
+//! `osm`: the operator's troubleshooting tool. Reads the controller's HTTP endpoint: `--controller <url>`;
+//! else, on a cluster (a kubeconfig, or in-cluster), every ready controller pod's, through the API server
+//! (each replica serves some sidecars: their answers are shown together); else the embedded default's
+//! `http://127.0.0.1:9091` ([`reach`]).
 //!
 //! - `osm proxy status [--wait [--generation N]] [-o json]`: every connected proxy, synced / stale (for how
 //!   long) / NACK with Envoy's reason, and the mesh generation it holds; `--wait` blocks until every proxy
@@ -20,14 +21,20 @@ use std::time::{Duration, Instant};
 use actors::status::{ChangeStatus, MeshStatus, ProxyStatusView, StatusSummary, SyncState};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use http_body_util::BodyExt as _;
+use reach::{Admin, Controllers};
+
+mod reach;
 
 #[derive(Parser, Debug)]
 #[command(name = "osm", version, about = "Troubleshoot the service mesh: proxy sync status and more")]
 struct Cli {
-    /// The controller's HTTP endpoint.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:9091", env = "OSM_CONTROLLER")]
-    controller: String,
+    /// The controller's HTTP endpoint. Without it: on a cluster every ready controller pod, through the
+    /// API server; else http://127.0.0.1:9091.
+    #[arg(long, global = true, env = "OSM_CONTROLLER")]
+    controller: Option<String>,
+    /// The namespace of the controller's pods on a cluster.
+    #[arg(long, global = true, default_value = "osm-system")]
+    osm_namespace: String,
     /// The kubeconfig for cluster commands (default: in-cluster, $KUBECONFIG or ~/.kube/config).
     #[arg(long, global = true)]
     kubeconfig: Option<std::path::PathBuf>,
@@ -175,17 +182,6 @@ enum ProxyGet {
     },
 }
 
-/// The port of a sidecar's Envoy admin interface, on the pod's loopback.
-const ENVOY_ADMIN_PORT: u16 = 15000;
-
-/// Where a sidecar's admin interface is reached.
-enum Admin {
-    /// At a URL: the pod's loopback from its network namespace, or a port-forward of one's own.
-    Url(String),
-    /// Through the cluster's API server: a port-forward to the pod's admin port per request.
-    Cluster(kube::Client),
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -205,40 +201,46 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    match cli.command {
+    // The controllers to read: `--controller`, else a cluster's, else the embedded default's.
+    let controllers = || async {
+        match &cli.controller {
+            Some(url) => Ok(Controllers::Url(url.clone())),
+            None => {
+                let cluster = reach::cluster(cli.kubeconfig.as_deref()).await?;
+                Controllers::resolve(None, cluster, &cli.osm_namespace).await
+            }
+        }
+    };
+    match &cli.command {
         Command::Proxy { command: ProxyCommand::Status { wait, generation, timeout_s } } => {
-            let wait = wait.then(|| (Duration::from_secs(timeout_s), generation));
-            proxy_status(&cli.controller, cli.output, wait).await
+            let wait = wait.then(|| (Duration::from_secs(*timeout_s), *generation));
+            proxy_status(&controllers().await?, cli.output, wait).await
         }
         Command::Proxy { command: ProxyCommand::Get { what } } => {
             let (pod, admin, path) = match what {
                 ProxyGet::ConfigDump { pod, admin } => (pod, admin, "/config_dump"),
                 ProxyGet::Stats { pod, admin } => (pod, admin, "/stats"),
             };
-            let admin = match (admin, &cli.kubeconfig) {
-                (Some(url), _) => Admin::Url(url),
-                (None, Some(path)) => {
-                    let config = actors::kube_source::kube_config(Some(path)).await.map_err(anyhow::Error::msg)?;
-                    Admin::Cluster(kube::Client::try_from(config).context("connecting to the cluster")?)
-                }
-                // No kubeconfig named: a cluster if one is configured, else the pod's loopback.
-                (None, None) => match actors::kube_source::kube_config(None).await {
-                    Ok(config) => Admin::Cluster(kube::Client::try_from(config).context("connecting to the cluster")?),
-                    Err(_) => Admin::Url(format!("http://127.0.0.1:{ENVOY_ADMIN_PORT}")),
+            let admin = match admin {
+                Some(url) => Admin::Url(url.clone()),
+                // A cluster if one is configured, else the pod's loopback.
+                None => match reach::cluster(cli.kubeconfig.as_deref()).await? {
+                    Some(client) => Admin::Cluster(client),
+                    None => Admin::Url(format!("http://127.0.0.1:{}", reach::ENVOY_ADMIN_PORT)),
                 },
             };
-            proxy_get(&pod, &admin, path).await
+            proxy_get(pod, &admin, path).await
         }
         Command::Verify { command: VerifyCommand::Connectivity { from, to } } => {
-            verify_connectivity(&cli.controller, cli.output, &from, &to).await
+            verify_connectivity(&controllers().await?, cli.output, from, to).await
         }
         Command::Support { command: SupportCommand::ErrorInfo { code } } => error_info(cli.output, code.as_deref()),
-        Command::Mesh { command: MeshCommand::List } => mesh_list(&cli.controller, cli.output).await,
+        Command::Mesh { command: MeshCommand::List } => mesh_list(&controllers().await?, cli.output).await,
         Command::Mesh { command: MeshCommand::Changes { generation } } => {
-            mesh_changes(&cli.controller, cli.output, generation).await
+            mesh_changes(&controllers().await?, cli.output, *generation).await
         }
         Command::Namespace { mesh_name, command } => {
-            namespace(cli.kubeconfig.as_deref(), &mesh_name, command, cli.output).await
+            namespace(cli.kubeconfig.as_deref(), mesh_name, command, cli.output).await
         }
     }
 }
@@ -247,60 +249,34 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 /// account (its node's cluster is `<sa>.<ns>`; the pod's name is not known to Envoy).
 async fn proxy_get(pod: &str, admin: &Admin, path: &str) -> anyhow::Result<u8> {
     let (ns, name) = pod.split_once('/').context("the pod is <namespace>/<pod>")?;
-    let info = admin_get(admin, (ns, name), "/server_info").await?;
+    let info = admin.get((ns, name), "/server_info").await?;
     let info: serde_json::Value = serde_json::from_str(&info).context("the admin interface's /server_info")?;
     let cluster = info["command_line_options"]["service_cluster"].as_str().unwrap_or_default();
     if !cluster.ends_with(&format!(".{ns}")) {
         bail!("the Envoy reached is the sidecar of {cluster:?}, not of a pod in namespace {ns}");
     }
-    print!("{}", admin_get(admin, (ns, name), path).await?);
+    print!("{}", admin.get((ns, name), path).await?);
     Ok(0)
-}
-
-/// GET `path` from the admin interface of pod `ns`/`name`'s sidecar; the body.
-async fn admin_get(admin: &Admin, (ns, name): (&str, &str), path: &str) -> anyhow::Result<String> {
-    match admin {
-        Admin::Url(url) => get(url, path).await.with_context(|| {
-            format!(
-                "no Envoy admin interface at {url}: run osm in the pod's network namespace \
-                 (ip netns exec <netns> osm ...), or, on a cluster, give --kubeconfig"
-            )
-        }),
-        Admin::Cluster(client) => {
-            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), ns);
-            let forwarding = || format!("port-forwarding to pod {ns}/{name}:{ENVOY_ADMIN_PORT} through the API server");
-            let mut forward = pods.portforward(name, &[ENVOY_ADMIN_PORT]).await.with_context(forwarding)?;
-            let stream = forward.take_stream(ENVOY_ADMIN_PORT).with_context(forwarding)?;
-            let error = forward.take_error(ENVOY_ADMIN_PORT).with_context(forwarding)?;
-            let host = format!("127.0.0.1:{ENVOY_ADMIN_PORT}");
-            tokio::select! {
-                body = get_on(stream, &host, path) => body.with_context(|| {
-                    format!("the sidecar's admin interface in pod {ns}/{name} (is it a mesh pod with a running sidecar?)")
-                }),
-                Some(e) = error => bail!("{}: {e}", forwarding()),
-            }
-        }
-    }
 }
 
 async fn namespace(
     kubeconfig: Option<&std::path::Path>,
     mesh: &str,
-    command: NamespaceCommand,
+    command: &NamespaceCommand,
     output: Output,
 ) -> anyhow::Result<u8> {
     let config = actors::kube_source::kube_config(kubeconfig).await.map_err(anyhow::Error::msg)?;
     let client = kube::Client::try_from(config).context("connecting to the cluster")?;
     match command {
         NamespaceCommand::Add { namespaces, disable_sidecar_injection } => {
-            for ns in &namespaces {
+            for ns in namespaces {
                 k8s::namespaces::add(client.clone(), ns, mesh, !disable_sidecar_injection).await?;
-                let injection = if disable_sidecar_injection { "without" } else { "with" };
+                let injection = if *disable_sidecar_injection { "without" } else { "with" };
                 println!("namespace {ns} is in mesh {mesh}, {injection} sidecar injection");
             }
         }
         NamespaceCommand::Remove { namespaces } => {
-            for ns in &namespaces {
+            for ns in namespaces {
                 k8s::namespaces::remove(client.clone(), ns, mesh).await?;
                 println!("namespace {ns} left mesh {mesh} (restart its pods to remove their sidecars)");
             }
@@ -324,31 +300,46 @@ async fn namespace(
     Ok(0)
 }
 
-async fn mesh_list(base: &str, output: Output) -> anyhow::Result<u8> {
-    let body = controller_get(base, "/status/mesh").await?;
-    let m: actors::http::MeshSummary =
-        serde_json::from_str(&body).context("the controller's /status/mesh is not what this osm reads")?;
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
-        Output::Table => {
-            let rows = [
-                ("controller", format!("{} (trust domain {})", m.version, m.trust_domain)),
-                (
-                    "sources",
-                    format!("{}{}", m.sources.join(", "), if m.synced { "" } else { " (first sync not done)" }),
-                ),
-                ("traffic policy", m.mode.clone()),
-                ("egress", if m.egress { "allowed" } else { "mesh Services only" }.to_owned()),
-                ("tracing", m.tracing.clone().unwrap_or_else(|| "off".to_owned())),
-                ("MeshConfig", m.mesh_config.clone().unwrap_or_else(|| "none (command-line settings)".to_owned())),
-                ("Services, pods", format!("{}, {}", m.services, m.pods)),
-                ("proxies", format!("{} connected, {} synced", m.proxies_connected, m.proxies_synced)),
-                ("policy errors", m.policy_errors.to_string()),
-                ("signing root", m.signing_root.clone()),
-            ];
-            for (k, v) in rows {
-                println!("{k:<15} {v}");
-            }
+/// Prints what each controller answered: one document when there is one controller, else a JSON array
+/// of `{"controller": <pod>, "status": <document>}`.
+fn print_json<T: serde::Serialize>(answers: &[(String, T)]) -> anyhow::Result<()> {
+    match answers {
+        [(_, only)] => println!("{}", serde_json::to_string_pretty(only)?),
+        many => {
+            let list: Vec<serde_json::Value> = many
+                .iter()
+                .map(|(name, doc)| Ok(serde_json::json!({"controller": name, "status": serde_json::to_value(doc)?})))
+                .collect::<Result<_, serde_json::Error>>()?;
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+    }
+    Ok(())
+}
+
+async fn mesh_list(controllers: &Controllers, output: Output) -> anyhow::Result<u8> {
+    let answers: Vec<(String, actors::http::MeshSummary)> = controllers.get_json("/status/mesh").await?;
+    if output == Output::Json {
+        print_json(&answers)?;
+        return Ok(0);
+    }
+    for (i, (name, m)) in answers.iter().enumerate() {
+        if answers.len() > 1 {
+            println!("{}controller {name}", if i > 0 { "\n" } else { "" });
+        }
+        let rows = [
+            ("controller", format!("{} (trust domain {})", m.version, m.trust_domain)),
+            ("sources", format!("{}{}", m.sources.join(", "), if m.synced { "" } else { " (first sync not done)" })),
+            ("traffic policy", m.mode.clone()),
+            ("egress", if m.egress { "allowed" } else { "mesh Services only" }.to_owned()),
+            ("tracing", m.tracing.clone().unwrap_or_else(|| "off".to_owned())),
+            ("MeshConfig", m.mesh_config.clone().unwrap_or_else(|| "none (command-line settings)".to_owned())),
+            ("Services, pods", format!("{}, {}", m.services, m.pods)),
+            ("proxies", format!("{} connected, {} synced", m.proxies_connected, m.proxies_synced)),
+            ("policy errors", m.policy_errors.to_string()),
+            ("signing root", m.signing_root.clone()),
+        ];
+        for (k, v) in rows {
+            println!("{k:<15} {v}");
         }
     }
     Ok(0)
@@ -378,73 +369,30 @@ fn error_info(output: Output, code: Option<&str>) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// GET `path` from the controller's HTTP endpoint; the body.
-async fn controller_get(base: &str, path: &str) -> anyhow::Result<String> {
-    get(base, path).await.with_context(|| {
-        format!("the controller's HTTP endpoint at {base} (is it running? --controller, or OSM_CONTROLLER)")
-    })
-}
-
-/// GET `path` from an HTTP endpoint; the body.
-async fn get(base: &str, path: &str) -> anyhow::Result<String> {
-    let uri: hyper::Uri = format!("{}{path}", base.trim_end_matches('/')).parse().context("--controller")?;
-    if uri.scheme_str() != Some("http") {
-        bail!("{base:?}: give an http:// address");
-    }
-    let host = uri.host().context("no host")?.to_owned();
-    let port = uri.port_u16().unwrap_or(80);
-    let unreachable = || format!("cannot reach {base}");
-    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((host.as_str(), port)))
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out"))
-        .and_then(|r| r.map_err(Into::into))
-        .with_context(unreachable)?;
-    get_on(tcp, &format!("{host}:{port}"), uri.path_and_query().map_or("/", |p| p.as_str())).await
-}
-
-/// GET `path` (with its query) over a connection to `host`; the body.
-async fn get_on<S>(io: S, host: &str, path: &str) -> anyhow::Result<String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
-    tokio::spawn(conn);
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, host)
-        .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
-    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
-        .await
-        .with_context(|| format!("{host} did not answer within 10 s"))??;
-    let status = response.status();
-    let body = tokio::time::timeout(Duration::from_secs(30), response.into_body().collect())
-        .await
-        .with_context(|| format!("{host} did not send all of its answer within 30 s"))??
-        .to_bytes();
-    let body = String::from_utf8_lossy(&body).into_owned();
-    if !status.is_success() {
-        bail!("{host}{path} answered {status}: {}", body.trim());
-    }
-    Ok(body)
-}
-
-async fn fetch_status(base: &str) -> anyhow::Result<MeshStatus> {
-    let body = controller_get(base, "/status/proxies").await?;
-    serde_json::from_str(&body)
-        .context("the controller's /status/proxies is not what this osm reads (versions differ?)")
-}
-
 /// How long after `--wait` starts a newer mesh change still counts as the one waited for: a file written
 /// (or an object applied) just before is read by the controller within moments.
 const WAIT_CATCH_UP: Duration = Duration::from_secs(1);
 
-async fn proxy_status(base: &str, output: Output, wait: Option<(Duration, Option<u64>)>) -> anyhow::Result<u8> {
-    let mut target = None;
+async fn proxy_status(
+    controllers: &Controllers,
+    output: Output,
+    wait: Option<(Duration, Option<u64>)>,
+) -> anyhow::Result<u8> {
+    let names = controllers.names();
+    // Per controller, the generation waited for (generations are numbered by each replica).
+    let mut targets: Vec<Option<u64>> = vec![None; names.len()];
     if let Some((timeout, generation)) = wait {
+        if generation.is_some() && names.len() > 1 {
+            bail!(
+                "--generation: each of the {} controller replicas numbers its own changes; wait for the latest \
+                 (no --generation), or reach one controller with --controller",
+                names.len()
+            );
+        }
         // Polls the counts only (a full status is megabytes at 10,000 proxies).
-        let summary = |of: Option<u64>| async move {
+        let summary = |i: usize, of: Option<u64>| async move {
             let query = of.map_or_else(String::new, |g| format!("&generation={g}"));
-            let body = controller_get(base, &format!("/status/proxies?summary{query}")).await?;
-            serde_json::from_str::<StatusSummary>(&body).context("the controller's /status/proxies?summary")
+            controllers.get_json_at::<StatusSummary>(i, &format!("/status/proxies?summary{query}")).await
         };
         let started = Instant::now();
         let deadline = started + timeout;
@@ -459,24 +407,31 @@ async fn proxy_status(base: &str, output: Output, wait: Option<(Duration, Option
             bar
         });
         loop {
-            let mut s = summary(target.or(generation)).await?;
-            // The generation waited for: the one asked for, or the latest as of the first moment.
-            let goal = match generation {
-                Some(g) => g,
-                None if started.elapsed() < WAIT_CATCH_UP => target.unwrap_or(0).max(s.generation),
-                None => target.unwrap_or(s.generation),
-            };
-            if s.of_generation != goal {
-                s = summary(Some(goal)).await?;
-            }
-            target = Some(goal);
-            if let Some(bar) = &bar {
-                bar.set_message(format!("generation {goal}"));
-                bar.set_length(s.proxies as u64);
-                bar.set_position(s.holding as u64);
-            }
             let caught_up = generation.is_some() || started.elapsed() >= WAIT_CATCH_UP;
-            if (s.held() && caught_up) || Instant::now() >= deadline {
+            let (mut holding, mut proxies, mut held) = (0, 0, true);
+            for (i, target) in targets.iter_mut().enumerate() {
+                let mut s = summary(i, target.or(generation)).await?;
+                // The generation waited for: the one asked for, or the latest as of the first moment.
+                let goal = match generation {
+                    Some(g) => g,
+                    None if !caught_up => target.unwrap_or(0).max(s.generation),
+                    None => target.unwrap_or(s.generation),
+                };
+                if s.of_generation != goal {
+                    s = summary(i, Some(goal)).await?;
+                }
+                *target = Some(goal);
+                (holding, proxies, held) = (holding + s.holding, proxies + s.proxies, held && s.held());
+            }
+            if let Some(bar) = &bar {
+                bar.set_message(match targets.as_slice() {
+                    [Some(g)] => format!("generation {g}"),
+                    _ => format!("the latest change of each of {} controllers", targets.len()),
+                });
+                bar.set_length(proxies as u64);
+                bar.set_position(holding as u64);
+            }
+            if (held && caught_up) || Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -485,49 +440,53 @@ async fn proxy_status(base: &str, output: Output, wait: Option<(Duration, Option
             bar.finish_and_clear();
         }
     }
-    let status = fetch_status(base).await?;
+    let statuses: Vec<(String, MeshStatus)> = controllers.get_json("/status/proxies").await?;
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-        Output::Table => print_table(&status, target),
+        Output::Json => print_json(&statuses)?,
+        Output::Table => print_table(&statuses, &targets),
     }
-    let held = StatusSummary::of(&status, target).held();
+    let held = statuses.iter().zip(&targets).all(|((_, s), target)| StatusSummary::of(s, *target).held());
     Ok(if wait.is_some() && !held { 3 } else { 0 })
 }
 
-async fn mesh_changes(base: &str, output: Output, generation: Option<u64>) -> anyhow::Result<u8> {
+async fn mesh_changes(controllers: &Controllers, output: Output, generation: Option<u64>) -> anyhow::Result<u8> {
     let query = generation.map_or_else(String::new, |g| format!("?generation={g}"));
-    let body = controller_get(base, &format!("/status/changes{query}")).await?;
-    let changes: Vec<ChangeStatus> =
-        serde_json::from_str(&body).context("the controller's /status/changes is not what this osm reads")?;
-    if let (Some(g), true) = (generation, changes.is_empty()) {
+    let answers: Vec<(String, Vec<ChangeStatus>)> = controllers.get_json(&format!("/status/changes{query}")).await?;
+    if let (Some(g), true) = (generation, answers.iter().all(|(_, c)| c.is_empty())) {
         bail!("generation {g} is not among the changes the controller remembers (osm mesh changes lists them)");
     }
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&changes)?),
-        Output::Table if changes.is_empty() => println!("no mesh change since the controller started"),
-        Output::Table => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
-            println!("{:>10}  {:>6}  {:>13}  WHAT", "GENERATION", "AGE", "HELD BY");
-            for c in &changes {
-                let held = format!("{}/{}", c.holding, c.proxies);
-                let age = duration((now - c.change.at).max(0.0));
-                println!("{:>10}  {age:>6}  {held:>13}  {}", c.change.generation, c.change.what);
-            }
-            if generation.is_some() {
-                for c in &changes {
-                    if c.not_holding.is_empty() {
-                        println!("\nevery connected proxy holds generation {}", c.change.generation);
-                    } else {
-                        let more = c.proxies - c.holding - c.not_holding.len();
-                        println!("\nnot holding generation {}:", c.change.generation);
-                        for p in &c.not_holding {
-                            println!("  {p}");
-                        }
-                        if more > 0 {
-                            println!("  ... and {more} more");
-                        }
+    if output == Output::Json {
+        print_json(&answers)?;
+        return Ok(0);
+    }
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    for (i, (name, changes)) in answers.iter().enumerate() {
+        if answers.len() > 1 {
+            println!("{}controller {name}", if i > 0 { "\n" } else { "" });
+        }
+        if changes.is_empty() {
+            println!("no mesh change since the controller started");
+            continue;
+        }
+        println!("{:>10}  {:>6}  {:>13}  WHAT", "GENERATION", "AGE", "HELD BY");
+        for c in changes {
+            let held = format!("{}/{}", c.holding, c.proxies);
+            let age = duration((now - c.change.at).max(0.0));
+            println!("{:>10}  {age:>6}  {held:>13}  {}", c.change.generation, c.change.what);
+        }
+        if generation.is_some() {
+            for c in changes {
+                if c.not_holding.is_empty() {
+                    println!("\nevery connected proxy holds generation {}", c.change.generation);
+                } else {
+                    let more = c.proxies - c.holding - c.not_holding.len();
+                    println!("\nnot holding generation {}:", c.change.generation);
+                    for p in &c.not_holding {
+                        println!("  {p}");
+                    }
+                    if more > 0 {
+                        println!("  ... and {more} more");
                     }
                 }
             }
@@ -536,16 +495,23 @@ async fn mesh_changes(base: &str, output: Output, generation: Option<u64>) -> an
     Ok(0)
 }
 
-async fn verify_connectivity(base: &str, output: Output, from: &str, to: &str) -> anyhow::Result<u8> {
+async fn verify_connectivity(controllers: &Controllers, output: Output, from: &str, to: &str) -> anyhow::Result<u8> {
     let ok_chars = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || "-./:".contains(c));
     if !ok_chars(from) || !ok_chars(to) {
         bail!(
             "--from <namespace>/<pod> and --to <namespace>/<service>[:<port>] (names of letters, digits, '-' and '.')"
         );
     }
-    let body = controller_get(base, &format!("/status/connectivity?from={from}&to={to}")).await?;
-    let report: actors::http::Connectivity =
-        serde_json::from_str(&body).context("the controller's /status/connectivity is not what this osm reads")?;
+    let answers: Vec<(String, actors::http::Connectivity)> =
+        controllers.get_json(&format!("/status/connectivity?from={from}&to={to}")).await?;
+    // Each replica sees the sidecars connected to it: one report of what they all see.
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let report = match answers.len() {
+        1 => answers.into_iter().map(|(_, r)| r).next(),
+        _ => actors::http::Connectivity::merge(answers.into_iter().map(|(_, r)| r).collect(), now),
+    }
+    .context("no controller answered")?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => {
@@ -590,16 +556,24 @@ fn duration(s: f64) -> String {
     }
 }
 
-/// The proxies, and how many hold generation `of` (default: the latest).
-fn print_table(status: &MeshStatus, of: Option<u64>) {
-    let proxies = &status.proxies;
+/// The proxies of every controller (a CONTROLLER column when there are several), and how many hold the
+/// generation waited for (default: each controller's latest).
+fn print_table(statuses: &[(String, MeshStatus)], targets: &[Option<u64>]) {
+    let many = statuses.len() > 1;
+    let proxies: Vec<(&str, &ProxyStatusView)> =
+        statuses.iter().flat_map(|(name, s)| s.proxies.iter().map(move |p| (name.as_str(), p))).collect();
     if proxies.is_empty() {
         println!("no proxy is connected");
         return;
     }
-    let rows: Vec<[String; 8]> = proxies
+    let mut header = vec!["POD", "IDENTITY", "PROXY", "API", "STATUS", "GEN", "BEHIND", "DETAIL"];
+    if many {
+        header.insert(0, "CONTROLLER");
+    }
+    let header: Vec<String> = header.into_iter().map(str::to_owned).collect();
+    let rows: Vec<Vec<String>> = proxies
         .iter()
-        .map(|p| {
+        .map(|(controller, p)| {
             let state = match p.state {
                 SyncState::Synced => "synced",
                 SyncState::Stale => "stale",
@@ -608,18 +582,30 @@ fn print_table(status: &MeshStatus, of: Option<u64>) {
             let behind = if p.state == SyncState::Synced { "-".to_owned() } else { duration(p.behind_s) };
             let pod = p.pod.clone().unwrap_or_else(|| "-".to_owned());
             let generation = p.generation.to_string();
-            [pod, p.identity.clone(), p.uuid.clone(), p.api.clone(), state.to_owned(), generation, behind, detail(p)]
+            let mut row = vec![
+                pod,
+                p.identity.clone(),
+                p.uuid.clone(),
+                p.api.clone(),
+                state.to_owned(),
+                generation,
+                behind,
+                detail(p),
+            ];
+            if many {
+                row.insert(0, controller.rsplit('/').next().unwrap_or(controller).to_owned());
+            }
+            row
         })
         .collect();
-    let header = ["POD", "IDENTITY", "PROXY", "API", "STATUS", "GEN", "BEHIND", "DETAIL"].map(str::to_owned);
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..header.len())
         .map(|i| std::iter::once(&header).chain(&rows).map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     for row in std::iter::once(&header).chain(&rows) {
         let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", line.join("  ").trim_end());
     }
-    let count = |s: SyncState| proxies.iter().filter(|p| p.state == s).count();
+    let count = |s: SyncState| proxies.iter().filter(|(_, p)| p.state == s).count();
     println!(
         "\n{} proxies: {} synced, {} stale, {} NACK",
         proxies.len(),
@@ -627,14 +613,17 @@ fn print_table(status: &MeshStatus, of: Option<u64>) {
         count(SyncState::Stale),
         count(SyncState::Nack)
     );
-    let summary = StatusSummary::of(status, of);
-    let what = match &status.change {
-        Some(c) if c.generation == summary.of_generation => format!(" ({})", c.what),
-        _ if summary.of_generation == 0 => " (the configuration the controller started with)".to_owned(),
-        _ => String::new(),
-    };
-    println!(
-        "mesh generation {}{what}: held by {} of {} proxies",
-        summary.of_generation, summary.holding, summary.proxies
-    );
+    for ((name, status), target) in statuses.iter().zip(targets) {
+        let summary = StatusSummary::of(status, *target);
+        let what = match &status.change {
+            Some(c) if c.generation == summary.of_generation => format!(" ({})", c.what),
+            _ if summary.of_generation == 0 => " (the configuration the controller started with)".to_owned(),
+            _ => String::new(),
+        };
+        let prefix = if many { format!("controller {name}: ") } else { String::new() };
+        println!(
+            "{prefix}mesh generation {}{what}: held by {} of {} proxies",
+            summary.of_generation, summary.holding, summary.proxies
+        );
+    }
 }
