@@ -29,11 +29,19 @@ use crate::snapshot::{ConnectSnapshots, IdentitiesRenewed, SnapshotActor, TrustC
 #[rtype(result = "HashMap<ServiceIdentity, Result<Arc<IssuedCert>, String>>")]
 pub struct GetCerts(pub Vec<ServiceIdentity>);
 
-/// The certificates in use for these identities (never issues one): serial and expiry, `None` when there
-/// is none.
+/// The certificates in use for these identities (never issues one), `None` when there is none.
 #[derive(Message)]
-#[rtype(result = "Vec<(ServiceIdentity, Option<(String, SystemTime)>)>")]
+#[rtype(result = "Vec<(ServiceIdentity, Option<CertFacts>)>")]
 pub struct CertInfo(pub Vec<ServiceIdentity>);
+
+/// What [`CertInfo`] tells of a certificate (never its key).
+#[derive(Debug, Clone)]
+pub struct CertFacts {
+    pub serial: String,
+    pub not_after: SystemTime,
+    /// The root of those sidecars trust now that signed it (its common name); `None`: none did.
+    pub signed_by: Option<String>,
+}
 
 /// The name of the root that signs now.
 #[derive(Message)]
@@ -499,12 +507,17 @@ impl Handler<ListCerts> for CertActor {
 impl Handler<CertInfo> for CertActor {
     type Result = MessageResult<CertInfo>;
     fn handle(&mut self, msg: CertInfo, _: &mut Self::Context) -> Self::Result {
+        let roots = self.trust.trust_pem();
         MessageResult(
             msg.0
                 .into_iter()
                 .map(|id| {
-                    let info = self.cache.get(&id).map(|c| (c.serial.clone(), c.not_after));
-                    (id, info)
+                    let facts = self.cache.get(&id).map(|c| CertFacts {
+                        serial: c.serial.clone(),
+                        not_after: c.not_after,
+                        signed_by: certs::signed_by(&c.cert_pem, roots),
+                    });
+                    (id, facts)
                 })
                 .collect(),
         )

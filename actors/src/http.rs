@@ -162,6 +162,9 @@ pub struct CertSeen {
     pub identity: String,
     /// Serial and expiry (Unix seconds), when this controller issued one.
     pub issued: Option<(String, f64)>,
+    /// The trusted root that signed it (its common name); `None`: it chains to no root sidecars trust.
+    #[serde(default)]
+    pub signed_by: Option<String>,
 }
 
 impl Connectivity {
@@ -200,8 +203,22 @@ impl Connectivity {
         for c in &certificates {
             let id = &c.identity;
             let (ok, detail) = match &c.issued {
+                Some((serial, _)) if c.signed_by.is_none() => (
+                    false,
+                    format!(
+                        "{id}: serial {serial} chains to no root the sidecars trust (a root retired before it was \
+                         re-issued? see osm mesh list)"
+                    ),
+                ),
                 Some((serial, until)) if *until > now => {
-                    (true, format!("{id}: serial {serial}, valid for {:.0}s more", until - now))
+                    let root = c.signed_by.as_deref().unwrap_or_default();
+                    (
+                        true,
+                        format!(
+                            "{id}: serial {serial}, signed by trusted root {root:?}, valid for {:.0}s more",
+                            until - now
+                        ),
+                    )
                 }
                 Some((serial, _)) => (false, format!("{id}: serial {serial} has expired")),
                 None => (false, format!("{id}: no service certificate issued (its sidecar never got a config)")),
@@ -361,7 +378,8 @@ async fn connectivity(State(s): State<HttpState>, uri: axum::http::Uri) -> axum:
                 .into_iter()
                 .map(|(id, info)| CertSeen {
                     identity: id.to_string(),
-                    issued: info.map(|(serial, until)| (serial, unix(until))),
+                    signed_by: info.as_ref().and_then(|f| f.signed_by.clone()),
+                    issued: info.map(|f| (f.serial, unix(f.not_after))),
                 })
                 .collect();
         }
@@ -376,7 +394,9 @@ fn unix(t: std::time::SystemTime) -> f64 {
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
-    s.metrics.set_proxies_behind(s.status.behind());
+    let counts = s.status.counts();
+    s.metrics.set_proxies_behind(counts.behind);
+    s.metrics.set_generation(counts.generation, counts.not_holding_latest);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.encode())
 }
 
@@ -514,6 +534,7 @@ mod tests {
         let cert = |id: &str, until: Option<f64>| CertSeen {
             identity: id.to_owned(),
             issued: until.map(|u| ("01".to_owned(), u)),
+            signed_by: Some("osm-ca".to_owned()),
         };
         // Replica a serves the client and web-1; replica b serves web-2 and issued web's latest certificate.
         let a = Connectivity::new(

@@ -141,6 +141,8 @@ pub struct Metrics {
     proxies_built: IntCounter,
     change_ack_time: Histogram,
     proxies_behind: IntGauge,
+    mesh_generation: IntGauge,
+    proxies_not_holding_latest: IntGauge,
     admissions: IntCounterVec,
     leader_gauge: IntGauge,
     /// This replica holds the Lease of the one-time duties (Kubernetes).
@@ -217,6 +219,14 @@ impl Default for Metrics {
             proxies_behind: gauge(
                 "osm_proxy_out_of_date_count",
                 "Connected proxies that do not hold everything sent to them (stale or NACK)",
+            ),
+            mesh_generation: gauge(
+                "osm_mesh_generation",
+                "The generation number of the latest mesh change the controller took (osm mesh changes)",
+            ),
+            proxies_not_holding_latest: gauge(
+                "osm_proxy_not_holding_latest_count",
+                "Connected proxies whose ACKed configuration lacks the latest mesh change",
             ),
             admissions: counters(
                 "osm_admission_webhook_response_total",
@@ -314,6 +324,12 @@ impl Metrics {
     /// Connected proxies that do not hold everything sent to them, as of now.
     pub fn set_proxies_behind(&self, n: usize) {
         self.proxies_behind.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The latest mesh generation, and how many connected proxies do not hold it.
+    pub fn set_generation(&self, generation: u64, not_holding: usize) {
+        self.mesh_generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.proxies_not_holding_latest.set(i64::try_from(not_holding).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition.

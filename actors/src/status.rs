@@ -429,6 +429,14 @@ impl ProxyStatus {
     }
 }
 
+/// What a metrics scrape reads off the board ([`StatusBoard::counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScrapeCounts {
+    pub behind: usize,
+    pub generation: u64,
+    pub not_holding_latest: usize,
+}
+
 /// Every connected proxy's status.
 #[derive(Default)]
 pub struct StatusBoard {
@@ -472,11 +480,20 @@ impl StatusBoard {
         }
     }
 
-    /// How many connected proxies do not hold everything sent to them (stale or NACK).
-    pub fn behind(&self) -> usize {
+    /// For a scrape, without building every proxy's view: how many connected proxies do not hold
+    /// everything sent to them (stale or NACK); the latest generation; how many do not hold it.
+    pub fn counts(&self) -> ScrapeCounts {
+        let settled = self.progress.settled();
+        let generation = self.progress.latest();
         let statuses: Vec<Arc<ProxyStatus>> =
             self.proxies.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
-        statuses.iter().filter(|s| s.inner.lock().is_ok_and(|i| i.behind_since.is_some())).count()
+        let mut counts = ScrapeCounts { generation, ..ScrapeCounts::default() };
+        for s in &statuses {
+            let Ok(inner) = s.inner.lock() else { continue };
+            counts.behind += usize::from(inner.behind_since.is_some());
+            counts.not_holding_latest += usize::from(s.generation(&inner, settled) < generation);
+        }
+        counts
     }
 
     /// One proxy's status, if it is connected.
@@ -486,10 +503,9 @@ impl StatusBoard {
     }
 
     pub fn view(&self) -> MeshStatus {
-        // Read before the proxies: a proxy's generation is never credited with a build that came later
-        // than the latest generation reported.
-        let generation = self.progress.latest();
+        // Settled first: what untouched proxies are credited with never passes the generation reported.
         let settled = self.progress.settled();
+        let generation = self.progress.latest();
         let statuses: Vec<Arc<ProxyStatus>> =
             self.proxies.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
         let mut proxies: Vec<ProxyStatusView> = statuses.iter().filter_map(|s| s.view(settled)).collect();
@@ -616,6 +632,7 @@ mod tests {
         assert_eq!((held("a"), held("b")), (2, 3));
         let summary = StatusSummary::of(&board.view(), None);
         assert_eq!((summary.of_generation, summary.holding, summary.held()), (3, 1, false));
+        assert_eq!(board.counts(), ScrapeCounts { behind: 0, generation: 3, not_holding_latest: 1 });
         // A snapshot taken while the proxy still owes an ACK counts once that ACK comes.
         gens_a.published(4);
         a.sent("CDS", "n4", "v4");

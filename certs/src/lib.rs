@@ -574,6 +574,22 @@ pub fn peer_uris(der: &[u8]) -> Result<Vec<String>, CertError> {
         .collect())
 }
 
+/// Which certificate of `roots_pem` (a bundle) signed `cert_pem`, by its subject common name (or whole
+/// subject): `None` when none did, i.e. the certificate does not chain to those roots.
+pub fn signed_by(cert_pem: &str, roots_pem: &str) -> Option<String> {
+    let leaf_der = pem_to_der(cert_pem).ok()?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).ok()?;
+    pem_certificates(roots_pem).iter().find_map(|root_pem| {
+        let der = pem_to_der(root_pem).ok()?;
+        let (_, root) = x509_parser::parse_x509_certificate(&der).ok()?;
+        if leaf.issuer() != root.subject() || leaf.verify_signature(Some(root.public_key())).is_err() {
+            return None;
+        }
+        let cn = root.subject().iter_common_name().next().and_then(|c| c.as_str().ok()).map(str::to_owned);
+        Some(cn.unwrap_or_else(|| root.subject().to_string()))
+    })
+}
+
 /// A private key from PEM. Only PKCS#8 is read; the other forms `openssl` writes get the command that
 /// converts them.
 fn parse_key(pem: &str) -> Result<KeyPair, String> {
@@ -819,6 +835,12 @@ mod tests {
         let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).unwrap();
         leaf.verify_signature(Some(root.public_key())).unwrap();
         assert_eq!(leaf.issuer(), root.subject());
+        // Found in a bundle of roots; not by another root of the same name.
+        let other = CertificateAuthority::generate("cluster.local").unwrap();
+        let bundle = format!("{}{}", other.root_pem(), ca.root_pem());
+        let name = root.subject().iter_common_name().next().unwrap().as_str().unwrap().to_owned();
+        assert_eq!(signed_by(&c.cert_pem, &bundle), Some(name));
+        assert_eq!(signed_by(&c.cert_pem, other.root_pem()), None);
     }
 
     #[test]

@@ -118,6 +118,7 @@ fn a_proxy_that_refuses_its_config_is_shown_with_envoys_error_while_the_rest_sta
     // The NACK is counted under its stable code, which the tool explains.
     let metrics = mesh.controller_http("/metrics").unwrap();
     assert!(metrics.contains("osm_error_err_code_count{err_code=\"E5004\"}"), "{metrics}");
+    assert!(metrics.contains("\nosm_proxy_not_holding_latest_count 1\n"), "{metrics}");
     let out = mesh.osm(&["support", "error-info", "E5004"]).unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("osm proxy status"), "{out:?}");
     let _ = SERVER;
@@ -192,5 +193,7 @@ fn metrics_count_connected_proxies_and_time_each_change_to_its_acks() {
     assert!(value(&after, "osm_proxy_config_ack_time_sum") > value(&before, "osm_proxy_config_ack_time_sum"));
     assert!(value(&after, "osm_snapshot_proxies_built_count") > value(&before, "osm_snapshot_proxies_built_count"));
     assert!(value(&after, "osm_cert_next_expiry_timestamp_seconds") > 0.0);
+    assert!(value(&after, "osm_mesh_generation") > value(&before, "osm_mesh_generation"), "the Service is a change");
+    assert_eq!(value(&after, "osm_proxy_not_holding_latest_count"), 0.0);
     assert_eq!(value(&after, "osm_version_info"), 1.0);
 }
