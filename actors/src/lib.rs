@@ -404,7 +404,7 @@ pub async fn run_on(
                 tracing::error!(error = %e, "HTTP endpoint failed");
             }
         });
-        tracing::info!(addr = ?addr, "HTTP endpoint listening (/health/ready, /health/alive, /metrics, /status/proxies, /status/connectivity, /status/mesh)");
+        tracing::info!(addr = ?addr, "HTTP endpoint listening (/health/ready, /health/alive, /metrics, /status/proxies, /status/changes, /status/connectivity, /status/mesh)");
     }
     // One client (and connection pool) for what runs here on a cluster: the root, the webhooks, the
     // election. The watchers have their own, on the actor thread.
