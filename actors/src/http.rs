@@ -107,8 +107,21 @@ async fn changes(State(s): State<HttpState>, uri: axum::http::Uri) -> Response {
         Ok(g) => g,
         Err(refusal) => return refusal.into_response(),
     };
-    let status = status_with_pods(&s).await;
-    json(&s.status.change_status(&status, generation))
+    let mut changes = s.status.change_status(&s.status.view(), generation);
+    // Name the pods of the proxies listed (at most a hundred per change), not of every proxy.
+    if let Some(q) = s.actors.get() {
+        let listed: Vec<String> = changes.iter().flat_map(|c| c.not_holding.iter().cloned()).collect();
+        if let Ok(pods) = q.catalog.send(crate::catalog::PodsOf(listed.clone())).await {
+            let pods: std::collections::HashMap<String, String> =
+                listed.into_iter().zip(pods).filter_map(|(uuid, pod)| Some((uuid, pod?))).collect();
+            for name in changes.iter_mut().flat_map(|c| c.not_holding.iter_mut()) {
+                if let Some(pod) = pods.get(name.as_str()) {
+                    name.clone_from(pod);
+                }
+            }
+        }
+    }
+    json(&changes)
 }
 
 /// What this controller serves.
@@ -162,7 +175,7 @@ pub struct CertSeen {
     pub identity: String,
     /// Serial and expiry (Unix seconds), when this controller issued one.
     pub issued: Option<(String, f64)>,
-    /// The trusted root that signed it (its common name); `None`: it chains to no root sidecars trust.
+    /// The trusted root that signed it (its common name); `None`: no root sidecars trust did.
     #[serde(default)]
     pub signed_by: Option<String>,
 }
@@ -206,7 +219,7 @@ impl Connectivity {
                 Some((serial, _)) if c.signed_by.is_none() => (
                     false,
                     format!(
-                        "{id}: serial {serial} chains to no root the sidecars trust (a root retired before it was \
+                        "{id}: serial {serial} is signed by no root the sidecars trust (a root retired before it was \
                          re-issued? see osm mesh list)"
                     ),
                 ),
@@ -229,12 +242,21 @@ impl Connectivity {
     }
 
     /// One report of the answers of several controller replicas: each sidecar as the replica it is
-    /// connected to sees it, each identity's certificate as the replica that issued the latest has it.
+    /// connected to sees it, and each identity's certificate as the replicas serving a sidecar of that
+    /// identity hold it (the worst of them: every such sidecar must have a good one; with none serving,
+    /// the best any replica has).
     pub fn merge(reports: Vec<Connectivity>, now: f64) -> Option<Connectivity> {
         let first = reports.first()?.clone();
         let mut sidecars: Vec<SidecarSeen> = Vec::new();
-        let mut certificates: Vec<CertSeen> = Vec::new();
+        // Per identity: the certificates of replicas serving it, and of the others.
+        let mut certs: std::collections::BTreeMap<String, (Vec<CertSeen>, Vec<CertSeen>)> = Default::default();
         for r in reports {
+            let served: std::collections::BTreeSet<&str> =
+                r.sidecars.iter().filter(|s| s.status.is_some()).map(|s| s.identity.as_str()).collect();
+            for c in &r.certificates {
+                let (serving, others) = certs.entry(c.identity.clone()).or_default();
+                if served.contains(c.identity.as_str()) { serving } else { others }.push(c.clone());
+            }
             for s in r.sidecars {
                 match sidecars.iter_mut().find(|k| k.uuid == s.uuid && k.source == s.source) {
                     Some(known) => {
@@ -247,18 +269,20 @@ impl Connectivity {
                     None => sidecars.push(s),
                 }
             }
-            for c in r.certificates {
-                match certificates.iter_mut().find(|k| k.identity == c.identity) {
-                    Some(known) => {
-                        let until = |c: &CertSeen| c.issued.as_ref().map(|(_, u)| *u);
-                        if until(&c) > until(known) {
-                            *known = c;
-                        }
-                    }
-                    None => certificates.push(c),
-                }
-            }
         }
+        // Good (issued, chained) before bad, then by expiry.
+        let rank = |c: &CertSeen| (c.issued.is_some() && c.signed_by.is_some(), c.issued.as_ref().map(|(_, u)| *u));
+        let certificates = certs
+            .into_values()
+            .filter_map(|(serving, others)| match serving.is_empty() {
+                false => serving
+                    .into_iter()
+                    .min_by(|a, b| rank(a).partial_cmp(&rank(b)).unwrap_or(std::cmp::Ordering::Equal)),
+                true => {
+                    others.into_iter().max_by(|a, b| rank(a).partial_cmp(&rank(b)).unwrap_or(std::cmp::Ordering::Equal))
+                }
+            })
+            .collect();
         Some(Self::new((first.from, first.to), first.path, sidecars, certificates, now))
     }
 }
@@ -379,18 +403,13 @@ async fn connectivity(State(s): State<HttpState>, uri: axum::http::Uri) -> axum:
                 .map(|(id, info)| CertSeen {
                     identity: id.to_string(),
                     signed_by: info.as_ref().and_then(|f| f.signed_by.clone()),
-                    issued: info.map(|f| (f.serial, unix(f.not_after))),
+                    issued: info.map(|f| (f.serial, crate::status::unix(f.not_after))),
                 })
                 .collect();
         }
     }
-    let report = Connectivity::new((from, to), check.steps, sidecars, certificates, unix(std::time::SystemTime::now()));
+    let report = Connectivity::new((from, to), check.steps, sidecars, certificates, crate::status::unix_now());
     json(&report)
-}
-
-/// Unix seconds.
-fn unix(t: std::time::SystemTime) -> f64 {
-    t.duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
@@ -536,7 +555,7 @@ mod tests {
             issued: until.map(|u| ("01".to_owned(), u)),
             signed_by: Some("osm-ca".to_owned()),
         };
-        // Replica a serves the client and web-1; replica b serves web-2 and issued web's latest certificate.
+        // Replica a serves the client and web-1; replica b serves web-2; each issued its sidecars' certificates.
         let a = Connectivity::new(
             ends.clone(),
             path.clone(),
@@ -545,7 +564,7 @@ mod tests {
                 seen("w1", false, Some(SyncState::Synced)),
                 seen("w2", false, None),
             ],
-            vec![cert("client.demo", Some(200.0)), cert("web.demo", None)],
+            vec![cert("client.demo", Some(200.0)), cert("web.demo", Some(250.0))],
             100.0,
         );
         let b = Connectivity::new(
@@ -555,7 +574,7 @@ mod tests {
             vec![cert("client.demo", None), cert("web.demo", Some(300.0))],
             100.0,
         );
-        assert!(!a.ok && !b.ok, "each alone misses the other's sidecars");
+        assert!(!a.ok && !b.ok, "each alone misses the other's sidecars (and b the client's certificate)");
         let merged = Connectivity::merge(vec![a, b.clone()], 100.0).unwrap();
         assert!(merged.ok, "{:#?}", merged.steps);
         assert!(merged.steps.iter().any(|s| s.detail == "all 2 are connected and synced"), "{:#?}", merged.steps);
@@ -571,8 +590,29 @@ mod tests {
             vec![cert("client.demo", Some(200.0))],
             100.0,
         );
-        let merged = Connectivity::merge(vec![nack, b], 100.0).unwrap();
+        let merged = Connectivity::merge(vec![nack, b.clone()], 100.0).unwrap();
         let source = merged.steps.iter().find(|s| s.step == "source sidecar").unwrap();
         assert!(!merged.ok && !source.ok && source.detail.contains("refused"), "{source:?}");
+        // The replica serving the client holds a certificate no trusted root issued: a good one elsewhere
+        // does not hide it.
+        let mut stale = cert("client.demo", Some(500.0));
+        stale.signed_by = None;
+        let c = Connectivity::new(
+            ("demo/client".to_owned(), "demo/web:80".to_owned()),
+            vec![],
+            vec![
+                seen("c", true, Some(SyncState::Synced)),
+                seen("w1", false, Some(SyncState::Synced)),
+                seen("w2", false, None),
+            ],
+            vec![stale],
+            100.0,
+        );
+        let mut elsewhere = b;
+        elsewhere.certificates.push(cert("client.demo", Some(900.0)));
+        let merged = Connectivity::merge(vec![c, elsewhere], 100.0).unwrap();
+        let client =
+            merged.steps.iter().find(|s| s.step == "certificate" && s.detail.starts_with("client.demo")).unwrap();
+        assert!(!client.ok && client.detail.contains("no root the sidecars trust"), "{client:?}");
     }
 }

@@ -126,9 +126,7 @@ where
                     let ty = xds::type_label(P::request_type_url(&req));
                     self.counters.xds_request(ty);
                     let (nonce, error) = P::request_answer(&req);
-                    if let Some(took) = self.status.answered(ty, nonce, error) {
-                        self.metrics.change_acked(took);
-                    }
+                    self.status.answered(ty, nonce, error);
                     let out = self.protocol.on_request(&req);
                     if let Some(reason) = out.refused {
                         tracing::warn!(proxy = %self.proxy, %reason, "request refused; closing the stream");
@@ -156,6 +154,8 @@ where
                     if !self.send_all(out.responses).await {
                         return End::Proxy;
                     }
+                    // Only now: an ACK may have released a response the session held back for it.
+                    self.settle();
                 }
                 Event::Request(Some(Err(status))) => {
                     // An undecodable or oversized request ends the stream with an error the proxy sees,
@@ -196,9 +196,18 @@ where
                     return Some(End::Proxy);
                 }
                 self.status.took(generation);
+                self.settle();
                 None
             }
             ProxyState::Gone(reason) => Some(End::Close(Status::permission_denied(reason))),
+        }
+    }
+
+    /// When the proxy holds everything sent to it, it holds the generation last taken; a change it was
+    /// waiting for is timed.
+    fn settle(&self) {
+        if let Some(took) = self.status.settle() {
+            self.metrics.change_acked(took);
         }
     }
 

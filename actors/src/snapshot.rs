@@ -83,7 +83,7 @@ pub struct Unsubscribe(pub ProxyUuid);
 struct Entry {
     identity: ServiceIdentity,
     /// Changes when the entry is replaced, so a build started for its predecessor is not published to it.
-    generation: u64,
+    incarnation: u64,
     /// Shared with the build thread, which publishes each snapshot as soon as it is built.
     tx: Arc<watch::Sender<ProxyState>>,
     /// Which mesh generations the proxy's builds were for; shared with its sessions' status.
@@ -97,7 +97,8 @@ pub struct SnapshotActor {
     root_pem: Arc<str>,
     proxies: HashMap<ProxyUuid, Entry>,
     schedule: Schedule,
-    generations: u64,
+    /// Entries made so far (each entry's incarnation).
+    incarnations: u64,
     /// When the earliest mesh change not yet in a build was made.
     change_since: Option<Instant>,
     /// The mesh changes, numbered, and how far the builds have come (shown by `/status/proxies`).
@@ -122,7 +123,7 @@ enum Built {
 
 type BuildResult = Vec<(ProxyUuid, u64, Built)>;
 
-/// Whom a build is for: the identity the proxy authenticated with, its entry's generation, its sender and
+/// Whom a build is for: the identity the proxy authenticated with, its entry's incarnation, its sender and
 /// build generations.
 type BuildTarget = (ServiceIdentity, u64, Arc<watch::Sender<ProxyState>>, Arc<ProxyGenerations>);
 
@@ -135,7 +136,7 @@ impl SnapshotActor {
             root_pem: root_pem.into(),
             proxies: HashMap::new(),
             schedule: Schedule::new(),
-            generations: 0,
+            incarnations: 0,
             cache: Arc::default(),
             change_since: None,
             progress: Arc::default(),
@@ -189,7 +190,7 @@ impl SnapshotActor {
         // authenticated with (its pod must still run as that identity), and which entry the build is for.
         let expected: Vec<Option<BuildTarget>> = uuids
             .iter()
-            .map(|u| self.proxies.get(u).map(|e| (e.identity.clone(), e.generation, e.tx.clone(), e.gens.clone())))
+            .map(|u| self.proxies.get(u).map(|e| (e.identity.clone(), e.incarnation, e.tx.clone(), e.gens.clone())))
             .collect();
         let catalog = self.catalog.clone();
         let certs = self.certs.clone();
@@ -214,7 +215,7 @@ impl SnapshotActor {
                     .into_iter()
                     .zip(&expected)
                     .map(|((uuid, view), expected)| {
-                        let (identity, entry_generation, target) = match expected {
+                        let (identity, incarnation, target) = match expected {
                             Some((id, g, tx, gens)) => (Some(id), *g, Some((tx, gens))),
                             None => (None, 0, None),
                         };
@@ -246,7 +247,7 @@ impl SnapshotActor {
                                 },
                             },
                         };
-                        (uuid, entry_generation, result)
+                        (uuid, incarnation, result)
                     })
                     .collect::<BuildResult>();
                 metrics.snapshots_built(results.len(), started.elapsed());
@@ -291,8 +292,8 @@ impl SnapshotActor {
     /// Hands each result to its proxy's session; returns the proxies whose build failed.
     fn publish(&mut self, results: BuildResult) -> BTreeSet<ProxyUuid> {
         let mut failed = BTreeSet::new();
-        for (uuid, generation, result) in results {
-            let Some(entry) = self.proxies.get(&uuid).filter(|e| e.generation == generation) else { continue };
+        for (uuid, incarnation, result) in results {
+            let Some(entry) = self.proxies.get(&uuid).filter(|e| e.incarnation == incarnation) else { continue };
             match result {
                 Built::Published => {}
                 Built::PodGone => {
@@ -424,12 +425,12 @@ impl Handler<Subscribe> for SnapshotActor {
             old.tx.send_replace(ProxyState::Gone(format!("proxy {} now connects as {}", msg.uuid, msg.identity)));
             self.proxies.remove(&msg.uuid);
         }
-        let generations = &mut self.generations;
+        let incarnations = &mut self.incarnations;
         let entry = self.proxies.entry(msg.uuid.clone()).or_insert_with(|| {
-            *generations += 1;
+            *incarnations += 1;
             Entry {
                 identity: msg.identity.clone(),
-                generation: *generations,
+                incarnation: *incarnations,
                 tx: Arc::new(watch::Sender::new(ProxyState::Pending)),
                 gens: Arc::default(),
             }
@@ -438,9 +439,12 @@ impl Handler<Subscribe> for SnapshotActor {
         let gens = entry.gens.clone();
         if matches!(*rx.borrow(), ProxyState::Pending | ProxyState::Gone(_)) {
             entry.tx.send_replace(ProxyState::Pending);
-            self.mark(Dirty::Proxies(BTreeSet::from([msg.uuid])));
-            self.kick(ctx);
         }
+        // Built again even when the entry has a snapshot: a proxy reconnecting before its old entry was
+        // pruned missed the batches that ran while it had no session (they skip proxies nobody watches),
+        // and a build that failed then was not retried. An identical build sends nothing.
+        self.mark(Dirty::Proxies(BTreeSet::from([msg.uuid])));
+        self.kick(ctx);
         MessageResult((rx, gens))
     }
 }

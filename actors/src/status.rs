@@ -80,11 +80,16 @@ struct Slot {
     acked: Version,
     /// A hash of the last response's nonce: an answer is matched against it.
     nonce: u64,
-    /// The last response sent is answered (ACK or NACK).
-    answered: bool,
+    /// Responses sent and not answered yet. Envoy answers in order; a delta session does not wait for
+    /// one answer before sending the next response, so several may be out at once.
+    unanswered: u32,
+    /// Responses sent so far.
+    sends: u32,
+    /// `sends` when the last NACK arrived: it stands until a response sent after it is ACKed (a delta
+    /// response before it carries nothing of what was refused).
+    nack_at: u32,
     nack: Option<Box<str>>,
 }
-
 fn nonce_hash(nonce: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -96,8 +101,14 @@ fn slot_of(ty: &str) -> usize {
     TYPES.iter().position(|t| *t == ty).unwrap_or(TYPES.len() - 1)
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+/// A time in Unix seconds (what the status endpoints serve).
+pub fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> f64 {
+    unix(SystemTime::now())
 }
 
 /// A mesh change, numbered.
@@ -121,8 +132,9 @@ pub struct MeshProgress {
     building: AtomicBool,
     /// The latest change's generation (0: none since the controller started).
     latest: AtomicU64,
-    /// Every proxy that any change up to this generation touched has been built for it (or its build
-    /// failed and says so): the proxies no such change touched hold it as soon as they hold their own.
+    /// Every connected proxy that any change up to this generation touched has been built for it (or its
+    /// build failed and says so): the proxies no such change touched hold it as soon as they hold their
+    /// own. (A proxy without a session then is built again when it reconnects.)
     settled: AtomicU64,
     changes: Mutex<VecDeque<Change>>,
 }
@@ -271,11 +283,6 @@ impl StatusSummary {
         }
     }
 
-    /// Nothing left to build and every proxy synced.
-    pub fn live(&self) -> bool {
-        !self.building && self.synced == self.proxies
-    }
-
     /// Every connected proxy holds `of_generation`.
     pub fn held(&self) -> bool {
         self.holding == self.proxies
@@ -333,7 +340,8 @@ impl ProxyStatus {
         t.used = true;
         t.sent = Version::of(version);
         t.nonce = nonce_hash(nonce);
-        t.answered = false;
+        t.unanswered = t.unanswered.saturating_add(1);
+        t.sends = t.sends.wrapping_add(1);
         inner.behind_since.get_or_insert_with(Instant::now);
     }
 
@@ -344,41 +352,60 @@ impl ProxyStatus {
         }
     }
 
-    /// The session took a snapshot of `generation` (and sent what it had to send of it): once the proxy
-    /// holds everything sent, it holds that generation.
+    /// The session took a snapshot of `generation`: once the proxy holds everything sent to it after
+    /// this (what the session defers until an answer comes counts too), it holds that generation.
     pub fn took(&self, generation: u64) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.gen_taken = generation;
-            if inner.behind_since.is_none() {
-                inner.gen_acked = generation;
-            }
         }
     }
 
     /// The proxy answered a response of type `ty` (`nonce`), refusing it with `error` or not. Answers to
-    /// older responses, and requests that answer nothing, change nothing. When this answer leaves the
-    /// proxy holding everything sent to it, returns how long ago the change it brought was made.
-    pub fn answered(&self, ty: &'static str, nonce: &str, error: Option<&str>) -> Option<std::time::Duration> {
-        let mut inner = self.inner.lock().ok()?;
+    /// responses already answered, and requests that answer nothing, change nothing.
+    pub fn answered(&self, ty: &'static str, nonce: &str, error: Option<&str>) {
+        let Ok(mut inner) = self.inner.lock() else { return };
         let t = &mut inner.types[slot_of(ty)];
-        if nonce.is_empty() || !t.used || t.nonce != nonce_hash(nonce) || t.answered {
-            return None;
+        if nonce.is_empty() || !t.used || t.unanswered == 0 {
+            return;
         }
-        t.answered = true;
+        let latest = t.nonce == nonce_hash(nonce);
+        // An older response than the latest is answered in order, before it; one answer too many for the
+        // responses out (a duplicate, or a nonce never sent) is ignored.
+        if !latest && t.unanswered < 2 {
+            return;
+        }
+        t.unanswered = if latest { 0 } else { t.unanswered - 1 };
         match error {
-            Some(e) => t.nack = Some(xds::limits::peer_str(e.trim_end()).to_string().into()),
-            None => {
-                t.acked = t.sent.clone();
-                t.nack = None;
+            Some(e) => {
+                t.nack = Some(xds::limits::peer_str(e.trim_end()).to_string().into());
+                t.nack_at = t.sends;
             }
+            // Only the latest response's ACK says which version the proxy holds; it clears a NACK only if
+            // it was sent after that NACK came.
+            None if latest => {
+                t.acked = t.sent.clone();
+                if t.sends != t.nack_at {
+                    t.nack = None;
+                }
+            }
+            None => {}
         }
-        if inner.types.iter().filter(|t| t.used).all(|t| t.answered && t.nack.is_none()) {
+        if inner.types.iter().filter(|t| t.used).all(|t| t.unanswered == 0 && t.nack.is_none()) {
             inner.behind_since = None;
             inner.synced_at = Some(Instant::now());
-            inner.gen_acked = inner.gen_taken;
-            return inner.change.take().map(|at| at.elapsed());
         }
-        None
+    }
+
+    /// Called once the session has done what a snapshot or a request asked of it (sent what it had to):
+    /// when the proxy then holds everything sent to it, it holds the generation last taken, and this
+    /// returns how long ago the mesh change it brought was made.
+    pub fn settle(&self) -> Option<std::time::Duration> {
+        let mut inner = self.inner.lock().ok()?;
+        if inner.behind_since.is_some() {
+            return None;
+        }
+        inner.gen_acked = inner.gen_taken;
+        inner.change.take().map(|at| at.elapsed())
     }
 
     /// The latest generation this proxy holds, given how far every build has come (`settled`).
@@ -572,16 +599,35 @@ mod tests {
         assert_eq!(s.view(0).unwrap().state, SyncState::Nack);
         s.sent("LDS", "n4", "v3");
         s.change_sent(Instant::now());
-        assert!(s.answered("LDS", "n4", None).is_some(), "the change is ACKed: how long it took");
+        s.answered("LDS", "n4", None);
+        assert!(s.settle().is_some(), "the change is ACKed: how long it took");
         assert_eq!(s.view(0).unwrap().state, SyncState::Synced);
         s.sent("CDS", "n5", "v2");
-        assert_eq!(s.answered("CDS", "n5", None), None, "no change to time");
+        s.answered("CDS", "n5", None);
+        assert_eq!(s.settle(), None, "no change to time");
         // A reconnect's newer session stays when the old one leaves.
         let newer = board.join("u1", "sa.ns", "delta", Arc::default());
         board.leave(&s);
         assert_eq!(board.view().proxies.len(), 1);
         board.leave(&newer);
         assert!(board.view().proxies.is_empty());
+    }
+
+    #[test]
+    fn a_delta_nack_of_an_earlier_response_stands_until_a_later_response_is_acked() {
+        let board = StatusBoard::default();
+        let s = board.join("u1", "sa.ns", "delta", Arc::default());
+        s.sent("CDS", "n1", "v1");
+        s.sent("CDS", "n2", "v2");
+        s.answered("CDS", "n1", Some("bad cluster"));
+        // The response after it was sent before the NACK came: its ACK does not cover what was refused.
+        s.answered("CDS", "n2", None);
+        assert_eq!(s.view(0).unwrap().state, SyncState::Nack);
+        s.answered("CDS", "n2", None);
+        assert_eq!(s.view(0).unwrap().state, SyncState::Nack, "a duplicate answer changes nothing");
+        s.sent("CDS", "n3", "v3");
+        s.answered("CDS", "n3", None);
+        assert_eq!(s.view(0).unwrap().state, SyncState::Synced);
     }
 
     #[test]
@@ -592,19 +638,30 @@ mod tests {
         let a = board.join("a", "a.ns", "sotw", gens_a.clone());
         let b = board.join("b", "b.ns", "sotw", gens_b.clone());
         let held = |uuid: &str| board.proxy(uuid).unwrap().generation;
+        // What a session does with a snapshot of generation `g`: send what it has to, take it, settle.
+        let take = |s: &ProxyStatus, g: u64, send: Option<&str>| {
+            if let Some(nonce) = send {
+                s.sent("CDS", nonce, nonce);
+            }
+            s.took(g);
+            s.settle();
+        };
+        // ... and with an answer.
+        let answer = |s: &ProxyStatus, nonce: &str, error: Option<&str>| {
+            s.answered("CDS", nonce, error);
+            s.settle();
+        };
         // Both get their first config (built before any change: generation 0) and ACK it.
         for (s, g) in [(&a, &gens_a), (&b, &gens_b)] {
             g.published(0);
-            s.sent("CDS", "n1", "v1");
-            s.took(0);
-            s.answered("CDS", "n1", None);
+            take(s, 0, Some("n1"));
+            answer(s, "n1", None);
         }
         // Change 1 touches only a: a's new config is published, b is not built at all.
         assert_eq!(progress.change("Service demo/web applied".into()), 1);
         gens_a.published(1);
         assert_eq!((held("a"), held("b")), (0, 0), "a has not taken it; the build is not over");
-        a.sent("CDS", "n2", "v2");
-        a.took(1);
+        take(&a, 1, Some("n2"));
         progress.settle(1);
         assert_eq!((held("a"), held("b")), (0, 1), "b holds what no build of it changed; a waits for its ACK");
         let status = board.view();
@@ -613,16 +670,15 @@ mod tests {
         let changes = board.change_status(&status, Some(1));
         assert_eq!((changes[0].proxies, changes[0].holding, changes[0].not_holding.clone()), (2, 1, vec!["a".into()]));
         // a refuses it: it still does not hold it.
-        a.answered("CDS", "n2", Some("bad cluster"));
+        answer(&a, "n2", Some("bad cluster"));
         assert_eq!(held("a"), 0);
         // Change 2: a's rebuild fixes it; b's build comes out identical (nothing to send, held at once).
         progress.change("Service demo/web applied".into());
         gens_a.published(2);
         gens_b.built(2);
         assert_eq!(held("b"), 2);
-        a.sent("CDS", "n3", "v3");
-        a.took(2);
-        a.answered("CDS", "n3", None);
+        take(&a, 2, Some("n3"));
+        answer(&a, "n3", None);
         assert_eq!(held("a"), 2, "its ACK of a config built for 2 holds 1 and 2");
         assert_eq!(StatusSummary::of(&board.view(), Some(1)).holding, 2);
         // Change 3: a's build fails; it keeps its config, without the change, even once all is settled.
@@ -633,12 +689,21 @@ mod tests {
         let summary = StatusSummary::of(&board.view(), None);
         assert_eq!((summary.of_generation, summary.holding, summary.held()), (3, 1, false));
         assert_eq!(board.counts(), ScrapeCounts { behind: 0, generation: 3, not_holding_latest: 1 });
-        // A snapshot taken while the proxy still owes an ACK counts once that ACK comes.
+        // Two changes before one ACK (SotW): the second's response waits for the first's ACK. That ACK
+        // leaves nothing unanswered for a moment, but the proxy holds neither until the second is ACKed.
         gens_a.published(4);
-        a.sent("CDS", "n4", "v4");
-        a.took(4);
-        assert_eq!(held("a"), 2);
+        take(&a, 4, Some("n4"));
+        gens_a.published(5);
+        take(&a, 5, None);
         a.answered("CDS", "n4", None);
-        assert_eq!(held("a"), 4);
+        a.sent("CDS", "n5", "n5");
+        a.settle();
+        assert_eq!(held("a"), 2, "the ACK of generation 4's response came with 5's held back");
+        answer(&a, "n5", Some("bad endpoints"));
+        assert_eq!(held("a"), 2);
+        gens_a.published(6);
+        take(&a, 6, Some("n6"));
+        answer(&a, "n6", None);
+        assert_eq!(held("a"), 6);
     }
 }

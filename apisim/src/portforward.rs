@@ -26,6 +26,12 @@ pub type PodDialer =
     Arc<dyn Fn(&str, &str, u16) -> BoxFuture<'static, std::io::Result<Box<dyn PodStream>>> + Send + Sync>;
 
 const PROTOCOL: &str = "v4.channel.k8s.io";
+/// Ports one port-forward may ask for (a channel number is a byte: two per port).
+const MAX_PORTS: usize = 16;
+/// The largest WebSocket frame or message taken from a client.
+const MAX_MESSAGE: usize = 1 << 20;
+/// How long reaching a pod's port may take.
+const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The ports of `?ports=80,8080` (also `ports=80&ports=8080`), or why not.
 pub(crate) fn ports_of(query: Option<&str>) -> Result<Vec<u16>, String> {
@@ -34,7 +40,11 @@ pub(crate) fn ports_of(query: Option<&str>) -> Result<Vec<u16>, String> {
         .flat_map(|(_, v)| v.split(',').map(|p| p.trim().to_owned()).collect::<Vec<_>>())
         .map(|p| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("invalid port {p:?}")))
         .collect::<Result<_, _>>()?;
-    if ports.is_empty() { Err("at least one port must be specified (?ports=)".to_owned()) } else { Ok(ports) }
+    match ports.len() {
+        0 => Err("at least one port must be specified (?ports=)".to_owned()),
+        n if n > MAX_PORTS => Err(format!("{n} ports asked for; at most {MAX_PORTS} per port-forward")),
+        _ => Ok(ports),
+    }
 }
 
 /// Answers the upgrade request and forwards once upgraded; `Err` when the request is no WebSocket
@@ -56,7 +66,10 @@ pub(crate) fn upgrade(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = hyper_util::rt::TokioIo::new(upgraded);
-                let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+                let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                    .max_message_size(Some(MAX_MESSAGE))
+                    .max_frame_size(Some(MAX_MESSAGE));
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                 forward(ws, dial, &namespace, &pod, &ports).await;
             }
             Err(e) => tracing::debug!(error = %e, "port-forward upgrade failed"),
@@ -97,7 +110,10 @@ where
         if sink.send(frame(data, &initial)).await.is_err() || sink.send(frame(data + 1, &initial)).await.is_err() {
             return;
         }
-        match dial(namespace, pod, *port).await {
+        let dialed = tokio::time::timeout(DIAL_TIMEOUT, dial(namespace, pod, *port))
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out")));
+        match dialed {
             Ok(stream) => {
                 let (mut reader, writer) = tokio::io::split(stream);
                 writers.push(Some(writer));
@@ -131,8 +147,10 @@ where
     while open > 0 {
         tokio::select! {
             message = incoming.next() => match message {
-                Some(Ok(Message::Binary(bytes))) if bytes.len() > 1 => {
+                // Data for a port: an even channel (odd ones are the server's, for errors).
+                Some(Ok(Message::Binary(bytes))) if bytes.len() > 1 && bytes[0] % 2 == 0 => {
                     let index = usize::from(bytes[0] / 2);
+                    // (A slow pod holds up the other direction too; this serves tests, one request at a time.)
                     if let Some(Some(writer)) = writers.get_mut(index)
                         && writer.write_all(&bytes[1..]).await.is_err()
                     {
@@ -167,5 +185,6 @@ mod tests {
         assert!(ports_of(Some("ports=0")).is_err());
         assert!(ports_of(Some("ports=x")).is_err());
         assert!(ports_of(None).is_err());
+        assert!(ports_of(Some(&format!("ports={}", vec!["80"; 17].join(",")))).is_err());
     }
 }

@@ -574,8 +574,9 @@ pub fn peer_uris(der: &[u8]) -> Result<Vec<String>, CertError> {
         .collect())
 }
 
-/// Which certificate of `roots_pem` (a bundle) signed `cert_pem`, by its subject common name (or whole
-/// subject): `None` when none did, i.e. the certificate does not chain to those roots.
+/// Which certificate of `roots_pem` (a bundle) issued `cert_pem` directly (its name is the issuer's and
+/// its key verifies the signature), by its subject common name (or whole subject); `None` when none did.
+/// Service certificates are issued by a mesh root itself, so this is their whole chain.
 pub fn signed_by(cert_pem: &str, roots_pem: &str) -> Option<String> {
     let leaf_der = pem_to_der(cert_pem).ok()?;
     let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).ok()?;

@@ -58,7 +58,7 @@ fn verify_connectivity_names_the_missing_traffic_target_and_agrees_with_envoy() 
     assert!(text.contains("allowed by TrafficTarget demo/client-to-server"), "{text}");
     assert!(text.contains("source sidecar") && text.contains("connected and synced"), "{text}");
     assert!(text.contains("certificate") && text.contains("client.demo: serial"), "{text}");
-    assert!(text.contains("signed by trusted root"), "the certificates chain to a root the sidecars trust: {text}");
+    assert!(text.contains("signed by trusted root"), "the certificates come from a root the sidecars trust: {text}");
 
     // Denied: blocked at the policy, naming what to add; Envoy agrees.
     let (code, text) = verify(&mesh, THIEF);

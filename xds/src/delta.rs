@@ -78,6 +78,16 @@ impl DeltaSession {
         if let Some(err) = &req.error_detail {
             out.nack =
                 Some(Nack { type_url: req.type_url.clone(), version: String::new(), message: err.message.clone() });
+            // The proxy refused a response and keeps what it had, in part or in whole: which versions it
+            // holds of this type is no longer known. The next response of the type sends every resource
+            // again, not only what changed after the refused one; none is sent for the refusal itself, as
+            // the same content would only be refused again.
+            for version in state.held.values_mut() {
+                version.clear();
+            }
+            if req.resource_names_subscribe.is_empty() && req.resource_names_unsubscribe.is_empty() {
+                return out;
+            }
         }
         out.responses = self.respond_with_endpoints(ty);
         out
@@ -231,6 +241,25 @@ mod tests {
         assert_eq!(out.len(), 2, "cluster, then its endpoints");
         assert_eq!(out[1].type_url, ResourceType::Endpoint.type_url());
         assert_eq!(out[1].resources[0].name, "a");
+    }
+
+    #[test]
+    fn after_a_nack_nothing_is_sent_at_once_and_the_next_change_sends_the_type_again_in_full() {
+        let mut s = DeltaSession::new();
+        s.on_snapshot(snap(&[("a", "1"), ("b", "1")]));
+        let r = s.on_request(&req(ResourceType::Cluster, &[], "")).responses;
+        s.on_request(&req(ResourceType::Cluster, &[], &r[0].nonce));
+        let update = s.on_snapshot(snap(&[("a", "2"), ("b", "1")]));
+        assert_eq!(update[0].resources.len(), 1);
+        let mut nack = req(ResourceType::Cluster, &[], &update[0].nonce);
+        nack.error_detail =
+            Some(envoy_types::pb::google::rpc::Status { message: "bad a".into(), ..Default::default() });
+        let out = s.on_request(&nack);
+        assert!(out.nack.is_some() && out.responses.is_empty(), "no resend of what was refused");
+        // A later change of b alone still carries a and b: the proxy may hold neither as sent.
+        let r = s.on_snapshot(snap(&[("a", "2"), ("b", "2")]));
+        assert_eq!(r[0].resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        assert!(r[0].removed_resources.is_empty());
     }
 
     #[test]

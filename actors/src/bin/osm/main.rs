@@ -205,10 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     let controllers = || async {
         match &cli.controller {
             Some(url) => Ok(Controllers::Url(url.clone())),
-            None => {
-                let cluster = reach::cluster(cli.kubeconfig.as_deref()).await?;
-                Controllers::resolve(None, cluster, &cli.osm_namespace).await
-            }
+            None => Controllers::find(reach::cluster(cli.kubeconfig.as_deref()).await?, &cli.osm_namespace).await,
         }
     };
     match &cli.command {
@@ -300,13 +297,14 @@ async fn namespace(
     Ok(0)
 }
 
-/// Prints what each controller answered: one document when there is one controller, else a JSON array
-/// of `{"controller": <pod>, "status": <document>}`.
-fn print_json<T: serde::Serialize>(answers: &[(String, T)]) -> anyhow::Result<()> {
+/// Prints what the controllers answered: the document of the controller at `--controller` (or the
+/// embedded default's), or for a cluster's controller pods a JSON array of `{"controller": <pod>,
+/// "status": <document>}`, however many there are.
+fn print_json<T: serde::Serialize>(controllers: &Controllers, answers: &[(String, T)]) -> anyhow::Result<()> {
     match answers {
-        [(_, only)] => println!("{}", serde_json::to_string_pretty(only)?),
-        many => {
-            let list: Vec<serde_json::Value> = many
+        [(_, only)] if !controllers.is_cluster() => println!("{}", serde_json::to_string_pretty(only)?),
+        all => {
+            let list: Vec<serde_json::Value> = all
                 .iter()
                 .map(|(name, doc)| Ok(serde_json::json!({"controller": name, "status": serde_json::to_value(doc)?})))
                 .collect::<Result<_, serde_json::Error>>()?;
@@ -319,7 +317,7 @@ fn print_json<T: serde::Serialize>(answers: &[(String, T)]) -> anyhow::Result<()
 async fn mesh_list(controllers: &Controllers, output: Output) -> anyhow::Result<u8> {
     let answers: Vec<(String, actors::http::MeshSummary)> = controllers.get_json("/status/mesh").await?;
     if output == Output::Json {
-        print_json(&answers)?;
+        print_json(controllers, &answers)?;
         return Ok(0);
     }
     for (i, (name, m)) in answers.iter().enumerate() {
@@ -381,6 +379,8 @@ async fn proxy_status(
     let names = controllers.names();
     // Per controller, the generation waited for (generations are numbered by each replica).
     let mut targets: Vec<Option<u64>> = vec![None; names.len()];
+    // Whether the wait ended with every proxy holding its target (the table is fetched after).
+    let mut waited_held = false;
     if let Some((timeout, generation)) = wait {
         if generation.is_some() && names.len() > 1 {
             bail!(
@@ -411,6 +411,13 @@ async fn proxy_status(
             let (mut holding, mut proxies, mut held) = (0, 0, true);
             for (i, target) in targets.iter_mut().enumerate() {
                 let mut s = summary(i, target.or(generation)).await?;
+                if let Some(g) = generation.filter(|g| *g > s.generation) {
+                    bail!(
+                        "generation {g} has not happened: the controller's latest is {} (numbering starts again \
+                         at 0 when the controller restarts; osm mesh changes lists them)",
+                        s.generation
+                    );
+                }
                 // The generation waited for: the one asked for, or the latest as of the first moment.
                 let goal = match generation {
                     Some(g) => g,
@@ -432,6 +439,7 @@ async fn proxy_status(
                 bar.set_position(holding as u64);
             }
             if (held && caught_up) || Instant::now() >= deadline {
+                waited_held = held && caught_up;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -442,25 +450,32 @@ async fn proxy_status(
     }
     let statuses: Vec<(String, MeshStatus)> = controllers.get_json("/status/proxies").await?;
     match output {
-        Output::Json => print_json(&statuses)?,
+        Output::Json => print_json(controllers, &statuses)?,
         Output::Table => print_table(&statuses, &targets),
     }
-    let held = statuses.iter().zip(&targets).all(|((_, s), target)| StatusSummary::of(s, *target).held());
+    let held =
+        waited_held || statuses.iter().zip(&targets).all(|((_, s), target)| StatusSummary::of(s, *target).held());
     Ok(if wait.is_some() && !held { 3 } else { 0 })
 }
 
 async fn mesh_changes(controllers: &Controllers, output: Output, generation: Option<u64>) -> anyhow::Result<u8> {
+    if generation.is_some() && controllers.names().len() > 1 {
+        bail!(
+            "--generation: each of the {} controller replicas numbers its own changes; list them without it, or \
+             reach one controller with --controller",
+            controllers.names().len()
+        );
+    }
     let query = generation.map_or_else(String::new, |g| format!("?generation={g}"));
     let answers: Vec<(String, Vec<ChangeStatus>)> = controllers.get_json(&format!("/status/changes{query}")).await?;
     if let (Some(g), true) = (generation, answers.iter().all(|(_, c)| c.is_empty())) {
         bail!("generation {g} is not among the changes the controller remembers (osm mesh changes lists them)");
     }
     if output == Output::Json {
-        print_json(&answers)?;
+        print_json(controllers, &answers)?;
         return Ok(0);
     }
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let now = actors::status::unix_now();
     for (i, (name, changes)) in answers.iter().enumerate() {
         if answers.len() > 1 {
             println!("{}controller {name}", if i > 0 { "\n" } else { "" });
@@ -505,8 +520,7 @@ async fn verify_connectivity(controllers: &Controllers, output: Output, from: &s
     let answers: Vec<(String, actors::http::Connectivity)> =
         controllers.get_json(&format!("/status/connectivity?from={from}&to={to}")).await?;
     // Each replica sees the sidecars connected to it: one report of what they all see.
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let now = actors::status::unix_now();
     let report = match answers.len() {
         1 => answers.into_iter().map(|(_, r)| r).next(),
         _ => actors::http::Connectivity::merge(answers.into_iter().map(|(_, r)| r).collect(), now),

@@ -16,16 +16,16 @@ pub const CONTROLLER_HTTP_PORT: u16 = 9091;
 /// The label of the controller's pods (the Helm chart's).
 const CONTROLLER_LABEL: &str = "app=osm-controller";
 
-/// The cluster this osm talks to: the kubeconfig named (an error if it cannot be used), else in-cluster,
-/// `$KUBECONFIG` or `~/.kube/config`; `None` when nothing is configured (the embedded default).
+/// The cluster this osm talks to: the kubeconfig named, else in-cluster, `$KUBECONFIG` or
+/// `~/.kube/config`; `None` when none of them is there (the embedded default). One that is there but
+/// cannot be used is an error, not a reason to look elsewhere.
 pub async fn cluster(kubeconfig: Option<&Path>) -> anyhow::Result<Option<kube::Client>> {
-    let config = match kubeconfig {
-        Some(path) => actors::kube_source::kube_config(Some(path)).await.map_err(anyhow::Error::msg)?,
-        None => match actors::kube_source::kube_config(None).await {
-            Ok(config) => config,
-            Err(_) => return Ok(None),
-        },
-    };
+    let set = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
+    let home_config = std::env::var_os("HOME").is_some_and(|h| Path::new(&h).join(".kube/config").exists());
+    if kubeconfig.is_none() && !set("KUBECONFIG") && !set("KUBERNETES_SERVICE_HOST") && !home_config {
+        return Ok(None);
+    }
+    let config = actors::kube_source::kube_config(kubeconfig).await.map_err(anyhow::Error::msg)?;
     Ok(Some(kube::Client::try_from(config).context("connecting to the cluster")?))
 }
 
@@ -67,12 +67,9 @@ pub enum Controllers {
 }
 
 impl Controllers {
-    /// `--controller` when given; else, on a cluster, the ready pods labelled `app=osm-controller` in
-    /// `namespace`; else the embedded default's `http://127.0.0.1:9091`.
-    pub async fn resolve(url: Option<String>, cluster: Option<kube::Client>, namespace: &str) -> anyhow::Result<Self> {
-        if let Some(url) = url {
-            return Ok(Self::Url(url));
-        }
+    /// On a cluster, the ready pods labelled `app=osm-controller` in `namespace`; else the embedded
+    /// default's `http://127.0.0.1:9091`.
+    pub async fn find(cluster: Option<kube::Client>, namespace: &str) -> anyhow::Result<Self> {
         let Some(client) = cluster else {
             return Ok(Self::Url(format!("http://127.0.0.1:{CONTROLLER_HTTP_PORT}")));
         };
@@ -91,6 +88,11 @@ impl Controllers {
             );
         }
         Ok(Self::Cluster { client, namespace: namespace.to_owned(), pods })
+    }
+
+    /// The controller pods of a cluster (their answers are shown as a list, whatever their number).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster { .. })
     }
 
     /// The controllers' names: the URL, or `<namespace>/<pod>` each, in a stable order.
@@ -143,15 +145,26 @@ fn ready(pod: &Pod) -> bool {
 
 /// GET `path` from `port` of pod `ns`/`name`, through the API server.
 async fn forward_get(client: &kube::Client, (ns, name): (&str, &str), port: u16, path: &str) -> anyhow::Result<String> {
+    use futures::FutureExt as _;
     let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), ns);
     let forwarding = || format!("port-forwarding to pod {ns}/{name}:{port} through the API server");
     let mut forward = pods.portforward(name, &[port]).await.with_context(forwarding)?;
     let stream = forward.take_stream(port).with_context(forwarding)?;
-    let error = forward.take_error(port).with_context(forwarding)?;
+    // The API server says on the error channel why a port cannot be reached (fused: it may be awaited
+    // again below after it ended).
+    let mut error = forward.take_error(port).with_context(forwarding)?.fuse();
     let host = format!("127.0.0.1:{port}");
-    tokio::select! {
+    let exchange = tokio::select! {
         body = get_on(stream, &host, path) => body,
-        Some(e) = error => bail!("{}: {e}", forwarding()),
+        Some(e) = &mut error => bail!("{}: {e}", forwarding()),
+    };
+    match exchange {
+        Ok(body) => Ok(body),
+        // The stream may end before the reason arrives: wait for it a moment.
+        Err(e) => match tokio::time::timeout(Duration::from_millis(500), error).await {
+            Ok(Some(reason)) => bail!("{}: {reason}", forwarding()),
+            _ => Err(e),
+        },
     }
 }
 
