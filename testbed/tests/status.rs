@@ -60,8 +60,19 @@ fn a_proxy_that_refuses_its_config_is_shown_with_envoys_error_while_the_rest_sta
     assert!(dump["configs"].as_array().is_some_and(|c| !c.is_empty()));
     let out = mesh.osm_in_pod(CLIENT, &["proxy", "get", "stats", "demo/client"]).unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("control_plane.connected_state: 1"), "{out:?}");
+    let out = mesh.osm_in_pod(CLIENT, &["proxy", "get", "certs", "demo/client"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"ca_cert\""), "the sidecar's certificates: {out:?}");
+    let out = mesh.osm_in_pod(CLIENT, &["proxy", "get", "quitquitquit", "demo/client"]).unwrap();
+    assert!(!out.status.success(), "only read-only admin pages: {out:?}");
     let out = mesh.osm_in_pod(CLIENT, &["proxy", "get", "stats", "other/pod"]).unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("client.demo"), "{out:?}");
+    let out = mesh.osm(&["verify", "control-plane"]).unwrap();
+    let health = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{health}");
+    assert!(
+        health.contains("2 connected: 2 synced") && health.contains("OK: the control plane is healthy"),
+        "{health}"
+    );
     let out = mesh.osm(&["mesh", "list"]).unwrap();
     let mesh_list = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{mesh_list}{}", String::from_utf8_lossy(&out.stderr));
@@ -119,6 +130,10 @@ fn a_proxy_that_refuses_its_config_is_shown_with_envoys_error_while_the_rest_sta
     let metrics = mesh.controller_http("/metrics").unwrap();
     assert!(metrics.contains("osm_error_err_code_count{err_code=\"E5004\"}"), "{metrics}");
     assert!(metrics.contains("\nosm_proxy_not_holding_latest_count 1\n"), "{metrics}");
+    let out = mesh.osm(&["verify", "control-plane"]).unwrap();
+    let health = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{health}");
+    assert!(health.contains("FAIL proxies") && health.contains("1 refusing their configuration"), "{health}");
     let out = mesh.osm(&["support", "error-info", "E5004"]).unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("osm proxy status"), "{out:?}");
     let _ = SERVER;

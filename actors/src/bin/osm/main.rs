@@ -8,9 +8,11 @@
 //!   holds the latest mesh change (or generation N), or times out.
 //! - `osm verify connectivity --from <ns>/<pod> --to <ns>/<svc>[:port]`: the path checked step by step;
 //!   what blocks it, named.
-//! - `osm proxy get config_dump|stats <ns>/<pod>`: the sidecar's own view, from its Envoy admin interface:
+//! - `osm proxy get config_dump|stats|clusters|listeners|certs|... <ns>/<pod>`: the sidecar's own view,
+//!   from its Envoy admin interface (read-only pages only):
 //!   on a cluster through the API server (a port-forward to the pod's 15000, as `kubectl port-forward`
 //!   makes), else at `--admin` (default `127.0.0.1:15000`: run it in the pod's network namespace).
+//! - `osm verify control-plane`: each controller's health, step by step.
 //! - `osm mesh list`: the mesh this controller serves: sources, mode, proxies, roots.
 //! - `osm mesh changes [--generation N]`: the recent mesh changes and which proxies hold each.
 //! - `osm namespace add|remove|list`: namespaces in and out of the mesh on a cluster (the kubeconfig's).
@@ -136,6 +138,11 @@ enum VerifyCommand {
         #[arg(long)]
         to: String,
     },
+    /// Is the control plane healthy? Each controller: reachable, its mesh sources read, its policy in force,
+    /// its proxies taking their configuration, the latest change reaching them. Exit 0 when nothing needs
+    /// action, 2 when something does.
+    #[command(name = "control-plane", alias = "control-plane-health")]
+    ControlPlane,
 }
 
 #[derive(Subcommand, Debug)]
@@ -153,18 +160,11 @@ enum ProxyCommand {
         #[arg(long, default_value_t = 60)]
         timeout_s: u64,
     },
-    /// What a sidecar's Envoy holds, from its admin interface.
+    /// What a sidecar's Envoy holds, from its admin interface: `osm proxy get config_dump <ns>/<pod>`.
     Get {
-        #[command(subcommand)]
-        what: ProxyGet,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum ProxyGet {
-    /// Envoy's configuration (its /config_dump; secrets' keys are redacted by Envoy).
-    #[command(name = "config_dump", alias = "config-dump")]
-    ConfigDump {
+        /// The admin page.
+        #[arg(value_enum)]
+        query: AdminQuery,
         /// The pod: <namespace>/<pod> (checked against the sidecar's node).
         pod: String,
         /// The sidecar's admin interface, reached directly. Without it: on a cluster (a kubeconfig, or
@@ -173,13 +173,51 @@ enum ProxyGet {
         #[arg(long)]
         admin: Option<String>,
     },
-    /// Envoy's statistics (its /stats).
-    Stats {
-        pod: String,
-        /// As for config_dump.
-        #[arg(long)]
-        admin: Option<String>,
-    },
+}
+
+/// A read-only page of a sidecar's Envoy admin interface (nothing that changes the sidecar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AdminQuery {
+    /// Its configuration, as Envoy holds it (secrets' keys are redacted by Envoy).
+    #[value(name = "config_dump", alias = "config-dump")]
+    ConfigDump,
+    /// Its statistics.
+    Stats,
+    /// Its statistics in Prometheus' text format.
+    #[value(name = "stats/prometheus")]
+    StatsPrometheus,
+    /// Upstream clusters: each endpoint with its health and counters.
+    Clusters,
+    /// Listeners and their addresses.
+    Listeners,
+    /// Certificates loaded, with their expiry (no keys).
+    Certs,
+    /// Whether it is ready to serve (LIVE).
+    Ready,
+    /// Envoy's version, uptime and command line.
+    #[value(name = "server_info", alias = "server-info")]
+    ServerInfo,
+    /// Memory use.
+    Memory,
+    /// Runtime values.
+    Runtime,
+}
+
+impl AdminQuery {
+    fn path(self) -> &'static str {
+        match self {
+            Self::ConfigDump => "/config_dump",
+            Self::Stats => "/stats",
+            Self::StatsPrometheus => "/stats/prometheus",
+            Self::Clusters => "/clusters",
+            Self::Listeners => "/listeners",
+            Self::Certs => "/certs",
+            Self::Ready => "/ready",
+            Self::ServerInfo => "/server_info",
+            Self::Memory => "/memory",
+            Self::Runtime => "/runtime",
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -213,11 +251,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let wait = wait.then(|| (Duration::from_secs(*timeout_s), *generation));
             proxy_status(&controllers().await?, cli.output, wait).await
         }
-        Command::Proxy { command: ProxyCommand::Get { what } } => {
-            let (pod, admin, path) = match what {
-                ProxyGet::ConfigDump { pod, admin } => (pod, admin, "/config_dump"),
-                ProxyGet::Stats { pod, admin } => (pod, admin, "/stats"),
-            };
+        Command::Proxy { command: ProxyCommand::Get { query, pod, admin } } => {
+            let path = query.path();
             let admin = match admin {
                 Some(url) => Admin::Url(url.clone()),
                 // A cluster if one is configured, else the pod's loopback.
@@ -230,6 +265,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Verify { command: VerifyCommand::Connectivity { from, to } } => {
             verify_connectivity(&controllers().await?, cli.output, from, to).await
+        }
+        Command::Verify { command: VerifyCommand::ControlPlane } => {
+            verify_control_plane(&controllers().await?, cli.output).await
         }
         Command::Support { command: SupportCommand::ErrorInfo { code } } => error_info(cli.output, code.as_deref()),
         Command::Mesh { command: MeshCommand::List } => mesh_list(&controllers().await?, cli.output).await,
@@ -530,10 +568,7 @@ async fn verify_connectivity(controllers: &Controllers, output: Output, from: &s
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => {
             println!("{} → {}", report.from, report.to);
-            let width = report.steps.iter().map(|s| s.step.len()).max().unwrap_or(0);
-            for s in &report.steps {
-                println!("  {} {:<width$}  {}", if s.ok { "ok  " } else { "FAIL" }, s.step, s.detail);
-            }
+            print_steps(&report.steps);
             match report.steps.iter().find(|s| !s.ok) {
                 None => println!("\nOK: {} can reach {}", report.from, report.to),
                 Some(s) => println!("\nBLOCKED at {}: {}", s.step, s.detail),
@@ -541,6 +576,101 @@ async fn verify_connectivity(controllers: &Controllers, output: Output, from: &s
         }
     }
     Ok(if report.ok { 0 } else { 2 })
+}
+
+/// Prints checks step by step, as `verify` does: `ok` or `FAIL`, the step, what was found.
+fn print_steps(steps: &[messages::PathStep]) {
+    let width = steps.iter().map(|s| s.step.len()).max().unwrap_or(0);
+    for s in steps {
+        println!("  {} {:<width$}  {}", if s.ok { "ok  " } else { "FAIL" }, s.step, s.detail);
+    }
+}
+
+async fn verify_control_plane(controllers: &Controllers, output: Output) -> anyhow::Result<u8> {
+    let meshes: Vec<(String, actors::http::MeshSummary)> = controllers.get_json("/status/mesh").await?;
+    let summaries: Vec<(String, StatusSummary)> = controllers.get_json("/status/proxies?summary").await?;
+    let step = |step: &str, ok: bool, detail: String| messages::PathStep { step: step.to_owned(), ok, detail };
+    let reports: Vec<(String, Vec<messages::PathStep>)> = meshes
+        .into_iter()
+        .zip(summaries)
+        .map(|((name, m), (_, s))| {
+            let steps = vec![
+                step(
+                    "controller",
+                    true,
+                    format!("{name} answers: version {}, trust domain {}", m.version, m.trust_domain),
+                ),
+                step(
+                    "mesh sources",
+                    m.synced,
+                    if m.synced {
+                        format!("{} read", m.sources.join(", "))
+                    } else {
+                        format!(
+                            "{}: the first read is not done, and sidecars are refused until it is (the controller's \
+                             log says what it waits for)",
+                            m.sources.join(", ")
+                        )
+                    },
+                ),
+                step(
+                    "policy",
+                    m.policy_errors == 0,
+                    match m.policy_errors {
+                        0 => format!("{} mode, every policy object in force", m.mode),
+                        n => format!(
+                            "{n} policy objects (or parts of them) are not in force: the controller's log names each \
+                             with its error code (osm support error-info <code>)"
+                        ),
+                    },
+                ),
+                step("signing root", true, m.signing_root.clone()),
+                step(
+                    "proxies",
+                    s.nack == 0,
+                    format!(
+                        "{} connected: {} synced, {} stale, {} refusing their configuration{}",
+                        s.proxies,
+                        s.synced,
+                        s.stale,
+                        s.nack,
+                        if s.nack > 0 { " (osm proxy status names them, with Envoy's reason)" } else { "" }
+                    ),
+                ),
+                // Still on its way is not a fault; refused is, and shows above.
+                step(
+                    "latest change",
+                    true,
+                    format!(
+                        "generation {} held by {} of {} proxies{}",
+                        s.of_generation,
+                        s.holding,
+                        s.proxies,
+                        if s.held() { "" } else { " (on its way: osm proxy status --wait)" }
+                    ),
+                ),
+            ];
+            (name, steps)
+        })
+        .collect();
+    let ok = reports.iter().all(|(_, steps)| steps.iter().all(|s| s.ok));
+    match output {
+        Output::Json => {
+            let list: Vec<serde_json::Value> = reports
+                .iter()
+                .map(|(name, steps)| serde_json::json!({"controller": name, "ok": steps.iter().all(|s| s.ok), "steps": steps}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+        Output::Table => {
+            for (name, steps) in &reports {
+                println!("controller {name}");
+                print_steps(steps);
+            }
+            println!("\n{}", if ok { "OK: the control plane is healthy" } else { "NOT OK: see FAIL above" });
+        }
+    }
+    Ok(if ok { 0 } else { 2 })
 }
 
 /// What is wrong with a proxy, in a line.
