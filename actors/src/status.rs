@@ -126,8 +126,10 @@ const CHANGES_KEPT: usize = 64;
 
 /// How far the controller has come with the mesh's changes: written by the snapshot actor, read by the
 /// board.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MeshProgress {
+    /// When this controller started (Unix milliseconds): generations are numbered from then.
+    started_ms: u64,
     /// Raised while proxies are being built or wait to be.
     building: AtomicBool,
     /// The latest change's generation (0: none since the controller started).
@@ -137,6 +139,18 @@ pub struct MeshProgress {
     /// own. (A proxy without a session then is built again when it reconnects.)
     settled: AtomicU64,
     changes: Mutex<VecDeque<Change>>,
+}
+
+impl Default for MeshProgress {
+    fn default() -> Self {
+        Self {
+            started_ms: (unix_now() * 1000.0) as u64,
+            building: AtomicBool::default(),
+            latest: AtomicU64::default(),
+            settled: AtomicU64::default(),
+            changes: Mutex::default(),
+        }
+    }
 }
 
 impl MeshProgress {
@@ -244,6 +258,10 @@ pub struct MeshStatus {
     /// That change, when it is still remembered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<Change>,
+    /// When this controller started (Unix milliseconds): its generations are numbered from then, so a
+    /// restart (another value) starts them again at 0.
+    #[serde(default)]
+    pub started_ms: u64,
     pub proxies: Vec<ProxyStatusView>,
 }
 
@@ -264,6 +282,9 @@ pub struct StatusSummary {
     /// Proxies that hold `of_generation`.
     #[serde(default)]
     pub holding: usize,
+    /// When the controller started (Unix milliseconds; see [`MeshStatus::started_ms`]).
+    #[serde(default)]
+    pub started_ms: u64,
 }
 
 impl StatusSummary {
@@ -280,6 +301,7 @@ impl StatusSummary {
             generation: status.generation,
             of_generation,
             holding: status.proxies.iter().filter(|p| p.generation >= of_generation).count(),
+            started_ms: status.started_ms,
         }
     }
 
@@ -538,7 +560,14 @@ impl StatusBoard {
         let mut proxies: Vec<ProxyStatusView> = statuses.iter().filter_map(|s| s.view(settled)).collect();
         proxies.sort_by(|a, b| a.identity.cmp(&b.identity).then_with(|| a.uuid.cmp(&b.uuid)));
         let change = self.changes().into_iter().rev().find(|c| c.generation == generation);
-        MeshStatus { at: unix_now(), building: self.progress.is_building(), generation, change, proxies }
+        MeshStatus {
+            at: unix_now(),
+            building: self.progress.is_building(),
+            generation,
+            change,
+            started_ms: self.progress.started_ms,
+            proxies,
+        }
     }
 
     /// The changes remembered, oldest first.

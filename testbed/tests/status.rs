@@ -126,6 +126,9 @@ fn a_proxy_that_refuses_its_config_is_shown_with_envoys_error_while_the_rest_sta
     assert!(table.contains("1/2") && table.contains("Pod demo/client applied"), "{table}");
     let out = mesh.osm(&["proxy", "status", "--wait", "--generation", &generation, "--timeout-s", "1"]).unwrap();
     assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let out = mesh.osm(&["proxy", "status", "--wait", "--generation", "999999", "--timeout-s", "1"]).unwrap();
+    let error = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && error.contains("generation 999999 has not happened"), "{error}");
     // The NACK is counted under its stable code, which the tool explains.
     let metrics = mesh.controller_http("/metrics").unwrap();
     assert!(metrics.contains("osm_error_err_code_count{err_code=\"E5004\"}"), "{metrics}");

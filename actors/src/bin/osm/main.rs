@@ -419,6 +419,8 @@ async fn proxy_status(
     let mut targets: Vec<Option<u64>> = vec![None; names.len()];
     // Whether the wait ended with every proxy holding its target (the table is fetched after).
     let mut waited_held = false;
+    // Per controller, when it started (a restart renumbers its changes).
+    let mut starts: Vec<Option<u64>> = vec![None; names.len()];
     if let Some((timeout, generation)) = wait {
         if generation.is_some() && names.len() > 1 {
             bail!(
@@ -449,6 +451,22 @@ async fn proxy_status(
             let (mut holding, mut proxies, mut held) = (0, 0, true);
             for (i, target) in targets.iter_mut().enumerate() {
                 let mut s = summary(i, target.or(generation)).await?;
+                // A controller that restarted numbers its changes from 0 again: wait for its latest.
+                if starts[i].is_some_and(|started| started != s.started_ms) {
+                    if generation.is_some() {
+                        bail!(
+                            "{} restarted while waiting: its generations start again at 0, so --generation no \
+                             longer names the same change (wait for its latest: no --generation)",
+                            names[i]
+                        );
+                    }
+                    if let Some(bar) = &bar {
+                        bar.println(format!("{} restarted; waiting for its latest change", names[i]));
+                    }
+                    *target = None;
+                    s = summary(i, None).await?;
+                }
+                starts[i] = Some(s.started_ms);
                 if let Some(g) = generation.filter(|g| *g > s.generation) {
                     bail!(
                         "generation {g} has not happened: the controller's latest is {} (numbering starts again \
