@@ -60,12 +60,12 @@ impl ProxyCounters {
 /// A connected proxy's series, dropped with its last session.
 #[derive(Debug)]
 struct ProxySeries {
-    identity: String,
+    identity: Arc<str>,
     sessions: u32,
     counters: Arc<ProxyCounters>,
 }
 
-type ProxyMap = Arc<Mutex<HashMap<String, ProxySeries>>>;
+type ProxyMap = Arc<Mutex<HashMap<messages::ProxyUuid, ProxySeries>>>;
 
 /// Exposes the per-proxy counters through the registry, one series per proxy and type that counted.
 struct ProxyCollector {
@@ -87,7 +87,7 @@ impl prometheus::core::Collector for ProxyCollector {
             l
         };
         let Ok(proxies) = self.proxies.lock() else { return Vec::new() };
-        let mut uuids: Vec<&String> = proxies.keys().collect();
+        let mut uuids: Vec<&messages::ProxyUuid> = proxies.keys().collect();
         uuids.sort();
         PROXY_METRICS
             .iter()
@@ -107,7 +107,7 @@ impl prometheus::core::Collector for ProxyCollector {
                         }
                         let mut m = Metric::from_label(vec![
                             label("identity", &p.identity),
-                            label("proxy_uuid", uuid),
+                            label("proxy_uuid", uuid.as_str()),
                             label("type", ty),
                         ]);
                         let mut c = Counter::default();
@@ -243,17 +243,17 @@ impl Default for Metrics {
 impl Metrics {
     /// A session of the proxy started; it counts into the returned counters (shared by the proxy's
     /// sessions: a reconnect may overlap the old stream).
-    pub fn proxy_connected(&self, uuid: &str, identity: &str) -> Arc<ProxyCounters> {
+    pub fn proxy_connected(&self, uuid: &messages::ProxyUuid, identity: &Arc<str>) -> Arc<ProxyCounters> {
         self.connected.inc();
         let Ok(mut m) = self.proxies.lock() else { return Arc::default() };
-        let p = m.entry(uuid.to_owned()).or_insert_with(|| ProxySeries {
-            identity: identity.to_owned(),
+        let p = m.entry(uuid.clone()).or_insert_with(|| ProxySeries {
+            identity: identity.clone(),
             sessions: 0,
             counters: Arc::default(),
         });
-        if p.identity != identity {
+        if p.identity != *identity {
             // Another identity's counts are not this one's.
-            p.identity = identity.to_owned();
+            p.identity = identity.clone();
             p.counters = Arc::default();
         }
         p.sessions += 1;
@@ -350,7 +350,7 @@ mod tests {
     #[test]
     fn exposition_uses_osm_names_and_drops_departed_proxies() {
         let m = Metrics::default();
-        let u1 = m.proxy_connected("u1", "sa.ns");
+        let u1 = m.proxy_connected(&messages::ProxyUuid::parse("u1").unwrap(), &"sa.ns".into());
         u1.xds_request("CDS");
         u1.xds_request("CDS");
         u1.response_sent("CDS", true);
@@ -371,7 +371,7 @@ mod tests {
         assert!(text.contains("osm_snapshot_build_time_bucket{le=\"0.001\"} 0\n"));
         assert!(text.contains("osm_snapshot_build_time_count 1\n"));
         // A reconnect overlapping the old stream keeps the series until the last session ends.
-        let again = m.proxy_connected("u1", "sa.ns");
+        let again = m.proxy_connected(&messages::ProxyUuid::parse("u1").unwrap(), &"sa.ns".into());
         again.xds_request("CDS");
         m.proxy_disconnected("u1");
         assert!(

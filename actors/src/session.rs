@@ -49,7 +49,7 @@ impl SessionManager {
 /// What a session starts with.
 struct Session<P: Protocol> {
     proxy: ProxyId,
-    uuid: String,
+    uuid: messages::ProxyUuid,
     protocol: P,
     requests: RequestStream<P::Request>,
     responses: mpsc::Sender<Result<P::Response, Status>>,
@@ -88,7 +88,7 @@ where
         if let End::Close(status) = end {
             let _ = self.responses.send(Err(status)).await;
         }
-        self.metrics.proxy_disconnected(&self.uuid);
+        self.metrics.proxy_disconnected(self.uuid.as_str());
         self.board.leave(&self.status);
         tracing::info!(proxy = %self.proxy, "proxy disconnected");
     }
@@ -250,10 +250,12 @@ impl Admitted {
     {
         let Admitted { proxy, states, gens, metrics, board, stopping, snapshots } = self;
         let uuid = proxy.uuid.clone();
-        let counters = metrics.proxy_connected(uuid.as_str(), &proxy.identity.to_string());
-        let status = board.join(uuid.as_str(), &proxy.identity.to_string(), P::NAME, gens);
+        // Formatted once and shared by the proxy's status and metrics.
+        let identity: Arc<str> = proxy.identity.to_string().into();
+        let counters = metrics.proxy_connected(&uuid, &identity);
+        let status = board.join(&uuid, identity, P::NAME, gens);
         let session = Session {
-            uuid: uuid.to_string(),
+            uuid: uuid.clone(),
             proxy,
             protocol,
             requests,

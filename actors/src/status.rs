@@ -355,8 +355,8 @@ struct Inner {
 
 /// The status of one connected proxy, written by its session only.
 pub struct ProxyStatus {
-    uuid: String,
-    identity: String,
+    uuid: messages::ProxyUuid,
+    identity: Arc<str>,
     api: &'static str,
     connected: Instant,
     gens: Arc<ProxyGenerations>,
@@ -458,9 +458,9 @@ impl ProxyStatus {
             SyncState::Synced
         };
         Some(ProxyStatusView {
-            uuid: self.uuid.clone(),
+            uuid: self.uuid.to_string(),
             pod: None,
-            identity: self.identity.clone(),
+            identity: self.identity.to_string(),
             api: self.api.to_owned(),
             state,
             generation: self.generation(&inner, settled),
@@ -502,15 +502,21 @@ pub struct StatusBoard {
     pub progress: Arc<MeshProgress>,
     /// By UUID; a proxy may have two sessions for a moment (a reconnect racing the old one): the newest
     /// is shown.
-    proxies: Mutex<HashMap<String, Arc<ProxyStatus>>>,
+    proxies: Mutex<HashMap<messages::ProxyUuid, Arc<ProxyStatus>>>,
 }
 
 impl StatusBoard {
     /// A session starts: its status, on the board until [`StatusBoard::leave`].
-    pub fn join(&self, uuid: &str, identity: &str, api: &'static str, gens: Arc<ProxyGenerations>) -> Arc<ProxyStatus> {
+    pub fn join(
+        &self,
+        uuid: &messages::ProxyUuid,
+        identity: Arc<str>,
+        api: &'static str,
+        gens: Arc<ProxyGenerations>,
+    ) -> Arc<ProxyStatus> {
         let status = Arc::new(ProxyStatus {
-            uuid: uuid.to_owned(),
-            identity: identity.to_owned(),
+            uuid: uuid.clone(),
+            identity,
             api,
             connected: Instant::now(),
             gens,
@@ -524,7 +530,7 @@ impl StatusBoard {
             }),
         });
         if let Ok(mut p) = self.proxies.lock() {
-            p.insert(uuid.to_owned(), status.clone());
+            p.insert(uuid.clone(), status.clone());
         }
         status
     }
@@ -534,7 +540,7 @@ impl StatusBoard {
         if let Ok(mut p) = self.proxies.lock()
             && p.get(&status.uuid).is_some_and(|s| Arc::ptr_eq(s, status))
         {
-            p.remove(&status.uuid);
+            p.remove(status.uuid.as_str());
         }
     }
 
@@ -612,10 +618,14 @@ impl StatusBoard {
 mod tests {
     use super::*;
 
+    fn uuid(s: &str) -> messages::ProxyUuid {
+        messages::ProxyUuid::parse(s).unwrap()
+    }
+
     #[test]
     fn a_proxy_is_stale_until_it_acks_everything_and_a_nack_shows_until_a_later_ack() {
         let board = StatusBoard::default();
-        let s = board.join("u1", "sa.ns", "sotw", Arc::default());
+        let s = board.join(&uuid("u1"), "sa.ns".into(), "sotw", Arc::default());
         assert_eq!(s.view(0).unwrap().state, SyncState::Stale, "nothing received yet");
         s.sent("CDS", "n1", "06e4bbe9f2b4f66e");
         s.sent("LDS", "n2", "v1");
@@ -644,7 +654,7 @@ mod tests {
         s.answered("CDS", "n5", None);
         assert_eq!(s.settle(), None, "no change to time");
         // A reconnect's newer session stays when the old one leaves.
-        let newer = board.join("u1", "sa.ns", "delta", Arc::default());
+        let newer = board.join(&uuid("u1"), "sa.ns".into(), "delta", Arc::default());
         board.leave(&s);
         assert_eq!(board.view().proxies.len(), 1);
         board.leave(&newer);
@@ -660,7 +670,7 @@ mod tests {
     #[test]
     fn a_delta_nack_of_an_earlier_response_stands_until_a_later_response_is_acked() {
         let board = StatusBoard::default();
-        let s = board.join("u1", "sa.ns", "delta", Arc::default());
+        let s = board.join(&uuid("u1"), "sa.ns".into(), "delta", Arc::default());
         s.sent("CDS", "n1", "v1");
         s.sent("CDS", "n2", "v2");
         s.answered("CDS", "n1", Some("bad cluster"));
@@ -679,8 +689,8 @@ mod tests {
         let board = StatusBoard::default();
         let progress = board.progress.clone();
         let (gens_a, gens_b) = (Arc::new(ProxyGenerations::default()), Arc::new(ProxyGenerations::default()));
-        let a = board.join("a", "a.ns", "sotw", gens_a.clone());
-        let b = board.join("b", "b.ns", "sotw", gens_b.clone());
+        let a = board.join(&uuid("a"), "a.ns".into(), "sotw", gens_a.clone());
+        let b = board.join(&uuid("b"), "b.ns".into(), "sotw", gens_b.clone());
         let held = |uuid: &str| board.proxy(uuid).unwrap().generation;
         // What a session does with a snapshot of generation `g`: send what it has to, take it, settle.
         let take = |s: &ProxyStatus, g: u64, send: Option<&str>| {

@@ -10,7 +10,7 @@ fn every_metric_the_dashboard_charts_is_exposed() {
     let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     // Labelled metrics show once they have a series.
     let metrics = actors::metrics::Metrics::default();
-    metrics.proxy_connected("u", "sa.ns").response_sent("CDS", true);
+    metrics.proxy_connected(&messages::ProxyUuid::parse("u").unwrap(), &"sa.ns".into()).response_sent("CDS", true);
     metrics.nack("CDS");
     metrics.error("E2025");
     metrics.rejected("unknown_proxy");

@@ -550,9 +550,17 @@ impl fmt::Display for ServiceIdentity {
 }
 
 /// A sidecar's proxy UUID. Restricted to `[A-Za-z0-9-]` because it is the first dot-separated label of the
-/// xDS client certificate's common name.
+/// xDS client certificate's common name. Shared, not copied: a connected proxy's UUID is held by its
+/// session, its status, its metrics and its snapshot entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ProxyUuid(String);
+pub struct ProxyUuid(std::sync::Arc<str>);
+
+/// Maps keyed by UUID are looked up by `&str` (hashing and comparing as the text does).
+impl std::borrow::Borrow<str> for ProxyUuid {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid proxy UUID {0:?}: expected 1-63 characters of [A-Za-z0-9-]")]
@@ -561,7 +569,7 @@ pub struct InvalidProxyUuid(pub String);
 impl ProxyUuid {
     pub fn parse(s: &str) -> Result<Self, InvalidProxyUuid> {
         let ok = !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if ok { Ok(Self(s.to_owned())) } else { Err(InvalidProxyUuid(s.to_owned())) }
+        if ok { Ok(Self(s.into())) } else { Err(InvalidProxyUuid(s.to_owned())) }
     }
 
     /// A stable UUID for a pod that has no `osm-proxy-uuid` label (pods described by hand in the mesh
@@ -569,7 +577,7 @@ impl ProxyUuid {
     pub fn derived(namespace: &str, name: &str) -> Self {
         let digest = Sha256::digest(format!("{namespace}/{name}").as_bytes());
         let h: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-        Self(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
+        Self(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]).into())
     }
 
     pub fn as_str(&self) -> &str {
