@@ -227,6 +227,11 @@ fn pods_injected_by_the_webhook_carry_traffic_through_real_envoy() {
     let (code, report, err) = osm(&["verify", "connectivity", "--from", "shop/client", "--to", "shop/web:80"]);
     assert_eq!(code, Some(0), "{report}{err}");
     assert!(report.contains("OK: shop/client can reach shop/web:80"), "{report}");
+    let report = mesh.work_dir().join("bug-report");
+    let (code, _, err) = osm(&["support", "bug-report", "--out", &report.display().to_string()]);
+    assert_eq!(code, Some(0), "{err}");
+    let proxies = std::fs::read_to_string(report.join("osm-system_osm-controller-0/proxies.json")).unwrap();
+    assert!(proxies.contains("shop/client"), "{proxies}");
     let (_, list, err) = osm(&["mesh", "list"]);
     assert!(list.contains("2 connected, 2 synced") && list.contains("cluster"), "{list}{err}");
 

@@ -137,6 +137,20 @@ fn a_proxy_that_refuses_its_config_is_shown_with_envoys_error_while_the_rest_sta
     let health = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(2), "{health}");
     assert!(health.contains("FAIL proxies") && health.contains("1 refusing their configuration"), "{health}");
+    // A bug report collects it all, and explains the error code counted.
+    let report = tempfile::tempdir().unwrap();
+    let out = mesh.osm(&["support", "bug-report", "--out", &report.path().display().to_string()]).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let summary = std::fs::read_to_string(report.path().join("SUMMARY.txt")).unwrap();
+    assert!(summary.contains("error E5004 counted 1") && summary.contains("demo/client"), "{summary}");
+    let controller = std::fs::read_dir(report.path()).unwrap().flatten().find(|e| e.path().is_dir()).unwrap().path();
+    let proxies = std::fs::read_to_string(controller.join("proxies.json")).unwrap();
+    assert!(proxies.contains("\"nack\"") && proxies.contains("15010"), "{proxies}");
+    let metrics = std::fs::read_to_string(controller.join("metrics.txt")).unwrap();
+    assert!(metrics.contains("osm_proxy_connect_count"), "{metrics}");
+    for file in ["mesh.json", "changes.json", "version.json"] {
+        assert!(controller.join(file).exists(), "{file}");
+    }
     let out = mesh.osm(&["support", "error-info", "E5004"]).unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("osm proxy status"), "{out:?}");
     let _ = SERVER;

@@ -17,6 +17,7 @@
 //! - `osm mesh changes [--generation N]`: the recent mesh changes and which proxies hold each.
 //! - `osm namespace add|remove|list`: namespaces in and out of the mesh on a cluster (the kubeconfig's).
 //! - `osm support error-info [code]`: what an error code means and what to do (no controller needed).
+//! - `osm support bug-report [--out DIR]`: what a bug report needs, collected into a directory.
 
 use std::time::{Duration, Instant};
 
@@ -123,6 +124,14 @@ enum SupportCommand {
     ErrorInfo {
         /// E.g. E2025.
         code: Option<String>,
+    },
+    /// Collects what a bug report needs into a directory: each controller's status, changes, mesh summary
+    /// and metrics, the health check, the error codes counted with their meaning, and (on a cluster) the
+    /// config of the sidecars that are not in sync. Never keys: Envoy redacts them from its config.
+    BugReport {
+        /// The directory to write (created; default: osm-bug-report-<time> here).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
 }
 
@@ -270,6 +279,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             verify_control_plane(&controllers().await?, cli.output).await
         }
         Command::Support { command: SupportCommand::ErrorInfo { code } } => error_info(cli.output, code.as_deref()),
+        Command::Support { command: SupportCommand::BugReport { out } } => {
+            let admin = reach::cluster(cli.kubeconfig.as_deref()).await?.map(Admin::Cluster);
+            bug_report(&controllers().await?, admin.as_ref(), out.clone()).await
+        }
         Command::Mesh { command: MeshCommand::List } => mesh_list(&controllers().await?, cli.output).await,
         Command::Mesh { command: MeshCommand::Changes { generation } } => {
             mesh_changes(&controllers().await?, cli.output, *generation).await
@@ -594,6 +607,86 @@ async fn verify_connectivity(controllers: &Controllers, output: Output, from: &s
         }
     }
     Ok(if report.ok { 0 } else { 2 })
+}
+
+/// Sidecars not in sync whose config a bug report includes, at most.
+const REPORTED_SIDECARS: usize = 20;
+
+async fn bug_report(
+    controllers: &Controllers,
+    admin: Option<&Admin>,
+    out: Option<std::path::PathBuf>,
+) -> anyhow::Result<u8> {
+    let dir = out.unwrap_or_else(|| format!("osm-bug-report-{}", actors::status::unix_now() as u64).into());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let write = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))
+    };
+    let mut summary = String::new();
+    let mut unsynced: Vec<String> = Vec::new();
+    for (i, name) in controllers.names().into_iter().enumerate() {
+        let slug: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        std::fs::create_dir_all(dir.join(&slug)).with_context(|| format!("creating {}/{slug}", dir.display()))?;
+        summary.push_str(&format!("controller {name} ({slug}/)\n"));
+        for (file, path) in [
+            ("version.json", "/version"),
+            ("mesh.json", "/status/mesh"),
+            ("proxies.json", "/status/proxies"),
+            ("changes.json", "/status/changes"),
+            ("metrics.txt", "/metrics"),
+        ] {
+            // One answer missing does not lose the others: say what it was.
+            let body = match controllers.get_text_at(i, path).await {
+                Ok((_, body)) => body,
+                Err(e) => format!("error: {e:#}\n"),
+            };
+            write(&format!("{slug}/{file}"), &body)?;
+            if file == "proxies.json"
+                && let Ok(status) = serde_json::from_str::<MeshStatus>(&body)
+            {
+                unsynced.extend(
+                    status.proxies.iter().filter(|p| p.state != SyncState::Synced).filter_map(|p| p.pod.clone()),
+                );
+            }
+            if file == "metrics.txt" {
+                // The error codes counted, with what they mean.
+                for line in body.lines().filter(|l| l.starts_with("osm_error_err_code_count{")) {
+                    let code = line.split('"').nth(1).unwrap_or_default();
+                    let count = line.rsplit(' ').next().unwrap_or_default();
+                    let meaning = messages::errcode::lookup(code).map_or("", |c| c.cause);
+                    summary.push_str(&format!("  error {code} counted {count}: {meaning}\n"));
+                }
+            }
+        }
+    }
+    summary.push('\n');
+    match admin {
+        Some(admin) => {
+            std::fs::create_dir_all(dir.join("sidecars"))?;
+            for pod in unsynced.iter().take(REPORTED_SIDECARS) {
+                let Some((ns, name)) = pod.split_once('/') else { continue };
+                let body = match admin.get((ns, name), "/config_dump").await {
+                    Ok(body) => body,
+                    Err(e) => format!("error: {e:#}\n"),
+                };
+                write(&format!("sidecars/{ns}_{name}.config_dump.json"), &body)?;
+                summary.push_str(&format!(
+                    "sidecar {pod} is not in sync: its config in sidecars/{ns}_{name}.config_dump.json\n"
+                ));
+            }
+        }
+        None if !unsynced.is_empty() => summary.push_str(&format!(
+            "{} sidecars are not in sync ({}); their config is reached from inside each pod: \
+             ip netns exec <netns> osm proxy get config_dump <ns>/<pod>\n",
+            unsynced.len(),
+            unsynced.iter().take(REPORTED_SIDECARS).cloned().collect::<Vec<_>>().join(", ")
+        )),
+        None => {}
+    }
+    write("SUMMARY.txt", &summary)?;
+    println!("{}{}wrote {}", summary, if summary.ends_with("\n\n") { "" } else { "\n" }, dir.display());
+    Ok(0)
 }
 
 /// Prints checks step by step, as `verify` does: `ok` or `FAIL`, the step, what was found.

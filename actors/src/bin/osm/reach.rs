@@ -103,23 +103,28 @@ impl Controllers {
         }
     }
 
-    /// GET `path` from controller `i` (of [`Controllers::names`]), parsed.
-    pub async fn get_json_at<T: serde::de::DeserializeOwned>(&self, i: usize, path: &str) -> anyhow::Result<T> {
-        let (name, body) = match self {
+    /// GET `path` from controller `i` (of [`Controllers::names`]): its name and the body.
+    pub async fn get_text_at(&self, i: usize, path: &str) -> anyhow::Result<(String, String)> {
+        match self {
             Self::Url(url) => {
                 let body = get(url, path).await.with_context(|| {
                     format!("the controller's HTTP endpoint at {url} (is it running? --controller, or OSM_CONTROLLER)")
                 })?;
-                (url.clone(), body)
+                Ok((url.clone(), body))
             }
             Self::Cluster { client, namespace, pods } => {
                 let pod = pods.get(i).context("no such controller")?;
                 let body = forward_get(client, (namespace, pod), CONTROLLER_HTTP_PORT, path)
                     .await
                     .with_context(|| format!("the controller pod {namespace}/{pod}"))?;
-                (format!("{namespace}/{pod}"), body)
+                Ok((format!("{namespace}/{pod}"), body))
             }
-        };
+        }
+    }
+
+    /// GET `path` from controller `i` (of [`Controllers::names`]), parsed.
+    pub async fn get_json_at<T: serde::de::DeserializeOwned>(&self, i: usize, path: &str) -> anyhow::Result<T> {
+        let (name, body) = self.get_text_at(i, path).await?;
         let route = path.split('?').next().unwrap_or(path);
         serde_json::from_str(&body)
             .with_context(|| format!("{name}'s {route} is not what this osm reads (versions differ?)"))
