@@ -10,13 +10,13 @@ use std::sync::Arc;
 use actix::prelude::*;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::http::{HttpLimits, Queries};
+use crate::http::{HttpLimits, Queries, json, query_param};
 use crate::status::StatusBoard;
 
 /// What the debug server reads.
@@ -27,13 +27,13 @@ pub struct DebugState {
     pub status: Arc<StatusBoard>,
 }
 
-fn json<T: Serialize>(v: &T) -> Response {
-    let body = serde_json::to_string_pretty(v).unwrap_or_default() + "\n";
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
 fn unavailable() -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, "the controller is not answering\n").into_response()
+}
+
+/// An actor's answer as JSON, or 503 when it did not answer.
+fn answer<T: Serialize, E>(answered: Result<T, E>) -> Response {
+    answered.map_or_else(|_| unavailable(), |v| json(&v))
 }
 
 pub fn router(state: DebugState) -> Router {
@@ -50,27 +50,16 @@ pub fn router(state: DebugState) -> Router {
         .route("/debug/proxies", get(|State(s): State<DebugState>| async move { json(&s.status.view()) }))
         .route(
             "/debug/certs",
-            get(|State(s): State<DebugState>| async move {
-                match s.queries.certs.send(crate::certs::ListCerts).await {
-                    Ok(list) => json(&list),
-                    Err(_) => unavailable(),
-                }
-            }),
+            get(|State(s): State<DebugState>| async move { answer(s.queries.certs.send(crate::certs::ListCerts).await) }),
         )
         .route(
             "/debug/catalog",
-            get(|State(s): State<DebugState>| async move {
-                match s.queries.catalog.send(crate::catalog::Summary).await {
-                    Ok(summary) => json(&summary),
-                    Err(_) => unavailable(),
-                }
-            }),
+            get(|State(s): State<DebugState>| async move { answer(s.queries.catalog.send(crate::catalog::Summary).await) }),
         )
         .route(
             "/debug/config",
             get(|State(s): State<DebugState>, uri: axum::http::Uri| async move {
-                let query = uri.query().unwrap_or_default();
-                let Some(uuid) = query.split('&').find_map(|kv| kv.strip_prefix("proxy=")) else {
+                let Some(uuid) = query_param(&uri, "proxy") else {
                     return (StatusCode::BAD_REQUEST, "give proxy=<uuid> (see /debug/proxies)\n").into_response();
                 };
                 let Ok(uuid) = messages::ProxyUuid::parse(uuid) else {

@@ -47,7 +47,7 @@ async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 /// The value of `key` in a query string (`Some("")` for a bare `key`).
-fn query_param<'a>(uri: &'a axum::http::Uri, key: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(uri: &'a axum::http::Uri, key: &str) -> Option<&'a str> {
     uri.query()?.split('&').find_map(|kv| match kv.split_once('=') {
         Some((k, v)) if k == key => Some(v),
         None if kv == key => Some(""),
@@ -66,7 +66,8 @@ fn generation_param(uri: &axum::http::Uri) -> Result<Option<u64>, (StatusCode, S
     }
 }
 
-fn json(body: &impl serde::Serialize) -> Response {
+/// A JSON answer.
+pub(crate) fn json(body: &impl serde::Serialize) -> Response {
     let body = serde_json::to_string_pretty(body).unwrap_or_default() + "\n";
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -94,7 +95,7 @@ async fn proxy_status(State(s): State<HttpState>, uri: axum::http::Uri) -> Respo
         Err(refusal) => return refusal.into_response(),
     };
     if query_param(&uri, "summary").is_some() {
-        json(&crate::status::StatusSummary::of(&s.status.view(), generation))
+        json(&s.status.summary(generation))
     } else {
         json(&status_with_pods(&s).await)
     }
@@ -334,7 +335,7 @@ async fn mesh_summary(State(s): State<HttpState>) -> Response {
     else {
         return (StatusCode::SERVICE_UNAVAILABLE, "the controller is not answering\n").into_response();
     };
-    let status = s.status.view();
+    let status = s.status.summary(None);
     let summary = MeshSummary {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         trust_domain: s.identity.trust_domain.clone(),
@@ -346,21 +347,19 @@ async fn mesh_summary(State(s): State<HttpState>) -> Response {
         mesh_config: c.mesh_config,
         services: c.services,
         pods: c.pods,
-        proxies_connected: status.proxies.len(),
-        proxies_synced: status.proxies.iter().filter(|p| p.state == crate::status::SyncState::Synced).count(),
+        proxies_connected: status.proxies,
+        proxies_synced: status.synced,
         policy_errors: c.policy_errors.len(),
         signing_root: signer,
     };
-    let body = serde_json::to_string_pretty(&summary).unwrap_or_default() + "\n";
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    json(&summary)
 }
 
 /// `/status/connectivity?from=<ns>/<pod>&to=<ns>/<svc>[:<port>]`: the catalog's path check, then the
 /// sidecars of both ends (connected, synced) and their certificates.
 async fn connectivity(State(s): State<HttpState>, uri: axum::http::Uri) -> axum::response::Response {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m + "\n").into_response();
-    let query = uri.query().unwrap_or_default();
-    let param = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')).map(str::to_owned);
+    let param = |k: &str| query_param(&uri, k).map(str::to_owned);
     let (Some(from), Some(to)) = (param("from"), param("to")) else {
         return bad("give from=<namespace>/<pod> and to=<namespace>/<service>[:<port>]".to_owned());
     };
@@ -386,7 +385,8 @@ async fn connectivity(State(s): State<HttpState>, uri: axum::http::Uri) -> axum:
     };
     let mut sidecars = Vec::new();
     let mut certificates = Vec::new();
-    if check.steps.iter().any(|s| s.step == "source pod" && s.ok) {
+    // The sidecars and certificates of both ends, once the source pod is known.
+    if check.source.is_some() {
         let seen = |(uuid, identity): &(messages::ProxyUuid, messages::ServiceIdentity), source: bool| SidecarSeen {
             uuid: uuid.to_string(),
             identity: identity.to_string(),

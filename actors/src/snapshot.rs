@@ -103,8 +103,6 @@ pub struct SnapshotActor {
     change_since: Option<Instant>,
     /// The mesh changes, numbered, and how far the builds have come (shown by `/status/proxies`).
     progress: Arc<MeshProgress>,
-    /// The generation the running batch was started at.
-    batch_generation: u64,
     /// Encoded resources kept across builds (only one build runs at a time, so the lock is uncontended).
     cache: Arc<std::sync::Mutex<xds::BuildCache>>,
 }
@@ -140,7 +138,6 @@ impl SnapshotActor {
             cache: Arc::default(),
             change_since: None,
             progress: Arc::default(),
-            batch_generation: 0,
         }
     }
 
@@ -184,7 +181,6 @@ impl SnapshotActor {
         // and come with a later generation.
         let changed_at = self.change_since.take();
         let generation = self.progress.latest();
-        self.batch_generation = generation;
         let retry = uuids.clone();
         // Per proxy of the batch, in its order (the catalog answers in it): the identity the proxy
         // authenticated with (its pod must still run as that identity), and which entry the build is for.
@@ -263,13 +259,13 @@ impl SnapshotActor {
             .await
             .map_err(|e| format!("build task failed: {e}"))?
         };
-        ctx.spawn(work.into_actor(self).map(|res, act, ctx| {
+        ctx.spawn(work.into_actor(self).map(move |res, act, ctx| {
             match res {
                 Ok(results) => {
                     act.schedule.finished();
-                    let failed = act.publish(results);
+                    let failed = act.publish(results, generation);
                     // Every proxy the batch's changes touched was built for them, or says it failed.
-                    act.progress.settle(act.batch_generation);
+                    act.progress.settle(generation);
                     if !failed.is_empty() {
                         // Try those again shortly (e.g. a certificate that could not be issued).
                         ctx.run_later(std::time::Duration::from_secs(1), move |act, ctx| {
@@ -289,8 +285,9 @@ impl SnapshotActor {
         }));
     }
 
-    /// Hands each result to its proxy's session; returns the proxies whose build failed.
-    fn publish(&mut self, results: BuildResult) -> BTreeSet<ProxyUuid> {
+    /// Hands each result of a batch built for mesh `generation` to its proxy's session; returns the
+    /// proxies whose build failed.
+    fn publish(&mut self, results: BuildResult, generation: u64) -> BTreeSet<ProxyUuid> {
         let mut failed = BTreeSet::new();
         for (uuid, incarnation, result) in results {
             let Some(entry) = self.proxies.get(&uuid).filter(|e| e.incarnation == incarnation) else { continue };
@@ -308,7 +305,7 @@ impl SnapshotActor {
                     )));
                 }
                 Built::Failed(reason) => {
-                    entry.gens.failed(self.batch_generation);
+                    entry.gens.failed(generation);
                     if matches!(*entry.tx.borrow(), ProxyState::Ready(..)) {
                         tracing::error!(proxy = %uuid, error = %reason, "build failed; the proxy keeps its last good config");
                     } else {

@@ -353,6 +353,16 @@ struct Inner {
     synced_at: Option<Instant>,
 }
 
+fn state(inner: &Inner) -> SyncState {
+    if inner.types.iter().any(|t| t.nack.is_some()) {
+        SyncState::Nack
+    } else if inner.behind_since.is_some() {
+        SyncState::Stale
+    } else {
+        SyncState::Synced
+    }
+}
+
 /// The status of one connected proxy, written by its session only.
 pub struct ProxyStatus {
     uuid: messages::ProxyUuid,
@@ -450,13 +460,7 @@ impl ProxyStatus {
 
     pub fn view(&self, settled: u64) -> Option<ProxyStatusView> {
         let inner = self.inner.lock().ok()?;
-        let state = if inner.types.iter().any(|t| t.nack.is_some()) {
-            SyncState::Nack
-        } else if inner.behind_since.is_some() {
-            SyncState::Stale
-        } else {
-            SyncState::Synced
-        };
+        let state = state(&inner);
         Some(ProxyStatusView {
             uuid: self.uuid.to_string(),
             pod: None,
@@ -544,20 +548,40 @@ impl StatusBoard {
         }
     }
 
-    /// For a scrape, without building every proxy's view: how many connected proxies do not hold
-    /// everything sent to them (stale or NACK); the latest generation; how many do not hold it.
-    pub fn counts(&self) -> ScrapeCounts {
+    /// The counts of [`StatusBoard::view`] (what `StatusSummary::of` makes of it), without building every
+    /// proxy's view: what `osm proxy status --wait` polls and a scrape reads.
+    pub fn summary(&self, of: Option<u64>) -> StatusSummary {
+        // Settled first, as in `view`.
         let settled = self.progress.settled();
         let generation = self.progress.latest();
+        let of_generation = of.unwrap_or(generation);
         let statuses: Vec<Arc<ProxyStatus>> =
             self.proxies.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
-        let mut counts = ScrapeCounts { generation, ..ScrapeCounts::default() };
+        let mut summary = StatusSummary {
+            building: self.progress.is_building(),
+            generation,
+            of_generation,
+            started_ms: self.progress.started_ms,
+            ..StatusSummary::default()
+        };
         for s in &statuses {
             let Ok(inner) = s.inner.lock() else { continue };
-            counts.behind += usize::from(inner.behind_since.is_some());
-            counts.not_holding_latest += usize::from(s.generation(&inner, settled) < generation);
+            summary.proxies += 1;
+            match state(&inner) {
+                SyncState::Synced => summary.synced += 1,
+                SyncState::Stale => summary.stale += 1,
+                SyncState::Nack => summary.nack += 1,
+            }
+            summary.holding += usize::from(s.generation(&inner, settled) >= of_generation);
         }
-        counts
+        summary
+    }
+
+    /// For a scrape: how many connected proxies do not hold everything sent to them (stale or NACK); the
+    /// latest generation; how many do not hold it.
+    pub fn counts(&self) -> ScrapeCounts {
+        let s = self.summary(None);
+        ScrapeCounts { behind: s.stale + s.nack, generation: s.generation, not_holding_latest: s.proxies - s.holding }
     }
 
     /// One proxy's status, if it is connected.

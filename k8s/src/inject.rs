@@ -144,7 +144,7 @@ pub enum Decision {
     Skip(String),
 }
 
-fn switch(annotation: &'static str, value: &str, on: String) -> Result<bool, InjectError> {
+pub(crate) fn switch(annotation: &'static str, value: &str, on: String) -> Result<bool, InjectError> {
     match value.to_ascii_lowercase().as_str() {
         "enabled" | "yes" | "true" => Ok(true),
         "disabled" | "no" | "false" => Ok(false),
@@ -152,7 +152,10 @@ fn switch(annotation: &'static str, value: &str, on: String) -> Result<bool, Inj
     }
 }
 
-fn annotation<'a>(meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, key: &str) -> Option<&'a str> {
+pub(crate) fn annotation<'a>(
+    meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    key: &str,
+) -> Option<&'a str> {
     meta.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str)
 }
 

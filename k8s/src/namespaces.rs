@@ -83,12 +83,9 @@ pub async fn list(client: kube::Client, mesh: Option<&str>) -> Result<Vec<MeshNa
         .into_iter()
         .map(|ns| MeshNamespace {
             mesh: monitored_by(&ns).unwrap_or_default().to_owned(),
-            sidecar_injection: ns
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(INJECTION_ANNOTATION))
-                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "enabled" | "yes" | "true")),
+            // Read as injection reads it (a value it does not know counts as off here).
+            sidecar_injection: crate::inject::annotation(&ns.metadata, INJECTION_ANNOTATION)
+                .is_some_and(|v| crate::inject::switch(INJECTION_ANNOTATION, v, String::new()).unwrap_or(false)),
             name: ns.metadata.name.unwrap_or_default(),
         })
         .collect();

@@ -595,11 +595,6 @@ impl MeshCatalog {
         self.services.get(key).and_then(|s| self.service_view(s))
     }
 
-    /// Pods with this address.
-    pub fn pods_at_ip(&self, ip: IpAddr) -> impl Iterator<Item = &Pod> {
-        self.pods_at(ip)
-    }
-
     /// The pod (`<namespace>/<name>`) of a proxy, when exactly one pod has its UUID.
     pub fn pod_of(&self, uuid: &ProxyUuid) -> Option<String> {
         let mut pods = self.pods_with_uuid(uuid);
@@ -623,7 +618,7 @@ impl MeshCatalog {
     }
 
     /// Every pod with this address (usually one; a reused address can briefly have two).
-    fn pods_at(&self, ip: IpAddr) -> impl Iterator<Item = &Pod> {
+    pub(crate) fn pods_at(&self, ip: IpAddr) -> impl Iterator<Item = &Pod> {
         self.pods_by_ip.get(&ip).into_iter().flatten().filter_map(|k| self.pods.get(k)).map(Arc::as_ref)
     }
 

@@ -32,11 +32,6 @@ impl PathCheck {
         self.steps.push(PathStep { step: step.to_owned(), ok, detail: detail.into() });
         ok
     }
-
-    /// Whether every step passed.
-    pub fn ok(&self) -> bool {
-        self.steps.iter().all(|s| s.ok)
-    }
 }
 
 impl MeshCatalog {
@@ -85,7 +80,7 @@ impl MeshCatalog {
             for p in view.ports.iter().filter(|p| ports.iter().any(|q| q.port == p.port)) {
                 endpoints += p.endpoints.len();
                 for a in &p.endpoints {
-                    destinations.extend(self.pods_at_ip(a.ip()).map(|pod| (pod.proxy_uuid.clone(), pod.identity())));
+                    destinations.extend(self.pods_at(a.ip()).map(|pod| (pod.proxy_uuid.clone(), pod.identity())));
                 }
             }
         }
