@@ -157,8 +157,16 @@ fn a_root_rotation_under_traffic_fails_no_request_and_ends_on_the_new_root_alone
         }
         carries_traffic("with certificates from the new root");
 
-        // 4. The old root retires.
+        // 4. The old root retires. `bootstrap` issues from the roots the controller put in force: wait until
+        // it has read the change, or a bundle written now would still trust the old root.
         step(None, "active");
+        let in_force = mesh.state_dir.join("roots/in-force.json");
+        mesh.eventually(WAIT, "the controller to put the new root alone in force", || {
+            let text = std::fs::read_to_string(&in_force).ok()?;
+            (text.contains("osm-mesh-root-certificate-2") && !text.contains("\"osm-mesh-root-certificate\""))
+                .then_some(())
+        })
+        .unwrap_or_else(|e| fail(e));
         for pod in both {
             mesh.bootstrap_again(pod).unwrap_or_else(|e| fail(e));
         }
