@@ -154,7 +154,8 @@ impl CatalogActor {
         let config = (self.catalog.mesh_config().cloned(), self.catalog.settings().clone());
         if self.reported_config.as_ref() != Some(&config) {
             let (mc, settings) = &config;
-            let source = mc.as_ref().map(|m| format!("MeshConfig {}/{}", m.namespace, m.name));
+            let deleted = if self.catalog.mesh_config_deleted() { " (deleted; its last settings kept)" } else { "" };
+            let source = mc.as_ref().map(|m| format!("MeshConfig {}/{}{deleted}", m.namespace, m.name));
             let source = source.as_deref().unwrap_or("command line");
             let mode = if settings.permissive { "permissive" } else { "SMI" };
             tracing::info!(
@@ -323,7 +324,10 @@ impl Handler<Summary> for CatalogActor {
             permissive: settings.permissive,
             egress: settings.enable_egress,
             tracing: settings.tracing.as_ref().map(|t| format!("{}:{}{}", t.address, t.port, t.endpoint)),
-            mesh_config: c.mesh_config().map(|m| format!("{}/{}", m.namespace, m.name)),
+            mesh_config: c.mesh_config().map(|m| {
+                let deleted = if c.mesh_config_deleted() { " (deleted; its last settings kept)" } else { "" };
+                format!("{}/{}{deleted}", m.namespace, m.name)
+            }),
             policy_errors: c.policy_errors().iter().map(|e| format!("{} {}: {}", e.code, e.object, e.reason)).collect(),
             root_certificates: c
                 .root_certificates()

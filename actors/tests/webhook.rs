@@ -188,6 +188,19 @@ async fn policy_that_could_never_be_in_force_is_refused_with_what_to_fix() {
     let resp = hooks.review("/validate", &target_review("v-2", elsewhere)).await;
     assert_eq!(resp["allowed"], false);
     assert!(resp["status"]["message"].as_str().unwrap().contains("E2020"), "{resp}");
+    // No namespace is never read as the TrafficTarget's own: refused with the code, for the destination
+    // and for a source alike.
+    let mut no_ns = good.clone();
+    no_ns["destination"].as_object_mut().unwrap().remove("namespace");
+    let resp = hooks.review("/validate", &target_review("v-4", no_ns)).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let message = resp["status"]["message"].as_str().unwrap();
+    assert!(message.contains("E2020") && message.contains("spec.destination.namespace is missing"), "{resp}");
+    let mut no_source_ns = good.clone();
+    no_source_ns["sources"][0].as_object_mut().unwrap().remove("namespace");
+    let resp = hooks.review("/validate", &target_review("v-5", no_source_ns)).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    assert!(resp["status"]["message"].as_str().unwrap().contains("E2030"), "{resp}");
     let mut typo = good;
     typo["destinaton"] = json!({});
     let resp = hooks.review("/validate", &target_review("v-3", typo)).await;

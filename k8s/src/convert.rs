@@ -244,15 +244,15 @@ pub fn pod(o: &core::Pod) -> Result<Pod, ConvertError> {
     Ok(Pod { namespace: ns, name, labels, service_account, ip, proxy_uuid, container_ports, prometheus_scrape })
 }
 
-fn subject(
-    s: &crds::IdentityBindingSubject,
-    default_ns: &str,
-    label: &str,
-    field: &str,
-) -> Result<Subject, ConvertError> {
-    let namespace = s.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| default_ns.to_owned());
+fn subject(s: &crds::IdentityBindingSubject, label: &str, field: &str) -> Result<Subject, ConvertError> {
+    // An absent namespace stays empty: the policy engine refuses it with a code (E2020 for the
+    // destination, E2030 for a source). Reading it as the TrafficTarget's own namespace would grant
+    // access OSM denies.
+    let namespace = s.namespace.clone().unwrap_or_default();
     check_name(NameRule::Dns1123Subdomain, &s.name).map_err(|e| err(label, format!("{field}.name: {e}")))?;
-    check_name(NameRule::Dns1123Label, &namespace).map_err(|e| err(label, format!("{field}.namespace: {e}")))?;
+    if !namespace.is_empty() {
+        check_name(NameRule::Dns1123Label, &namespace).map_err(|e| err(label, format!("{field}.namespace: {e}")))?;
+    }
     Ok(Subject { kind: s.kind.clone(), name: s.name.clone(), namespace })
 }
 
@@ -263,10 +263,10 @@ pub fn traffic_target(o: &crds::TrafficTarget) -> Result<TrafficTarget, ConvertE
         .sources
         .iter()
         .enumerate()
-        .map(|(i, s)| subject(s, &namespace, &label, &format!("spec.sources[{i}]")))
+        .map(|(i, s)| subject(s, &label, &format!("spec.sources[{i}]")))
         .collect::<Result<_, _>>()?;
     Ok(TrafficTarget {
-        destination: subject(&o.spec.destination, &namespace, &label, "spec.destination")?,
+        destination: subject(&o.spec.destination, &label, "spec.destination")?,
         sources,
         rules: o
             .spec

@@ -217,7 +217,10 @@ optional_fields!(
     TrafficSpec {
         enable_egress: bool,
         enable_permissive_traffic_policy_mode: bool,
+        // OSM spells the acronym in capitals, which camelCase would not produce.
+        #[serde(rename = "outboundIPRangeExclusionList")]
         outbound_ip_range_exclusion_list: Vec<String>,
+        #[serde(rename = "outboundIPRangeInclusionList")]
         outbound_ip_range_inclusion_list: Vec<String>,
         outbound_port_exclusion_list: Vec<i64>,
         inbound_port_exclusion_list: Vec<i64>,
@@ -250,6 +253,7 @@ optional_fields!(
 optional_fields!(
     /// `spec.featureFlags`.
     FeatureFlags {
+        #[serde(rename = "enableWASMStats")]
         enable_wasm_stats: bool,
         enable_egress_policy: bool,
         enable_snapshot_cache_mode: bool,
@@ -385,6 +389,29 @@ mod tests {
             "traffic": {"enablePermissiveTraficPolicyMode": false}
         }));
         assert!(typo.unwrap_err().to_string().contains("enablePermissiveTraficPolicyMode"));
+    }
+
+    #[test]
+    fn osm_own_mesh_config_applies_with_osm_spelling() {
+        let text = include_str!("../tests/fixtures/osm-preset-meshconfig.yaml");
+        let mc: MeshConfig = serde_saphyr::from_str(text).unwrap();
+        let traffic = mc.spec.traffic.as_ref().unwrap();
+        assert_eq!(traffic.outbound_ip_range_exclusion_list.as_deref(), Some(&["169.254.169.254/32".to_owned()][..]));
+        assert_eq!(mc.spec.feature_flags.as_ref().unwrap().enable_wasm_stats, Some(true));
+        let fields = mc.spec.set_fields();
+        for osm in [
+            "traffic.outboundIPRangeExclusionList",
+            "traffic.outboundIPRangeInclusionList",
+            "featureFlags.enableWASMStats",
+        ] {
+            assert!(fields.iter().any(|f| f == osm), "{osm} missing from {fields:?}");
+        }
+        // The CRD names OSM's fields the same way.
+        let crd = serde_json::to_string(&MeshConfig::crd()).unwrap();
+        for name in ["outboundIPRangeExclusionList", "outboundIPRangeInclusionList", "enableWASMStats"] {
+            assert!(crd.contains(&format!("\"{name}\"")), "{name} not in the CRD");
+        }
+        assert!(!crd.contains("enableWasmStats") && !crd.contains("outboundIpRange"));
     }
 }
 

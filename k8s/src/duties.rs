@@ -1,6 +1,7 @@
 //! Duties of the controller replica that holds the Lease `osm-controller-leader` (coordination.k8s.io,
 //! through `kube-lease-manager`): filling the mesh root into the webhook configurations' CA bundles,
-//! creating the default MeshConfig when there is none, and making each injected pod the owner of its
+//! creating the default MeshConfig when there is none (and again, with its last settings, when it is
+//! deleted), and making each injected pod the owner of its
 //! bootstrap Secret (so Kubernetes deletes the Secret with the pod). Every replica serves sidecars and
 //! webhooks; only these writes are done once.
 
@@ -84,30 +85,120 @@ pub async fn patch_ca_bundles(client: &kube::Client, mesh: &str, ca_pem: &str) -
     Ok(changed)
 }
 
-/// Creates the MeshConfig with the defaults when there is none; true when it did.
-pub async fn ensure_mesh_config(client: &kube::Client, namespace: &str) -> Result<bool, DutyError> {
-    let api = Api::<crds::MeshConfig>::namespaced(client.clone(), namespace);
-    let what = format!("MeshConfig {namespace}/{MESH_CONFIG_NAME}");
-    if api.get_opt(MESH_CONFIG_NAME).await.map_err(|source| DutyError::Api { what: what.clone(), source })?.is_some() {
-        return Ok(false);
-    }
-    let spec = crds::MeshConfigSpec {
+/// OSM's default MeshConfig spec (its chart's preset), created when the cluster has none.
+pub fn default_mesh_config_spec() -> crds::MeshConfigSpec {
+    crds::MeshConfigSpec {
+        sidecar: Some(crds::SidecarSpec {
+            enable_privileged_init_container: Some(false),
+            log_level: Some("error".to_owned()),
+            max_data_plane_connections: Some(0),
+            config_resync_interval: Some("0s".to_owned()),
+            local_proxy_mode: Some("Localhost".to_owned()),
+            tls_min_protocol_version: Some("TLSv1_2".to_owned()),
+            tls_max_protocol_version: Some("TLSv1_3".to_owned()),
+            ..Default::default()
+        }),
         traffic: Some(crds::TrafficSpec {
             enable_egress: Some(true),
             enable_permissive_traffic_policy_mode: Some(true),
             ..Default::default()
         }),
-        ..Default::default()
-    };
-    let mut mc = crds::MeshConfig::new(MESH_CONFIG_NAME, spec);
+        observability: Some(crds::ObservabilitySpec {
+            osm_log_level: Some("info".to_owned()),
+            enable_debug_server: Some(false),
+            ..Default::default()
+        }),
+        certificate: Some(crds::CertificateSpec {
+            service_cert_validity_duration: Some("24h".to_owned()),
+            cert_key_bit_size: Some(2048),
+            ..Default::default()
+        }),
+        feature_flags: None,
+    }
+}
+
+/// Creates the MeshConfig with `spec` when there is none; true when it did.
+pub async fn ensure_mesh_config(
+    client: &kube::Client,
+    namespace: &str,
+    spec: &crds::MeshConfigSpec,
+) -> Result<bool, DutyError> {
+    let api = Api::<crds::MeshConfig>::namespaced(client.clone(), namespace);
+    let what = format!("MeshConfig {namespace}/{MESH_CONFIG_NAME}");
+    if api.get_opt(MESH_CONFIG_NAME).await.map_err(|source| DutyError::Api { what: what.clone(), source })?.is_some() {
+        return Ok(false);
+    }
+    let mut mc = crds::MeshConfig::new(MESH_CONFIG_NAME, spec.clone());
     mc.metadata.namespace = Some(namespace.to_owned());
     match api.create(&PostParams::default(), &mc).await {
         Ok(_) => {
-            tracing::info!(meshconfig = %what, "created the default MeshConfig");
+            tracing::info!(meshconfig = %what, "created the MeshConfig");
             Ok(true)
         }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(source) => Err(DutyError::Api { what, source }),
+    }
+}
+
+/// Keeps the MeshConfig in existence while this replica leads: a deleted MeshConfig is created again
+/// with the last spec seen (OSM's reconciler does the same), so the mesh's settings survive a stray
+/// `kubectl delete` and a restarting controller never falls back to its command line. The controller keeps
+/// the last settings in force meanwhile (see `MeshCatalog::mesh_config`). Runs until the watch ends.
+pub async fn keep_mesh_config(client: kube::Client, namespace: String) {
+    let api = Api::<crds::MeshConfig>::namespaced(client.clone(), &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={MESH_CONFIG_NAME}"));
+    let mut stream = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+    let mut last: Option<crds::MeshConfigSpec> = None;
+    let mut seen_in_listing = false;
+    loop {
+        let event = match stream.try_next().await {
+            Ok(Some(e)) => e,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "MeshConfig watch failed; retrying");
+                continue;
+            }
+        };
+        let gone = match event {
+            watcher::Event::Apply(mc) | watcher::Event::InitApply(mc) => {
+                seen_in_listing = true;
+                last = Some(mc.spec);
+                false
+            }
+            watcher::Event::Init => {
+                seen_in_listing = false;
+                false
+            }
+            watcher::Event::InitDone => !seen_in_listing,
+            watcher::Event::Delete(mc) => {
+                last = Some(mc.spec);
+                true
+            }
+        };
+        if !gone {
+            continue;
+        }
+        let spec = last.clone().unwrap_or_else(default_mesh_config_spec);
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match ensure_mesh_config(&client, &namespace, &spec).await {
+                Ok(created) => {
+                    if created && last.is_some() {
+                        tracing::warn!(
+                            meshconfig = %format!("{namespace}/{MESH_CONFIG_NAME}"),
+                            error_code = messages::policy::codes::MESH_CONFIG_DELETED,
+                            "the MeshConfig was deleted; created it again with its last settings"
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create the MeshConfig again; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
     }
 }
 
@@ -202,14 +293,19 @@ pub async fn run(
         .await?;
     let (mut leading, task) = manager.watch().await;
     let mut stop = std::pin::pin!(stop);
-    let mut owning: Option<tokio::task::JoinHandle<()>> = None;
+    let mut owning: Option<[tokio::task::JoinHandle<()>; 2]> = None;
     'election: loop {
         let is_leader = *leading.borrow_and_update();
         leader.store(is_leader, Ordering::Relaxed);
         match (is_leader, &owning) {
-            (true, None) => owning = Some(tokio::spawn(own_bootstrap_secrets(client.clone()))),
-            (false, Some(task)) => {
-                task.abort();
+            (true, None) => {
+                owning = Some([
+                    tokio::spawn(own_bootstrap_secrets(client.clone())),
+                    tokio::spawn(keep_mesh_config(client.clone(), config.osm_namespace.clone())),
+                ])
+            }
+            (false, Some(tasks)) => {
+                tasks.iter().for_each(|t| t.abort());
                 owning = None;
             }
             _ => {}
@@ -219,7 +315,7 @@ pub async fn run(
             let mut delay = Duration::from_millis(200);
             loop {
                 let done = async {
-                    ensure_mesh_config(&client, &config.osm_namespace).await?;
+                    ensure_mesh_config(&client, &config.osm_namespace, &default_mesh_config_spec()).await?;
                     patch_ca_bundles(&client, &config.mesh_name, &ca_pem).await
                 };
                 match done.await {
@@ -240,8 +336,8 @@ pub async fn run(
             () = &mut stop => break,
         }
     }
-    if let Some(task) = owning {
-        task.abort();
+    if let Some(tasks) = owning {
+        tasks.iter().for_each(|t| t.abort());
     }
     // Dropping the receiver makes the manager release the Lease, so another replica takes over at once.
     drop(leading);

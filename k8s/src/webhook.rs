@@ -173,6 +173,7 @@ const SELF_CONTAINED: &[&str] = &[
     messages::policy::codes::ROUTE_GROUP_NO_MATCH,
     messages::policy::codes::INVALID_DESTINATION_KIND,
     messages::policy::codes::INVALID_SOURCE_KIND,
+    messages::policy::codes::SOURCE_NO_NAMESPACE,
     messages::policy::codes::TARGET_NAMESPACE_MISMATCH,
     messages::policy::codes::TARGET_NO_RULES,
     messages::policy::codes::UNKNOWN_ROUTE_KIND,

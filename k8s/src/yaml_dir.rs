@@ -906,7 +906,8 @@ spec:
             ]
         );
         let MeshObject::TrafficTarget(tt) = &objects[0] else { panic!() };
-        assert_eq!(tt.sources[0].namespace, "books", "a source's namespace defaults to the target's");
+        // Never read as the target's namespace: the policy engine refuses it with E2030 (fails closed).
+        assert_eq!(tt.sources[0].namespace, "", "a source without a namespace keeps none");
         let MeshObject::HttpRouteGroup(g) = &objects[1] else { panic!() };
         assert_eq!(g.matches[0].headers["host"], "store.*");
         let MeshObject::MeshConfig(mc) = &objects[4] else { panic!() };

@@ -117,6 +117,10 @@ pub struct MeshCatalog {
     /// The settings in force.
     settings: MeshSettings,
     mesh_configs: BTreeMap<ObjectKey, MeshConfig>,
+    /// The last MeshConfig in force, kept in force once every MeshConfig is deleted: deleting the
+    /// MeshConfig must never fall back to the command line's (possibly permissive) defaults and so widen
+    /// access (policy fails closed, as OSM keeps its last MeshConfig).
+    retained_mesh_config: Option<MeshConfig>,
     /// The mesh's roots and their roles (they change certificates, never a proxy's configuration).
     root_certificates: BTreeMap<ObjectKey, MeshRootCertificate>,
     targets: BTreeMap<ObjectKey, TrafficTarget>,
@@ -168,9 +172,15 @@ impl MeshCatalog {
         &self.settings
     }
 
-    /// The MeshConfig in force, if any.
+    /// The MeshConfig in force, if any: the first present one, else the last one in force before every
+    /// MeshConfig was deleted (see [`Self::mesh_config_deleted`]).
     pub fn mesh_config(&self) -> Option<&MeshConfig> {
-        self.mesh_configs.values().next()
+        self.mesh_configs.values().next().or(self.retained_mesh_config.as_ref())
+    }
+
+    /// True when the MeshConfig in force was deleted and its last settings are kept.
+    pub fn mesh_config_deleted(&self) -> bool {
+        self.mesh_configs.is_empty() && self.retained_mesh_config.is_some()
     }
 
     /// The MeshRootCertificates, by namespace and name.
@@ -188,6 +198,9 @@ impl MeshCatalog {
     }
 
     fn refresh_settings(&mut self) -> Dirty {
+        if let Some(mc) = self.mesh_configs.values().next() {
+            self.retained_mesh_config = Some(mc.clone());
+        }
         let settings = match self.mesh_config() {
             Some(mc) => mc.apply_to(&self.base_settings),
             None => self.base_settings.clone(),
@@ -224,6 +237,14 @@ impl MeshCatalog {
                     });
                 }
             }
+        }
+        if let Some(mc) = self.retained_mesh_config.as_ref().filter(|_| self.mesh_configs.is_empty()) {
+            new.errors.push(PolicyError {
+                code: policy::codes::MESH_CONFIG_DELETED,
+                object: ObjectKey::new(Kind::MeshConfig, mc.namespace.clone(), mc.name.clone()),
+                reason: "it was deleted; its last settings stay in force until a MeshConfig is created again"
+                    .to_owned(),
+            });
         }
         let old = std::mem::replace(&mut self.policy, new);
         let mut dirty = Dirty::Nothing;
@@ -1114,11 +1135,37 @@ mod tests {
         let dirty = c.apply(SourceEvent::Delete(ObjectKey::new(Kind::TrafficTarget, "demo", "to-server")));
         assert_eq!(dirty, Dirty::Proxies(BTreeSet::from([client.clone(), server])));
         assert!(c.proxy_view(&client).unwrap().upstream.is_empty());
-        // Switching to permissive mode reaches everyone.
-        let dirty = c.apply(SourceEvent::Delete(ObjectKey::new(Kind::MeshConfig, "osm-system", "osm-mesh-config")));
+        // Deleting the MeshConfig does not fall back to the (permissive) command line: SMI mode stays in
+        // force, reported with its code, and nobody's configuration changes.
+        let key = ObjectKey::new(Kind::MeshConfig, "osm-system", "osm-mesh-config");
+        let dirty = c.apply(SourceEvent::Delete(key.clone()));
+        assert_eq!(dirty, Dirty::Nothing);
+        assert!(!c.settings().permissive);
+        assert!(c.mesh_config_deleted());
+        assert!(c.proxy_view(&client).unwrap().upstream.is_empty());
+        let deleted: Vec<_> =
+            c.policy_errors().iter().filter(|e| e.code == policy::codes::MESH_CONFIG_DELETED).collect();
+        assert_eq!(deleted.len(), 1, "{:?}", c.policy_errors());
+        assert_eq!(deleted[0].object, key);
+        // A relist that no longer finds it is the same deletion.
+        let mut relisted = smi(false);
+        relisted.apply(SourceEvent::Reset(crate::events::Reset {
+            source: crate::events::DEFAULT_SOURCE.into(),
+            kinds: [Kind::MeshConfig].into(),
+            objects: vec![],
+        }));
+        assert!(!relisted.settings().permissive && relisted.mesh_config_deleted());
+        // Switching to permissive mode (a MeshConfig that says so) reaches everyone.
+        let mut permissive = smi(true);
+        let mc = permissive.mesh_config().unwrap().clone();
+        let dirty = c.apply(SourceEvent::Apply(MeshObject::MeshConfig(mc)));
         assert_eq!(dirty, Dirty::All);
+        assert!(!c.mesh_config_deleted());
+        assert!(c.policy_errors().iter().all(|e| e.code != policy::codes::MESH_CONFIG_DELETED));
         assert_eq!(c.proxy_view(&client).unwrap().upstream.len(), 1);
         assert_eq!(c.proxy_view(&client).unwrap().inbound_policy, None);
+        permissive.apply(SourceEvent::Delete(key));
+        assert!(permissive.settings().permissive, "the last MeshConfig in force is kept, whatever it says");
     }
 
     #[test]

@@ -117,6 +117,11 @@ pub const CODES: &[ErrorCode] = &[
         fix: "Create the Service, or correct its name in the TrafficSplit.",
     },
     ErrorCode {
+        code: policy::SOURCE_NO_NAMESPACE,
+        cause: "A TrafficTarget source ServiceAccount names no namespace; that source is ignored (it is not read as the TrafficTarget's namespace).",
+        fix: "Set spec.sources[].namespace to the source ServiceAccount's namespace.",
+    },
+    ErrorCode {
         code: CA_UNUSABLE,
         cause: "The mesh CA cannot be used: unreadable, a key that is not the certificate's, not a CA, not valid now, or a key in PKCS#1/SEC1 form.",
         fix: "Restore the matching certificate and key (the error names the file); convert keys with: openssl pkcs8 -topk8 -nocrypt -in <key> -out <key>.pk8",
@@ -130,6 +135,11 @@ pub const CODES: &[ErrorCode] = &[
         code: policy::MULTIPLE_MESH_CONFIGS,
         cause: "More than one MeshConfig; only the first by namespace and name is used.",
         fix: "Keep one MeshConfig.",
+    },
+    ErrorCode {
+        code: policy::MESH_CONFIG_DELETED,
+        cause: "The MeshConfig in force was deleted; its last settings stay in force (deleting it never falls back to the command line's defaults). On a cluster the leader re-creates it with those settings.",
+        fix: "Create the MeshConfig again (kubectl apply, or the file in the mesh directory) with the settings you want.",
     },
     ErrorCode {
         code: PROXY_UNKNOWN,

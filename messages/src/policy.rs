@@ -45,8 +45,12 @@ pub mod codes {
     pub const INVALID_WEIGHTS: &str = "E2028";
     /// A TrafficSplit's apex or backend Service does not exist.
     pub const SPLIT_SERVICE_NOT_FOUND: &str = "E2029";
+    /// A TrafficTarget source names no namespace (it would match nobody: that source is ignored).
+    pub const SOURCE_NO_NAMESPACE: &str = "E2030";
     /// More than one MeshConfig; only the first (by namespace and name) is used.
     pub const MULTIPLE_MESH_CONFIGS: &str = "E4150";
+    /// The MeshConfig in force was deleted; its last settings stay in force.
+    pub const MESH_CONFIG_DELETED: &str = "E4151";
 }
 
 /// An object (or part of one) the policy cannot use.
@@ -279,6 +283,19 @@ pub fn compute<'a>(
             );
             continue;
         }
+        if tt.destination.namespace.is_empty() {
+            // Never read as "the TrafficTarget's namespace": an absent namespace grants nothing (as OSM,
+            // which compares the empty string with the TrafficTarget's namespace and ignores the target).
+            fail(
+                codes::TARGET_NAMESPACE_MISMATCH,
+                format!(
+                    "spec.destination.namespace is missing; the target is ignored (set it to {:?}, the \
+                     TrafficTarget's namespace)",
+                    tt.namespace
+                ),
+            );
+            continue;
+        }
         if tt.destination.namespace != tt.namespace {
             fail(
                 codes::TARGET_NAMESPACE_MISMATCH,
@@ -296,7 +313,12 @@ pub fn compute<'a>(
         }
         let mut sources = BTreeSet::new();
         for s in &tt.sources {
-            if s.kind == "ServiceAccount" {
+            if s.kind == "ServiceAccount" && s.namespace.is_empty() {
+                fail(
+                    codes::SOURCE_NO_NAMESPACE,
+                    format!("source ServiceAccount {:?} names no namespace; that source is ignored", s.name),
+                );
+            } else if s.kind == "ServiceAccount" {
                 sources.insert(ServiceIdentity::new(s.name.clone(), s.namespace.clone()));
             } else {
                 fail(
@@ -593,6 +615,25 @@ mod tests {
         assert_eq!(regex.object.to_string(), "HTTPRouteGroup books/routes");
         assert!(
             regex.to_string().starts_with("[E2025] HTTPRouteGroup books/routes: match \"bad-re\": pathRegex \"/(\"")
+        );
+    }
+
+    #[test]
+    fn a_missing_namespace_grants_nothing() {
+        let groups = [group("routes", vec![m("ok", "/ok", &[], &[])])];
+        let mut no_dest_ns = target("no-dest-ns", "store", &["buyer"], vec![rule("HTTPRouteGroup", "routes", &[])]);
+        no_dest_ns.destination.namespace = String::new();
+        let mut no_src_ns = target("no-src-ns", "shelf", &["buyer"], vec![rule("HTTPRouteGroup", "routes", &[])]);
+        no_src_ns.sources[0].namespace = String::new();
+        let p = run(&[no_dest_ns, no_src_ns], &groups, &[]);
+        let mut got = codes_of(&p);
+        got.sort();
+        assert_eq!(got, vec![codes::TARGET_NAMESPACE_MISMATCH, codes::SOURCE_NO_NAMESPACE], "{:#?}", p.errors);
+        assert!(p.outbound.is_empty(), "{:?}", p.outbound);
+        assert!(p.inbound.values().all(|i| i.http.values().all(|s| s.is_empty())), "{:?}", p.inbound);
+        assert!(
+            p.errors[0].reason.contains("spec.destination.namespace is missing")
+                || p.errors[1].reason.contains("spec.destination.namespace is missing")
         );
     }
 

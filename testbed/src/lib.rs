@@ -721,6 +721,12 @@ impl LocalMesh {
         Ok(text)
     }
 
+    /// Deletes a file of the live mesh directory (its objects are deleted from the mesh).
+    pub fn remove_mesh_file(&self, name: &str) -> Result<(), TestbedError> {
+        let path = self.mesh_dir.join(name);
+        fs::remove_file(&path).map_err(io(&path))
+    }
+
     /// Replaces (or creates) a file in the live mesh directory, atomically.
     pub fn write_mesh_file(&self, name: &str, contents: &str) -> Result<(), TestbedError> {
         let tmp = self.mesh_dir.join(format!(".{name}.tmp"));

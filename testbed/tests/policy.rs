@@ -283,4 +283,53 @@ fn invalid_policy_is_reported_with_its_code_and_the_rest_keeps_working() {
     }
     expect(&mesh, CLIENT, API, &[], "200");
     assert_eq!(outcome(&mesh, THIEF, API, &[]), "error");
+    check_fails_closed(&mesh);
+}
+
+/// Waits until every sidecar holds the mesh's latest change (the controller's generation), so what is
+/// checked next is the configuration after the change, not before it.
+fn wait_in_force(mesh: &LocalMesh) {
+    let out = mesh.osm(&["proxy", "status", "--wait", "--timeout-s", "30"]).unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Neither a TrafficTarget without a destination namespace nor a deleted MeshConfig opens access.
+fn check_fails_closed(mesh: &LocalMesh) {
+    mesh.write_mesh_file(
+        "no-namespace.yaml",
+        "apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {name: thief-no-ns, namespace: demo}\n\
+         spec:\n  destination: {kind: ServiceAccount, name: server}\n\
+         \x20 sources: [{kind: ServiceAccount, name: thief, namespace: demo}]\n\
+         \x20 rules: [{kind: HTTPRouteGroup, name: api}]\n---\n\
+         apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {name: thief-no-src-ns, namespace: demo}\n\
+         spec:\n  destination: {kind: ServiceAccount, name: server, namespace: demo}\n\
+         \x20 sources: [{kind: ServiceAccount, name: thief}]\n\
+         \x20 rules: [{kind: HTTPRouteGroup, name: api}]\n",
+    )
+    .unwrap();
+    mesh.eventually(WAIT, "the controller to refuse both targets with their codes", || {
+        let log = mesh.controller_output();
+        (log.contains("TrafficTarget demo/thief-no-ns")
+            && log.contains("spec.destination.namespace is missing")
+            && log.contains("error_code=\"E2030\""))
+        .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", mesh.controller_output()));
+    wait_in_force(mesh);
+    assert_eq!(outcome(mesh, THIEF, API, &[]), "error");
+    let clusters = mesh.admin(THIEF, "/clusters").unwrap();
+    assert!(!clusters.contains("demo/server"), "the thief must get no server cluster:\n{clusters}");
+
+    // The MeshConfig (SMI mode) is deleted: its settings stay in force, and the deletion is reported.
+    mesh.remove_mesh_file("meshconfig.yaml").unwrap();
+    mesh.eventually(WAIT, "the controller to report the deleted MeshConfig", || {
+        mesh.controller_output().contains("error_code=\"E4151\"").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", mesh.controller_output()));
+    wait_in_force(mesh);
+    assert_eq!(outcome(mesh, THIEF, API, &[]), "error");
+    assert_eq!(outcome(mesh, CLIENT, "http://10.96.0.10/admin", &[]), DENIED);
+    expect(mesh, CLIENT, API, &[], "200");
+    let summary = mesh.controller_http("/status/mesh").unwrap();
+    assert!(summary.contains("deleted; its last settings kept"), "{summary}");
 }
