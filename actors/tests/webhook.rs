@@ -207,3 +207,71 @@ async fn policy_that_could_never_be_in_force_is_refused_with_what_to_fix() {
     assert_eq!(resp["allowed"], false);
     assert!(resp["status"]["message"].as_str().unwrap().contains("destinaton"), "{resp}");
 }
+
+/// The review answered for `object` under `kind` and `operation`.
+fn review_of(uid: &str, kind: &str, operation: &str, object: Value) -> Value {
+    let mut review = pod_review(uid, object, false);
+    review["request"]["kind"]["kind"] = json!(kind);
+    review["request"]["operation"] = json!(operation);
+    review
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_json_reviews_of_pods_being_created_are_injected_and_every_refusal_keeps_the_uid() {
+    let sim = sim_with_namespace().await;
+    let hooks = Webhooks::start(&sim).await;
+    let review = pod_review("t-1", pod(json!({})), false).to_string();
+    // Not JSON by its media type: 415 before anything is read, nothing created.
+    for path in ["/mutate-pod-creation", "/validate"] {
+        let (status, body) = apisim::webhook::post_as(
+            hooks.addr(),
+            "osm-injector.osm-system.svc",
+            &hooks.root_pem,
+            path,
+            "text/plain",
+            review.as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 415, "{path}: {}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("E7013"));
+    }
+    assert!(secrets(&sim).is_empty(), "a refused request creates no Secret");
+
+    // Well-formed reviews of something that is not a readable pod: denied as reviews, uid echoed.
+    let mut broken = pod(json!({}));
+    broken["spec"]["containers"] = json!("app");
+    let resp = hooks.review("/mutate-pod-creation", &pod_review("t-2", broken, false)).await;
+    assert_eq!((resp["uid"].as_str(), &resp["allowed"]), (Some("t-2"), &json!(false)), "{resp}");
+    assert!(resp["status"]["message"].as_str().unwrap().contains("E7014"), "{resp}");
+    let config_map = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "shop"}});
+    let resp = hooks.review("/mutate-pod-creation", &review_of("t-3", "ConfigMap", "CREATE", config_map)).await;
+    assert_eq!((resp["uid"].as_str(), &resp["allowed"]), (Some("t-3"), &json!(false)), "{resp}");
+    assert!(resp["status"]["message"].as_str().unwrap().contains("ConfigMap"), "{resp}");
+
+    // An UPDATE is let through unchanged: no patch, no Secret.
+    let resp = hooks.review("/mutate-pod-creation", &review_of("t-4", "Pod", "UPDATE", pod(json!({})))).await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    assert!(resp.get("patch").is_none_or(Value::is_null), "an update is not injected: {resp}");
+    assert!(secrets(&sim).is_empty());
+
+    // A copy of an injected pod would share its proxy identity: refused, naming the pod.
+    let resp = hooks.review("/mutate-pod-creation", &pod_review("t-5", pod(json!({})), false)).await;
+    let patch = base64::engine::general_purpose::STANDARD.decode(resp["patch"].as_str().unwrap()).unwrap();
+    let mut injected = pod(json!({}));
+    json_patch::patch(&mut injected, &serde_json::from_slice::<json_patch::Patch>(&patch).unwrap()).unwrap();
+    injected["metadata"]["name"] = json!("web-copy");
+    let resp = hooks.review("/mutate-pod-creation", &pod_review("t-6", injected, false)).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let message = resp["status"]["message"].as_str().unwrap();
+    assert!(message.contains("E7007") && message.contains("shop/web-copy"), "{resp}");
+    assert_eq!(secrets(&sim).len(), 1, "only the first admission signed and stored an identity");
+
+    // A Windows pod: the mesh has no Windows sidecar, so it is refused rather than given a Linux one.
+    let mut windows = pod(json!({}));
+    windows["spec"]["nodeSelector"] = json!({"kubernetes.io/os": "windows"});
+    let resp = hooks.review("/mutate-pod-creation", &pod_review("t-7", windows, false)).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    assert!(resp["status"]["message"].as_str().unwrap().contains("E7008"), "{resp}");
+    assert_eq!(secrets(&sim).len(), 1);
+}

@@ -19,6 +19,18 @@ pub async fn post(
     path: &str,
     body: &[u8],
 ) -> Result<(u16, Vec<u8>), SimError> {
+    post_as(addr, server_name, ca_pem, path, "application/json", body).await
+}
+
+/// [`post`] with another `Content-Type`.
+pub async fn post_as(
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), SimError> {
     let fail = |e: &dyn std::fmt::Display| SimError::Object(format!("webhook {server_name}{path}: {e}"));
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -34,7 +46,7 @@ pub async fn post(
     let name = ServerName::try_from(server_name.to_owned()).map_err(|e| fail(&e))?;
     let mut tls = connector.connect(name, tcp).await.map_err(|e| fail(&e))?;
     let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: {server_name}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+        "POST {path} HTTP/1.1\r\nhost: {server_name}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
          connection: close\r\n\r\n",
         body.len()
     );

@@ -33,6 +33,8 @@ pub const ENVOY_CONTAINER: &str = "envoy";
 pub const INIT_CONTAINER: &str = "osm-init";
 pub const BOOTSTRAP_VOLUME: &str = "envoy-bootstrap-config-volume";
 pub const BOOTSTRAP_MOUNT: &str = "/etc/envoy";
+/// The node label (and pod nodeSelector key) that names the operating system.
+pub const OS_LABEL: &str = "kubernetes.io/os";
 
 /// The bootstrap Secret of a proxy.
 pub fn bootstrap_secret_name(uuid: &ProxyUuid) -> String {
@@ -54,6 +56,16 @@ pub enum InjectError {
     MeshConfig(String),
     #[error("E7006: the pod has no name and no generateName")]
     Unnamed,
+    #[error(
+        "E7007: pod {pod} already carries a sidecar (osm-proxy-uuid {uuid}): a copy of an injected pod would share \
+         its proxy identity; create it from the original spec, without the envoy and osm-init containers and the label"
+    )]
+    AlreadyInjected { pod: String, uuid: String },
+    #[error(
+        "E7008: pod {pod} runs on Windows (nodeSelector kubernetes.io/os=windows): the mesh has no Windows sidecar; \
+         disable injection for it (annotation openservicemesh.io/sidecar-injection: disabled)"
+    )]
+    Windows { pod: String },
 }
 
 /// What the injector puts into pods; from the command line and the MeshConfig's `sidecar` and `traffic`
@@ -174,11 +186,6 @@ pub fn decide(pod: &core::Pod, ns: &core::Namespace, s: &InjectorSettings) -> Re
     if label(MONITORED_BY_LABEL) != Some(s.mesh_name.as_str()) || label(IGNORE_LABEL) == Some("true") {
         return skip("the namespace is not in this mesh");
     }
-    let has_label = pod.metadata.labels.as_ref().is_some_and(|l| l.contains_key(PROXY_UUID_LABEL));
-    let has_envoy = pod.spec.as_ref().is_some_and(|sp| sp.containers.iter().any(|c| c.name == ENVOY_CONTAINER));
-    if has_label && has_envoy {
-        return skip("the pod already has its sidecar");
-    }
     let pod_name = pod.metadata.name.clone().or_else(|| pod.metadata.generate_name.clone()).unwrap_or_default();
     let on_pod = annotation(&pod.metadata, INJECTION_ANNOTATION)
         .map(|v| switch(INJECTION_ANNOTATION, v, format!("pod {ns_name}/{pod_name}")))
@@ -187,7 +194,20 @@ pub fn decide(pod: &core::Pod, ns: &core::Namespace, s: &InjectorSettings) -> Re
         .map(|v| switch(INJECTION_ANNOTATION, v, format!("namespace {ns_name}")))
         .transpose()?;
     match on_pod.or(on_ns) {
-        Some(true) => Ok(Decision::Inject),
+        Some(true) => {
+            // A copy of an injected pod (its spec taken from a running one) would share that pod's proxy
+            // UUID, and so its identity and bootstrap Secret: refused rather than served twice.
+            let uuid = pod.metadata.labels.as_ref().and_then(|l| l.get(PROXY_UUID_LABEL));
+            let has_envoy = pod.spec.as_ref().is_some_and(|sp| sp.containers.iter().any(|c| c.name == ENVOY_CONTAINER));
+            if let Some(uuid) = uuid.filter(|_| has_envoy) {
+                return Err(InjectError::AlreadyInjected { pod: format!("{ns_name}/{pod_name}"), uuid: uuid.clone() });
+            }
+            let os = pod.spec.as_ref().and_then(|sp| sp.node_selector.as_ref()).and_then(|n| n.get(OS_LABEL));
+            if os.is_some_and(|os| os.eq_ignore_ascii_case("windows")) {
+                return Err(InjectError::Windows { pod: format!("{ns_name}/{pod_name}") });
+            }
+            Ok(Decision::Inject)
+        }
         Some(false) => skip("injection is disabled by annotation"),
         None => skip("neither the pod nor its namespace enables injection"),
     }

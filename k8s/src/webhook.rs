@@ -6,22 +6,24 @@
 //!   be in force — a misspelt field, a name the mesh cannot use, a TrafficTarget outside its destination's
 //!   namespace, an invalid regex — with the message (and stable code) the controller would otherwise log.
 //!
-//! Bodies are bounded ([`MAX_REVIEW_BYTES`]); a body that is not an AdmissionReview gets `400` with the
-//! reason, never a crash.
+//! Bodies are bounded ([`MAX_REVIEW_BYTES`]); a body that is not JSON gets `415`, one that is not an
+//! AdmissionReview `400` with the reason, never a crash. A review of something the webhook cannot read
+//! (a pod whose `containers` is a string, a ConfigMap sent to the injector) is answered as a review:
+//! denied, with its uid and a code. Injection happens on CREATE only.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use certs::CertificateAuthority;
 use k8s_openapi::api::core::v1 as core;
 use kube::api::{Api, PostParams};
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use messages::ProxyUuid;
 use serde_json::Value;
 
@@ -74,8 +76,42 @@ fn review_response(resp: AdmissionResponse) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn bad_request(reason: String) -> Response {
-    (StatusCode::BAD_REQUEST, format!("E7010: not an AdmissionReview v1: {reason}\n")).into_response()
+/// Refusals of what is not an admission review at all (wrong media type, not JSON, no request): a
+/// hostile peer may send these at any rate, so their log lines are limited.
+static REFUSALS: std::sync::LazyLock<messages::ratelog::LogLimiter> =
+    std::sync::LazyLock::new(|| messages::ratelog::LogLimiter::new(std::time::Duration::from_secs(10)));
+
+fn refuse(status: StatusCode, kind: &'static str, path: &str, reason: String) -> Response {
+    if let Some(left_out) = REFUSALS.admit(kind) {
+        tracing::warn!(
+            path,
+            status = status.as_u16(),
+            left_out_since_last = left_out,
+            "admission request refused: {}",
+            messages::ratelog::peer_str(&reason)
+        );
+    }
+    (status, format!("{reason}\n")).into_response()
+}
+
+/// The API server sends reviews as `application/json`; anything else is refused before it is read (as
+/// OSM's webhooks answer 415): the refusal, if so.
+fn not_json(headers: &HeaderMap, path: &str) -> Option<Response> {
+    let media = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = media.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        return None;
+    }
+    Some(refuse(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "media_type",
+        path,
+        format!("E7013: Content-Type {media:?} is not application/json"),
+    ))
+}
+
+fn bad_request(path: &str, reason: String) -> Response {
+    refuse(StatusCode::BAD_REQUEST, "not_a_review", path, format!("E7010: not an AdmissionReview v1: {reason}"))
 }
 
 /// The review's request, or why the body is not one (answered with 400).
@@ -87,15 +123,32 @@ where
     review.try_into().map_err(|_| "it has no request".to_owned())
 }
 
-async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
-    let req: AdmissionRequest<core::Pod> = match parse(&body) {
+/// `namespace/name` of the object under review, for logs (a pod being created may have only a
+/// generateName).
+fn object_name(req: &AdmissionRequest<DynamicObject>) -> String {
+    let meta = req.object.as_ref().map(|o| &o.metadata);
+    let name = meta
+        .and_then(|m| m.name.clone().or_else(|| m.generate_name.clone()))
+        .or_else(|| Some(req.name.clone()).filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| "<unnamed>".to_owned());
+    let namespace = req.namespace.clone().or_else(|| meta.and_then(|m| m.namespace.clone())).unwrap_or_default();
+    messages::ratelog::peer_str(&format!("{namespace}/{name}"))
+}
+
+async fn mutate(State(state): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = not_json(&headers, "/mutate-pod-creation") {
+        return refused;
+    }
+    // Read as any object first, so a review that is well formed but carries something other than a
+    // readable pod is still answered as a review (denied, with its uid) rather than with a bare 400.
+    let req: AdmissionRequest<DynamicObject> = match parse(&body) {
         Ok(r) => r,
-        Err(reason) => return bad_request(reason),
+        Err(reason) => return bad_request("/mutate-pod-creation", reason),
     };
-    let resp = match injection(&state, &req).await {
+    let resp = match review_pod(&state, &req).await {
         Ok(resp) => resp,
         Err(reason) => {
-            tracing::warn!(uid = %req.uid, namespace = ?req.namespace, "sidecar injection refused: {reason}");
+            tracing::warn!(uid = %req.uid, pod = %object_name(&req), "sidecar injection refused: {reason}");
             AdmissionResponse::from(&req).deny(reason)
         }
     };
@@ -103,8 +156,29 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
     review_response(resp)
 }
 
-async fn injection(state: &WebhookState, req: &AdmissionRequest<core::Pod>) -> Result<AdmissionResponse, String> {
-    let pod = req.object.as_ref().ok_or("the request carries no pod")?;
+/// Injection is for pods being created; anything else under review is let through unchanged, or
+/// refused when it cannot be what the webhook is registered for.
+async fn review_pod(state: &WebhookState, req: &AdmissionRequest<DynamicObject>) -> Result<AdmissionResponse, String> {
+    if req.kind.kind != "Pod" || !req.kind.group.is_empty() {
+        return Err(format!("E7014: the injector reviews Pods, not {:?}", req.kind.kind));
+    }
+    if req.operation != Operation::Create {
+        // A sidecar is added when the pod is created; an update must not add another (nor sign and
+        // store a second identity for the same pod).
+        tracing::debug!(pod = %object_name(req), operation = ?req.operation, "not a CREATE: left unchanged");
+        return Ok(AdmissionResponse::from(req));
+    }
+    let object = req.object.as_ref().ok_or("E7014: the request carries no pod")?;
+    let value = serde_json::to_value(object).map_err(|e| format!("E7014: the pod cannot be read: {e}"))?;
+    let pod: core::Pod = serde_json::from_value(value).map_err(|e| format!("E7014: the pod cannot be read: {e}"))?;
+    injection(state, req, &pod).await
+}
+
+async fn injection(
+    state: &WebhookState,
+    req: &AdmissionRequest<DynamicObject>,
+    pod: &core::Pod,
+) -> Result<AdmissionResponse, String> {
     let namespace = req.namespace.clone().or_else(|| pod.metadata.namespace.clone()).unwrap_or_default();
     let ns = Api::<core::Namespace>::all(state.client.clone())
         .get(&namespace)
@@ -139,8 +213,7 @@ async fn injection(state: &WebhookState, req: &AdmissionRequest<core::Pod>) -> R
             .map_err(|e| format!("E7012: cannot create the bootstrap Secret in {namespace:?}: {e}"))?;
     }
     tracing::info!(
-        namespace,
-        pod = ?req.object.as_ref().and_then(|p| p.metadata.name.clone().or(p.metadata.generate_name.clone())),
+        pod = %object_name(req),
         proxy = injection.uuid.as_str(),
         dry_run = req.dry_run,
         "sidecar injected"
@@ -154,14 +227,26 @@ async fn injection(state: &WebhookState, req: &AdmissionRequest<core::Pod>) -> R
     Ok(resp)
 }
 
-async fn validate(State(state): State<WebhookState>, body: Bytes) -> Response {
+async fn validate(State(state): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = not_json(&headers, "/validate") {
+        return refused;
+    }
     let req: AdmissionRequest<DynamicObject> = match parse(&body) {
         Ok(r) => r,
-        Err(reason) => return bad_request(reason),
+        Err(reason) => return bad_request("/validate", reason),
     };
     let resp = match req.object.as_ref().map(|o| check_object(&req.kind.kind, o)) {
         None | Some(Ok(())) => AdmissionResponse::from(&req),
-        Some(Err(reason)) => AdmissionResponse::from(&req).deny(reason),
+        Some(Err(reason)) => {
+            tracing::warn!(
+                uid = %req.uid,
+                kind = %messages::ratelog::peer_str(&req.kind.kind),
+                object = %object_name(&req),
+                operation = ?req.operation,
+                "admission refused: {reason}"
+            );
+            AdmissionResponse::from(&req).deny(reason)
+        }
     };
     (state.observe)(&req.kind.kind, resp.allowed);
     review_response(resp)
@@ -187,7 +272,7 @@ const SELF_CONTAINED: &[&str] = &[
 pub fn check_object(kind: &str, obj: &DynamicObject) -> Result<(), String> {
     let value = serde_json::to_value(obj).map_err(|e| e.to_string())?;
     fn typed<T: serde::de::DeserializeOwned>(kind: &str, v: Value) -> Result<T, String> {
-        serde_json::from_value(v).map_err(|e| format!("{kind}: {e}"))
+        serde_json::from_value(v).map_err(|e| format!("E7014: the {kind} does not match its schema: {e}"))
     }
     let (mut targets, mut groups, mut routes, mut splits) = (vec![], vec![], vec![], vec![]);
     let conv = |e: convert::ConvertError| e.to_string();

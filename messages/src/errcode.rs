@@ -197,6 +197,16 @@ pub const CODES: &[ErrorCode] = &[
         fix: "Give the pod a name or generateName.",
     },
     ErrorCode {
+        code: "E7007",
+        cause: "Sidecar injection: the pod already carries a sidecar and a proxy UUID (a copy of an injected pod); it would share that pod's proxy identity.",
+        fix: "Create the pod from its original spec (without the envoy and osm-init containers and the osm-proxy-uuid label).",
+    },
+    ErrorCode {
+        code: "E7008",
+        cause: "Sidecar injection: the pod runs on Windows (nodeSelector kubernetes.io/os=windows), for which the mesh has no sidecar.",
+        fix: "Disable injection for the pod (annotation openservicemesh.io/sidecar-injection: disabled).",
+    },
+    ErrorCode {
         code: "E7010",
         cause: "An admission webhook received a request that is not an AdmissionReview v1.",
         fix: "Point only Kubernetes admission webhook configurations (admissionReviewVersions: [v1]) at it.",
@@ -210,6 +220,16 @@ pub const CODES: &[ErrorCode] = &[
         code: "E7012",
         cause: "Sidecar injection: the pod's bootstrap Secret could not be created.",
         fix: "Check the controller's RBAC for Secrets in the pod's namespace.",
+    },
+    ErrorCode {
+        code: "E7013",
+        cause: "An admission webhook received a body whose Content-Type is not application/json (answered 415).",
+        fix: "Send AdmissionReviews as application/json, as the API server does.",
+    },
+    ErrorCode {
+        code: "E7014",
+        cause: "An admission review carries an object the webhook cannot read as its kind (a pod whose containers is not a list, a misspelt field, another kind than the webhook reviews); denied with the review's uid.",
+        fix: "Correct the object (the message names the field), or the webhook configuration's rules.",
     },
 ];
 

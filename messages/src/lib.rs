@@ -11,6 +11,7 @@ pub mod events;
 pub mod model;
 pub mod path;
 pub mod policy;
+pub mod ratelog;
 
 pub use catalog::{Dirty, MeshCatalog, ProxyView, ResolvedPort, ServiceView, VerifyError};
 pub use events::{DEFAULT_SOURCE, Reset, SourceEvent};

@@ -8,9 +8,6 @@ pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 pub const MAX_NAMES_PER_TYPE: usize = 32_768;
 /// Longest resource name accepted (Kubernetes names make ours at most a few hundred bytes).
 pub const MAX_NAME_BYTES: usize = 1024;
-/// Longest peer-supplied string written to a log.
-const MAX_LOGGED_BYTES: usize = 256;
-
 /// Checks the names of a request: `count` names in all (held + subscribed), each short enough.
 pub fn check_names<'a>(count: usize, names: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
     if count > MAX_NAMES_PER_TYPE {
@@ -22,35 +19,12 @@ pub fn check_names<'a>(count: usize, names: impl IntoIterator<Item = &'a String>
     Ok(())
 }
 
-/// A string from a peer, fit for a log line: control characters escaped (no forged lines), and cut to a
-/// bounded length with the original size noted.
-pub fn peer_str(s: &str) -> String {
-    let mut out = String::new();
-    for c in s.chars() {
-        if out.len() >= MAX_LOGGED_BYTES {
-            out.push_str(&format!("…({} bytes)", s.len()));
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+/// A string from a peer, fit for a log line (shared with the admission webhooks).
+pub use messages::ratelog::peer_str;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn peer_strings_cannot_forge_lines_or_flood_the_log() {
-        assert_eq!(peer_str("a\nINFO forged\r"), "a\\nINFO forged\\r");
-        let long = "x".repeat(100_000);
-        let logged = peer_str(&long);
-        assert!(logged.len() < 300 && logged.ends_with("…(100000 bytes)"), "{logged}");
-    }
 
     #[test]
     fn name_bounds() {

@@ -3,10 +3,9 @@
 //! counting. A sidecar bootstrapped against another mesh root otherwise just never connects, with nothing
 //! said on either side.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use rustls::client::danger::HandshakeSignatureValid;
@@ -266,7 +265,7 @@ fn classify(e: &std::io::Error) -> (&'static str, String) {
 /// `EVERY`, with how many were not logged in between.
 struct Reporter {
     sink: FailureSink,
-    last: Mutex<HashMap<&'static str, (Instant, u64)>>,
+    limiter: messages::ratelog::LogLimiter,
 }
 
 const EVERY: Duration = Duration::from_secs(10);
@@ -274,14 +273,7 @@ const EVERY: Duration = Duration::from_secs(10);
 impl Reporter {
     fn report(&self, failure: HandshakeFailure) {
         (self.sink)(&failure);
-        let Ok(mut last) = self.last.lock() else { return };
-        let entry = last.entry(failure.reason).or_insert((Instant::now() - EVERY - EVERY, 0));
-        if entry.0.elapsed() < EVERY {
-            entry.1 += 1;
-            return;
-        }
-        let suppressed = std::mem::take(&mut entry.1);
-        entry.0 = Instant::now();
+        let Some(suppressed) = self.limiter.admit(failure.reason) else { return };
         tracing::warn!(
             reason = failure.reason, peer = ?failure.peer, suppressed_since_last = suppressed,
             error_code = messages::errcode::ADS_HANDSHAKE_FAILED,
@@ -304,7 +296,7 @@ where
     // Handshaken connections wait here for the HTTP/2 server; small, since it takes them at once.
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
-    let reporter = Arc::new(Reporter { sink, last: Mutex::default() });
+    let reporter = Arc::new(Reporter { sink, limiter: messages::ratelog::LogLimiter::new(EVERY) });
     tokio::spawn(async move {
         let mut tcp = std::pin::pin!(tcp);
         loop {
