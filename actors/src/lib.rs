@@ -96,6 +96,7 @@ impl KubernetesSource {
             watch: k8s::watch::WatchConfig { mesh_name: mesh_name.to_owned(), osm_namespace: osm_namespace.to_owned() },
             injector: k8s::inject::InjectorSettings::new(mesh_name, osm_namespace),
             webhook_addr: None,
+            validator_addr: None,
             replica_id: replica_id.into(),
             lease: Default::default(),
         }
@@ -109,8 +110,10 @@ pub struct KubernetesSource {
     pub watch: k8s::watch::WatchConfig,
     /// What the sidecar injector puts into pods (a MeshConfig overrides it per request).
     pub injector: k8s::inject::InjectorSettings,
-    /// The admission webhooks' HTTPS address (OSM: the injector's 9090); `None` serves none.
+    /// The sidecar injector's HTTPS address (OSM: 9090); `None` serves none.
     pub webhook_addr: Option<SocketAddr>,
+    /// The validating webhook's HTTPS address (OSM: 9093); `None` serves none.
+    pub validator_addr: Option<SocketAddr>,
     /// This replica's name in the leader election (its pod's name on a cluster).
     pub replica_id: String,
     pub lease: k8s::duties::LeaseTiming,
@@ -121,8 +124,10 @@ pub struct KubernetesSource {
 pub struct Listeners {
     pub ads: tokio::net::TcpListener,
     pub http: Option<tokio::net::TcpListener>,
-    /// The admission webhooks (Kubernetes only).
+    /// The sidecar injector (Kubernetes only).
     pub webhook: Option<tokio::net::TcpListener>,
+    /// The validating webhook (Kubernetes only).
+    pub validator: Option<tokio::net::TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +244,11 @@ pub async fn run(config: ControllerConfig, shutdown: impl Future<Output = ()> + 
         Some(addr) => Some(bind(addr)?),
         None => None,
     };
-    run_on(config, Listeners { ads, http, webhook }, shutdown).await
+    let validator = match config.kubernetes.as_ref().and_then(|k| k.validator_addr) {
+        Some(addr) => Some(bind(addr)?),
+        None => None,
+    };
+    run_on(config, Listeners { ads, http, webhook, validator }, shutdown).await
 }
 
 /// The actors and the thread their actix system runs on.
@@ -328,14 +337,15 @@ impl ActorSystem {
     }
 }
 
-/// The admission webhooks over HTTPS, with a certificate from the mesh CA for the names the chart's
-/// Services give them (the webhook configurations trust the mesh root).
-fn serve_webhooks(
-    listener: tokio::net::TcpListener,
+/// The admission webhooks over HTTPS (the injector and the validator, each on its listener), with a
+/// certificate from the mesh CA for the names the chart's Services give them (the webhook
+/// configurations trust the mesh root).
+fn serve_webhooks<F: Future<Output = ()> + Send + 'static>(
+    listeners: [Option<tokio::net::TcpListener>; 2],
     ns: &str,
     state: k8s::webhook::WebhookState,
     limits: http::HttpLimits,
-    until: impl Future<Output = ()> + Send + 'static,
+    until: impl Fn() -> F,
 ) -> Result<(), ControllerError> {
     let names: Vec<String> = ["osm-injector", "osm-validator", "osm-controller"]
         .iter()
@@ -344,13 +354,22 @@ fn serve_webhooks(
         .collect();
     let cert = state.ca.issue_server(&format!("osm-injector.{ns}.svc"), &names, ::certs::LONG_VALIDITY)?;
     let tls = http::tls_acceptor(&cert.cert_pem, &cert.key_pem)?;
-    let addr = listener.local_addr().ok();
-    tokio::spawn(async move {
-        if let Err(e) = http::serve_router(listener, k8s::webhook::router(state), limits, Some(tls), until).await {
-            tracing::error!(error = %e, "admission webhooks failed");
-        }
-    });
-    tracing::info!(addr = ?addr, "admission webhooks listening (HTTPS: /mutate-pod-creation, /validate)");
+    let [injector, validator] = listeners;
+    let routers = [
+        (injector, k8s::webhook::injector_router(state.clone()), "sidecar injector (HTTPS: /mutate-pod-creation)"),
+        (validator, k8s::webhook::validator_router(state), "validating webhook (HTTPS: /validate)"),
+    ];
+    for (listener, router, what) in routers {
+        let Some(listener) = listener else { continue };
+        let addr = listener.local_addr().ok();
+        let (tls, limits, until) = (tls.clone(), limits.clone(), until());
+        tokio::spawn(async move {
+            if let Err(e) = http::serve_router(listener, router, limits, Some(tls), until).await {
+                tracing::error!(error = %e, "{what} failed");
+            }
+        });
+        tracing::info!(addr = ?addr, "{what} listening");
+    }
     Ok(())
 }
 
@@ -441,7 +460,9 @@ pub async fn run_on(
         (None, None) => CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)?,
     };
     let ca = Arc::new(ca);
-    if let (Some(listener), Some((k, client))) = (listeners.webhook, &cluster) {
+    if let Some((k, client)) = &cluster
+        && (listeners.webhook.is_some() || listeners.validator.is_some())
+    {
         let state = k8s::webhook::WebhookState {
             client: client.clone(),
             ca: ca.clone(),
@@ -451,7 +472,8 @@ pub async fn run_on(
                 Arc::new(move |kind, allowed| metrics.admission(kind, allowed))
             },
         };
-        serve_webhooks(listener, &k.watch.osm_namespace, state, config.http_limits.clone(), stopped())?;
+        let listeners = [listeners.webhook, listeners.validator];
+        serve_webhooks(listeners, &k.watch.osm_namespace, state, config.http_limits.clone(), &stopped)?;
     }
     let election = match &cluster {
         Some((k, client)) => {

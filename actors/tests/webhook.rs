@@ -13,6 +13,7 @@ mod common;
 
 struct Webhooks {
     port: u16,
+    validator_port: u16,
     root_pem: String,
     // Dropped first: the controller stops before its directory goes.
     _running: common::Running,
@@ -34,19 +35,30 @@ impl Webhooks {
             "test",
         ));
         let running = common::Running::start(config);
-        Self { port: running.webhook_port, root_pem: ca.root_pem().to_owned(), _running: running, _dir: dir }
+        Self {
+            port: running.webhook_port,
+            validator_port: running.validator_port,
+            root_pem: ca.root_pem().to_owned(),
+            _running: running,
+            _dir: dir,
+        }
     }
 
-    fn addr(&self) -> std::net::SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
+    /// The injector on OSM's 9090 serves `/mutate-pod-creation`, the validator on 9093 `/validate`.
+    fn addr(&self, path: &str) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], if path == "/validate" { self.validator_port } else { self.port }).into()
+    }
+
+    fn server_name(path: &str) -> &'static str {
+        if path == "/validate" { "osm-validator.osm-system.svc" } else { "osm-injector.osm-system.svc" }
     }
 
     async fn post(&self, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        apisim::webhook::post(self.addr(), "osm-injector.osm-system.svc", &self.root_pem, path, body).await.unwrap()
+        apisim::webhook::post(self.addr(path), Self::server_name(path), &self.root_pem, path, body).await.unwrap()
     }
 
     async fn review(&self, path: &str, review: &Value) -> Value {
-        apisim::webhook::review(self.addr(), "osm-injector.osm-system.svc", &self.root_pem, path, review).await.unwrap()
+        apisim::webhook::review(self.addr(path), Self::server_name(path), &self.root_pem, path, review).await.unwrap()
     }
 }
 
@@ -155,6 +167,17 @@ async fn malformed_oversized_and_bad_reviews_get_errors_and_the_server_keeps_ser
     let resp = hooks.review("/mutate-pod-creation", &pod_review("u-4", typo, false)).await;
     assert_eq!(resp["allowed"], false);
     assert!(resp["status"]["message"].as_str().unwrap().contains("E7001"), "{resp}");
+    // Each port serves its own webhook only.
+    let (status, _) = apisim::webhook::post(
+        hooks.addr("/mutate-pod-creation"),
+        "osm-injector.osm-system.svc",
+        &hooks.root_pem,
+        "/validate",
+        b"{}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 404, "the injector's port does not validate");
     // Still serving.
     let resp = hooks.review("/mutate-pod-creation", &pod_review("u-5", pod(json!({})), false)).await;
     assert_eq!(resp["allowed"], true);
@@ -224,8 +247,8 @@ async fn only_json_reviews_of_pods_being_created_are_injected_and_every_refusal_
     // Not JSON by its media type: 415 before anything is read, nothing created.
     for path in ["/mutate-pod-creation", "/validate"] {
         let (status, body) = apisim::webhook::post_as(
-            hooks.addr(),
-            "osm-injector.osm-system.svc",
+            hooks.addr(path),
+            Webhooks::server_name(path),
             &hooks.root_pem,
             path,
             "text/plain",

@@ -1,7 +1,7 @@
 //! Duties of the controller replica that holds the Lease `osm-controller-leader` (coordination.k8s.io,
-//! through `kube-lease-manager`): filling the mesh root into the webhook configurations' CA bundles,
-//! creating the default MeshConfig when there is none (and again, with its last settings, when it is
-//! deleted), and making each injected pod the owner of its
+//! through `kube-lease-manager`), each a watch of its own: keeping the mesh root in the webhook
+//! configurations' CA bundles, creating the MeshConfig from the chart's preset when there is none (and
+//! again, with its last settings, when it is deleted), and making each injected pod the owner of its
 //! bootstrap Secret (so Kubernetes deletes the Secret with the pod). Every replica serves sidecars and
 //! webhooks; only these writes are done once.
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures::TryStreamExt as _;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher;
@@ -117,6 +117,69 @@ pub fn default_mesh_config_spec() -> crds::MeshConfigSpec {
     }
 }
 
+/// The ConfigMap the chart writes the MeshConfig's initial settings to (OSM's name and key).
+pub const PRESET_MESH_CONFIG: &str = "preset-mesh-config";
+const PRESET_KEY: &str = "preset-mesh-config.json";
+
+/// The spec to create the MeshConfig with: the chart's preset (ConfigMap [`PRESET_MESH_CONFIG`]), else
+/// OSM's defaults. A preset that cannot be read is reported and the defaults are used.
+pub async fn preset_mesh_config(client: &kube::Client, namespace: &str) -> crds::MeshConfigSpec {
+    let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+    let text = match api.get_opt(PRESET_MESH_CONFIG).await {
+        Ok(Some(cm)) => cm.data.and_then(|mut d| d.remove(PRESET_KEY)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, configmap = PRESET_MESH_CONFIG, "cannot read the MeshConfig preset; using the defaults");
+            None
+        }
+    };
+    let Some(text) = text else { return default_mesh_config_spec() };
+    match serde_json::from_str(&text) {
+        Ok(spec) => spec,
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                configmap = %format!("{namespace}/{PRESET_MESH_CONFIG}"),
+                "the MeshConfig preset is not a MeshConfig spec; using the defaults"
+            );
+            default_mesh_config_spec()
+        }
+    }
+}
+
+/// Keeps this mesh's webhook configurations' CA bundles on the mesh root: set once this replica leads,
+/// and again whenever the configurations change (a `helm upgrade` that rewrites them, say). Runs until
+/// the watches end.
+pub async fn keep_ca_bundles(client: kube::Client, mesh: String, ca_pem: String) {
+    use futures::StreamExt as _;
+    let by_name = |name: String| watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mutating = watcher::watcher(
+        Api::<MutatingWebhookConfiguration>::all(client.clone()),
+        by_name(mutating_webhook_name(&mesh)),
+    )
+    .default_backoff()
+    .map(|e| e.map(|_| ()));
+    let validating = watcher::watcher(
+        Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+        by_name(validating_webhook_name(&mesh)),
+    )
+    .default_backoff()
+    .map(|e| e.map(|_| ()));
+    let mut events = std::pin::pin!(futures::stream::select(mutating, validating));
+    while let Some(event) = events.next().await {
+        if let Err(e) = event {
+            tracing::debug!(error = %e, "webhook configuration watch failed; retrying");
+            continue;
+        }
+        let mut delay = Duration::from_millis(200);
+        while let Err(e) = patch_ca_bundles(&client, &mesh, &ca_pem).await {
+            tracing::warn!(error = %e, "cannot set the webhooks' CA bundle; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+}
+
 /// Creates the MeshConfig with `spec` when there is none; true when it did.
 pub async fn ensure_mesh_config(
     client: &kube::Client,
@@ -178,9 +241,12 @@ pub async fn keep_mesh_config(client: kube::Client, namespace: String) {
         if !gone {
             continue;
         }
-        let spec = last.clone().unwrap_or_else(default_mesh_config_spec);
         let mut delay = Duration::from_millis(200);
         loop {
+            let spec = match &last {
+                Some(spec) => spec.clone(),
+                None => preset_mesh_config(&client, &namespace).await,
+            };
             match ensure_mesh_config(&client, &namespace, &spec).await {
                 Ok(created) => {
                     if created && last.is_some() {
@@ -193,7 +259,13 @@ pub async fn keep_mesh_config(client: kube::Client, namespace: String) {
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot create the MeshConfig again; retrying");
+                    // Expected while this replica's validating webhook is not reachable yet (no endpoints
+                    // before it is ready, no CA bundle before the other duty set it): quiet until it lasts.
+                    if delay >= Duration::from_secs(5) {
+                        tracing::warn!(error = %e, "cannot create the MeshConfig yet; retrying");
+                    } else {
+                        tracing::debug!(error = %e, "cannot create the MeshConfig yet; retrying");
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
@@ -293,14 +365,18 @@ pub async fn run(
         .await?;
     let (mut leading, task) = manager.watch().await;
     let mut stop = std::pin::pin!(stop);
-    let mut owning: Option<[tokio::task::JoinHandle<()>; 2]> = None;
-    'election: loop {
+    let mut owning: Option<[tokio::task::JoinHandle<()>; 3]> = None;
+    loop {
         let is_leader = *leading.borrow_and_update();
         leader.store(is_leader, Ordering::Relaxed);
         match (is_leader, &owning) {
             (true, None) => {
+                // Each duty is a watch of its own, independent of the others: the CA bundles are filled even
+                // while the MeshConfig cannot be created yet (its creation goes through the validating
+                // webhook, which the API server trusts only once its bundle is there).
                 owning = Some([
                     tokio::spawn(own_bootstrap_secrets(client.clone())),
+                    tokio::spawn(keep_ca_bundles(client.clone(), config.mesh_name.clone(), ca_pem.clone())),
                     tokio::spawn(keep_mesh_config(client.clone(), config.osm_namespace.clone())),
                 ])
             }
@@ -311,25 +387,11 @@ pub async fn run(
             _ => {}
         }
         if is_leader {
-            tracing::info!(identity, lease = LEASE_NAME, "this replica leads: doing the one-time duties");
-            let mut delay = Duration::from_millis(200);
-            loop {
-                let done = async {
-                    ensure_mesh_config(&client, &config.osm_namespace, &default_mesh_config_spec()).await?;
-                    patch_ca_bundles(&client, &config.mesh_name, &ca_pem).await
-                };
-                match done.await {
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "leader duty failed; retrying");
-                        tokio::select! {
-                            () = tokio::time::sleep(delay) => {}
-                            () = &mut stop => break 'election,
-                        }
-                        delay = (delay * 2).min(Duration::from_secs(30));
-                    }
-                }
-            }
+            tracing::info!(
+                identity,
+                lease = LEASE_NAME,
+                "this replica leads: keeping the webhooks' CA bundles and the MeshConfig"
+            );
         }
         tokio::select! {
             changed = leading.changed() => if changed.is_err() { break },

@@ -1,4 +1,5 @@
-//! The admission webhooks (AdmissionReview v1), as an axum router the controller serves over HTTPS:
+//! The admission webhooks (AdmissionReview v1), as two axum routers the controller serves over HTTPS on
+//! OSM's ports (the injector on 9090, the validator on 9093):
 //!
 //! - `POST /mutate-pod-creation`: sidecar injection ([`crate::inject`]); creates the pod's bootstrap
 //!   Secret (not on a dry run) and answers with the JSON patch.
@@ -55,9 +56,18 @@ impl std::fmt::Debug for WebhookState {
     }
 }
 
-pub fn router(state: WebhookState) -> Router {
+/// The injector (OSM's `osm-injector` Service, port 9090): `/mutate-pod-creation`, `/healthz`.
+pub fn injector_router(state: WebhookState) -> Router {
     Router::new()
         .route("/mutate-pod-creation", post(mutate))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
+        .with_state(state)
+}
+
+/// The validator (OSM's `osm-validator` Service, port 9093): `/validate`, `/healthz`.
+pub fn validator_router(state: WebhookState) -> Router {
+    Router::new()
         .route("/validate", post(validate))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))

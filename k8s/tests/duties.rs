@@ -56,3 +56,54 @@ async fn a_deleted_mesh_config_comes_back_with_its_last_settings() {
     assert_eq!(back["spec"]["certificate"]["serviceCertValidityDuration"], "1h");
     keeper.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_config_is_created_from_the_charts_preset() {
+    let sim = ApiServer::start().await.unwrap();
+    sim.apply_yaml(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: preset-mesh-config, namespace: osm-system}\ndata:\n  \
+         preset-mesh-config.json: '{\"traffic\": {\"enablePermissiveTrafficPolicyMode\": false, \
+         \"outboundIPRangeExclusionList\": [\"169.254.169.254/32\"]}, \"sidecar\": {\"logLevel\": \"debug\"}}'",
+    )
+    .unwrap();
+    let keeper = tokio::spawn(k8s::duties::keep_mesh_config(sim.client().unwrap(), "osm-system".into()));
+    let mc = mesh_config_when(&sim, "the MeshConfig from the preset", |_| true).await;
+    assert_eq!(mc["spec"]["traffic"]["enablePermissiveTrafficPolicyMode"], false, "{mc}");
+    assert_eq!(mc["spec"]["traffic"]["outboundIPRangeExclusionList"][0], "169.254.169.254/32", "{mc}");
+    assert_eq!(mc["spec"]["sidecar"]["logLevel"], "debug", "{mc}");
+    keeper.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhooks_ca_bundles_are_set_and_set_again_after_an_upgrade_empties_them() {
+    let sim = ApiServer::start().await.unwrap();
+    let hooks = Resource::new("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations");
+    let config = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "osm-validator-mesh-osm"},
+        "webhooks": [{"name": "osm-validator.k8s.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                      "clientConfig": {"service": {"name": "osm-validator", "namespace": "osm-system", "port": 9093}}}]
+    });
+    sim.put(&hooks, config.clone()).unwrap();
+    let root = "-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n";
+    let keeper = tokio::spawn(k8s::duties::keep_ca_bundles(sim.client().unwrap(), "osm".into(), root.into()));
+    use base64::Engine as _;
+    let bundle = base64::engine::general_purpose::STANDARD.encode(root);
+    let has_bundle = |sim: &ApiServer| {
+        sim.get(&hooks, "", "osm-validator-mesh-osm")
+            .is_some_and(|c| c["webhooks"][0]["clientConfig"]["caBundle"] == bundle.as_str())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !has_bundle(&sim) {
+        assert!(tokio::time::Instant::now() < deadline, "the CA bundle was never set");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An upgrade writes the configuration again without a bundle: it is set again.
+    sim.put(&hooks, config).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !has_bundle(&sim) {
+        assert!(tokio::time::Instant::now() < deadline, "the CA bundle was not set again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    keeper.abort();
+}

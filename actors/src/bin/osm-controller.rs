@@ -54,10 +54,12 @@ struct ServeArgs {
     /// The control plane's namespace in the cluster, where the MeshConfig `osm-mesh-config` is read.
     #[arg(long, default_value = "osm-system")]
     osm_namespace: String,
-    /// HTTPS address of the admission webhooks (sidecar injection, validation) in Kubernetes mode ("off"
-    /// for none).
+    /// HTTPS address of the sidecar injector (the mutating webhook) in Kubernetes mode ("off" for none).
     #[arg(long, default_value = "0.0.0.0:9090")]
     webhook_addr: String,
+    /// HTTPS address of the validating webhook in Kubernetes mode ("off" for none).
+    #[arg(long, default_value = "0.0.0.0:9093")]
+    validator_addr: String,
     /// Sidecar image of injected pods (MeshConfig `sidecar.envoyImage` overrides it).
     #[arg(long)]
     envoy_image: Option<String>,
@@ -260,6 +262,10 @@ fn serve(
             source.webhook_addr = match args.webhook_addr.as_str() {
                 "off" => None,
                 a => Some(a.parse().with_context(|| format!("--webhook-addr {a:?} is not an address (or off)"))?),
+            };
+            source.validator_addr = match args.validator_addr.as_str() {
+                "off" => None,
+                a => Some(a.parse().with_context(|| format!("--validator-addr {a:?} is not an address (or off)"))?),
             };
             config.kubernetes = Some(source);
         }

@@ -9,6 +9,7 @@ pub struct Running {
     pub ads_port: u16,
     pub http_port: u16,
     pub webhook_port: u16,
+    pub validator_port: u16,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -22,10 +23,11 @@ impl Running {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
                 let bind = || xds::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-                let (ads, http, webhook) = (bind(), bind(), bind());
+                let (ads, http, webhook, validator) = (bind(), bind(), bind(), bind());
                 let port = |l: &tokio::net::TcpListener| l.local_addr().unwrap().port();
-                port_tx.send((port(&ads), port(&http), port(&webhook))).unwrap();
-                let listeners = actors::Listeners { ads, http: Some(http), webhook: Some(webhook) };
+                port_tx.send((port(&ads), port(&http), port(&webhook), port(&validator))).unwrap();
+                let listeners =
+                    actors::Listeners { ads, http: Some(http), webhook: Some(webhook), validator: Some(validator) };
                 actors::run_on(config, listeners, async {
                     let _ = stop_rx.await;
                 })
@@ -33,8 +35,9 @@ impl Running {
                 .unwrap();
             });
         });
-        let (ads_port, http_port, webhook_port) = port_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Self { ads_port, http_port, webhook_port, stop: Some(stop), thread: Some(thread) }
+        let (ads_port, http_port, webhook_port, validator_port) =
+            port_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        Self { ads_port, http_port, webhook_port, validator_port, stop: Some(stop), thread: Some(thread) }
     }
 }
 
