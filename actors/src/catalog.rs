@@ -106,6 +106,9 @@ pub struct CatalogActor {
     told_roots: Option<Vec<MeshRootCertificate>>,
     /// Switched by the MeshConfig's `observability.enableDebugServer`.
     debug_switch: Option<Arc<tokio::sync::watch::Sender<bool>>>,
+    /// Follows the MeshConfig's `observability.osmLogLevel`, and the level it was last set to.
+    log_level: Option<crate::LogLevelControl>,
+    told_log_level: Option<&'static str>,
 }
 
 /// Tells the catalog where the certificate actor is (it follows the MeshConfig's validity and the
@@ -129,7 +132,14 @@ impl CatalogActor {
             told_settings: None,
             told_roots: None,
             debug_switch: None,
+            log_level: None,
+            told_log_level: None,
         }
+    }
+
+    /// Follows the MeshConfig's `observability.osmLogLevel` through `control`.
+    pub fn with_log_level(self, control: Option<crate::LogLevelControl>) -> Self {
+        Self { log_level: control, ..self }
     }
 
     /// Follows the MeshConfig's `observability.enableDebugServer` on `switch`.
@@ -190,6 +200,26 @@ impl CatalogActor {
         {
             certs.do_send(settings);
             self.told_settings = Some(settings);
+        }
+        if let Some(control) = &self.log_level {
+            // OSM's levels in the filter's terms; no MeshConfig level leaves the command line's in force.
+            let level = match self.catalog.mesh_config().and_then(|m| m.osm_log_level.as_deref()) {
+                Some("trace") => Some("trace"),
+                Some("debug") => Some("debug"),
+                Some("info") => Some("info"),
+                Some("warn") => Some("warn"),
+                Some("error" | "fatal" | "panic") => Some("error"),
+                Some("disabled") => Some("off"),
+                _ => None,
+            };
+            if let Some(level) = level.filter(|l| self.told_log_level != Some(*l)) {
+                // Said before the change, so the line is seen whichever way the level moves.
+                tracing::info!(level, "controller log level set by the MeshConfig's observability.osmLogLevel");
+                match (control.0)(level) {
+                    Ok(()) => self.told_log_level = Some(level),
+                    Err(e) => tracing::warn!(error = %e, level, "cannot set the log level"),
+                }
+            }
         }
         if let Some(switch) = &self.debug_switch {
             let on = self.catalog.mesh_config().and_then(|m| m.enable_debug_server).unwrap_or(false);

@@ -61,6 +61,22 @@ pub struct ControllerConfig {
     /// Where the debug server listens while the MeshConfig's `observability.enableDebugServer` is on
     /// (OSM: 9092, here on localhost unless configured).
     pub debug_addr: SocketAddr,
+    /// Sets the process's log filter when the MeshConfig's `observability.osmLogLevel` changes (the
+    /// binary owns the subscriber); `None`: the level is not followed.
+    pub log_level: Option<LogLevelControl>,
+}
+
+/// Sets the controller's log level from a level name of the `tracing` filter (`trace` … `error`, `off`).
+#[derive(Clone)]
+pub struct LogLevelControl(pub Arc<SetLogLevel>);
+
+/// Sets the filter to a level name; the error says why it could not.
+pub type SetLogLevel = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for LogLevelControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogLevelControl")
+    }
 }
 
 impl ControllerConfig {
@@ -83,6 +99,7 @@ impl ControllerConfig {
             settings: Default::default(),
             http_addr: None,
             debug_addr: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            log_level: None,
         }
     }
 }
@@ -287,6 +304,7 @@ impl ActorSystem {
                         metrics.clone(),
                     )
                     .with_debug_switch(debug_switch)
+                    .with_log_level(config.log_level.clone())
                     .start();
                     let trust_pem = trust.borrow().trust_pem().to_owned();
                     let cert_actor =

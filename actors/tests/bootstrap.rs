@@ -65,3 +65,69 @@ fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
     assert!(err.contains("WARN") && err.contains("broken.yaml"), "the broken file is reported: {err}");
     assert!(!err.contains('\u{1b}'), "no terminal escape codes in piped logs: {err:?}");
 }
+
+/// The lines a running controller writes to stderr, as they come.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Reads lines until one satisfies `want`; fails after a generous bound instead of hanging.
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, what: &str, want: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if want(&line) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no log line {what} within 30 s"),
+        }
+    }
+}
+
+#[test]
+fn the_mesh_configs_osm_log_level_sets_the_controllers_level_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = dir.path().join("mesh");
+    std::fs::create_dir(&mesh).unwrap();
+    std::fs::write(mesh.join("mesh.yaml"), MESH).unwrap();
+    let config = |level: &str| {
+        format!(
+            "apiVersion: config.openservicemesh.io/v1alpha2\nkind: MeshConfig\n\
+             metadata: {{name: osm-mesh-config, namespace: osm-system}}\nspec: {{observability: {{osmLogLevel: {level}}}}}\n"
+        )
+    };
+    std::fs::write(mesh.join("meshconfig.yaml"), config("info")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_osm-controller"))
+        .env_remove("RUST_LOG")
+        .arg("--mesh-dir")
+        .arg(&mesh)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--ads-addr", "127.0.0.1:0", "--http-addr", "off", "--scan-interval-ms", "200"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    wait_line(&lines, "setting the level to info", |l| l.contains("log level set") && l.contains("info"));
+    // debug: DEBUG lines follow.
+    std::fs::write(mesh.join(".meshconfig.yaml.tmp"), config("debug")).unwrap();
+    std::fs::rename(mesh.join(".meshconfig.yaml.tmp"), mesh.join("meshconfig.yaml")).unwrap();
+    wait_line(&lines, "setting the level to debug", |l| l.contains("log level set") && l.contains("debug"));
+    wait_line(&lines, "at DEBUG", |l| l.contains("DEBUG"));
+    // A level OSM has and the filter spells otherwise.
+    std::fs::write(mesh.join(".meshconfig.yaml.tmp"), config("disabled")).unwrap();
+    std::fs::rename(mesh.join(".meshconfig.yaml.tmp"), mesh.join("meshconfig.yaml")).unwrap();
+    wait_line(&lines, "turning logging off", |l| l.contains("log level set") && l.contains("off"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -320,54 +320,123 @@ pub fn traffic_split(o: &crds::TrafficSplit) -> Result<TrafficSplit, ConvertErro
     })
 }
 
+/// Envoy's log levels (`sidecar.logLevel`).
+pub const ENVOY_LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warning", "warn", "error", "critical", "off"];
+/// OSM's control-plane log levels (`observability.osmLogLevel`).
+pub const OSM_LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "fatal", "panic", "disabled"];
+/// TLS versions of `sidecar.tlsMinProtocolVersion` / `tlsMaxProtocolVersion`.
+pub const TLS_VERSIONS: &[&str] = &["TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"];
+/// `sidecar.localProxyMode`.
+pub const LOCAL_PROXY_MODES: &[&str] = &["Localhost", "PodIP"];
+
+/// Every problem of a MeshConfig's fields, each naming its field: the object is refused whole (its last
+/// good version stays in force), but the operator learns everything to fix at once.
+fn mesh_config_problems(spec: &crds::MeshConfigSpec) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut one_of = |field: &str, value: &Option<String>, allowed: &[&str]| {
+        if let Some(v) = value.as_deref().filter(|v| !allowed.contains(v)) {
+            problems.push(format!("spec.{field} {v:?} is not one of {}", allowed.join(", ")));
+        }
+    };
+    if let Some(sc) = &spec.sidecar {
+        one_of("sidecar.logLevel", &sc.log_level, ENVOY_LOG_LEVELS);
+        one_of("sidecar.tlsMinProtocolVersion", &sc.tls_min_protocol_version, TLS_VERSIONS);
+        one_of("sidecar.tlsMaxProtocolVersion", &sc.tls_max_protocol_version, TLS_VERSIONS);
+        one_of("sidecar.localProxyMode", &sc.local_proxy_mode, LOCAL_PROXY_MODES);
+    }
+    if let Some(obs) = &spec.observability {
+        one_of("observability.osmLogLevel", &obs.osm_log_level, OSM_LOG_LEVELS);
+    }
+    if let Some(sc) = &spec.sidecar {
+        if let Some(n) = sc.max_data_plane_connections.filter(|n| *n < 0) {
+            problems.push(format!("spec.sidecar.maxDataPlaneConnections {n} is negative (0: unlimited)"));
+        }
+        if let Some(v) = &sc.config_resync_interval
+            && let Err(e) = messages::parse_go_duration(v)
+        {
+            problems.push(format!("spec.sidecar.configResyncInterval: {e}"));
+        }
+    }
+    if let Some(t) = &spec.traffic {
+        for (field, ports) in [
+            ("outboundPortExclusionList", &t.outbound_port_exclusion_list),
+            ("inboundPortExclusionList", &t.inbound_port_exclusion_list),
+        ] {
+            for p in ports.iter().flatten().filter(|p| !(1..=65535).contains(*p)) {
+                problems.push(format!("spec.traffic.{field}: {p} is not a port (1-65535)"));
+            }
+        }
+        for (field, ranges) in [
+            ("outboundIPRangeExclusionList", &t.outbound_ip_range_exclusion_list),
+            ("outboundIPRangeInclusionList", &t.outbound_ip_range_inclusion_list),
+        ] {
+            for r in ranges.iter().flatten() {
+                if let Err(e) = sidecar::check_cidr(r) {
+                    problems.push(format!("spec.traffic.{field}: {e}"));
+                }
+            }
+        }
+    }
+    if let Some(c) = &spec.certificate {
+        let field = "spec.certificate.serviceCertValidityDuration";
+        if let Some(v) = &c.service_cert_validity_duration {
+            match messages::parse_go_duration(v) {
+                Err(e) => problems.push(format!("{field}: {e}")),
+                Ok(d) if d < messages::MIN_CERT_VALIDITY => {
+                    problems.push(format!("{field} {v:?} is shorter than the shortest accepted validity, 1m"))
+                }
+                // The signer's own limit: a longer validity would make every issuance fail.
+                Ok(d) if d > certs::LONG_VALIDITY => problems.push(format!(
+                    "{field} {v:?} is longer than the longest validity the CA issues, 87600h (ten years)"
+                )),
+                Ok(_) => {}
+            }
+        }
+        if let Some(b) = c.cert_key_bit_size.filter(|b| ![2048, 3072, 4096].contains(b)) {
+            problems.push(format!(
+                "spec.certificate.certKeyBitSize {b} is not an RSA key size the mesh issues (2048, 3072, 4096)"
+            ));
+        }
+    }
+    problems
+}
+
 pub fn mesh_config(o: &crds::MeshConfig) -> Result<MeshConfig, ConvertError> {
     let (namespace, name, _) = name_ns("MeshConfig", &o.metadata, true)?;
     let traffic = o.spec.traffic.clone().unwrap_or_default();
     let object = format!("MeshConfig {namespace}/{name}");
-    let field = "spec.certificate.serviceCertValidityDuration";
-    let validity = o
-        .spec
-        .certificate
-        .as_ref()
-        .and_then(|c| c.service_cert_validity_duration.as_deref())
-        .map(|v| {
-            let d = messages::parse_go_duration(v).map_err(|e| err(&object, format!("{field}: {e}")))?;
-            if d < messages::MIN_CERT_VALIDITY {
-                return Err(err(&object, format!("{field} {v:?} is shorter than the shortest accepted validity, 1m")));
+    let mut problems = mesh_config_problems(&o.spec);
+    let tracing = match o.spec.observability.as_ref().and_then(|obs| obs.tracing.as_ref()) {
+        None => None,
+        Some(t) => match tracing_settings(&object, &namespace, t) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(e.reason);
+                None
             }
-            Ok(d)
-        })
-        .transpose()?;
-    let bits_field = "spec.certificate.certKeyBitSize";
-    let key_bits = o
-        .spec
-        .certificate
-        .as_ref()
-        .and_then(|c| c.cert_key_bit_size)
-        .map(|b| match b {
-            2048 | 3072 | 4096 => Ok(b as u32),
-            _ => {
-                Err(err(&object, format!("{bits_field} {b} is not an RSA key size the mesh issues (2048, 3072, 4096)")))
-            }
-        })
-        .transpose()?;
-    let tracing = o
-        .spec
-        .observability
-        .as_ref()
-        .and_then(|obs| obs.tracing.as_ref())
-        .map(|t| tracing_settings(&object, &namespace, t))
-        .transpose()?
-        .flatten();
+        },
+    };
+    if !problems.is_empty() {
+        return Err(ConvertError {
+            object,
+            reason: format!("[{}] {}", messages::errcode::MESH_CONFIG_INVALID, problems.join("; ")),
+        });
+    }
+    let certificate = o.spec.certificate.clone().unwrap_or_default();
     Ok(MeshConfig {
         tracing,
         enable_debug_server: o.spec.observability.as_ref().and_then(|obs| obs.enable_debug_server),
+        osm_log_level: o.spec.observability.as_ref().and_then(|obs| obs.osm_log_level.clone()),
         namespace,
         name,
         enable_egress: traffic.enable_egress,
         permissive: traffic.enable_permissive_traffic_policy_mode,
-        service_cert_validity: validity,
-        cert_key_bits: key_bits,
+        // (Both checked above.)
+        service_cert_validity: certificate
+            .service_cert_validity_duration
+            .as_deref()
+            .and_then(|v| messages::parse_go_duration(v).ok()),
+        cert_key_bits: certificate.cert_key_bit_size.and_then(|b| u32::try_from(b).ok()),
         not_acted_on: o.spec.not_acted_on(),
     })
 }
@@ -484,6 +553,47 @@ mod tests {
         assert!(short.contains("MeshConfig osm-system/osm-mesh-config") && short.contains("shortest"), "{short}");
         let bad = mc("1d").unwrap_err().to_string();
         assert!(bad.contains("serviceCertValidityDuration") && bad.contains("not a duration"), "{bad}");
+    }
+
+    #[test]
+    fn every_bad_mesh_config_field_is_named_at_once_with_the_code() {
+        let mc = mesh_config(&from_json::<crds::MeshConfig>(serde_json::json!({
+            "apiVersion": "config.openservicemesh.io/v1alpha2", "kind": "MeshConfig",
+            "metadata": {"name": "osm-mesh-config", "namespace": "osm-system"},
+            "spec": {
+                "sidecar": {"logLevel": "verbose", "tlsMinProtocolVersion": "TLSv1_4", "localProxyMode": "Host",
+                            "maxDataPlaneConnections": -1, "configResyncInterval": "soon"},
+                "traffic": {"outboundPortExclusionList": [70000], "outboundIPRangeExclusionList": ["fd00::/8", "10.0.0.0"]},
+                "observability": {"osmLogLevel": "loud", "tracing": {"enable": true, "port": 0}},
+                "certificate": {"serviceCertValidityDuration": "999999h", "certKeyBitSize": 1024}
+            }
+        })));
+        let e = mc.unwrap_err().to_string();
+        assert!(e.starts_with("MeshConfig osm-system/osm-mesh-config: [E4152]"), "{e}");
+        for field in [
+            "sidecar.logLevel \"verbose\"",
+            "tlsMinProtocolVersion \"TLSv1_4\"",
+            "localProxyMode",
+            "maxDataPlaneConnections -1",
+            "configResyncInterval",
+            "outboundPortExclusionList: 70000",
+            "IPv6 range",
+            "\"10.0.0.0\" is not a CIDR",
+            "osmLogLevel \"loud\"",
+            "tracing.port",
+            "longer than the longest validity the CA issues",
+            "certKeyBitSize 1024",
+        ] {
+            assert!(e.contains(field), "{field} missing from: {e}");
+        }
+        // OSM's own defaults pass, and the log level is carried.
+        let ok = mesh_config(&from_json::<crds::MeshConfig>(serde_json::json!({
+            "apiVersion": "config.openservicemesh.io/v1alpha2", "kind": "MeshConfig",
+            "metadata": {"name": "osm-mesh-config", "namespace": "osm-system"},
+            "spec": {"observability": {"osmLogLevel": "debug"}, "certificate": {"serviceCertValidityDuration": "87600h"}}
+        })))
+        .unwrap();
+        assert_eq!(ok.osm_log_level.as_deref(), Some("debug"));
     }
 
     #[test]

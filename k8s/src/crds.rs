@@ -321,7 +321,8 @@ pub struct SecretReference {
     pub namespace: Option<String>,
 }
 
-/// MeshConfig fields the controller acts on; every other field that is set is reported as not acted on.
+/// MeshConfig fields the controller acts on; every other field that is set (to another value than OSM's
+/// default, see [`OSM_DEFAULTS`]) is reported as not acted on.
 pub const MESH_CONFIG_ACTED_ON: &[&str] = &[
     "traffic.enableEgress",
     "traffic.enablePermissiveTrafficPolicyMode",
@@ -329,28 +330,64 @@ pub const MESH_CONFIG_ACTED_ON: &[&str] = &[
     "certificate.certKeyBitSize",
     "observability.tracing",
     "observability.enableDebugServer",
+    "observability.osmLogLevel",
+    // Read by the sidecar injector when it builds a pod (they apply to pods created afterwards).
+    "sidecar.enablePrivilegedInitContainer",
+    "sidecar.logLevel",
+    "sidecar.envoyImage",
+    "sidecar.initContainerImage",
+    "sidecar.resources",
+    "traffic.outboundIPRangeExclusionList",
+    "traffic.outboundIPRangeInclusionList",
+    "traffic.outboundPortExclusionList",
+    "traffic.inboundPortExclusionList",
+    "traffic.networkInterfaceExclusionList",
+];
+
+/// OSM's defaults of fields not acted on whose default is what the mesh does anyway (no limit on
+/// sidecars, no periodic resync, Envoy reaching the application on localhost, TLS 1.2 to 1.3): set to
+/// these, they change nothing and are not reported.
+pub const OSM_DEFAULTS: &[(&str, &str)] = &[
+    ("sidecar.maxDataPlaneConnections", "0"),
+    ("sidecar.configResyncInterval", "\"0s\""),
+    ("sidecar.localProxyMode", "\"Localhost\""),
+    ("sidecar.tlsMinProtocolVersion", "\"TLSv1_2\""),
+    ("sidecar.tlsMaxProtocolVersion", "\"TLSv1_3\""),
+    ("sidecar.cipherSuites", "[]"),
+    ("sidecar.ecdhCurves", "[]"),
 ];
 
 impl MeshConfigSpec {
     /// The dotted paths of the fields that are set, e.g. `sidecar.logLevel`.
     pub fn set_fields(&self) -> Vec<String> {
+        self.set_values().into_iter().map(|(f, _)| f).collect()
+    }
+
+    /// Each field that is set, with its value as JSON.
+    fn set_values(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         if let Ok(serde_json::Value::Object(sections)) = serde_json::to_value(self) {
             for (section, fields) in sections {
                 match fields {
                     serde_json::Value::Object(fields) => {
-                        out.extend(fields.keys().map(|f| format!("{section}.{f}")));
+                        out.extend(fields.iter().map(|(f, v)| (format!("{section}.{f}"), v.to_string())));
                     }
-                    _ => out.push(section),
+                    other => out.push((section, other.to_string())),
                 }
             }
         }
         out
     }
 
-    /// Fields set in this MeshConfig that the controller does not act on yet.
+    /// Fields set in this MeshConfig that the controller does not act on yet (and that are not at OSM's
+    /// default, which is what the mesh does anyway).
     pub fn not_acted_on(&self) -> Vec<String> {
-        self.set_fields().into_iter().filter(|f| !MESH_CONFIG_ACTED_ON.contains(&f.as_str())).collect()
+        self.set_values()
+            .into_iter()
+            .filter(|(f, _)| !MESH_CONFIG_ACTED_ON.contains(&f.as_str()))
+            .filter(|(f, v)| !OSM_DEFAULTS.contains(&(f.as_str(), v.as_str())))
+            .map(|(f, _)| f)
+            .collect()
     }
 }
 
@@ -384,7 +421,13 @@ mod tests {
             "sidecar": {"logLevel": "debug"}
         }))
         .unwrap();
-        assert_eq!(spec.not_acted_on(), vec!["sidecar.logLevel", "traffic.outboundPortExclusionList"]);
+        assert!(spec.not_acted_on().is_empty(), "injection-time fields are acted on by the injector");
+        let spec: MeshConfigSpec = serde_json::from_value(serde_json::json!({
+            "sidecar": {"maxDataPlaneConnections": 0, "configResyncInterval": "5m", "localProxyMode": "Localhost"},
+            "featureFlags": {"enableRetryPolicy": true}
+        }))
+        .unwrap();
+        assert_eq!(spec.not_acted_on(), vec!["featureFlags.enableRetryPolicy", "sidecar.configResyncInterval"]);
         let typo = serde_json::from_value::<MeshConfigSpec>(serde_json::json!({
             "traffic": {"enablePermissiveTraficPolicyMode": false}
         }));

@@ -1080,6 +1080,7 @@ mod tests {
             cert_key_bits: None,
             tracing: None,
             enable_debug_server: None,
+            osm_log_level: None,
         })));
         c
     }

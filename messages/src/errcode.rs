@@ -21,6 +21,8 @@ pub struct ErrorCode {
 pub const MESH_FILE_INVALID: &str = "E1001";
 /// The mesh CA cannot be used (state directory, `--ca-cert`/`--ca-key`, or the `osm-ca-bundle` Secret).
 pub const CA_UNUSABLE: &str = "E4001";
+/// A MeshConfig has fields out of range; its last good version stays in force.
+pub const MESH_CONFIG_INVALID: &str = "E4152";
 /// A set of MeshRootCertificates cannot be put in force; the roots in force stay.
 pub const ROOTS_REFUSED: &str = "E4016";
 /// A sidecar connected whose proxy UUID matches no pod of the mesh.
@@ -68,7 +70,7 @@ pub const CODES: &[ErrorCode] = &[
     },
     ErrorCode {
         code: policy::TARGET_NAMESPACE_MISMATCH,
-        cause: "A TrafficTarget lives in another namespace than its destination ServiceAccount.",
+        cause: "A TrafficTarget lives in another namespace than its destination ServiceAccount, or names no destination namespace (never read as its own).",
         fix: "Move the TrafficTarget into the destination's namespace.",
     },
     ErrorCode {
@@ -140,6 +142,11 @@ pub const CODES: &[ErrorCode] = &[
         code: policy::MESH_CONFIG_DELETED,
         cause: "The MeshConfig in force was deleted; its last settings stay in force (deleting it never falls back to the command line's defaults). On a cluster the leader re-creates it with those settings.",
         fix: "Create the MeshConfig again (kubectl apply, or the file in the mesh directory) with the settings you want.",
+    },
+    ErrorCode {
+        code: MESH_CONFIG_INVALID,
+        cause: "A MeshConfig has fields out of range (a log level, TLS version, duration, validity beyond ten years, port, CIDR or key size); it is refused whole and its last good version stays in force.",
+        fix: "Correct every field the message lists (all of them are listed at once).",
     },
     ErrorCode {
         code: PROXY_UNKNOWN,

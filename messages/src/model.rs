@@ -394,6 +394,8 @@ pub struct MeshConfig {
     /// `spec.certificate.certKeyBitSize`: RSA service-certificate keys of this size (2048, 3072 or 4096)
     /// instead of ECDSA P-256.
     pub cert_key_bits: Option<u32>,
+    /// `observability.osmLogLevel`: the controller's own log level, live.
+    pub osm_log_level: Option<String>,
     /// Fields that are set but not acted on yet, e.g. `sidecar.logLevel`.
     pub not_acted_on: Vec<String>,
 }

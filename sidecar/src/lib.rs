@@ -487,13 +487,20 @@ fn probe_resources(probes: &[ProbeRoute]) -> (Vec<Value>, Vec<Value>) {
     (listeners, clusters)
 }
 
-fn check_cidr(c: &str) -> Result<(), SidecarError> {
+/// Checks an IP range for the interception rules: IPv4 CIDR only, as the rules are IPv4 (`iptables`);
+/// an IPv6 range would make `iptables-restore` fail in the init container and the pod never start.
+pub fn check_cidr(c: &str) -> Result<(), SidecarError> {
     let (ip, len) =
         c.split_once('/').ok_or_else(|| SidecarError::Option(format!("{c:?} is not a CIDR (a.b.c.d/n)")))?;
     let ip: std::net::IpAddr = ip.parse().map_err(|_| SidecarError::Option(format!("{c:?}: bad address")))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if ip.is_ipv6() {
+        return Err(SidecarError::Option(format!(
+            "{c:?} is an IPv6 range: pods are intercepted over IPv4 only, so IPv6 traffic is never redirected \
+             and needs no exclusion"
+        )));
+    }
     match len.parse::<u8>() {
-        Ok(n) if n <= max => Ok(()),
+        Ok(n) if n <= 32 => Ok(()),
         _ => Err(SidecarError::Option(format!("{c:?}: bad prefix length"))),
     }
 }

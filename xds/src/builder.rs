@@ -1118,6 +1118,7 @@ mod tests {
                 cert_key_bits: None,
                 tracing: None,
                 enable_debug_server: None,
+                osm_log_level: None,
             }),
             MeshObject::HttpRouteGroup(HttpRouteGroup {
                 namespace: "demo".into(),

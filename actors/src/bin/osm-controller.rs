@@ -145,13 +145,30 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+thread_local! {
+    /// The subscriber's level control, for the controller this process serves.
+    static LOG_LEVEL: std::cell::RefCell<Option<actors::LogLevelControl>> = const { std::cell::RefCell::new(None) };
+}
+
 fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, never into a log file or a collector.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // Reloadable, so the MeshConfig's observability.osmLogLevel changes the level live.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colour only for a person at a terminal, never into a log file or a collector.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
+    let log_level = actors::LogLevelControl(std::sync::Arc::new(move |level: &str| {
+        reload.reload(tracing_subscriber::EnvFilter::new(level)).map_err(|e| e.to_string())
+    }));
+    LOG_LEVEL.with(|l| *l.borrow_mut() = Some(log_level));
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Crds) => {
@@ -228,6 +245,7 @@ fn serve(
         },
         http_limits: Default::default(),
         debug_addr: args.debug_addr,
+        log_level: LOG_LEVEL.with(|l| l.borrow().clone()),
         http_addr: match args.http_addr.as_str() {
             "off" => None,
             a => Some(a.parse().with_context(|| format!("--http-addr {a:?} is not an address (or off)"))?),
