@@ -221,6 +221,9 @@ impl CatalogActor {
                 }
             }
         }
+        self.metrics.set_namespaces(self.catalog.namespace_count());
+        let flags = self.catalog.mesh_config().map(|m| m.feature_flags.clone()).unwrap_or_default();
+        self.metrics.set_feature_flags(&flags);
         if let Some(switch) = &self.debug_switch {
             let on = self.catalog.mesh_config().and_then(|m| m.enable_debug_server).unwrap_or(false);
             switch.send_if_modified(|cur| std::mem::replace(cur, on) != on);
@@ -258,6 +261,18 @@ impl Handler<ConnectSnapshots> for CatalogActor {
     }
 }
 
+/// `osm_k8s_api_event_count` for one event from the cluster.
+fn count_k8s_event(metrics: &Metrics, event: &SourceEvent) {
+    match event {
+        SourceEvent::Apply(o) => {
+            let key = o.key();
+            metrics.k8s_event(key.kind, "applied", &key.namespace);
+        }
+        SourceEvent::Delete(key) => metrics.k8s_event(key.kind, "deleted", &key.namespace),
+        SourceEvent::Reset(r) => r.kinds.iter().for_each(|k| metrics.k8s_event(*k, "relisted", "")),
+    }
+}
+
 impl Handler<ApplyEvents> for CatalogActor {
     type Result = ResponseActFuture<Self, ()>;
 
@@ -265,7 +280,11 @@ impl Handler<ApplyEvents> for CatalogActor {
         let mut dirty = Dirty::Nothing;
         // What changed, for `/status/changes`: the first event that touched a proxy, and how many more did.
         let (mut first, mut more) = (None, 0usize);
+        let from_cluster = msg.source == k8s::watch::SOURCE;
         for event in msg.events {
+            if from_cluster {
+                count_k8s_event(&self.metrics, &event);
+            }
             let described = first.is_none().then(|| describe(&event));
             let touched = self.catalog.apply_from(&msg.source, event);
             if touched != Dirty::Nothing {

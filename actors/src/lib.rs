@@ -489,6 +489,10 @@ pub async fn run_on(
                 let metrics = metrics.clone();
                 Arc::new(move |kind, allowed| metrics.admission(kind, allowed))
             },
+            issued: {
+                let metrics = metrics.clone();
+                Arc::new(move |took| metrics.cert_issued(took))
+            },
         };
         let listeners = [listeners.webhook, listeners.validator];
         serve_webhooks(listeners, &k.watch.osm_namespace, state, config.http_limits.clone(), &stopped)?;

@@ -145,6 +145,9 @@ pub struct Metrics {
     proxies_not_holding_latest: IntGauge,
     admissions: IntCounterVec,
     leader_gauge: IntGauge,
+    k8s_events: IntCounterVec,
+    namespaces: IntGauge,
+    feature_flags: IntGaugeVec,
     /// This replica holds the Lease of the one-time duties (Kubernetes).
     pub leader: Arc<AtomicBool>,
 }
@@ -234,6 +237,19 @@ impl Default for Metrics {
                 &["kind", "success"],
             ),
             leader_gauge: gauge("osm_controller_leader", "1 while this replica holds the leader Lease"),
+            k8s_events: counters(
+                "osm_k8s_api_event_count",
+                "Kubernetes API events received (type: <kind>-applied, -deleted or -relisted)",
+                &["type", "namespace"],
+            ),
+            namespaces: gauge("osm_resource_namespace_count", "Namespaces in the mesh"),
+            feature_flags: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("osm_feature_flag_enabled", "MeshConfig feature flags (1: enabled)"),
+                    &["feature_flag"],
+                ),
+            ),
             leader: Arc::default(),
             registry: r,
         }
@@ -289,6 +305,23 @@ impl Metrics {
     /// A user-visible error with a stable code happened.
     pub fn error(&self, code: &'static str) {
         self.errors.with_label_values(&[code]).inc();
+    }
+
+    /// A Kubernetes API event of `kind` (`applied`, `deleted` or `relisted`) in `namespace` ("" for a
+    /// cluster-wide object or a relist).
+    pub fn k8s_event(&self, kind: messages::Kind, what: &str, namespace: &str) {
+        let ty = format!("{}-{what}", kind.name().to_ascii_lowercase());
+        self.k8s_events.with_label_values(&[ty.as_str(), namespace]).inc();
+    }
+
+    pub fn set_namespaces(&self, n: usize) {
+        self.namespaces.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_feature_flags(&self, flags: &[(String, bool)]) {
+        for (flag, on) in flags {
+            self.feature_flags.with_label_values(&[flag.as_str()]).set(i64::from(*on));
+        }
     }
 
     /// An admission review of an object of `kind` was answered (allowed or not).

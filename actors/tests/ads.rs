@@ -89,7 +89,7 @@ fn write_mesh(c: &Controller, text: impl AsRef<str>) -> std::io::Result<()> {
 impl Controller {
     /// GET on the controller's HTTP endpoint: (status, body).
     async fn http(&self, path: &str) -> (u16, String) {
-        get_at(self.http_port, path).await.expect("the HTTP endpoint answers")
+        common::get_at(self.http_port, path).await.expect("the HTTP endpoint answers")
     }
 }
 
@@ -807,22 +807,12 @@ async fn the_ads_server_verifies_and_presents_certificates_of_the_roots_in_force
 }
 
 /// GET on a local port: (status, body), or `None` when nothing listens.
-async fn get_at(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_owned()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_debug_server_follows_the_mesh_config_and_never_shows_keys() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let c = Controller::start_with(|config| config.debug_addr = ([127, 0, 0, 1], port).into());
     let (_tx, _stream) = connected_client(&c).await;
-    assert!(get_at(port, "/debug").await.is_none(), "off by default");
+    assert!(common::get_at(port, "/debug").await.is_none(), "off by default");
     let switch = |on: bool| {
         let text = format!(
             "apiVersion: config.openservicemesh.io/v1alpha2\nkind: MeshConfig\n\
@@ -836,7 +826,7 @@ async fn the_debug_server_follows_the_mesh_config_and_never_shows_keys() {
     switch(true);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let certs = loop {
-        if let Some((200, body)) = get_at(port, "/debug/certs").await {
+        if let Some((200, body)) = common::get_at(port, "/debug/certs").await {
             break body;
         }
         assert!(std::time::Instant::now() < deadline, "the debug server never came up");
@@ -844,19 +834,19 @@ async fn the_debug_server_follows_the_mesh_config_and_never_shows_keys() {
     };
     assert!(certs.contains("\"identity\": \"client.demo\"") && certs.contains("\"serial\""), "{certs}");
     assert!(!certs.contains("PRIVATE KEY"), "{certs}");
-    let (status, config) = get_at(port, "/debug/config?proxy=client-uuid").await.unwrap();
+    let (status, config) = common::get_at(port, "/debug/config?proxy=client-uuid").await.unwrap();
     assert_eq!(status, 200, "{config}");
     assert!(
         config.contains("\"CDS\"") && config.contains("demo/web|8080") && !config.contains("PRIVATE KEY"),
         "{config}"
     );
-    let (_, catalog) = get_at(port, "/debug/catalog").await.unwrap();
+    let (_, catalog) = common::get_at(port, "/debug/catalog").await.unwrap();
     assert!(catalog.contains("\"pods\": 2") && catalog.contains("osm-system/osm-mesh-config"), "{catalog}");
-    let (_, proxies) = get_at(port, "/debug/proxies").await.unwrap();
+    let (_, proxies) = common::get_at(port, "/debug/proxies").await.unwrap();
     assert!(proxies.contains("client-uuid"), "{proxies}");
     switch(false);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while get_at(port, "/debug").await.is_some() {
+    while common::get_at(port, "/debug").await.is_some() {
         assert!(std::time::Instant::now() < deadline, "the debug server never went off");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

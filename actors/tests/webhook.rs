@@ -13,6 +13,7 @@ mod common;
 
 struct Webhooks {
     port: u16,
+    http_port: u16,
     validator_port: u16,
     root_pem: String,
     // Dropped first: the controller stops before its directory goes.
@@ -37,6 +38,7 @@ impl Webhooks {
         let running = common::Running::start(config);
         Self {
             port: running.webhook_port,
+            http_port: running.http_port,
             validator_port: running.validator_port,
             root_pem: ca.root_pem().to_owned(),
             _running: running,
@@ -297,4 +299,48 @@ async fn only_json_reviews_of_pods_being_created_are_injected_and_every_refusal_
     assert_eq!(resp["allowed"], false, "{resp}");
     assert!(resp["status"]["message"].as_str().unwrap().contains("E7008"), "{resp}");
     assert_eq!(secrets(&sim).len(), 1);
+}
+
+/// The value of the series `series` (name and labels as exposed) in `metrics`.
+fn value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn osm_metrics_count_api_events_namespaces_feature_flags_and_injected_certificates() {
+    let sim = sim_with_namespace().await;
+    sim.apply_yaml(
+        "apiVersion: config.openservicemesh.io/v1alpha2\nkind: MeshConfig\n\
+         metadata: {name: osm-mesh-config, namespace: osm-system}\nspec: {featureFlags: {enableRetryPolicy: true}}",
+    )
+    .unwrap();
+    let hooks = Webhooks::start(&sim).await;
+    let metrics = || async { common::get_at(hooks.http_port, "/metrics").await.map(|(_, b)| b).unwrap_or_default() };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut text = metrics().await;
+    while value(&text, "osm_resource_namespace_count") != Some(1.0) {
+        assert!(tokio::time::Instant::now() < deadline, "the namespace was never counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = metrics().await;
+    }
+    assert_eq!(value(&text, "osm_feature_flag_enabled{feature_flag=\"enableRetryPolicy\"}"), Some(1.0), "{text}");
+    assert_eq!(value(&text, "osm_feature_flag_enabled{feature_flag=\"enableEnvoyActiveHealthChecks\"}"), Some(0.0));
+    assert!(
+        value(&text, "osm_k8s_api_event_count{namespace=\"\",type=\"namespace-relisted\"}").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    // A pod applied in the mesh's namespace is an event of its own.
+    sim.put(&Resource::new("", "v1", "pods"), pod(json!({}))).unwrap();
+    let series = "osm_k8s_api_event_count{namespace=\"shop\",type=\"pod-applied\"}";
+    while value(&text, series).is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the pod event was never counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = metrics().await;
+    }
+    // The injector's certificates count as issued.
+    let before = value(&text, "osm_cert_issued_count").unwrap_or(0.0);
+    let resp = hooks.review("/mutate-pod-creation", &pod_review("m-1", pod(json!({})), false)).await;
+    assert!(resp["patch"].is_string(), "{resp}");
+    let after = value(&metrics().await, "osm_cert_issued_count").unwrap_or(0.0);
+    assert_eq!(after, before + 1.0, "the sidecar's xDS certificate is counted");
 }

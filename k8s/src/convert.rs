@@ -427,6 +427,7 @@ pub fn mesh_config(o: &crds::MeshConfig) -> Result<MeshConfig, ConvertError> {
         tracing,
         enable_debug_server: o.spec.observability.as_ref().and_then(|obs| obs.enable_debug_server),
         osm_log_level: o.spec.observability.as_ref().and_then(|obs| obs.osm_log_level.clone()),
+        feature_flags: o.spec.feature_flags.clone().unwrap_or_default().resolved(),
         namespace,
         name,
         enable_egress: traffic.enable_egress,

@@ -265,6 +265,23 @@ optional_fields!(
     }
 );
 
+impl FeatureFlags {
+    /// Every flag by OSM's name, with OSM's default where this one leaves it unset.
+    pub fn resolved(&self) -> Vec<(String, bool)> {
+        let osm = [
+            ("enableWASMStats", self.enable_wasm_stats, true),
+            ("enableEgressPolicy", self.enable_egress_policy, true),
+            ("enableSnapshotCacheMode", self.enable_snapshot_cache_mode, false),
+            ("enableAsyncProxyServiceMapping", self.enable_async_proxy_service_mapping, false),
+            ("enableIngressBackendPolicy", self.enable_ingress_backend_policy, true),
+            ("enableEnvoyActiveHealthChecks", self.enable_envoy_active_health_checks, false),
+            ("enableRetryPolicy", self.enable_retry_policy, false),
+            ("enableMeshRootCertificate", self.enable_mesh_root_certificate, false),
+        ];
+        osm.into_iter().map(|(name, set, default)| (name.to_owned(), set.unwrap_or(default))).collect()
+    }
+}
+
 /// `config.openservicemesh.io/v1alpha2` MeshRootCertificate: one root of the mesh and its role in a root
 /// rotation (active: signs and is trusted; passive: trusted only; inactive: neither).
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -157,13 +157,13 @@ pub async fn keep_ca_bundles(client: kube::Client, mesh: String, ca_pem: String)
         Api::<MutatingWebhookConfiguration>::all(client.clone()),
         by_name(mutating_webhook_name(&mesh)),
     )
-    .default_backoff()
+    .backoff(crate::watch::watch_backoff())
     .map(|e| e.map(|_| ()));
     let validating = watcher::watcher(
         Api::<ValidatingWebhookConfiguration>::all(client.clone()),
         by_name(validating_webhook_name(&mesh)),
     )
-    .default_backoff()
+    .backoff(crate::watch::watch_backoff())
     .map(|e| e.map(|_| ()));
     let mut events = std::pin::pin!(futures::stream::select(mutating, validating));
     while let Some(event) = events.next().await {
@@ -210,7 +210,7 @@ pub async fn ensure_mesh_config(
 pub async fn keep_mesh_config(client: kube::Client, namespace: String) {
     let api = Api::<crds::MeshConfig>::namespaced(client.clone(), &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={MESH_CONFIG_NAME}"));
-    let mut stream = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+    let mut stream = std::pin::pin!(watcher::watcher(api, config).backoff(crate::watch::watch_backoff()));
     let mut last: Option<crds::MeshConfigSpec> = None;
     let mut seen_in_listing = false;
     loop {
@@ -280,7 +280,8 @@ pub async fn keep_mesh_config(client: kube::Client, namespace: String) {
 pub async fn own_bootstrap_secrets(client: kube::Client) {
     let pods = Api::<Pod>::all(client.clone());
     let config = watcher::Config::default().labels(messages::PROXY_UUID_LABEL);
-    let mut stream = std::pin::pin!(watcher::watcher(pods, config).default_backoff().applied_objects());
+    let mut stream =
+        std::pin::pin!(watcher::watcher(pods, config).backoff(crate::watch::watch_backoff()).applied_objects());
     let mut done = std::collections::HashSet::new();
     loop {
         let pod = match stream.try_next().await {

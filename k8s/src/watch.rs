@@ -20,6 +20,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1 as core;
@@ -195,7 +196,29 @@ fn log_watch_error(kind: Kind, e: &watcher::Error) {
         }
         _ => "",
     };
-    tracing::warn!(%kind, error = %e, "Kubernetes watch failed; retrying with backoff{hint}");
+    // An outage fails every watcher at once and again on each retry: a line per kind at first, then at
+    // most one per kind every 10 s, with how many were left out.
+    static LIMITER: std::sync::LazyLock<messages::ratelog::LogLimiter> =
+        std::sync::LazyLock::new(|| messages::ratelog::LogLimiter::new(Duration::from_secs(10)));
+    if let Some(left_out) = LIMITER.admit(kind.name()) {
+        tracing::warn!(%kind, error = %e, left_out_since_last = left_out, "Kubernetes watch failed; retrying with backoff{hint}");
+    }
+}
+
+/// The watchers' retry policy: exponential from 200 ms, at most 2 s apart (with jitter, so replicas and
+/// kinds do not retry in step), so a watch is back within a couple of seconds of the API server's return
+/// even after a long outage (client-go's default waits up to 30 s); reset after a minute of health.
+pub fn watch_backoff() -> impl kube::runtime::utils::Backoff + Send {
+    let builder = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::utils::ResetTimerBackoff::new(
+        kube::runtime::watcher::ExponentialBackoff::from(builder),
+        Duration::from_secs(60),
+    )
 }
 
 fn converted(kind: Kind, label: impl Fn() -> String, result: Result<MeshObject, ConvertError>) -> Option<MeshObject> {
@@ -217,7 +240,7 @@ async fn watch_namespaces(
 ) {
     let api = Api::<core::Namespace>::all(client);
     let config = watcher::Config::default().labels(&format!("{MONITORED_BY_LABEL}={mesh_name}"));
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut stream = watcher::watcher(api, config).backoff(watch_backoff()).boxed();
     let mut current: BTreeSet<String> = BTreeSet::new();
     let mut listing: Option<Vec<core::Namespace>> = None;
     loop {
@@ -289,7 +312,7 @@ async fn watch_kind<K>(
             Err(_) => return,
         };
         let filter = move |o: &K| o.namespace().is_some_and(|ns| set.contains(&ns));
-        let stream = watcher::watcher(api.clone(), watcher::Config::default()).default_backoff();
+        let stream = watcher::watcher(api.clone(), watcher::Config::default()).backoff(watch_backoff());
         tokio::select! {
             done = forward(stream, kind, convert, filter, &sink) => if done { return },
             changed = monitored.changed() => if changed.is_err() { return },
@@ -308,7 +331,7 @@ async fn watch_one<K>(
 ) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let stream = watcher::watcher(api, config).default_backoff();
+    let stream = watcher::watcher(api, config).backoff(watch_backoff());
     forward(stream, kind, convert, |_: &K| true, &sink).await;
 }
 
@@ -354,4 +377,19 @@ where
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_come_back_within_seconds_whatever_the_outage() {
+        let mut backoff = watch_backoff();
+        let delays: Vec<Duration> = (&mut backoff).take(100).collect();
+        assert_eq!(delays.len(), 100, "a watch never gives up");
+        // Jitter adds at most the delay itself: 4 s is the ceiling after any number of failures.
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(4)), "{delays:?}");
+        assert!(delays[0] <= Duration::from_millis(400), "the first retry is quick: {:?}", delays[0]);
+    }
 }

@@ -38,6 +38,8 @@ pub const MAX_REVIEW_BYTES: usize = 4 << 20;
 
 /// Told (the object's kind, allowed) for every review answered (metrics).
 pub type Observer = Arc<dyn Fn(&str, bool) + Send + Sync>;
+/// Told how long each certificate the injector issued took (a sidecar's xDS client certificate).
+pub type IssueObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
 
 /// What the webhooks need: the cluster (namespaces, the MeshConfig, bootstrap Secrets), the CA that signs
 /// sidecars' xDS certificates, and the injector's settings.
@@ -48,6 +50,8 @@ pub struct WebhookState {
     pub settings: InjectorSettings,
     /// Called with (the object's kind, allowed) for every review answered (metrics).
     pub observe: Observer,
+    /// Called for every certificate the injector issues (metrics: `osm_cert_issued_count`).
+    pub issued: IssueObserver,
 }
 
 impl std::fmt::Debug for WebhookState {
@@ -212,10 +216,12 @@ async fn injection(
     let uuid = ProxyUuid::parse(&uuid::Uuid::new_v4().to_string()).map_err(|e| format!("E7003: {e}"))?;
     let (pod, ca, ns_name) = (pod.clone(), state.ca.clone(), namespace.clone());
     // Signing the xDS certificate is CPU work: off the threads that serve.
+    let started = std::time::Instant::now();
     let injection = tokio::task::spawn_blocking(move || inject::inject(&pod, &ns_name, &ns, &ca, &settings, uuid))
         .await
         .map_err(|e| format!("E7003: injection failed: {e}"))?
         .map_err(|e| e.to_string())?;
+    (state.issued)(started.elapsed());
     if !req.dry_run {
         Api::<core::Secret>::namespaced(state.client.clone(), &namespace)
             .create(&PostParams::default(), &injection.secret)

@@ -306,6 +306,11 @@ impl MeshCatalog {
         (self.services.len(), self.endpoints.len(), self.pods.len())
     }
 
+    /// Namespaces of the mesh (monitored, on a cluster; described, in the mesh directory).
+    pub fn namespace_count(&self) -> usize {
+        self.namespaces.len()
+    }
+
     /// Applies an event of the default source (the mesh directory).
     pub fn apply(&mut self, event: SourceEvent) -> Dirty {
         self.apply_from(crate::events::DEFAULT_SOURCE, event)
@@ -1081,6 +1086,7 @@ mod tests {
             tracing: None,
             enable_debug_server: None,
             osm_log_level: None,
+            feature_flags: vec![],
         })));
         c
     }

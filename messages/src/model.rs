@@ -92,7 +92,14 @@ impl Kind {
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = match self {
+        f.write_str(self.name())
+    }
+}
+
+impl Kind {
+    /// The Kubernetes kind, e.g. `HTTPRouteGroup`.
+    pub fn name(self) -> &'static str {
+        match self {
             Kind::Namespace => "Namespace",
             Kind::Service => "Service",
             Kind::Endpoints => "Endpoints",
@@ -105,8 +112,7 @@ impl fmt::Display for Kind {
             Kind::TrafficSplit => "TrafficSplit",
             Kind::MeshConfig => "MeshConfig",
             Kind::MeshRootCertificate => "MeshRootCertificate",
-        };
-        f.write_str(s)
+        }
     }
 }
 
@@ -396,6 +402,9 @@ pub struct MeshConfig {
     pub cert_key_bits: Option<u32>,
     /// `observability.osmLogLevel`: the controller's own log level, live.
     pub osm_log_level: Option<String>,
+    /// `featureFlags`, every flag OSM has, with OSM's defaults where unset (for
+    /// `osm_feature_flag_enabled`).
+    pub feature_flags: Vec<(String, bool)>,
     /// Fields that are set but not acted on yet, e.g. `sidecar.logLevel`.
     pub not_acted_on: Vec<String>,
 }

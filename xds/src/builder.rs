@@ -1119,6 +1119,7 @@ mod tests {
                 tracing: None,
                 enable_debug_server: None,
                 osm_log_level: None,
+                feature_flags: vec![],
             }),
             MeshObject::HttpRouteGroup(HttpRouteGroup {
                 namespace: "demo".into(),
