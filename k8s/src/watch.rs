@@ -208,7 +208,7 @@ fn log_watch_error(kind: Kind, e: &watcher::Error) {
 /// The watchers' retry policy: exponential from 200 ms, at most 2 s apart (with jitter, so replicas and
 /// kinds do not retry in step), so a watch is back within a couple of seconds of the API server's return
 /// even after a long outage (client-go's default waits up to 30 s); reset after a minute of health.
-pub fn watch_backoff() -> impl kube::runtime::utils::Backoff + Send {
+pub fn watch_backoff() -> impl kube::runtime::utils::Backoff {
     let builder = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(2))
