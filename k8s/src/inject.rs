@@ -280,6 +280,7 @@ fn rewrite_probes(spec: &mut core::PodSpec) -> Result<(Vec<ProbeRoute>, Vec<Stri
             (ProbeKind::Startup, &mut c.startup_probe),
         ] {
             let Some(probe) = probe.as_mut() else { continue };
+            let timeout_s = probe.timeout_seconds.and_then(|t| u32::try_from(t).ok()).unwrap_or(1);
             let bad = |reason: String| InjectError::Probe { container: container.clone(), probe: kind.name(), reason };
             if probe.tcp_socket.is_some() {
                 warnings.push(format!(
@@ -307,6 +308,7 @@ fn rewrite_probes(spec: &mut core::PodSpec) -> Result<(Vec<ProbeRoute>, Vec<Stri
                 port,
                 path: get.path.clone().unwrap_or_else(|| "/".to_owned()),
                 https,
+                timeout_s,
             };
             get.port = IntOrString::Int(i32::from(kind.port()));
             get.path = Some(route.rewritten_path());
@@ -558,6 +560,15 @@ mod tests {
         let listeners = boot["static_resources"]["listeners"].as_array().cloned().unwrap_or_default();
         let names: Vec<&str> = listeners.iter().filter_map(|l| l["name"].as_str()).collect();
         assert_eq!(names, ["liveness_listener", "readiness_listener"]);
+        // The sidecar waits for the application as long as the kubelet waits for the probe.
+        let slow = pod(json!({"spec": {"containers": [{"name": "app", "image": "app",
+            "livenessProbe": {"httpGet": {"port": 8080, "path": "/healthz"}, "timeoutSeconds": 3}}]}}));
+        let uuid2 = ProxyUuid::parse("11111111-2222-3333-4444-555555555556").unwrap_or_else(|e| panic!("{e}"));
+        let slow = inject(&slow, "shop", &metrics, &ca, &settings(), uuid2).unwrap_or_else(|e| panic!("{e}"));
+        let data = slow.secret.data.clone().unwrap_or_default();
+        let boot: Value = serde_json::from_slice(&data["bootstrap.yaml"].0).unwrap_or(Value::Null);
+        let text = boot.to_string();
+        assert!(text.contains("\"timeout\":\"3s\"") && !text.contains("\"timeout\":\"1s\""), "{text}");
 
         // The patch turns the submitted pod into the injected one.
         let mut applied = serde_json::to_value(&p).unwrap_or(Value::Null);

@@ -107,6 +107,8 @@ pub struct ProbeRoute {
     pub path: String,
     /// An HTTPS probe is passed through as TCP (the path cannot be seen): one per kind.
     pub https: bool,
+    /// The probe's `timeoutSeconds` (Kubernetes' default: 1): the sidecar waits as long as the kubelet.
+    pub timeout_s: u32,
 }
 
 impl ProbeRoute {
@@ -426,7 +428,9 @@ fn probe_resources(probes: &[ProbeRoute]) -> (Vec<Value>, Vec<Value>) {
                 .map(|p| {
                     json!({
                         "match": {"prefix": p.rewritten_path()},
-                        "route": {"cluster": p.cluster(), "prefix_rewrite": p.path, "timeout": "1s"}
+                        "route": {
+                            "cluster": p.cluster(), "prefix_rewrite": p.path, "timeout": format!("{}s", p.timeout_s.max(1))
+                        }
                     })
                 })
                 .collect();
