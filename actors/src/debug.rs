@@ -62,7 +62,7 @@ pub fn router(state: DebugState) -> Router {
                 let Some(uuid) = query_param(&uri, "proxy") else {
                     return (StatusCode::BAD_REQUEST, "give proxy=<uuid> (see /debug/proxies)\n").into_response();
                 };
-                let Ok(uuid) = messages::ProxyUuid::parse(uuid) else {
+                let Ok(uuid) = messages::ProxyUuid::parse(&uuid) else {
                     return (StatusCode::BAD_REQUEST, "proxy=<uuid>: not a proxy UUID\n").into_response();
                 };
                 match s.snapshots.send(crate::snapshot::ProxyConfig(uuid)).await {

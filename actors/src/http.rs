@@ -46,13 +46,10 @@ async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-/// The value of `key` in a query string (`Some("")` for a bare `key`).
-pub(crate) fn query_param<'a>(uri: &'a axum::http::Uri, key: &str) -> Option<&'a str> {
-    uri.query()?.split('&').find_map(|kv| match kv.split_once('=') {
-        Some((k, v)) if k == key => Some(v),
-        None if kv == key => Some(""),
-        _ => None,
-    })
+/// The value of `key` in a query string (`Some("")` for a bare `key`), percent-decoded as browsers and
+/// `curl --data-urlencode` send it (`from=bookbuyer%2Fbookbuyer`).
+pub(crate) fn query_param(uri: &axum::http::Uri, key: &str) -> Option<String> {
+    form_urlencoded::parse(uri.query()?.as_bytes()).find_map(|(k, v)| (k == key).then(|| v.into_owned()))
 }
 
 /// `?generation=N`: a number, or what to answer instead (a 400 naming the parameter).
@@ -359,7 +356,7 @@ async fn mesh_summary(State(s): State<HttpState>) -> Response {
 /// sidecars of both ends (connected, synced) and their certificates.
 async fn connectivity(State(s): State<HttpState>, uri: axum::http::Uri) -> axum::response::Response {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m + "\n").into_response();
-    let param = |k: &str| query_param(&uri, k).map(str::to_owned);
+    let param = |k: &str| query_param(&uri, k);
     let (Some(from), Some(to)) = (param("from"), param("to")) else {
         return bad("give from=<namespace>/<pod> and to=<namespace>/<service>[:<port>]".to_owned());
     };
@@ -544,6 +541,15 @@ mod tests {
                 types: Default::default(),
             }),
         }
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let uri: axum::http::Uri = "/status/connectivity?from=bookbuyer%2Fbookbuyer&to=a+b&summary".parse().unwrap();
+        assert_eq!(query_param(&uri, "from").as_deref(), Some("bookbuyer/bookbuyer"));
+        assert_eq!(query_param(&uri, "to").as_deref(), Some("a b"));
+        assert_eq!(query_param(&uri, "summary").as_deref(), Some(""));
+        assert_eq!(query_param(&uri, "nope"), None);
     }
 
     #[test]
