@@ -605,6 +605,17 @@ fn parse_key(pem: &str) -> Result<KeyPair, String> {
         return Err("the key is encrypted; give it unencrypted (openssl pkcs8 -in <key> -out <plain>)".to_owned());
     }
     KeyPair::from_pem(pem).map_err(|e| {
+        // The signer refuses RSA keys under 2048 bits with a vague parse error: name the size instead.
+        use rsa::pkcs8::DecodePrivateKey as _;
+        use rsa::traits::PublicKeyParts as _;
+        if let Ok(rsa) = rsa::RsaPrivateKey::from_pkcs8_pem(pem)
+            && rsa.size() * 8 < 2048
+        {
+            return format!(
+                "an RSA key of {} bits is too weak: use 2048 bits or more (or ECDSA P-256)",
+                rsa.size() * 8
+            );
+        }
         format!("not a usable private key ({e}); PEM PKCS#8 with an RSA (2048 bits or more) or ECDSA P-256/P-384 key")
     })
 }
@@ -753,6 +764,11 @@ mod tests {
         assert!(not_ca.contains("leaf.crt is not a CA certificate"), "{not_ca}");
         let sec1 = err("a.crt", "sec1.key");
         assert!(sec1.contains("sec1.key") && sec1.contains("openssl pkcs8 -topk8"), "{sec1}");
+        // An RSA key too small for the signer is named by its size.
+        openssl(d, "genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out weak.key");
+        openssl(d, &format!("req -x509 -new -key weak.key -subj /CN=weak -days 30 -out weak.crt {CA_EXT}"));
+        let weak = err("weak.crt", "weak.key");
+        assert!(weak.contains("weak.key") && weak.contains("RSA key of 1024 bits"), "{weak}");
         let junk = err("junk.crt", "a.key");
         assert!(junk.contains("junk.crt"), "{junk}");
         let missing = err("missing.crt", "a.key");
