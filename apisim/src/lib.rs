@@ -1,9 +1,10 @@
-//! A Kubernetes API-server simulator for tests: the wire protocol kube-rs (and `kubectl`) speak, without
-//! etcd or a cluster.
+//! A Kubernetes API-server simulator for tests: the wire protocol kube-rs, `kubectl` and `helm` speak,
+//! without etcd or a cluster.
 //!
 //! Place in the data flow: it stands where the real API server stands, in front of the Kubernetes
 //! watchers (`k8s::watch`), the webhooks' object writes and the Lease of the controller replicas, so those
-//! are tested through the real kube-rs client. It serves, for any resource path (core `/api/v1/...` and
+//! are tested through the real kube-rs client, and the chart through the real `helm` and `kubectl`
+//! ([`ApiServer::kubeconfig`]). It serves, for any resource path (core `/api/v1/...` and
 //! `/apis/<group>/<version>/...`, cluster-scoped or namespaced), JSON objects with:
 //!
 //! - list with a collection `resourceVersion`, label selectors (`=`, `==`, `!=`, `in`, `notin`, exists,
@@ -11,36 +12,82 @@
 //! - watch from a resourceVersion, with the events since then replayed, `BOOKMARK`s when asked for,
 //!   `timeoutSeconds`, an object that stops (or starts) matching the selector seen as `DELETED` (`ADDED`),
 //!   and `410 Gone` for a resourceVersion older than the history kept — [`ApiServer::expire`] forces that
-//!   for one resource, as a compaction of etcd would;
+//!   for one resource, as a compaction of etcd would; watch-lists (`sendInitialEvents=true`) end their
+//!   initial events with the `k8s.io/initial-events-end` bookmark;
 //! - create (with `generateName`), get, update (optimistic concurrency on `metadata.resourceVersion`),
-//!   patch (JSON merge, strategic merge treated as JSON merge, JSON patch, and server-side apply as a
-//!   merge that creates), delete, and `dryRun=All` for each write;
-//! - server-side apply's field ownership, per leaf field: an apply that changes a field another
-//!   `fieldManager` set is refused with `409 Conflict` unless `force=true` (what Lease-based leader
-//!   election relies on); a field that is removed has no owner.
+//!   patch (JSON merge, JSON patch, strategic merge with the built-in types' merge keys and the `$patch`,
+//!   `$setElementOrder`, `$retainKeys` and `$deleteFromPrimitiveList` directives — refused with 415 for
+//!   custom resources, as the real server does — and server-side apply, JSON or YAML), delete, delete of a
+//!   collection, and `dryRun=All` for each write; bodies in JSON, or in Kubernetes protobuf for the core
+//!   kinds typed Go clients send that way (Secret, ConfigMap, Namespace, ServiceAccount: Helm's release
+//!   storage, `kubectl create`); a Namespace always carries `kubernetes.io/metadata.name=<name>`; the
+//!   `status` subresource writes only the status, the `scale` subresource reads and writes a Scale;
+//! - server-side apply's field ownership, shown as `metadata.managedFields`: per leaf field, the managers
+//!   (told apart by name, operation and subresource) owning it, a list with a built-in merge key being a
+//!   map of its items (two managers own different fields of one container or webhook) and any other list
+//!   one field. An apply that changes a field another manager owns is refused with `409 Conflict` (the real
+//!   server's message) unless `force=true` — what Lease-based leader election relies on and what `helm
+//!   upgrade` meets after a `kubectl edit`; applying the value already there shares the field; a field an
+//!   applier stops applying is removed unless another manager owns it; `kubectl apply --server-side`
+//!   takes over fields of the last-applied annotation from `kubectl-client-side-apply`; managedFields a
+//!   client writes become the ownership (how Helm and kubectl hand client-side-applied fields over);
+//! - discovery (module `discovery`): `/version` (1.37), `/api`, `/apis`, `/apis/<group>`, per
+//!   group-version resource lists and the aggregated form (`apidiscovery.k8s.io/v2`), for a table of
+//!   built-in resources and every stored CustomResourceDefinition's served versions; a minimal OpenAPI v3
+//!   (`/openapi/v3`: per group-version, the object paths' PATCH operations with their `fieldValidation`
+//!   parameter — what tells kubectl to leave field validation to the server); `/openapi/v2` is 404;
+//! - admission webhooks ([`admission`]) for requests over HTTP: every stored Mutating- then
+//!   ValidatingWebhookConfiguration whose rules, `namespaceSelector` and `objectSelector` match is called
+//!   over HTTPS ([`webhook`]) with an AdmissionReview v1, through services resolved by
+//!   [`ApiServer::resolve_services_with`]; `failurePolicy`, denials, JSONPatch mutations, `timeoutSeconds`,
+//!   `sideEffects` against dry runs, `warnings`, and the real server's messages;
+//! - CustomResourceDefinitions (module `schema`): a CRD is `Established` (with its accepted names and
+//!   stored versions) as soon as it is stored — what Helm waits for —, must be named `<plural>.<group>` and
+//!   have exactly one storage version, and its deletion deletes its custom resources. For requests over
+//!   HTTP, its structural schema prunes unknown fields, fills `default`s and validates (`422 Invalid` in
+//!   the real server's words); `fieldValidation` is `Strict` (an unknown field is a 400), `Warn` (the
+//!   default: a `Warning` header) or `Ignore`; the status subresource; served versions (another one is
+//!   404) and the storage version (objects are stored at it and served at the version asked for).
 //!
-//! [`webhook`] is the API server's other side: calling admission webhooks over HTTPS. [`portforward`]
-//! serves `pods/<name>/portforward` (WebSocket, as `kubectl port-forward` uses it) to a port reached by a
-//! [`portforward::PodDialer`] the test provides ([`ApiServer::forward_ports_with`]).
+//! Writes through the Rust API ([`ApiServer::put`], [`ApiServer::apply_yaml`], [`ApiServer::remove`]) stand
+//! for the cluster's own state: they bypass admission webhooks and CRD schemas.
 //!
-//! Not simulated: schema validation, admission, finalizers and garbage collection, pagination (`limit` is
-//! ignored: every list is one page), protobuf.
+//! [`portforward`] serves `pods/<name>/portforward` (WebSocket, as `kubectl port-forward` uses it) to a
+//! port reached by a [`portforward::PodDialer`] the test provides ([`ApiServer::forward_ports_with`]).
+//!
+//! Not simulated: authentication and authorization (every client is `system:admin`); CEL
+//! (`x-kubernetes-validations`, ValidatingAdmissionPolicy, `matchConditions`), `format` checks and
+//! `x-kubernetes-list-type` keys of custom resources (their lists are atomic); webhook reinvocation and
+//! `matchPolicy: Equivalent` (matches are exact); conversion webhooks (a CRD's versions convert by
+//! rewriting `apiVersion`); finalizers, namespace termination (deleting a Namespace leaves its objects, and
+//! objects may be created in a Namespace that does not exist) and garbage collection; built-in types'
+//! validation and defaulting (their unknown fields are kept); server-side printing (`kubectl get` prints
+//! its own default columns); pagination (`limit` is ignored: every list is one page); protobuf responses
+//! and protobuf bodies of other kinds (415).
 
+pub mod admission;
+mod discovery;
+mod fields;
+mod http;
+mod patch;
 pub mod portforward;
+mod proto;
+mod scale;
+mod schema;
+mod watch;
 pub mod webhook;
+mod write;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+pub use admission::ServiceResolver;
 
 /// An API resource: its group (`""` for the core group), version and plural name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -63,20 +110,14 @@ impl Resource {
     fn id(&self) -> (String, String) {
         (self.group.clone(), self.plural.clone())
     }
+}
 
-    /// The kind of this resource's objects, for list and bookmark envelopes.
-    fn kind(&self, known: &BTreeMap<(String, String), String>) -> String {
-        if let Some(k) = known.get(&self.id()) {
-            return k.clone();
-        }
-        let singular = self
-            .plural
-            .strip_suffix("es")
-            .filter(|s| s.ends_with("ss"))
-            .unwrap_or(self.plural.strip_suffix('s').unwrap_or(&self.plural));
-        let mut c = singular.chars();
-        c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
-    }
+/// The kind of a plural name nothing declares (`pods` → `Pod`).
+fn kind_from_plural(plural: &str) -> String {
+    let singular =
+        plural.strip_suffix("es").filter(|s| s.ends_with("ss")).unwrap_or(plural.strip_suffix('s').unwrap_or(plural));
+    let mut c = singular.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }
 
 /// The plural resource name of a kind, by the API's own rule for the kinds the mesh uses.
@@ -113,23 +154,70 @@ enum Note {
     Expire((String, String)),
 }
 
+const CRDS: (&str, &str) = ("apiextensions.k8s.io", "customresourcedefinitions");
+
 #[derive(Debug, Default)]
 struct Store {
     rv: u64,
     objects: BTreeMap<Key, Arc<Value>>,
-    /// Per object, the field manager of each leaf field (JSON pointer).
-    owners: BTreeMap<Key, BTreeMap<String, String>>,
+    owners: BTreeMap<Key, fields::Owners>,
     history: VecDeque<Arc<Change>>,
     /// Every change after this resourceVersion is still in `history`.
     history_floor: u64,
     /// Per resource: a watch must start at or after this resourceVersion (set by [`ApiServer::expire`]).
     expired_at: BTreeMap<(String, String), u64>,
+    /// Kinds seen written, for resources neither built in nor defined by a CRD.
     kinds: BTreeMap<(String, String), String>,
 }
 
 impl Store {
     fn floor(&self, resource: &(String, String)) -> u64 {
         self.history_floor.max(self.expired_at.get(resource).copied().unwrap_or(0))
+    }
+
+    fn of_resource(&self, id: &(String, String)) -> impl Iterator<Item = (&Key, &Arc<Value>)> {
+        self.objects.iter().filter(move |(k, _)| &k.resource == id)
+    }
+
+    /// The stored CustomResourceDefinition of a group's plural.
+    fn crd(&self, group: &str, plural: &str) -> Option<Arc<Value>> {
+        self.objects
+            .get(&Key {
+                resource: (CRDS.0.to_owned(), CRDS.1.to_owned()),
+                namespace: String::new(),
+                name: format!("{plural}.{group}"),
+            })
+            .filter(|c| c["spec"]["group"] == group && c["spec"]["names"]["plural"] == plural)
+            .cloned()
+    }
+
+    /// Everything served: the built-in resources, then every CRD's served versions.
+    fn served(&self) -> Vec<discovery::ApiResource> {
+        let mut all = discovery::built_in().to_vec();
+        for (_, crd) in self.of_resource(&(CRDS.0.to_owned(), CRDS.1.to_owned())) {
+            all.extend(discovery::of_crd(crd));
+        }
+        all
+    }
+
+    /// What discovery says of a resource, if it is built in or defined by a CRD.
+    fn describe(&self, resource: &Resource) -> Option<discovery::ApiResource> {
+        if let Some(crd) = self.crd(&resource.group, &resource.plural) {
+            let served = discovery::of_crd(&crd);
+            return served.iter().find(|r| r.version == resource.version).or(served.first()).cloned();
+        }
+        let mut same =
+            discovery::built_in().iter().filter(|r| r.group == resource.group && r.plural == resource.plural);
+        let first = same.next()?;
+        Some(std::iter::once(first).chain(same).find(|r| r.version == resource.version).unwrap_or(first).clone())
+    }
+
+    /// The kind of a resource's objects: declared, seen written, or derived from the plural.
+    fn kind(&self, resource: &Resource) -> String {
+        self.describe(resource)
+            .map(|r| r.kind)
+            .or_else(|| self.kinds.get(&resource.id()).cloned())
+            .unwrap_or_else(|| kind_from_plural(&resource.plural))
     }
 }
 
@@ -157,9 +245,11 @@ struct State {
     options: Options,
     uid: AtomicU64,
     /// Requests served, by method and path, for tests that check what a client did.
-    requests: Mutex<Vec<(Method, String)>>,
+    requests: Mutex<Vec<(axum::http::Method, String)>>,
     /// Reaches pods' ports for port-forwards (the kubelet's part); none until a test gives one.
     dialer: Mutex<Option<Dialer>>,
+    /// Finds the address behind a webhook's service (the endpoints' part); none until a test gives one.
+    resolver: Mutex<Option<admission::Resolver>>,
 }
 
 /// A [`portforward::PodDialer`] in [`State`] (which is `Debug`).
@@ -177,6 +267,31 @@ impl State {
         // A panic while holding the lock is a bug in the simulator itself; keep serving what is there.
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn next_uid(&self) -> u64 {
+        self.uid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn now_rfc3339(&self) -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        rfc3339(i64::try_from(now.as_secs()).unwrap_or(0))
+    }
+}
+
+/// Seconds since the Unix epoch as an RFC 3339 UTC time (`2026-01-01T00:00:00Z`).
+fn rfc3339(seconds: i64) -> String {
+    let (days, secs) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
 /// A running simulator on a loopback port; stops when dropped.
@@ -220,11 +335,9 @@ impl ApiServer {
             uid: AtomicU64::new(1),
             requests: Mutex::default(),
             dialer: Mutex::default(),
+            resolver: Mutex::default(),
         });
-        let app = axum::Router::new()
-            .route("/api/v1/namespaces/{namespace}/pods/{name}/portforward", axum::routing::any(port_forward))
-            .fallback(handle)
-            .with_state(state.clone());
+        let app = http::router(state.clone());
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "API-server simulator stopped");
@@ -245,6 +358,15 @@ impl ApiServer {
         }
     }
 
+    /// Reaches admission webhooks' services (`clientConfig.service`) through `resolver`: given the
+    /// service's namespace, name and port, the address to connect to, or `None` when the service has no
+    /// endpoints. Without one, every service has none ("no endpoints available for service").
+    pub fn resolve_services_with(&self, resolver: ServiceResolver) {
+        if let Ok(mut r) = self.state.resolver.lock() {
+            *r = Some(admission::Resolver(resolver));
+        }
+    }
+
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.addr.port()
@@ -257,7 +379,8 @@ impl ApiServer {
         kube::Client::try_from(kube::Config::new(url)).map_err(|e| bad(e.to_string()))
     }
 
-    /// A kubeconfig file's contents pointing at this server (for a controller run as a process, `kubectl`).
+    /// A kubeconfig file's contents pointing at this server (for a controller run as a process, `kubectl`,
+    /// `helm`).
     pub fn kubeconfig(&self) -> String {
         self.kubeconfig_for(&self.url())
     }
@@ -282,23 +405,15 @@ impl ApiServer {
         let _ = self.state.notes.send(Note::Expire(id));
     }
 
-    /// Writes `object` (create or replace), as a controller of the cluster would; returns the stored object.
+    /// Writes `object` (create or replace), as a controller of the cluster would, without admission or
+    /// schemas; returns the stored object.
     pub fn put(&self, resource: &Resource, object: Value) -> Result<Value, SimError> {
-        let ns = object.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let target = Target { resource: resource.clone(), namespace: ns, name: Some(name), subresource: None };
-        let exists = self.get(resource, &target.namespace, target.name.as_deref().unwrap_or_default()).is_some();
-        let (method, status) = if exists { (Method::PUT, StatusCode::OK) } else { (Method::POST, StatusCode::CREATED) };
-        let body = serde_json::to_vec(&object).map_err(|e| SimError::Object(e.to_string()))?;
-        let target = if exists { target } else { Target { name: None, ..target } };
-        match write(&self.state, &method, &target, &Query::default(), &HeaderMap::new(), &body) {
-            Ok((s, v)) if s == status => Ok(v),
-            Ok((_, v)) | Err(ApiError { body: v, .. }) => Err(SimError::Object(v.to_string())),
-        }
+        write::put(&self.state, resource, object).map_err(|e| SimError::Object(e.body.to_string()))
     }
 
     /// Writes every document of a multi-document YAML manifest (as `kubectl apply -f` would, without
-    /// merging): the resource of each is found from its `apiVersion` and `kind`. Returns how many.
+    /// merging, admission or schemas): the resource of each is found from its `apiVersion` and `kind`
+    /// (a stored CRD's plural, or the API's rule). Returns how many.
     pub fn apply_yaml(&self, text: &str) -> Result<usize, SimError> {
         let docs: Vec<Value> =
             serde_saphyr::from_multiple(text).map_err(|e| SimError::Object(format!("invalid YAML: {e}")))?;
@@ -309,7 +424,12 @@ impl ApiServer {
                 return Err(SimError::Object(format!("a document without apiVersion or kind: {doc}")));
             };
             let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
-            self.put(&Resource::new(group, version, &plural_of(&kind)), doc)?;
+            let plural = {
+                let store = self.state.store();
+                store.served().into_iter().find(|r| r.group == group && r.kind == kind).map(|r| r.plural)
+            };
+            let plural = plural.unwrap_or_else(|| plural_of(&kind));
+            self.put(&Resource::new(group, version, &plural), doc)?;
             n += 1;
         }
         Ok(n)
@@ -323,772 +443,23 @@ impl ApiServer {
 
     /// Every stored object of `resource`.
     pub fn list(&self, resource: &Resource) -> Vec<Value> {
-        let id = resource.id();
-        self.state.store().objects.iter().filter(|(k, _)| k.resource == id).map(|(_, v)| (**v).clone()).collect()
+        self.state.store().of_resource(&resource.id()).map(|(_, v)| (**v).clone()).collect()
     }
 
-    /// Deletes an object; false when it did not exist.
+    /// Deletes an object (without admission); false when it did not exist.
     pub fn remove(&self, resource: &Resource, namespace: &str, name: &str) -> bool {
-        let target = Target {
-            resource: resource.clone(),
-            namespace: namespace.to_owned(),
-            name: Some(name.to_owned()),
-            subresource: None,
-        };
-        write(&self.state, &Method::DELETE, &target, &Query::default(), &HeaderMap::new(), &[]).is_ok()
+        write::remove(&self.state, resource, namespace, name)
     }
 
     /// Requests served so far (method and path with query), oldest first.
-    pub fn requests(&self) -> Vec<(Method, String)> {
+    pub fn requests(&self) -> Vec<(axum::http::Method, String)> {
         self.state.requests.lock().map(|r| r.clone()).unwrap_or_default()
     }
-}
-
-/// What a request path names.
-#[derive(Debug, Clone)]
-struct Target {
-    resource: Resource,
-    /// `""` for cluster-scoped resources and for lists across namespaces.
-    namespace: String,
-    name: Option<String>,
-    subresource: Option<String>,
-}
-
-fn parse_path(path: &str) -> Option<Target> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (group, version, rest) = match segs.as_slice() {
-        ["api", version, rest @ ..] => ("", *version, rest),
-        ["apis", group, version, rest @ ..] => (*group, *version, rest),
-        _ => return None,
-    };
-    let t = |ns: &str, plural: &str, name: Option<&str>, sub: Option<&str>| Target {
-        resource: Resource::new(group, version, plural),
-        namespace: ns.to_owned(),
-        name: name.map(str::to_owned),
-        subresource: sub.map(str::to_owned),
-    };
-    Some(match rest {
-        // `/api/v1/namespaces/<name>` is the Namespace itself; deeper paths are inside it.
-        ["namespaces", ns, plural] => t(ns, plural, None, None),
-        ["namespaces", ns, plural, name] => t(ns, plural, Some(name), None),
-        ["namespaces", ns, plural, name, sub] => t(ns, plural, Some(name), Some(sub)),
-        [plural] => t("", plural, None, None),
-        [plural, name] => t("", plural, Some(name), None),
-        [plural, name, sub] => t("", plural, Some(name), Some(sub)),
-        _ => return None,
-    })
-}
-
-#[derive(Debug, Default)]
-struct Query {
-    watch: bool,
-    resource_version: Option<String>,
-    label_selector: Option<String>,
-    field_selector: Option<String>,
-    timeout_s: Option<u64>,
-    bookmarks: bool,
-    dry_run: bool,
-    field_manager: Option<String>,
-    force: bool,
-}
-
-fn parse_query(q: Option<&str>) -> Query {
-    let mut out = Query::default();
-    for (k, v) in form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
-        match k.as_ref() {
-            "watch" => out.watch = v == "true" || v == "1",
-            "resourceVersion" => out.resource_version = Some(v.into_owned()).filter(|v| !v.is_empty()),
-            "labelSelector" => out.label_selector = Some(v.into_owned()).filter(|v| !v.is_empty()),
-            "fieldSelector" => out.field_selector = Some(v.into_owned()).filter(|v| !v.is_empty()),
-            "timeoutSeconds" => out.timeout_s = v.parse().ok(),
-            "allowWatchBookmarks" => out.bookmarks = v == "true" || v == "1",
-            "dryRun" => out.dry_run = v == "All",
-            "fieldManager" => out.field_manager = Some(v.into_owned()).filter(|v| !v.is_empty()),
-            "force" => out.force = v == "true",
-            _ => {}
-        }
-    }
-    out
-}
-
-/// A label or field selector, as the API server parses it.
-#[derive(Debug, Clone, Default)]
-struct Selector(Vec<Term>);
-
-#[derive(Debug, Clone)]
-enum Term {
-    Eq(String, String),
-    Ne(String, String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    Absent(String),
-}
-
-fn split_terms(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut depth, mut start) = (0i32, 0usize);
-    for (i, c) in s.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                out.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&s[start..]);
-    out.into_iter().map(str::trim).filter(|t| !t.is_empty()).collect()
-}
-
-impl Selector {
-    fn parse(s: Option<&str>) -> Result<Self, String> {
-        let Some(s) = s else { return Ok(Self::default()) };
-        let mut terms = Vec::new();
-        for term in split_terms(s) {
-            let set = |rest: &str| -> Result<Vec<String>, String> {
-                let inner = rest.trim().strip_prefix('(').and_then(|r| r.strip_suffix(')'));
-                let inner = inner.ok_or_else(|| format!("selector term {term:?}: expected a (list)"))?;
-                Ok(inner.split(',').map(|v| v.trim().to_owned()).collect())
-            };
-            let t = if let Some((k, v)) = term.split_once("!=") {
-                Term::Ne(k.trim().to_owned(), v.trim().to_owned())
-            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-                Term::Eq(k.trim().to_owned(), v.trim().to_owned())
-            } else if let Some((k, rest)) = term.split_once(" notin ") {
-                Term::NotIn(k.trim().to_owned(), set(rest)?)
-            } else if let Some((k, rest)) = term.split_once(" in ") {
-                Term::In(k.trim().to_owned(), set(rest)?)
-            } else if let Some(k) = term.strip_prefix('!') {
-                Term::Absent(k.trim().to_owned())
-            } else if term.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
-                Term::Exists(term.to_owned())
-            } else {
-                return Err(format!("unable to parse selector term {term:?}"));
-            };
-            terms.push(t);
-        }
-        Ok(Self(terms))
-    }
-
-    fn matches(&self, get: impl Fn(&str) -> Option<String>) -> bool {
-        self.0.iter().all(|t| match t {
-            Term::Eq(k, v) => get(k).as_deref() == Some(v),
-            Term::Ne(k, v) => get(k).as_deref() != Some(v),
-            Term::In(k, vs) => get(k).is_some_and(|x| vs.contains(&x)),
-            Term::NotIn(k, vs) => get(k).is_none_or(|x| !vs.contains(&x)),
-            Term::Exists(k) => get(k).is_some(),
-            Term::Absent(k) => get(k).is_none(),
-        })
-    }
-}
-
-/// The list or watch filter of one request.
-#[derive(Debug, Clone)]
-struct Filter {
-    resource: (String, String),
-    namespace: String,
-    labels: Selector,
-    fields: Selector,
-}
-
-impl Filter {
-    fn matches(&self, obj: &Value) -> bool {
-        let str_at = |p: &str| obj.pointer(p).and_then(Value::as_str).map(str::to_owned);
-        let ns = str_at("/metadata/namespace").unwrap_or_default();
-        (self.namespace.is_empty() || ns == self.namespace)
-            && self
-                .labels
-                .matches(|k| obj.pointer("/metadata/labels").and_then(|l| l.get(k))?.as_str().map(str::to_owned))
-            && self.fields.matches(|k| match k {
-                "metadata.name" => str_at("/metadata/name"),
-                "metadata.namespace" => Some(ns.clone()),
-                _ => None,
-            })
-    }
-}
-
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    body: Value,
-}
-
-fn api_error(status: StatusCode, reason: &str, message: impl Into<String>) -> ApiError {
-    let message = message.into();
-    ApiError {
-        status,
-        body: json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": status.as_u16(),
-        }),
-    }
-}
-
-fn not_found(t: &Target, name: &str) -> ApiError {
-    api_error(
-        StatusCode::NOT_FOUND,
-        "NotFound",
-        format!("{}.{} \"{name}\" not found", t.resource.plural, t.resource.group),
-    )
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
-}
-
-/// `GET /api/v1/namespaces/<ns>/pods/<name>/portforward?ports=...` with a WebSocket upgrade.
-async fn port_forward(
-    axum::extract::State(state): axum::extract::State<Arc<State>>,
-    axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
-    mut request: axum::extract::Request,
-) -> Response {
-    let uri = request.uri().clone();
-    if let Ok(mut r) = state.requests.lock() {
-        r.push((
-            request.method().clone(),
-            uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.to_string()),
-        ));
-    }
-    let bad = |reason: String| {
-        let e = api_error(StatusCode::BAD_REQUEST, "BadRequest", reason);
-        json_response(e.status, &e.body)
-    };
-    if !matches!(*request.method(), Method::GET | Method::POST) {
-        return bad(format!(
-            "{} is not how a port-forward is asked for (GET with a WebSocket upgrade)",
-            request.method()
-        ));
-    }
-    let key = Key { resource: (String::new(), "pods".to_owned()), namespace: namespace.clone(), name: name.clone() };
-    if !state.store().objects.contains_key(&key) {
-        let e = api_error(StatusCode::NOT_FOUND, "NotFound", format!("pods \"{name}\" not found"));
-        return json_response(e.status, &e.body);
-    }
-    let ports = match portforward::ports_of(uri.query()) {
-        Ok(p) => p,
-        Err(reason) => return bad(reason),
-    };
-    let Some(Dialer(dial)) = state.dialer.lock().ok().and_then(|d| d.clone()) else {
-        let e = api_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            format!("pod {namespace}/{name} has no reachable kubelet in this simulator (no dialer)"),
-        );
-        return json_response(e.status, &e.body);
-    };
-    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
-        return bad("the connection cannot be upgraded".to_owned());
-    };
-    portforward::upgrade(request.headers(), on_upgrade, dial, (namespace, name), ports).unwrap_or_else(bad)
-}
-
-async fn handle(
-    axum::extract::State(state): axum::extract::State<Arc<State>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Ok(mut r) = state.requests.lock() {
-        r.push((method.clone(), uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.to_string())));
-    }
-    let Some(target) = parse_path(uri.path()) else {
-        let e = api_error(StatusCode::NOT_FOUND, "NotFound", format!("the server could not find {}", uri.path()));
-        return json_response(e.status, &e.body);
-    };
-    let query = parse_query(uri.query());
-    let result = match (&method, &target.name) {
-        (&Method::GET, None) if query.watch => return watch(&state, &target, &query),
-        (&Method::GET, None) => list(&state, &target, &query).map(|v| (StatusCode::OK, v)),
-        (&Method::GET, Some(name)) => {
-            let key = Key { resource: target.resource.id(), namespace: target.namespace.clone(), name: name.clone() };
-            state
-                .store()
-                .objects
-                .get(&key)
-                .map(|v| (StatusCode::OK, (**v).clone()))
-                .ok_or_else(|| not_found(&target, name))
-        }
-        _ => write(&state, &method, &target, &query, &headers, &body),
-    };
-    match result {
-        Ok((status, v)) => json_response(status, &v),
-        Err(e) => json_response(e.status, &e.body),
-    }
-}
-
-fn filter_of(target: &Target, query: &Query) -> Result<Filter, ApiError> {
-    let bad = |e: String| api_error(StatusCode::BAD_REQUEST, "BadRequest", e);
-    Ok(Filter {
-        resource: target.resource.id(),
-        namespace: target.namespace.clone(),
-        labels: Selector::parse(query.label_selector.as_deref()).map_err(bad)?,
-        fields: Selector::parse(query.field_selector.as_deref()).map_err(bad)?,
-    })
-}
-
-fn list(state: &State, target: &Target, query: &Query) -> Result<Value, ApiError> {
-    let filter = filter_of(target, query)?;
-    let store = state.store();
-    let items: Vec<Value> = store
-        .objects
-        .iter()
-        .filter(|(k, v)| k.resource == filter.resource && filter.matches(v))
-        .map(|(_, v)| (**v).clone())
-        .collect();
-    Ok(json!({
-        "apiVersion": target.resource.api_version(),
-        "kind": format!("{}List", target.resource.kind(&store.kinds)),
-        "metadata": {"resourceVersion": store.rv.to_string()},
-        "items": items,
-    }))
-}
-
-fn event_line(kind: &str, object: &Value) -> String {
-    let mut line = json!({"type": kind, "object": object}).to_string();
-    line.push('\n');
-    line
-}
-
-/// The event a filtered watch sees for one change: an object that stops matching is `DELETED` for it.
-fn event_for(filter: &Filter, c: &Change) -> Option<String> {
-    if c.resource != filter.resource {
-        return None;
-    }
-    let old = c.old.as_deref().filter(|o| filter.matches(o));
-    let new = c.new.as_deref().filter(|n| filter.matches(n));
-    match (old, new) {
-        (None, Some(n)) => Some(event_line("ADDED", n)),
-        (Some(_), Some(n)) => Some(event_line("MODIFIED", n)),
-        (Some(o), None) => Some(event_line("DELETED", c.new.as_deref().unwrap_or(o))),
-        (None, None) => None,
-    }
-}
-
-fn gone_line(message: String) -> String {
-    event_line("ERROR", &api_error(StatusCode::GONE, "Expired", message).body)
-}
-
-fn watch(state: &Arc<State>, target: &Target, query: &Query) -> Response {
-    let filter = match filter_of(target, query) {
-        Ok(f) => f,
-        Err(e) => return json_response(e.status, &e.body),
-    };
-    // Replay and subscription happen under the store's lock, so no change falls between them.
-    let (backlog, mut notes, mut last_rv, bookmark_envelope) = {
-        let store = state.store();
-        let notes = state.notes.subscribe();
-        let envelope = (target.resource.api_version(), target.resource.kind(&store.kinds));
-        let mut backlog = Vec::new();
-        match query.resource_version.as_deref().map(str::parse::<u64>) {
-            None | Some(Ok(0)) => {
-                // No resourceVersion: the current state as ADDED events, then what follows.
-                for (k, v) in &store.objects {
-                    if k.resource == filter.resource && filter.matches(v) {
-                        backlog.push(event_line("ADDED", v));
-                    }
-                }
-            }
-            Some(Ok(from)) => {
-                let floor = store.floor(&filter.resource);
-                if from < floor || from > store.rv {
-                    backlog.push(gone_line(format!("too old resource version: {from} ({floor})")));
-                    drop(store);
-                    return stream_lines(backlog, None);
-                }
-                backlog.extend(store.history.iter().filter(|c| c.rv > from).filter_map(|c| event_for(&filter, c)));
-            }
-            Some(Err(_)) => {
-                let e = api_error(StatusCode::BAD_REQUEST, "BadRequest", "resourceVersion is not a number");
-                return json_response(e.status, &e.body);
-            }
-        }
-        (backlog, notes, store.rv, envelope)
-    };
-    let (tx, rx) = mpsc::channel::<Result<String, Infallible>>(64);
-    let bookmarks = query.bookmarks;
-    let interval = state.options.bookmark_interval;
-    let deadline = query.timeout_s.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
-    tokio::spawn(async move {
-        for line in backlog {
-            if tx.send(Ok(line)).await.is_err() {
-                return;
-            }
-        }
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        let timeout = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(timeout);
-        loop {
-            let line = tokio::select! {
-                note = notes.recv() => match note {
-                    Ok(Note::Change(c)) if c.rv > last_rv => {
-                        last_rv = c.rv;
-                        match event_for(&filter, &c) {
-                            Some(line) => line,
-                            None => continue,
-                        }
-                    }
-                    Ok(Note::Change(_)) => continue,
-                    Ok(Note::Expire(id)) if id == filter.resource => {
-                        let _ = tx.send(Ok(gone_line(format!("too old resource version: {last_rv}")))).await;
-                        return;
-                    }
-                    Ok(Note::Expire(_)) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let _ = tx.send(Ok(gone_line(format!("watch fell behind at {last_rv}")))).await;
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = tick.tick(), if bookmarks => {
-                    // Every change reaches this loop in order, so `last_rv` is as far as this watch has seen.
-                    let (api_version, kind) = &bookmark_envelope;
-                    event_line("BOOKMARK", &json!({
-                        "apiVersion": api_version, "kind": kind,
-                        "metadata": {"resourceVersion": last_rv.to_string()},
-                    }))
-                }
-                () = &mut timeout => return,
-                () = tx.closed() => return,
-            };
-            if tx.send(Ok(line)).await.is_err() {
-                return;
-            }
-        }
-    });
-    stream_lines(Vec::new(), Some(rx))
-}
-
-fn stream_lines(first: Vec<String>, rest: Option<mpsc::Receiver<Result<String, Infallible>>>) -> Response {
-    use futures::StreamExt as _;
-    let head = futures::stream::iter(first.into_iter().map(Ok::<_, Infallible>));
-    let tail = rest.map(tokio_stream::wrappers::ReceiverStream::new);
-    let stream = head.chain(futures::stream::iter(tail).flatten());
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-fn now_rfc3339(state: &State) -> String {
-    // Timestamps only need to be well-formed and increase; the simulator's clock is its write counter.
-    let n = state.uid.load(Ordering::Relaxed);
-    format!("2026-01-01T00:{:02}:{:02}Z", (n / 60) % 60, n % 60)
-}
-
-fn write(
-    state: &State,
-    method: &Method,
-    target: &Target,
-    query: &Query,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(StatusCode, Value), ApiError> {
-    let bad = |m: String| api_error(StatusCode::BAD_REQUEST, "BadRequest", m);
-    let parse_body = || -> Result<Value, ApiError> {
-        let v: Value = serde_json::from_slice(body).map_err(|e| bad(format!("the request body is not JSON: {e}")))?;
-        if v.is_object() { Ok(v) } else { Err(bad("the request body is not an object".to_owned())) }
-    };
-    let id = target.resource.id();
-    let mut store = state.store();
-    let key_of = |name: &str| Key { resource: id.clone(), namespace: target.namespace.clone(), name: name.to_owned() };
-    let (status, old, new) = match (method, &target.name) {
-        (&Method::POST, None) => {
-            let mut obj = parse_body()?;
-            let meta = obj.pointer("/metadata").cloned().unwrap_or(json!({}));
-            let body_ns = meta.get("namespace").and_then(Value::as_str).unwrap_or_default();
-            if !body_ns.is_empty() && body_ns != target.namespace {
-                return Err(bad(format!(
-                    "the namespace of the object ({body_ns}) does not match the namespace on the request ({})",
-                    target.namespace
-                )));
-            }
-            let name =
-                match (meta.get("name").and_then(Value::as_str), meta.get("generateName").and_then(Value::as_str)) {
-                    (Some(n), _) if !n.is_empty() => n.to_owned(),
-                    (_, Some(prefix)) => format!("{prefix}{:05x}", state.uid.fetch_add(1, Ordering::Relaxed)),
-                    _ => {
-                        return Err(api_error(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            "Invalid",
-                            "metadata.name: Required value: name or generateName is required",
-                        ));
-                    }
-                };
-            if store.objects.contains_key(&key_of(&name)) {
-                return Err(api_error(
-                    StatusCode::CONFLICT,
-                    "AlreadyExists",
-                    format!("{}.{} \"{name}\" already exists", target.resource.plural, target.resource.group),
-                ));
-            }
-            set_meta(state, &mut obj, &target.namespace, &name, None);
-            (StatusCode::CREATED, None, Some(obj))
-        }
-        (&Method::PUT, Some(name)) => {
-            let mut obj = parse_body()?;
-            let old = store.objects.get(&key_of(name)).cloned().ok_or_else(|| not_found(target, name))?;
-            check_version(&obj, &old, target, name)?;
-            if let Some(sub) = &target.subresource {
-                // Only the subresource's part of the body is written (status, scale, ...).
-                let part = obj.get(sub).cloned().unwrap_or(Value::Null);
-                obj = (*old).clone();
-                obj[sub] = part;
-            }
-            set_meta(state, &mut obj, &target.namespace, name, Some(&old));
-            (StatusCode::OK, Some(old), Some(obj))
-        }
-        (&Method::PATCH, Some(name)) => {
-            let content_type =
-                headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-            let old = store.objects.get(&key_of(name)).cloned();
-            let apply = content_type.starts_with("application/apply-patch");
-            let mut obj = match (&old, apply) {
-                (Some(o), _) => (**o).clone(),
-                (None, true) => json!({}),
-                (None, false) => return Err(not_found(target, name)),
-            };
-            if content_type.starts_with("application/json-patch+json") {
-                let ops: json_patch::Patch = serde_json::from_slice(body)
-                    .map_err(|e| bad(format!("the request body is not a JSON patch: {e}")))?;
-                json_patch::patch(&mut obj, &ops)
-                    .map_err(|e| api_error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string()))?;
-            } else if content_type.starts_with("application/merge-patch+json")
-                || content_type.starts_with("application/strategic-merge-patch+json")
-                || apply
-            {
-                let body = parse_body()?;
-                if apply {
-                    let manager = query.field_manager.as_deref().unwrap_or("unknown");
-                    let owners = store.owners.get(&key_of(name));
-                    check_apply(&obj, &body, owners, manager, query.force)?;
-                }
-                json_patch::merge(&mut obj, &body);
-            } else {
-                return Err(api_error(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "UnsupportedMediaType",
-                    format!("the body of the request was in an unknown format: {content_type:?}"),
-                ));
-            }
-            if let Some(o) = &old {
-                check_version(&obj, o, target, name)?;
-            }
-            set_meta(state, &mut obj, &target.namespace, name, old.as_deref());
-            let status = if old.is_some() { StatusCode::OK } else { StatusCode::CREATED };
-            (status, old, Some(obj))
-        }
-        (&Method::DELETE, Some(name)) => {
-            let old = store.objects.get(&key_of(name)).cloned().ok_or_else(|| not_found(target, name))?;
-            (StatusCode::OK, Some(old), None)
-        }
-        _ => {
-            return Err(api_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                format!("{method} is not supported on this path"),
-            ));
-        }
-    };
-    if let Some(kind) = new.as_ref().and_then(|n| n.get("kind")).and_then(Value::as_str) {
-        store.kinds.entry(id.clone()).or_insert_with(|| kind.to_owned());
-    }
-    if query.dry_run {
-        return Ok((status, new.or(old.map(|o| (*o).clone())).unwrap_or(Value::Null)));
-    }
-    store.rv += 1;
-    let rv = store.rv;
-    let name = new
-        .as_ref()
-        .and_then(|n| n.pointer("/metadata/name"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .or_else(|| target.name.clone())
-        .unwrap_or_default();
-    let new = new.map(|mut n| {
-        n["metadata"]["resourceVersion"] = json!(rv.to_string());
-        Arc::new(n)
-    });
-    match &new {
-        Some(n) => store.objects.insert(key_of(&name), n.clone()),
-        None => store.objects.remove(&key_of(&name)),
-    };
-    // Ownership: whoever changed a field owns it now; a removed field has no owner.
-    let manager = query.field_manager.clone().unwrap_or_else(|| "unknown".to_owned());
-    match &new {
-        Some(n) => {
-            let before = old.as_deref().map(leaves).unwrap_or_default();
-            let after = leaves(n);
-            let owners = store.owners.entry(key_of(&name)).or_default();
-            owners.retain(|path, _| after.contains_key(path));
-            for (path, v) in &after {
-                if before.get(path) != Some(v) {
-                    owners.insert(path.clone(), manager.clone());
-                }
-            }
-        }
-        None => {
-            store.owners.remove(&key_of(&name));
-        }
-    }
-    let change = Arc::new(Change { rv, resource: id, old: old.clone(), new: new.clone() });
-    store.history.push_back(change.clone());
-    while store.history.len() > state.options.history {
-        if let Some(c) = store.history.pop_front() {
-            store.history_floor = c.rv;
-        }
-    }
-    let _ = state.notes.send(Note::Change(change));
-    let out = new.or(old).map(|v| (*v).clone()).unwrap_or(Value::Null);
-    Ok((status, out))
-}
-
-/// The leaf fields of an object (scalars and lists, by JSON pointer), without the server's metadata.
-fn leaves(v: &Value) -> BTreeMap<String, Value> {
-    fn walk(path: String, v: &Value, out: &mut BTreeMap<String, Value>) {
-        match v {
-            Value::Object(m) => {
-                for (k, v) in m {
-                    walk(format!("{path}/{}", k.replace('~', "~0").replace('/', "~1")), v, out);
-                }
-            }
-            Value::Null => {}
-            other => {
-                out.insert(path, other.clone());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(String::new(), v, &mut out);
-    for server_owned in
-        ["/metadata/resourceVersion", "/metadata/uid", "/metadata/creationTimestamp", "/metadata/generation"]
-    {
-        out.remove(server_owned);
-    }
-    out.retain(|k, _| !k.starts_with("/metadata/managedFields"));
-    out
-}
-
-/// Server-side apply: changing a field another manager owns is a conflict unless forced.
-fn check_apply(
-    current: &Value,
-    patch: &Value,
-    owners: Option<&BTreeMap<String, String>>,
-    manager: &str,
-    force: bool,
-) -> Result<(), ApiError> {
-    if force {
-        return Ok(());
-    }
-    let conflicts: Vec<String> = leaves(patch)
-        .into_iter()
-        .filter(|(path, v)| current.pointer(path).is_some_and(|c| c != v))
-        .filter_map(|(path, _)| {
-            let owner = owners?.get(&path)?;
-            (owner != manager).then(|| format!("conflict with \"{owner}\": {}", path.replace('/', ".")))
-        })
-        .collect();
-    if conflicts.is_empty() {
-        return Ok(());
-    }
-    Err(api_error(
-        StatusCode::CONFLICT,
-        "Conflict",
-        format!("Apply failed with {} conflict(s): {}", conflicts.len(), conflicts.join(", ")),
-    ))
-}
-
-/// Optimistic concurrency: a write that names a resourceVersion must name the current one.
-fn check_version(obj: &Value, old: &Value, target: &Target, name: &str) -> Result<(), ApiError> {
-    let given = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|v| !v.is_empty());
-    let current = old.pointer("/metadata/resourceVersion").and_then(Value::as_str);
-    match given {
-        Some(g) if Some(g) != current => Err(api_error(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {}.{} \"{name}\": the object has been modified; please apply your \
-                 changes to the latest version and try again",
-                target.resource.plural, target.resource.group
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Fills the metadata the server owns: name, namespace, uid, creation time, generation.
-fn set_meta(state: &State, obj: &mut Value, namespace: &str, name: &str, old: Option<&Value>) {
-    if !obj.get("metadata").is_some_and(Value::is_object) {
-        obj["metadata"] = json!({});
-    }
-    let meta = &mut obj["metadata"];
-    meta["name"] = json!(name);
-    if !namespace.is_empty() {
-        meta["namespace"] = json!(namespace);
-    }
-    let (uid, created, generation) = match old {
-        Some(o) => (
-            o.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
-            o.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null),
-            o.pointer("/metadata/generation").and_then(Value::as_u64).unwrap_or(1)
-                + u64::from(o.get("spec") != obj.get("spec")),
-        ),
-        None => {
-            let n = state.uid.fetch_add(1, Ordering::Relaxed);
-            (json!(format!("00000000-0000-4000-8000-{n:012x}")), json!(now_rfc3339(state)), 1)
-        }
-    };
-    let meta = &mut obj["metadata"];
-    meta["uid"] = uid;
-    meta["creationTimestamp"] = created;
-    meta["generation"] = json!(generation);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_name_collections_objects_and_subresources() {
-        let t = parse_path("/api/v1/namespaces").unwrap();
-        assert_eq!((t.resource.plural.as_str(), t.namespace.as_str(), t.name), ("namespaces", "", None));
-        let t = parse_path("/api/v1/namespaces/demo").unwrap();
-        assert_eq!((t.resource.plural.as_str(), t.name.as_deref()), ("namespaces", Some("demo")));
-        let t = parse_path("/api/v1/namespaces/demo/pods/p1/status").unwrap();
-        assert_eq!(
-            (t.resource.plural.as_str(), t.namespace.as_str(), t.name.as_deref(), t.subresource.as_deref()),
-            ("pods", "demo", Some("p1"), Some("status"))
-        );
-        let t = parse_path("/apis/access.smi-spec.io/v1alpha3/traffictargets").unwrap();
-        assert_eq!(
-            (t.resource.group.as_str(), t.resource.api_version()),
-            ("access.smi-spec.io", "access.smi-spec.io/v1alpha3".to_owned())
-        );
-        assert!(parse_path("/healthz").is_none());
-    }
-
-    #[test]
-    fn selectors_match_like_the_api_server() {
-        let labels: BTreeMap<&str, &str> = [("app", "web"), ("tier", "front")].into();
-        let get = |k: &str| labels.get(k).map(|v| (*v).to_owned());
-        let m = |s: &str| Selector::parse(Some(s)).unwrap().matches(get);
-        assert!(m("app=web"));
-        assert!(m("app==web,tier"));
-        assert!(m("app in (web, api),!missing"));
-        assert!(!m("app notin (web)"));
-        assert!(!m("app!=web"));
-        assert!(m("missing!=x"));
-        assert!(Selector::parse(Some("app in web")).is_err());
-    }
 
     #[test]
     fn plurals_follow_the_api() {
@@ -1100,9 +471,17 @@ mod tests {
     }
 
     #[test]
-    fn kinds_are_derived_from_plurals_when_unknown() {
-        let known = BTreeMap::new();
-        assert_eq!(Resource::new("", "v1", "pods").kind(&known), "Pod");
-        assert_eq!(Resource::new("x", "v1", "classes").kind(&known), "Class");
+    fn times_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_767_225_600 + 3_723), "2026-01-01T01:02:03Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn kinds_are_declared_or_derived_from_plurals() {
+        let store = Store::default();
+        assert_eq!(store.kind(&Resource::new("", "v1", "pods")), "Pod");
+        assert_eq!(store.kind(&Resource::new("", "v1", "endpoints")), "Endpoints");
+        assert_eq!(store.kind(&Resource::new("x", "v1", "classes")), "Class");
     }
 }
