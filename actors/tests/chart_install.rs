@@ -1,0 +1,146 @@
+//! The chart on a cluster from nothing, as a new user installs it: the real `helm` against the API-server
+//! simulator, which calls admission webhooks as a real API server does (`failurePolicy: Fail`, "no
+//! endpoints available" until the controller serves). `helm install` succeeds while no webhook is
+//! reachable; the controller then bootstraps on its own (the webhooks' CA bundles, the MeshConfig from the
+//! chart's preset, created through its own validating webhook), and `helm upgrade --reuse-values` still
+//! succeeds after an operator edited the MeshConfig.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apisim::{ApiServer, Resource};
+use serde_json::Value;
+
+mod common;
+
+const NS: &str = "osm-system";
+
+/// `helm` (or `MESH_HELM`) against the kubeconfig in `dir`, isolated from the user's configuration.
+async fn helm(dir: &Path, args: &[&str]) -> (bool, String) {
+    let bin = std::env::var("MESH_HELM").unwrap_or_else(|_| "helm".to_owned());
+    let home = dir.join("home");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(&bin)
+            .args(args)
+            .env("KUBECONFIG", dir.join("kubeconfig"))
+            .env("HOME", &home)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("helm finishes")
+    .unwrap_or_else(|e| panic!("running {bin} (scripts/setup.sh installs it): {e}"));
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Waits until `want` holds; fails after a generous bound instead of hanging.
+async fn until(what: &str, want: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !want() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_installs_with_the_webhooks_unreachable_and_the_controller_bootstraps_on_its_own() {
+    let sim = ApiServer::start().await.unwrap();
+    // The webhooks' Services have no endpoints until the controller serves.
+    let ports: Arc<Mutex<Option<(u16, u16)>>> = Arc::default();
+    let seen = ports.clone();
+    sim.resolve_services_with(Arc::new(move |ns: &str, name: &str, port: u16| {
+        let (injector, validator) = (*seen.lock().unwrap())?;
+        match (ns, name, port) {
+            (NS, "osm-injector", 9090) => Some(SocketAddr::from(([127, 0, 0, 1], injector))),
+            (NS, "osm-validator", 9093) => Some(SocketAddr::from(([127, 0, 0, 1], validator))),
+            _ => None,
+        }
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kubeconfig"), sim.kubeconfig()).unwrap();
+    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/chart/osm").display().to_string();
+    let install = [
+        "install",
+        "osm",
+        &chart,
+        "--namespace",
+        NS,
+        "--create-namespace",
+        "--set",
+        "meshConfig.enablePermissiveTrafficPolicyMode=false",
+    ];
+    let (ok, out) = helm(dir.path(), &install).await;
+    assert!(ok, "helm install with no webhook reachable:\n{out}");
+
+    // The controller, as the chart's Deployment runs it.
+    let mut config = actors::ControllerConfig::new(dir.path().join("state"));
+    config.mesh_dir = None;
+    config.ads_addr = "127.0.0.1:0".parse().unwrap();
+    config.kubernetes = Some(actors::KubernetesSource::new(
+        kube::Config::new(sim.url().parse().unwrap()),
+        "osm",
+        NS,
+        "osm-controller-0",
+    ));
+    let running = common::Running::start(config);
+    *ports.lock().unwrap() = Some((running.webhook_port, running.validator_port));
+
+    // It fills the CA bundles and creates the MeshConfig from the preset, through its own validator.
+    let hooks = |kind: &str, name: &str| {
+        sim.get(&Resource::new("admissionregistration.k8s.io", "v1", kind), "", name)
+            .map(|c| c["webhooks"].as_array().unwrap().iter().all(|w| w["clientConfig"]["caBundle"].is_string()))
+            .unwrap_or(false)
+    };
+    until("the webhooks' CA bundles", || {
+        hooks("mutatingwebhookconfigurations", "osm-webhook-osm")
+            && hooks("validatingwebhookconfigurations", "osm-validator-mesh-osm")
+    })
+    .await;
+    let mesh_configs = Resource::new("config.openservicemesh.io", "v1alpha2", "meshconfigs");
+    until("the MeshConfig from the preset", || sim.get(&mesh_configs, NS, "osm-mesh-config").is_some()).await;
+    let mc: Value = sim.get(&mesh_configs, NS, "osm-mesh-config").unwrap();
+    assert_eq!(mc["spec"]["traffic"]["enablePermissiveTrafficPolicyMode"], false, "the preset's value: {mc}");
+    let (ok, out) = common::get_at(running.http_port, "/health/ready").await.unwrap();
+    assert_eq!(ok, 200, "{out}");
+
+    // The validator answers for the MeshConfig now: a bad value is refused at the door with its code.
+    let tools_edit = tokio::process::Command::new(std::env::var("MESH_KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+        .args(["patch", "meshconfig", "osm-mesh-config", "-n", NS, "--type", "merge", "-p"])
+        .arg(r#"{"spec":{"certificate":{"serviceCertValidityDuration":"999999h"}}}"#)
+        .env("KUBECONFIG", dir.path().join("kubeconfig"))
+        .env("HOME", dir.path().join("home"))
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&tools_edit.stderr);
+    assert!(!tools_edit.status.success() && said.contains("E4152"), "{said}");
+    // An operator's own edit, then an upgrade with reused values: the chart does not own the MeshConfig,
+    // so nothing conflicts, and the edit stays.
+    let edit = tokio::process::Command::new(std::env::var("MESH_KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+        .args(["patch", "meshconfig", "osm-mesh-config", "-n", NS, "--type", "merge", "-p"])
+        .arg(r#"{"spec":{"traffic":{"enableEgress":false}}}"#)
+        .env("KUBECONFIG", dir.path().join("kubeconfig"))
+        .env("HOME", dir.path().join("home"))
+        .output()
+        .await
+        .unwrap();
+    assert!(edit.status.success(), "{}", String::from_utf8_lossy(&edit.stderr));
+    let (ok, out) = helm(dir.path(), &["upgrade", "osm", &chart, "--namespace", NS, "--reuse-values"]).await;
+    assert!(ok, "helm upgrade --reuse-values:\n{out}");
+    let mc: Value = sim.get(&mesh_configs, NS, "osm-mesh-config").unwrap();
+    assert_eq!(mc["spec"]["traffic"]["enableEgress"], false, "the operator's edit stays: {mc}");
+    until("the CA bundles after the upgrade", || {
+        hooks("mutatingwebhookconfigurations", "osm-webhook-osm")
+            && hooks("validatingwebhookconfigurations", "osm-validator-mesh-osm")
+    })
+    .await;
+    drop(running);
+}
