@@ -39,6 +39,8 @@ pub enum DutyError {
     Api { what: String, source: kube::Error },
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("{what} is not a MeshConfig spec: {reason}")]
+    Preset { what: String, reason: String },
 }
 
 /// Puts `ca_pem` into every webhook of this mesh's two webhook configurations (a configuration that does
@@ -122,28 +124,33 @@ pub const PRESET_MESH_CONFIG: &str = "preset-mesh-config";
 const PRESET_KEY: &str = "preset-mesh-config.json";
 
 /// The spec to create the MeshConfig with: the chart's preset (ConfigMap [`PRESET_MESH_CONFIG`]), else
-/// OSM's defaults. A preset that cannot be read is reported and the defaults are used.
-pub async fn preset_mesh_config(client: &kube::Client, namespace: &str) -> crds::MeshConfigSpec {
+/// OSM's defaults when there is no preset. A preset that cannot be read now, or is not a MeshConfig spec,
+/// is an error (retried): falling back to the defaults could open a mesh the preset keeps closed.
+pub async fn preset_mesh_config(client: &kube::Client, namespace: &str) -> Result<crds::MeshConfigSpec, DutyError> {
+    let what = format!("ConfigMap {namespace}/{PRESET_MESH_CONFIG}");
     let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-    let text = match api.get_opt(PRESET_MESH_CONFIG).await {
-        Ok(Some(cm)) => cm.data.and_then(|mut d| d.remove(PRESET_KEY)),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(error = %e, configmap = PRESET_MESH_CONFIG, "cannot read the MeshConfig preset; using the defaults");
-            None
-        }
+    let found =
+        api.get_opt(PRESET_MESH_CONFIG).await.map_err(|source| DutyError::Api { what: what.clone(), source })?;
+    let Some(text) = found.and_then(|cm| cm.data).and_then(|mut d| d.remove(PRESET_KEY)) else {
+        return Ok(default_mesh_config_spec());
     };
-    let Some(text) = text else { return default_mesh_config_spec() };
-    match serde_json::from_str(&text) {
-        Ok(spec) => spec,
-        Err(e) => {
-            tracing::warn!(
-                error = %e,
-                configmap = %format!("{namespace}/{PRESET_MESH_CONFIG}"),
-                "the MeshConfig preset is not a MeshConfig spec; using the defaults"
-            );
-            default_mesh_config_spec()
+    serde_json::from_str(&text)
+        .map_err(|e| DutyError::Preset { what: format!("{what} key {PRESET_KEY}"), reason: e.to_string() })
+}
+
+/// Runs `attempt` until it succeeds, backing off from 200 ms to 30 s; failures are logged at debug level
+/// while they are expected to be brief (a webhook not reachable yet, a conflict), as warnings once they
+/// last.
+async fn retry<T, F: Future<Output = Result<T, DutyError>>>(what: &str, mut attempt: impl FnMut() -> F) -> T {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match attempt().await {
+            Ok(done) => return done,
+            Err(e) if delay >= Duration::from_secs(5) => tracing::warn!(error = %e, "cannot {what} yet; retrying"),
+            Err(e) => tracing::debug!(error = %e, "cannot {what} yet; retrying"),
         }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -171,12 +178,7 @@ pub async fn keep_ca_bundles(client: kube::Client, mesh: String, ca_pem: String)
             tracing::debug!(error = %e, "webhook configuration watch failed; retrying");
             continue;
         }
-        let mut delay = Duration::from_millis(200);
-        while let Err(e) = patch_ca_bundles(&client, &mesh, &ca_pem).await {
-            tracing::warn!(error = %e, "cannot set the webhooks' CA bundle; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(30));
-        }
+        retry("set the webhooks' CA bundles", || patch_ca_bundles(&client, &mesh, &ca_pem)).await;
     }
 }
 
@@ -241,35 +243,22 @@ pub async fn keep_mesh_config(client: kube::Client, namespace: String) {
         if !gone {
             continue;
         }
-        let mut delay = Duration::from_millis(200);
-        loop {
+        // Expected to fail until this replica's validating webhook is reachable (no endpoints before it is
+        // ready, no CA bundle before the other duty set it).
+        let created = retry("create the MeshConfig", || async {
             let spec = match &last {
                 Some(spec) => spec.clone(),
-                None => preset_mesh_config(&client, &namespace).await,
+                None => preset_mesh_config(&client, &namespace).await?,
             };
-            match ensure_mesh_config(&client, &namespace, &spec).await {
-                Ok(created) => {
-                    if created && last.is_some() {
-                        tracing::warn!(
-                            meshconfig = %format!("{namespace}/{MESH_CONFIG_NAME}"),
-                            error_code = messages::policy::codes::MESH_CONFIG_DELETED,
-                            "the MeshConfig was deleted; created it again with its last settings"
-                        );
-                    }
-                    break;
-                }
-                Err(e) => {
-                    // Expected while this replica's validating webhook is not reachable yet (no endpoints
-                    // before it is ready, no CA bundle before the other duty set it): quiet until it lasts.
-                    if delay >= Duration::from_secs(5) {
-                        tracing::warn!(error = %e, "cannot create the MeshConfig yet; retrying");
-                    } else {
-                        tracing::debug!(error = %e, "cannot create the MeshConfig yet; retrying");
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
-                }
-            }
+            ensure_mesh_config(&client, &namespace, &spec).await
+        })
+        .await;
+        if created && last.is_some() {
+            tracing::warn!(
+                meshconfig = %format!("{namespace}/{MESH_CONFIG_NAME}"),
+                error_code = messages::policy::codes::MESH_CONFIG_DELETED,
+                "the MeshConfig was deleted; created it again with its last settings"
+            );
         }
     }
 }

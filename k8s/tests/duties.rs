@@ -107,3 +107,20 @@ async fn the_webhooks_ca_bundles_are_set_and_set_again_after_an_upgrade_empties_
     }
     keeper.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preset_that_cannot_be_read_is_an_error_never_the_permissive_defaults() {
+    let sim = ApiServer::start().await.unwrap();
+    let client = sim.client().unwrap();
+    // No preset: OSM's defaults.
+    let spec = k8s::duties::preset_mesh_config(&client, "osm-system").await.unwrap();
+    assert_eq!(spec, k8s::duties::default_mesh_config_spec());
+    // A preset with a typo: an error naming it (retried), not the defaults, which are permissive.
+    sim.apply_yaml(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: preset-mesh-config, namespace: osm-system}\ndata:\n  \
+         preset-mesh-config.json: '{\"traffic\": {\"enablePermissiveTraficPolicyMode\": false}}'",
+    )
+    .unwrap();
+    let err = k8s::duties::preset_mesh_config(&client, "osm-system").await.unwrap_err().to_string();
+    assert!(err.contains("preset-mesh-config") && err.contains("enablePermissiveTraficPolicyMode"), "{err}");
+}
