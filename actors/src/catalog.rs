@@ -184,6 +184,7 @@ impl CatalogActor {
                     mc.name
                 );
             }
+            self.metrics.set_feature_flags(mc.as_ref().map_or(&[][..], |m| &m.feature_flags));
             self.reported_config = Some(config);
         }
         let mc = self.catalog.mesh_config();
@@ -222,8 +223,6 @@ impl CatalogActor {
             }
         }
         self.metrics.set_namespaces(self.catalog.namespace_count());
-        let flags = self.catalog.mesh_config().map(|m| m.feature_flags.clone()).unwrap_or_default();
-        self.metrics.set_feature_flags(&flags);
         if let Some(switch) = &self.debug_switch {
             let on = self.catalog.mesh_config().and_then(|m| m.enable_debug_server).unwrap_or(false);
             switch.send_if_modified(|cur| std::mem::replace(cur, on) != on);

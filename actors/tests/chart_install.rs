@@ -8,38 +8,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use apisim::clients::Tools;
 use apisim::{ApiServer, Resource};
 use serde_json::Value;
 
 mod common;
 
 const NS: &str = "osm-system";
-
-/// `helm` (or `MESH_HELM`) against the kubeconfig in `dir`, isolated from the user's configuration.
-async fn helm(dir: &Path, args: &[&str]) -> (bool, String) {
-    let bin = std::env::var("MESH_HELM").unwrap_or_else(|_| "helm".to_owned());
-    let home = dir.join("home");
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(&bin)
-            .args(args)
-            .env("KUBECONFIG", dir.join("kubeconfig"))
-            .env("HOME", &home)
-            .env("HELM_CACHE_HOME", home.join("cache"))
-            .env("HELM_CONFIG_HOME", home.join("config"))
-            .env("HELM_DATA_HOME", home.join("data"))
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("helm finishes")
-    .unwrap_or_else(|e| panic!("running {bin} (scripts/setup.sh installs it): {e}"));
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
 
 /// Waits until `want` holds; fails after a generous bound instead of hanging.
 async fn until(what: &str, want: impl Fn() -> bool) {
@@ -64,8 +43,7 @@ async fn helm_installs_with_the_webhooks_unreachable_and_the_controller_bootstra
             _ => None,
         }
     }));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("kubeconfig"), sim.kubeconfig()).unwrap();
+    let tools = Tools::new(&sim).unwrap();
     let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/chart/osm").display().to_string();
     let install = [
         "install",
@@ -77,19 +55,11 @@ async fn helm_installs_with_the_webhooks_unreachable_and_the_controller_bootstra
         "--set",
         "meshConfig.enablePermissiveTrafficPolicyMode=false",
     ];
-    let (ok, out) = helm(dir.path(), &install).await;
-    assert!(ok, "helm install with no webhook reachable:\n{out}");
+    let run = tools.helm(&install).await;
+    assert!(run.ok, "helm install with no webhook reachable:\n{}{}", run.stdout, run.stderr);
 
     // The controller, as the chart's Deployment runs it.
-    let mut config = actors::ControllerConfig::new(dir.path().join("state"));
-    config.mesh_dir = None;
-    config.ads_addr = "127.0.0.1:0".parse().unwrap();
-    config.kubernetes = Some(actors::KubernetesSource::new(
-        kube::Config::new(sim.url().parse().unwrap()),
-        "osm",
-        NS,
-        "osm-controller-0",
-    ));
+    let config = common::on_cluster(&sim.url(), tools.dir.path(), "osm-controller-0");
     let running = common::Running::start(config);
     *ports.lock().unwrap() = Some((running.webhook_port, running.validator_port));
 
@@ -108,33 +78,26 @@ async fn helm_installs_with_the_webhooks_unreachable_and_the_controller_bootstra
     until("the MeshConfig from the preset", || sim.get(&mesh_configs, NS, "osm-mesh-config").is_some()).await;
     let mc: Value = sim.get(&mesh_configs, NS, "osm-mesh-config").unwrap();
     assert_eq!(mc["spec"]["traffic"]["enablePermissiveTrafficPolicyMode"], false, "the preset's value: {mc}");
-    let (ok, out) = common::get_at(running.http_port, "/health/ready").await.unwrap();
-    assert_eq!(ok, 200, "{out}");
+    // And it becomes ready (every kind listed once; the duties above do not wait for that).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while common::get_at(running.http_port, "/health/ready").await.map(|(code, _)| code) != Some(200) {
+        assert!(tokio::time::Instant::now() < deadline, "the controller never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The validator answers for the MeshConfig now: a bad value is refused at the door with its code.
-    let tools_edit = tokio::process::Command::new(std::env::var("MESH_KUBECTL").unwrap_or_else(|_| "kubectl".into()))
-        .args(["patch", "meshconfig", "osm-mesh-config", "-n", NS, "--type", "merge", "-p"])
-        .arg(r#"{"spec":{"certificate":{"serviceCertValidityDuration":"999999h"}}}"#)
-        .env("KUBECONFIG", dir.path().join("kubeconfig"))
-        .env("HOME", dir.path().join("home"))
-        .output()
-        .await
-        .unwrap();
-    let said = String::from_utf8_lossy(&tools_edit.stderr);
-    assert!(!tools_edit.status.success() && said.contains("E4152"), "{said}");
+    let tools = &tools;
+    let patch = |spec: &'static str| async move {
+        tools.kubectl(&["patch", "meshconfig", "osm-mesh-config", "-n", NS, "--type", "merge", "-p", spec]).await
+    };
+    let refused = patch(r#"{"spec":{"certificate":{"serviceCertValidityDuration":"999999h"}}}"#).await;
+    assert!(!refused.ok && refused.stderr.contains("E4152"), "{refused:?}");
     // An operator's own edit, then an upgrade with reused values: the chart does not own the MeshConfig,
     // so nothing conflicts, and the edit stays.
-    let edit = tokio::process::Command::new(std::env::var("MESH_KUBECTL").unwrap_or_else(|_| "kubectl".into()))
-        .args(["patch", "meshconfig", "osm-mesh-config", "-n", NS, "--type", "merge", "-p"])
-        .arg(r#"{"spec":{"traffic":{"enableEgress":false}}}"#)
-        .env("KUBECONFIG", dir.path().join("kubeconfig"))
-        .env("HOME", dir.path().join("home"))
-        .output()
-        .await
-        .unwrap();
-    assert!(edit.status.success(), "{}", String::from_utf8_lossy(&edit.stderr));
-    let (ok, out) = helm(dir.path(), &["upgrade", "osm", &chart, "--namespace", NS, "--reuse-values"]).await;
-    assert!(ok, "helm upgrade --reuse-values:\n{out}");
+    let edit = patch(r#"{"spec":{"traffic":{"enableEgress":false}}}"#).await;
+    assert!(edit.ok, "{edit:?}");
+    let run = tools.helm(&["upgrade", "osm", &chart, "--namespace", NS, "--reuse-values"]).await;
+    assert!(run.ok, "helm upgrade --reuse-values:\n{}{}", run.stdout, run.stderr);
     let mc: Value = sim.get(&mesh_configs, NS, "osm-mesh-config").unwrap();
     assert_eq!(mc["spec"]["traffic"]["enableEgress"], false, "the operator's edit stays: {mc}");
     until("the CA bundles after the upgrade", || {

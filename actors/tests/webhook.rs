@@ -26,15 +26,7 @@ impl Webhooks {
         let dir = tempfile::tempdir().unwrap();
         // The root the controller will find in the cluster.
         let ca = k8s::ca_secret::load_or_create(sim.client().unwrap(), "osm-system", "cluster.local").await.unwrap();
-        let mut config = actors::ControllerConfig::new(dir.path().join("state"));
-        config.mesh_dir = None;
-        config.ads_addr = "127.0.0.1:0".parse().unwrap();
-        config.kubernetes = Some(actors::KubernetesSource::new(
-            kube::Config::new(sim.url().parse().unwrap()),
-            "osm",
-            "osm-system",
-            "test",
-        ));
+        let config = common::on_cluster(&sim.url(), dir.path(), "test");
         let running = common::Running::start(config);
         Self {
             port: running.webhook_port,
@@ -248,7 +240,7 @@ async fn only_json_reviews_of_pods_being_created_are_injected_and_every_refusal_
     let review = pod_review("t-1", pod(json!({})), false).to_string();
     // Not JSON by its media type: 415 before anything is read, nothing created.
     for path in ["/mutate-pod-creation", "/validate"] {
-        let (status, body) = apisim::webhook::post_as(
+        let (status, body) = apisim::webhook::exchange(
             hooks.addr(path),
             Webhooks::server_name(path),
             &hooks.root_pem,

@@ -66,6 +66,7 @@
 //! and protobuf bodies of other kinds (415).
 
 pub mod admission;
+pub mod clients;
 mod discovery;
 mod fields;
 mod http;

@@ -330,25 +330,7 @@ fn check(schema: &Value, v: &Value, path: &str, errors: &mut Vec<FieldError>) {
     }
     match v {
         Value::Array(items) => {
-            let n = items.len() as u64;
-            if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
-                && n > max
-            {
-                errors.push(FieldError {
-                    field: path.to_owned(),
-                    reason: "FieldValueTooMany",
-                    body: format!("Too many: {n}: must have at most {max} items"),
-                });
-            }
-            if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
-                && n < min
-            {
-                errors.push(FieldError {
-                    field: path.to_owned(),
-                    reason: "FieldValueInvalid",
-                    body: format!("Invalid value: {n}: {path} in body should have at least {min} items"),
-                });
-            }
+            size_bounds(schema, path, items.len(), ("maxItems", "minItems", "items"), errors);
             if let Some(s) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
                     check(s, item, &format!("{path}[{i}]"), errors);
@@ -356,25 +338,7 @@ fn check(schema: &Value, v: &Value, path: &str, errors: &mut Vec<FieldError>) {
             }
         }
         Value::Object(map) => {
-            let n = map.len() as u64;
-            if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
-                && n > max
-            {
-                errors.push(FieldError {
-                    field: path.to_owned(),
-                    reason: "FieldValueTooMany",
-                    body: format!("Too many: {n}: must have at most {max} items"),
-                });
-            }
-            if let Some(min) = schema.get("minProperties").and_then(Value::as_u64)
-                && n < min
-            {
-                errors.push(FieldError {
-                    field: path.to_owned(),
-                    reason: "FieldValueInvalid",
-                    body: format!("Invalid value: {n}: {path} in body should have at least {min} properties"),
-                });
-            }
+            size_bounds(schema, path, map.len(), ("maxProperties", "minProperties", "properties"), errors);
             let props = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties").filter(|a| a.is_object());
             for (k, child) in map {
@@ -471,6 +435,32 @@ pub(crate) fn strict_error(kind: &str, version: &str, operation: Operation, unkn
         _ => strict,
     };
     api_error(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+/// `maxItems`/`minItems` (or `maxProperties`/`minProperties`) of a list (or map) of `n` entries, worded as
+/// the API server words them; `keys` are the two schema keys and what the lower bound counts.
+fn size_bounds(
+    schema: &Value,
+    path: &str,
+    n: usize,
+    (max_key, min_key, unit): (&str, &str, &str),
+    errors: &mut Vec<FieldError>,
+) {
+    let n = n as u64;
+    if let Some(max) = schema.get(max_key).and_then(Value::as_u64).filter(|max| n > *max) {
+        errors.push(FieldError {
+            field: path.to_owned(),
+            reason: "FieldValueTooMany",
+            body: format!("Too many: {n}: must have at most {max} items"),
+        });
+    }
+    if let Some(min) = schema.get(min_key).and_then(Value::as_u64).filter(|min| n < *min) {
+        errors.push(FieldError {
+            field: path.to_owned(),
+            reason: "FieldValueInvalid",
+            body: format!("Invalid value: {n}: {path} in body should have at least {min} {unit}"),
+        });
+    }
 }
 
 #[cfg(test)]

@@ -65,24 +65,12 @@ pub async fn post(
     path: &str,
     body: &[u8],
 ) -> Result<(u16, Vec<u8>), SimError> {
-    post_as(addr, server_name, ca_pem, path, "application/json", body).await
-}
-
-/// [`post`] with another `Content-Type`.
-pub async fn post_as(
-    addr: SocketAddr,
-    server_name: &str,
-    ca_pem: &str,
-    path: &str,
-    content_type: &str,
-    body: &[u8],
-) -> Result<(u16, Vec<u8>), SimError> {
-    exchange(addr, server_name, ca_pem, path, content_type, body)
+    exchange(addr, server_name, ca_pem, path, "application/json", body)
         .await
         .map_err(|e| SimError::Object(format!("webhook {server_name}{path}: {e}")))
 }
 
-/// [`post_as`] with the reason of a failure kept.
+/// [`post`] with any `Content-Type`, and the reason of a failure kept.
 pub async fn exchange(
     addr: SocketAddr,
     server_name: &str,

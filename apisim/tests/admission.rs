@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use apisim::{ApiServer, Resource};
 use base64::Engine as _;
-use common::{Tools, http, webhook};
+use common::{ToolsExt as _, http, webhook};
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::{Value, json};
 
@@ -73,7 +73,7 @@ async fn a_failing_closed_webhook_without_endpoints_refuses_writes_with_the_api_
     assert!(sim.get(&Resource::new("", "v1", "configmaps"), "demo", "a").is_none());
 
     // The real kubectl meets the same refusal.
-    let tools = Tools::new(&sim);
+    let tools = common::tools(&sim);
     let manifest = tools.file("cm.yaml", &configmap("demo", "b", json!({})));
     let run = tools.kubectl(&["apply", "-f", &manifest]).await;
     assert!(!run.ok && run.stderr.contains("no endpoints available for service \"osm-validator\""), "{run:?}");

@@ -12,7 +12,7 @@ mod common;
 use std::path::PathBuf;
 
 use apisim::{ApiServer, Resource};
-use common::{Tools, http};
+use common::{Tools, ToolsExt as _, http};
 use serde_json::{Value, json};
 
 fn chart() -> String {
@@ -58,7 +58,7 @@ async fn install(tools: &Tools) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_installs_the_chart_upgrades_it_with_reused_values_and_uninstalls_it() {
     let sim = ApiServer::start().await.unwrap();
-    let tools = Tools::new(&sim);
+    let tools = common::tools(&sim);
     let kubeconfig = tools.kubeconfig.display().to_string();
     install(&tools).await;
 
@@ -126,7 +126,7 @@ async fn helm_installs_the_chart_upgrades_it_with_reused_values_and_uninstalls_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_upgrade_conflicts_with_a_field_kubectl_edit_changed_until_forced() {
     let sim = ApiServer::start().await.unwrap();
-    let tools = Tools::new(&sim);
+    let tools = common::tools(&sim);
     let kubeconfig = tools.kubeconfig.display().to_string();
     install(&tools).await;
     let deployments = Resource::new("apps", "v1", "deployments");
@@ -166,7 +166,7 @@ async fn helm_upgrade_conflicts_with_a_field_kubectl_edit_changed_until_forced()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_takes_a_client_side_applied_release_over_to_server_side_apply() {
     let sim = ApiServer::start().await.unwrap();
-    let tools = Tools::new(&sim);
+    let tools = common::tools(&sim);
     let kubeconfig = tools.kubeconfig.display().to_string();
     let install = ["install", "osm", &chart(), "--namespace", NS, "--create-namespace", "--server-side=false"];
     let run = tools.helm(&[&install[..], &["--kubeconfig", &kubeconfig]].concat()).await;

@@ -8,7 +8,7 @@
 mod common;
 
 use apisim::{ApiServer, Resource};
-use common::Tools;
+use common::ToolsExt as _;
 use serde_json::Value;
 
 const MANIFEST: &str = "\
@@ -82,7 +82,7 @@ fn json(text: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_applies_gets_labels_annotates_edits_creates_and_deletes() {
     let sim = ApiServer::start().await.unwrap();
-    let tools = Tools::new(&sim);
+    let tools = common::tools(&sim);
     let manifest = tools.file("manifest.yaml", MANIFEST);
     let out = tools.kubectl_ok(&["apply", "-f", &manifest]).await;
     assert!(out.contains("deployment.apps/web created"), "{out}");
@@ -142,7 +142,7 @@ async fn kubectl_applies_gets_labels_annotates_edits_creates_and_deletes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_discovers_crds_and_its_custom_resources_are_validated_strictly() {
     let sim = ApiServer::start().await.unwrap();
-    let tools = Tools::new(&sim);
+    let tools = common::tools(&sim);
     let version = json(&tools.kubectl_ok(&["version", "-o", "json"]).await);
     assert_eq!(version["serverVersion"]["minor"], "37");
     tools.kubectl_ok(&["apply", "-f", &tools.file("crd.yaml", CRD)]).await;
@@ -195,7 +195,7 @@ async fn kubectl_discovers_crds_and_its_custom_resources_are_validated_strictly(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_server_side_apply_owns_fields_conflicts_with_an_edit_and_removes_what_it_stops_applying() {
     let sim = ApiServer::start().await.unwrap();
-    let tools = Tools::new(&sim);
+    let tools = common::tools(&sim);
     let manifest = tools.file("original.yaml", MANIFEST);
     tools.kubectl_ok(&["apply", "--server-side", "-f", &manifest]).await;
     let editor = tools.script("editor.sh", "sed -i 's/image: busybox:1/image: busybox:edited/' \"$1\"");
@@ -237,7 +237,7 @@ async fn kubectl_server_side_apply_owns_fields_conflicts_with_an_edit_and_remove
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_switches_from_client_side_to_server_side_apply_without_conflicts() {
     let sim = ApiServer::start().await.unwrap();
-    let tools = Tools::new(&sim);
+    let tools = common::tools(&sim);
     tools.kubectl_ok(&["apply", "-f", &tools.file("client.yaml", MANIFEST)]).await;
     let changed = tools.file("server.yaml", &MANIFEST.replace("nginx:1", "nginx:2"));
     tools.kubectl_ok(&["apply", "--server-side", "-f", &changed]).await;

@@ -145,11 +145,6 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-thread_local! {
-    /// The subscriber's level control, for the controller this process serves.
-    static LOG_LEVEL: std::cell::RefCell<Option<actors::LogLevelControl>> = const { std::cell::RefCell::new(None) };
-}
-
 fn run() -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -168,7 +163,6 @@ fn run() -> anyhow::Result<()> {
     let log_level = actors::LogLevelControl(std::sync::Arc::new(move |level: &str| {
         reload.reload(tracing_subscriber::EnvFilter::new(level)).map_err(|e| e.to_string())
     }));
-    LOG_LEVEL.with(|l| *l.borrow_mut() = Some(log_level));
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Crds) => {
@@ -187,7 +181,7 @@ fn run() -> anyhow::Result<()> {
             &out,
             config_dir,
         ),
-        None => serve(cli.mesh_dir, cli.state_dir, cli.ca_cert.zip(cli.ca_key), cli.trust_domain, cli.serve),
+        None => serve(cli.mesh_dir, cli.state_dir, cli.ca_cert.zip(cli.ca_key), cli.trust_domain, cli.serve, log_level),
     }
 }
 
@@ -212,6 +206,7 @@ fn serve(
     ca_files: Option<(PathBuf, PathBuf)>,
     trust_domain: String,
     args: ServeArgs,
+    log_level: actors::LogLevelControl,
 ) -> anyhow::Result<()> {
     if args.service_cert_validity_s < messages::MIN_CERT_VALIDITY.as_secs() {
         bail!("--service-cert-validity-s must be at least {} (a minute)", messages::MIN_CERT_VALIDITY.as_secs());
@@ -245,7 +240,7 @@ fn serve(
         },
         http_limits: Default::default(),
         debug_addr: args.debug_addr,
-        log_level: LOG_LEVEL.with(|l| l.borrow().clone()),
+        log_level: Some(log_level),
         http_addr: match args.http_addr.as_str() {
             "off" => None,
             a => Some(a.parse().with_context(|| format!("--http-addr {a:?} is not an address (or off)"))?),

@@ -72,3 +72,18 @@ pub async fn get_at(port: u16, path: &str) -> Option<(u16, String)> {
     let (head, body) = raw.split_once("\r\n\r\n")?;
     Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_owned()))
 }
+
+/// A controller of the cluster at `cluster_url` only (no mesh directory) for the mesh `osm` in `osm-system`,
+/// as replica `replica`, keeping its state in `state_dir`, ADS on a loopback port.
+pub fn on_cluster(cluster_url: &str, state_dir: &std::path::Path, replica: &str) -> actors::ControllerConfig {
+    let mut config = actors::ControllerConfig::new(state_dir.join("state"));
+    config.mesh_dir = None;
+    config.ads_addr = "127.0.0.1:0".parse().unwrap();
+    config.kubernetes = Some(actors::KubernetesSource::new(
+        kube::Config::new(cluster_url.parse().unwrap()),
+        "osm",
+        "osm-system",
+        replica,
+    ));
+    config
+}

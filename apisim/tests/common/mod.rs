@@ -4,7 +4,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,88 +13,34 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// How long one run of `kubectl` or `helm` may take.
-const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
+pub use apisim::clients::Tools;
 
-/// A client process's output.
-#[derive(Debug)]
-pub struct Run {
-    pub ok: bool,
-    pub stdout: String,
-    pub stderr: String,
+/// The tools of `sim`.
+pub fn tools(sim: &ApiServer) -> Tools {
+    Tools::new(sim).unwrap()
 }
 
-/// `kubectl` and `helm` pointed at one simulator, isolated from the user's configuration and caches.
-pub struct Tools {
-    pub dir: tempfile::TempDir,
-    pub kubeconfig: PathBuf,
-}
-
-impl Tools {
-    pub fn new(sim: &ApiServer) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
-        Self { dir, kubeconfig }
-    }
-
-    async fn run(&self, bin: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let home = self.dir.path().join("home");
-        let mut cmd = tokio::process::Command::new(bin);
-        cmd.args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", &home)
-            .env("KUBECTL_KUBERC", "false")
-            .env("HELM_CACHE_HOME", home.join("helm-cache"))
-            .env("HELM_CONFIG_HOME", home.join("helm-config"))
-            .env("HELM_DATA_HOME", home.join("helm-data"))
-            .envs(env.iter().copied())
-            .kill_on_drop(true);
-        let out = tokio::time::timeout(COMMAND_DEADLINE, cmd.output())
-            .await
-            .unwrap_or_else(|_| panic!("{bin} {args:?} took longer than {COMMAND_DEADLINE:?}"))
-            .unwrap_or_else(|e| panic!("running {bin} (install it with scripts/setup.sh): {e}"));
-        Run {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    pub async fn kubectl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let bin = std::env::var("MESH_KUBECTL").unwrap_or_else(|_| "kubectl".to_owned());
-        self.run(&bin, args, env).await
-    }
-
-    pub async fn kubectl(&self, args: &[&str]) -> Run {
-        self.kubectl_env(args, &[]).await
-    }
-
+/// What the tests ask of [`Tools`], failing the test instead of returning errors.
+pub trait ToolsExt {
+    fn file(&self, name: &str, contents: &str) -> String;
+    fn script(&self, name: &str, body: &str) -> String;
     /// `kubectl`, which must succeed; its stdout.
-    pub async fn kubectl_ok(&self, args: &[&str]) -> String {
+    async fn kubectl_ok(&self, args: &[&str]) -> String;
+}
+
+impl ToolsExt for Tools {
+    fn file(&self, name: &str, contents: &str) -> String {
+        self.write_file(name, contents).unwrap()
+    }
+
+    fn script(&self, name: &str, body: &str) -> String {
+        self.write_script(name, body).unwrap()
+    }
+
+    async fn kubectl_ok(&self, args: &[&str]) -> String {
         let run = self.kubectl(args).await;
         assert!(run.ok, "kubectl {args:?} failed:\n{}{}", run.stdout, run.stderr);
         run.stdout
-    }
-
-    pub async fn helm(&self, args: &[&str]) -> Run {
-        let bin = std::env::var("MESH_HELM").unwrap_or_else(|_| "helm".to_owned());
-        self.run(&bin, args, &[]).await
-    }
-
-    /// A file in the temporary directory.
-    pub fn file(&self, name: &str, contents: &str) -> String {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, contents).unwrap();
-        path.display().to_string()
-    }
-
-    /// An executable shell script, for `KUBE_EDITOR`: it gets the file to edit as `$1`.
-    pub fn script(&self, name: &str, body: &str) -> String {
-        use std::os::unix::fs::PermissionsExt as _;
-        let path = self.file(name, &format!("#!/bin/sh\nset -e\n{body}\n"));
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
     }
 }
 
