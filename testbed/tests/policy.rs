@@ -332,4 +332,20 @@ fn check_fails_closed(mesh: &LocalMesh) {
     expect(mesh, CLIENT, API, &[], "200");
     let summary = mesh.controller_http("/status/mesh").unwrap();
     assert!(summary.contains("deleted; its last settings kept"), "{summary}");
+
+    // A MeshConfig that would open the mesh but has a field out of range is refused whole: SMI mode stays.
+    mesh.write_mesh_file(
+        "meshconfig.yaml",
+        "apiVersion: config.openservicemesh.io/v1alpha2\nkind: MeshConfig\n\
+         metadata: {name: osm-mesh-config, namespace: osm-system}\n\
+         spec: {traffic: {enablePermissiveTrafficPolicyMode: true}, certificate: {serviceCertValidityDuration: 999999h}}\n",
+    )
+    .unwrap();
+    mesh.eventually(WAIT, "the controller to refuse the MeshConfig with E4152", || {
+        mesh.controller_output().contains("E4152").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", mesh.controller_output()));
+    wait_in_force(mesh);
+    assert_eq!(outcome(mesh, THIEF, API, &[]), "error");
+    assert_eq!(outcome(mesh, CLIENT, "http://10.96.0.10/admin", &[]), DENIED);
 }
