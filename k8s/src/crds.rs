@@ -36,6 +36,7 @@ pub fn definitions_yaml() -> Result<String, serde_saphyr::SerializeError> {
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(group = "access.smi-spec.io", version = "v1alpha3", kind = "TrafficTarget", namespaced, shortname = "tt")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("required" = ["destination", "rules", "sources"]))]
 pub struct TrafficTargetSpec {
     pub destination: IdentityBindingSubject,
     #[serde(default)]
@@ -56,6 +57,7 @@ pub struct IdentityBindingSubject {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficTargetRule {
+    #[schemars(extend("enum" = ["HTTPRouteGroup", "TCPRoute", "UDPRoute"]))]
     pub kind: String,
     pub name: String,
     #[serde(default)]
@@ -66,6 +68,7 @@ pub struct TrafficTargetRule {
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(group = "specs.smi-spec.io", version = "v1alpha4", kind = "HTTPRouteGroup", namespaced, shortname = "htr")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("required" = ["matches"]))]
 pub struct HTTPRouteGroupSpec {
     #[serde(default)]
     pub matches: Vec<HTTPMatch>,
@@ -78,6 +81,7 @@ pub struct HTTPMatch {
     #[serde(default)]
     pub path_regex: Option<String>,
     #[serde(default)]
+    #[schemars(schema_with = "http_methods")]
     pub methods: Vec<String>,
     /// Header name to regex, as a map or a list of maps: open in the CRD, checked when read.
     #[serde(default)]
@@ -172,6 +176,33 @@ fn open_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "object", "nullable": true, "x-kubernetes-preserve-unknown-fields": true})
 }
 
+/// `traffic.inboundExternalAuthorization`, with OSM's ranges and defaults (not acted on: reported so).
+fn ext_authz(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "properties": {
+            "enable": {"type": "boolean"},
+            "address": {"type": "string"},
+            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "statPrefix": {"type": "string", "default": "inboundExtAuthz"},
+            "timeout": {"type": "string", "default": "1s"},
+            "failureModeAllow": {"type": "boolean"}
+        }
+    })
+}
+
+/// `methods`: the methods SMI names, so the API server refuses `FETCH` as OSM's CRD does.
+fn http_methods(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {
+            "type": "string",
+            "enum": ["*", "GET", "HEAD", "PUT", "POST", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
+        }
+    })
+}
+
 /// Like [`open_object`], for a field that may hold any JSON (a list of matches, say).
 fn open_value(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"nullable": true, "x-kubernetes-preserve-unknown-fields": true})
@@ -179,9 +210,9 @@ fn open_value(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 
 macro_rules! optional_fields {
     ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident : $ty:ty),* $(,)? }) => {
-        $(#[$m])*
         #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
         #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        $(#[$m])*
         pub struct $name {
             $(
                 $(#[$fm])*
@@ -196,6 +227,7 @@ optional_fields!(
     /// `spec.sidecar`.
     SidecarSpec {
         enable_privileged_init_container: bool,
+        #[schemars(extend("enum" = ["trace", "debug", "info", "warning", "warn", "error", "critical", "off"]))]
         log_level: String,
         envoy_image: String,
         envoy_windows_image: String,
@@ -204,10 +236,13 @@ optional_fields!(
         config_resync_interval: String,
         #[schemars(schema_with = "open_object")]
         resources: serde_json::Value,
+        #[schemars(extend("enum" = ["TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"], "default" = "TLSv1_2"))]
         tls_min_protocol_version: String,
+        #[schemars(extend("enum" = ["TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"], "default" = "TLSv1_3"))]
         tls_max_protocol_version: String,
         cipher_suites: Vec<String>,
         ecdh_curves: Vec<String>,
+        #[schemars(extend("enum" = ["Localhost", "PodIP"], "default" = "Localhost"))]
         local_proxy_mode: String,
     }
 );
@@ -219,13 +254,17 @@ optional_fields!(
         enable_permissive_traffic_policy_mode: bool,
         // OSM spells the acronym in capitals, which camelCase would not produce.
         #[serde(rename = "outboundIPRangeExclusionList")]
+        #[schemars(inner(regex(pattern = r"((?:\d{1,3}\.){3}\d{1,3})\/(\d{1,2})$")))]
         outbound_ip_range_exclusion_list: Vec<String>,
         #[serde(rename = "outboundIPRangeInclusionList")]
+        #[schemars(inner(regex(pattern = r"((?:\d{1,3}\.){3}\d{1,3})\/(\d{1,2})$")))]
         outbound_ip_range_inclusion_list: Vec<String>,
+        #[schemars(inner(range(min = 1, max = 65535)))]
         outbound_port_exclusion_list: Vec<i64>,
+        #[schemars(inner(range(min = 1, max = 65535)))]
         inbound_port_exclusion_list: Vec<i64>,
         network_interface_exclusion_list: Vec<String>,
-        #[schemars(schema_with = "open_object")]
+        #[schemars(schema_with = "ext_authz")]
         inbound_external_authorization: serde_json::Value,
     }
 );
@@ -242,6 +281,7 @@ optional_fields!(
 
 optional_fields!(
     /// `spec.certificate`.
+    #[schemars(extend("required" = ["serviceCertValidityDuration", "certKeyBitSize"]))]
     CertificateSpec {
         service_cert_validity_duration: String,
         cert_key_bit_size: i64,
@@ -262,6 +302,8 @@ optional_fields!(
         enable_envoy_active_health_checks: bool,
         enable_retry_policy: bool,
         enable_mesh_root_certificate: bool,
+        /// Deprecated by OSM and no longer used; accepted so OSM's MeshConfigs apply.
+        enable_multicluster_mode: bool,
     }
 );
 
