@@ -324,7 +324,7 @@ impl ActorSystem {
                         Some(k) => {
                             // Declared before any source delivers: nothing is served until the cluster's
                             // every kind was listed once, even if the mesh directory is read first.
-                            let kinds = k8s::watch::KINDS.to_vec();
+                            let kinds = k8s::watch::kinds();
                             let expect = catalog::Expect { source: k8s::watch::SOURCE.to_owned(), kinds };
                             let _ = catalog.send(expect).await;
                             Some(kube_source::KubeSourceActor::new(k.client, k.watch, catalog.clone()).start())

@@ -44,6 +44,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(req) = k8s::webhook::parse::<DynamicObject>(data)
         && let Some(obj) = &req.object
     {
-        let _ = k8s::webhook::check_object(&req.kind.kind, obj);
+        let _ = k8s::webhook::check_object(&req.kind, obj);
     }
 });

@@ -10,6 +10,7 @@ pub mod convert;
 pub mod crds;
 pub mod duties;
 pub mod inject;
+pub mod kinds;
 pub mod namespaces;
 pub mod watch;
 pub mod webhook;

@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::api::discovery::v1 as discovery;
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -32,8 +31,8 @@ use messages::{Kind, MeshObject, ObjectKey, Reset, SourceEvent};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
-use crate::convert::{self, ConvertError};
-use crate::crds;
+use crate::convert::ConvertError;
+use crate::kinds::{MeshKind, Watch};
 
 /// The catalog source name of everything read from the API server.
 pub const SOURCE: &str = "kubernetes";
@@ -45,18 +44,9 @@ pub const IGNORE_LABEL: &str = "openservicemesh.io/ignore";
 pub const MESH_CONFIG_NAME: &str = "osm-mesh-config";
 
 /// Every kind the watchers list; the catalog is synced once each has been listed once.
-pub const KINDS: [Kind; 10] = [
-    Kind::Namespace,
-    Kind::Service,
-    Kind::EndpointSlice,
-    Kind::Pod,
-    Kind::ServiceAccount,
-    Kind::TrafficTarget,
-    Kind::HttpRouteGroup,
-    Kind::TcpRoute,
-    Kind::TrafficSplit,
-    Kind::MeshConfig,
-];
+pub fn kinds() -> Vec<Kind> {
+    crate::kinds::watched()
+}
 
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
@@ -71,97 +61,37 @@ pub type Batch = Vec<SourceEvent>;
 
 type Monitored = Option<Arc<BTreeSet<String>>>;
 
+/// What a kind's watcher needs (see [`crate::kinds::Registered::watcher`]).
+#[derive(Clone)]
+pub struct WatchContext {
+    client: Client,
+    osm_namespace: String,
+    monitored: watch::Receiver<Monitored>,
+    sink: mpsc::Sender<Batch>,
+}
+
 /// Runs every watcher until the receiver of `sink` is dropped.
 pub async fn run(client: Client, config: WatchConfig, sink: mpsc::Sender<Batch>) {
     let (monitored_tx, monitored_rx) = watch::channel::<Monitored>(None);
     let ns_watch = watch_namespaces(client.clone(), config.mesh_name.clone(), monitored_tx, sink.clone());
-    let mesh_config = Api::<crds::MeshConfig>::namespaced(client.clone(), &config.osm_namespace);
-    let mesh_config_filter = watcher::Config::default().fields(&format!("metadata.name={MESH_CONFIG_NAME}"));
-    tokio::join!(
-        ns_watch,
-        watch_kind(
-            Api::<core::Service>::all(client.clone()),
-            Kind::Service,
-            service,
-            monitored_rx.clone(),
-            sink.clone()
-        ),
-        watch_kind(
-            Api::<discovery::EndpointSlice>::all(client.clone()),
-            Kind::EndpointSlice,
-            endpoint_slice,
-            monitored_rx.clone(),
-            sink.clone()
-        ),
-        watch_kind(Api::<core::Pod>::all(client.clone()), Kind::Pod, pod, monitored_rx.clone(), sink.clone()),
-        watch_kind(
-            Api::<core::ServiceAccount>::all(client.clone()),
-            Kind::ServiceAccount,
-            service_account,
-            monitored_rx.clone(),
-            sink.clone()
-        ),
-        watch_kind(
-            Api::<crds::TrafficTarget>::all(client.clone()),
-            Kind::TrafficTarget,
-            traffic_target,
-            monitored_rx.clone(),
-            sink.clone()
-        ),
-        watch_kind(
-            Api::<crds::HTTPRouteGroup>::all(client.clone()),
-            Kind::HttpRouteGroup,
-            http_route_group,
-            monitored_rx.clone(),
-            sink.clone()
-        ),
-        watch_kind(
-            Api::<crds::TCPRoute>::all(client.clone()),
-            Kind::TcpRoute,
-            tcp_route,
-            monitored_rx.clone(),
-            sink.clone()
-        ),
-        watch_kind(
-            Api::<crds::TrafficSplit>::all(client.clone()),
-            Kind::TrafficSplit,
-            traffic_split,
-            monitored_rx.clone(),
-            sink.clone()
-        ),
-        watch_one(mesh_config, mesh_config_filter, Kind::MeshConfig, mesh_config_object, sink.clone()),
-    );
+    let context = WatchContext { client, osm_namespace: config.osm_namespace, monitored: monitored_rx, sink };
+    let watchers = crate::kinds::all().filter_map(|k| k.watcher(context.clone()));
+    tokio::join!(ns_watch, futures::future::join_all(watchers));
 }
 
-fn service(o: &core::Service) -> Result<MeshObject, ConvertError> {
-    convert::service(o).map(MeshObject::Service)
-}
-fn endpoint_slice(o: &discovery::EndpointSlice) -> Result<MeshObject, ConvertError> {
-    convert::endpoint_slice(o).map(MeshObject::Endpoints)
-}
-fn pod(o: &core::Pod) -> Result<MeshObject, ConvertError> {
-    convert::pod(o).map(MeshObject::Pod)
-}
-fn service_account(o: &core::ServiceAccount) -> Result<MeshObject, ConvertError> {
-    convert::service_account(o).map(MeshObject::ServiceAccount)
-}
-fn traffic_target(o: &crds::TrafficTarget) -> Result<MeshObject, ConvertError> {
-    convert::traffic_target(o).map(MeshObject::TrafficTarget)
-}
-fn http_route_group(o: &crds::HTTPRouteGroup) -> Result<MeshObject, ConvertError> {
-    convert::http_route_group(o).map(MeshObject::HttpRouteGroup)
-}
-fn tcp_route(o: &crds::TCPRoute) -> Result<MeshObject, ConvertError> {
-    convert::tcp_route(o).map(MeshObject::TcpRoute)
-}
-fn traffic_split(o: &crds::TrafficSplit) -> Result<MeshObject, ConvertError> {
-    convert::traffic_split(o).map(MeshObject::TrafficSplit)
-}
-fn mesh_config_object(o: &crds::MeshConfig) -> Result<MeshObject, ConvertError> {
-    convert::mesh_config(o).map(MeshObject::MeshConfig)
-}
-fn namespace(o: &core::Namespace) -> Result<MeshObject, ConvertError> {
-    convert::namespace(o).map(MeshObject::Namespace)
+/// The watch of kind `K` on a cluster, as its [`Watch`] says (`None` for the namespaces, watched by
+/// [`run`] itself, and for kinds read from the mesh directory only).
+pub(crate) fn watcher_of<K: MeshKind>(cx: WatchContext) -> Option<futures::future::BoxFuture<'static, ()>> {
+    match K::WATCH {
+        Watch::InMonitoredNamespaces => {
+            Some(Box::pin(watch_kind(Api::<K>::all(cx.client), K::KIND, K::to_model, cx.monitored, cx.sink)))
+        }
+        Watch::ControlPlaneObject { name, api } => {
+            let filter = watcher::Config::default().fields(&format!("metadata.name={name}"));
+            Some(Box::pin(watch_one(api(cx.client, &cx.osm_namespace), filter, K::KIND, K::to_model, cx.sink)))
+        }
+        Watch::MonitoredNamespaces | Watch::DirectoryOnly => None,
+    }
 }
 
 /// Whether a namespace returned by the label-selected watch is in the mesh.
@@ -266,12 +196,12 @@ async fn watch_namespaces(
                 let ours: Vec<&core::Namespace> = all.iter().filter(|n| is_monitored(n, &mesh_name)).collect();
                 current = ours.iter().map(|n| n.name_any()).collect();
                 let objects =
-                    ours.iter().filter_map(|n| converted(Kind::Namespace, || n.name_any(), namespace(n))).collect();
+                    ours.iter().filter_map(|n| converted(Kind::Namespace, || n.name_any(), n.to_model())).collect();
                 vec![reset(Kind::Namespace, objects)]
             }
             Event::Apply(ns) if is_monitored(&ns, &mesh_name) => {
                 current.insert(ns.name_any());
-                converted(Kind::Namespace, || ns.name_any(), namespace(&ns))
+                converted(Kind::Namespace, || ns.name_any(), ns.to_model())
                     .map(SourceEvent::Apply)
                     .into_iter()
                     .collect()

@@ -23,14 +23,14 @@ use axum::routing::{get, post};
 use certs::CertificateAuthority;
 use k8s_openapi::api::core::v1 as core;
 use kube::api::{Api, PostParams};
-use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use messages::ProxyUuid;
+use kube::core::{DynamicObject, GroupVersionKind};
+use messages::{ProxyUuid, Role};
 use serde_json::Value;
 
-use crate::convert;
 use crate::crds;
 use crate::inject::{self, Decision, InjectorSettings};
+use crate::kinds::ReadError;
 use crate::watch::MESH_CONFIG_NAME;
 
 /// Largest AdmissionReview read (the API server's own object limit is about 1.5 MiB).
@@ -251,7 +251,7 @@ async fn validate(State(state): State<WebhookState>, headers: HeaderMap, body: B
         Ok(r) => r,
         Err(reason) => return bad_request("/validate", reason),
     };
-    let resp = match req.object.as_ref().map(|o| check_object(&req.kind.kind, o)) {
+    let resp = match req.object.as_ref().map(|o| check_object(&req.kind, o)) {
         None | Some(Ok(())) => AdmissionResponse::from(&req),
         Some(Err(reason)) => {
             tracing::warn!(
@@ -284,28 +284,20 @@ const SELF_CONTAINED: &[&str] = &[
     messages::policy::codes::INVALID_WEIGHTS,
 ];
 
-/// Why an object of the mesh's kinds could never be in force, if so.
-pub fn check_object(kind: &str, obj: &DynamicObject) -> Result<(), String> {
+/// Why an object of the mesh's kinds could never be in force, if so. Objects of kinds the mesh does not
+/// read, and of the Kubernetes kinds that only feed its inventory, pass.
+pub fn check_object(gvk: &GroupVersionKind, obj: &DynamicObject) -> Result<(), String> {
+    let api_version = if gvk.group.is_empty() { gvk.version.clone() } else { format!("{}/{}", gvk.group, gvk.version) };
+    let Some(entry) = crate::kinds::by_type(&api_version, &gvk.kind) else { return Ok(()) };
+    if !matches!(entry.kind().role(), Role::Policy | Role::Settings | Role::Roots) {
+        return Ok(());
+    }
     let value = serde_json::to_value(obj).map_err(|e| e.to_string())?;
-    fn typed<T: serde::de::DeserializeOwned>(kind: &str, v: Value) -> Result<T, String> {
-        serde_json::from_value(v).map_err(|e| format!("E7014: the {kind} does not match its schema: {e}"))
-    }
-    let (mut targets, mut groups, mut routes, mut splits) = (vec![], vec![], vec![], vec![]);
-    let conv = |e: convert::ConvertError| e.to_string();
-    match kind {
-        "TrafficTarget" => targets.push(convert::traffic_target(&typed(kind, value)?).map_err(conv)?),
-        "HTTPRouteGroup" => groups.push(convert::http_route_group(&typed(kind, value)?).map_err(conv)?),
-        "TCPRoute" => routes.push(convert::tcp_route(&typed(kind, value)?).map_err(conv)?),
-        "TrafficSplit" => splits.push(convert::traffic_split(&typed(kind, value)?).map_err(conv)?),
-        "MeshConfig" => {
-            let mc: crds::MeshConfig = typed(kind, value)?;
-            convert::mesh_config(&mc).map_err(conv)?;
-            InjectorSettings::new("osm", "osm-system").with_mesh_config(&mc.spec).map_err(|e| e.to_string())?;
-            return Ok(());
-        }
-        _ => return Ok(()),
-    }
-    let policy = messages::policy::compute(&targets, &groups, &routes, &splits, |_| true);
+    let object = entry.admit(value).map_err(|e| match e {
+        ReadError::Schema(e) => format!("E7014: the {} does not match its schema: {e}", gvk.kind),
+        other => other.to_string(),
+    })?;
+    let policy = messages::policy::compute_objects(std::slice::from_ref(&object), |_| true);
     let problems: Vec<String> = policy
         .errors
         .iter()

@@ -9,13 +9,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::api::discovery::v1 as discovery;
 use messages::{MeshObject, ObjectKey, SourceEvent};
-use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::{convert, crds};
+use crate::kinds::ReadError;
 
 /// Something only one object may hold at a time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -103,19 +100,6 @@ pub struct YamlDir {
     started: bool,
 }
 
-/// The kinds a mesh directory may hold; other kinds (Deployments, ConfigMaps, ...) are skipped.
-fn is_known(api_version: &str, kind: &str) -> bool {
-    matches!(
-        (api_version, kind),
-        ("v1", "Namespace" | "Service" | "Endpoints" | "Pod" | "ServiceAccount" | "List")
-            | ("discovery.k8s.io/v1", "EndpointSlice")
-            | ("access.smi-spec.io/v1alpha3", "TrafficTarget")
-            | ("specs.smi-spec.io/v1alpha4", "HTTPRouteGroup" | "TCPRoute")
-            | ("split.smi-spec.io/v1alpha2", "TrafficSplit")
-            | ("config.openservicemesh.io/v1alpha2", "MeshConfig" | "MeshRootCertificate")
-    )
-}
-
 /// Core (`v1`) kinds that may sit in a mesh directory but carry nothing for the mesh; any other `v1` kind
 /// is a typo (`kind: Servcie`) and an error rather than a silently skipped object.
 const CORE_KINDS_SKIPPED: &[&str] = &[
@@ -133,18 +117,30 @@ const CORE_KINDS_SKIPPED: &[&str] = &[
     "ComponentStatus",
 ];
 
-/// API groups that exist for the mesh: an object of one of them that is not read (another version, a kind
-/// the mesh does not act on, a typo) is an error, never silently skipped.
-const MESH_GROUPS: &[(&str, &str)] = &[
-    ("access.smi-spec.io", "TrafficTarget at access.smi-spec.io/v1alpha3"),
-    ("specs.smi-spec.io", "HTTPRouteGroup and TCPRoute at specs.smi-spec.io/v1alpha4"),
-    ("split.smi-spec.io", "TrafficSplit at split.smi-spec.io/v1alpha2"),
-    ("config.openservicemesh.io", "MeshConfig and MeshRootCertificate at config.openservicemesh.io/v1alpha2"),
-    ("policy.openservicemesh.io", "none of this group yet"),
+/// API groups that exist for the mesh (OSM's and SMI's): an object of one of them that is not read
+/// (another version, a kind the mesh does not act on, a typo) is an error, never silently skipped.
+const MESH_GROUPS: &[&str] = &[
+    "access.smi-spec.io",
+    "specs.smi-spec.io",
+    "split.smi-spec.io",
+    "config.openservicemesh.io",
+    "policy.openservicemesh.io",
 ];
 
-fn typed<T: DeserializeOwned>(doc: serde_json::Value) -> Result<T, String> {
-    serde_json::from_value(doc).map_err(|e| e.to_string())
+/// What the mesh reads of `group`, e.g. "HTTPRouteGroup at specs.smi-spec.io/v1alpha4, TCPRoute at ...".
+fn read_of_group(group: &str, with_version: bool) -> String {
+    let kinds: Vec<String> =
+        crate::kinds::all()
+            .filter(|k| k.group() == group)
+            .map(|k| {
+                if with_version {
+                    format!("{} at {}", k.kubernetes_kind(), k.api_version())
+                } else {
+                    k.kubernetes_kind()
+                }
+            })
+            .collect();
+    if kinds.is_empty() { "none of this group yet".to_owned() } else { kinds.join(", ") }
 }
 
 fn describe(doc: &serde_json::Value) -> String {
@@ -160,72 +156,39 @@ fn convert_doc(doc: serde_json::Value, out: &mut Vec<MeshObject>) -> Result<(), 
     }
     let api_version = doc.get("apiVersion").and_then(|v| v.as_str()).ok_or("apiVersion is missing")?.to_owned();
     let kind = doc.get("kind").and_then(|v| v.as_str()).ok_or("kind is missing")?.to_owned();
-    if !is_known(&api_version, &kind) {
+    if kind == "List" && api_version == "v1" {
+        let items = doc.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default();
+        for (i, item) in items.into_iter().enumerate() {
+            convert_doc(item, out).map_err(|e| format!("items[{i}]: {e}"))?;
+        }
+        return Ok(());
+    }
+    let Some(entry) = crate::kinds::by_type(&api_version, &kind) else {
         let group = api_version.split('/').next().unwrap_or_default();
-        if let Some((_, supported)) = MESH_GROUPS.iter().find(|(g, _)| *g == group) {
+        if MESH_GROUPS.contains(&group) {
             return Err(format!(
-                "{} of apiVersion {api_version} is not supported (supported: {supported})",
-                describe(&doc)
+                "{} of apiVersion {api_version} is not supported (supported: {})",
+                describe(&doc),
+                read_of_group(group, true)
             ));
         }
         if (api_version == "v1" && !CORE_KINDS_SKIPPED.contains(&kind.as_str())) || (group == "discovery.k8s.io") {
             return Err(format!(
                 "{} of apiVersion {api_version} is not read by the mesh (a typo, or another version?); it reads \
-                 Namespace, Service, Endpoints, Pod, ServiceAccount and List in v1, EndpointSlice in discovery.k8s.io/v1",
-                describe(&doc)
+                 List and {} in v1, {} in discovery.k8s.io/v1",
+                describe(&doc),
+                read_of_group("", false),
+                read_of_group("discovery.k8s.io", false)
             ));
         }
         tracing::debug!(%api_version, %kind, "skipping a kind the mesh does not use");
         return Ok(());
-    }
-    let what = describe(&doc);
-    let bad = |e: String| format!("{what}: {e}");
-    let obj = match kind.as_str() {
-        "List" => {
-            let items = doc.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default();
-            for (i, item) in items.into_iter().enumerate() {
-                convert_doc(item, out).map_err(|e| format!("items[{i}]: {e}"))?;
-            }
-            return Ok(());
-        }
-        "Namespace" => MeshObject::Namespace(
-            convert::namespace(&typed::<core::Namespace>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
-        ),
-        "ServiceAccount" => MeshObject::ServiceAccount(
-            convert::service_account(&typed::<core::ServiceAccount>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
-        ),
-        "Service" => MeshObject::Service(
-            convert::service(&typed::<core::Service>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
-        ),
-        "Endpoints" => MeshObject::Endpoints(
-            convert::endpoints(&typed::<core::Endpoints>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
-        ),
-        "EndpointSlice" => MeshObject::Endpoints(
-            convert::endpoint_slice(&typed::<discovery::EndpointSlice>(doc).map_err(bad)?)
-                .map_err(|e| e.to_string())?,
-        ),
-        "Pod" => MeshObject::Pod(convert::pod(&typed::<core::Pod>(doc).map_err(bad)?).map_err(|e| e.to_string())?),
-        "TrafficTarget" => MeshObject::TrafficTarget(
-            convert::traffic_target(&typed::<crds::TrafficTarget>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
-        ),
-        "HTTPRouteGroup" => MeshObject::HttpRouteGroup(
-            convert::http_route_group(&typed::<crds::HTTPRouteGroup>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
-        ),
-        "TCPRoute" => MeshObject::TcpRoute(
-            convert::tcp_route(&typed::<crds::TCPRoute>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
-        ),
-        "TrafficSplit" => MeshObject::TrafficSplit(
-            convert::traffic_split(&typed::<crds::TrafficSplit>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
-        ),
-        "MeshConfig" => MeshObject::MeshConfig(
-            convert::mesh_config(&typed::<crds::MeshConfig>(doc).map_err(bad)?).map_err(|e| e.to_string())?,
-        ),
-        "MeshRootCertificate" => MeshObject::MeshRootCertificate(
-            convert::mesh_root_certificate(&typed::<crds::MeshRootCertificate>(doc).map_err(bad)?)
-                .map_err(|e| e.to_string())?,
-        ),
-        _ => return Ok(()),
     };
+    let what = describe(&doc);
+    let obj = entry.read(doc).map_err(|e| match e {
+        ReadError::Schema(e) => format!("{what}: {e}"),
+        other => other.to_string(),
+    })?;
     out.push(obj);
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use apisim::{ApiServer, Resource};
-use k8s::watch::{self, Batch, KINDS, SOURCE, WatchConfig};
+use k8s::watch::{self, Batch, SOURCE, WatchConfig};
 use messages::{Kind, MeshCatalog, ObjectKey, SourceEvent};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -22,7 +22,7 @@ struct Feed {
 impl Feed {
     fn new(rx: mpsc::Receiver<Batch>) -> Self {
         let mut catalog = MeshCatalog::new("cluster.local");
-        catalog.expect(SOURCE, KINDS);
+        catalog.expect(SOURCE, watch::kinds());
         Self { rx, catalog, log: Vec::new() }
     }
 

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::events::SourceEvent;
+use crate::kinds::{Keyed, Model, Role};
 use crate::model::*;
 use crate::policy::{self, InboundPolicy, Policy, PolicyError};
 
@@ -116,25 +117,19 @@ pub struct MeshCatalog {
     base_settings: MeshSettings,
     /// The settings in force.
     settings: MeshSettings,
-    mesh_configs: BTreeMap<ObjectKey, MeshConfig>,
     /// The last MeshConfig in force, kept in force once every MeshConfig is deleted: deleting the
     /// MeshConfig must never fall back to the command line's (possibly permissive) defaults and so widen
     /// access (policy fails closed, as OSM keeps its last MeshConfig).
     retained_mesh_config: Option<MeshConfig>,
-    /// The mesh's roots and their roles (they change certificates, never a proxy's configuration).
-    root_certificates: BTreeMap<ObjectKey, MeshRootCertificate>,
-    targets: BTreeMap<ObjectKey, TrafficTarget>,
-    route_groups: BTreeMap<ObjectKey, HttpRouteGroup>,
-    tcp_routes: BTreeMap<ObjectKey, TcpRoute>,
-    splits: BTreeMap<ObjectKey, TrafficSplit>,
+    /// Every object kept as it is (policy inputs, settings, roots, inventory: see [`Role`]), by key, so
+    /// the objects of one kind are one range.
+    store: BTreeMap<ObjectKey, MeshObject>,
     /// Computed from the policy objects whenever one of them (or the set of Services) changes.
     policy: Policy,
     policy_stale: bool,
-    namespaces: BTreeMap<String, Namespace>,
     services: BTreeMap<ServiceKey, Service>,
     endpoints: BTreeMap<ObjectKey, Endpoints>,
     pods: BTreeMap<NsName, Arc<Pod>>,
-    service_accounts: BTreeSet<NsName>,
     synced: bool,
     /// (source, kind) pairs that must have been listed once before the catalog counts as synced; empty:
     /// the first reset of anything will do.
@@ -175,17 +170,25 @@ impl MeshCatalog {
     /// The MeshConfig in force, if any: the first present one, else the last one in force before every
     /// MeshConfig was deleted (see [`Self::mesh_config_deleted`]).
     pub fn mesh_config(&self) -> Option<&MeshConfig> {
-        self.mesh_configs.values().next().or(self.retained_mesh_config.as_ref())
+        self.objects::<MeshConfig>().next().or(self.retained_mesh_config.as_ref())
     }
 
     /// True when the MeshConfig in force was deleted and its last settings are kept.
     pub fn mesh_config_deleted(&self) -> bool {
-        self.mesh_configs.is_empty() && self.retained_mesh_config.is_some()
+        self.objects::<MeshConfig>().next().is_none() && self.retained_mesh_config.is_some()
     }
 
     /// The MeshRootCertificates, by namespace and name.
     pub fn root_certificates(&self) -> impl Iterator<Item = &MeshRootCertificate> {
-        self.root_certificates.values()
+        self.objects::<MeshRootCertificate>()
+    }
+
+    /// Every object of the kind of `T` held as it is (see [`Role`]), by namespace and name.
+    pub fn objects<T: Model>(&self) -> impl Iterator<Item = &T> {
+        self.store
+            .range(ObjectKey::new(T::KIND, "", "")..)
+            .take_while(|(k, _)| k.kind == T::KIND)
+            .filter_map(|(_, o)| T::of(o))
     }
 
     /// Policy objects (or parts of them) that are not in force, and why.
@@ -198,8 +201,9 @@ impl MeshCatalog {
     }
 
     fn refresh_settings(&mut self) -> Dirty {
-        if let Some(mc) = self.mesh_configs.values().next() {
-            self.retained_mesh_config = Some(mc.clone());
+        let in_force = self.objects::<MeshConfig>().next().cloned();
+        if in_force.is_some() {
+            self.retained_mesh_config = in_force;
         }
         let settings = match self.mesh_config() {
             Some(mc) => mc.apply_to(&self.base_settings),
@@ -220,25 +224,23 @@ impl MeshCatalog {
         }
         let services = &self.services;
         let mut new = policy::compute(
-            self.targets.values(),
-            self.route_groups.values(),
-            self.tcp_routes.values(),
-            self.splits.values(),
+            self.objects::<TrafficTarget>(),
+            self.objects::<HttpRouteGroup>(),
+            self.objects::<TcpRoute>(),
+            self.objects::<TrafficSplit>(),
             |k| services.contains_key(k),
         );
-        if self.mesh_configs.len() > 1 {
-            let mut keys = self.mesh_configs.keys();
-            if let Some(first) = keys.next() {
-                for other in keys {
-                    new.errors.push(PolicyError {
-                        code: policy::codes::MULTIPLE_MESH_CONFIGS,
-                        object: other.clone(),
-                        reason: format!("{first} is the MeshConfig in force; this one is ignored"),
-                    });
-                }
+        let mesh_configs: Vec<ObjectKey> = self.objects::<MeshConfig>().map(Keyed::object_key).collect();
+        if let [first, others @ ..] = mesh_configs.as_slice() {
+            for other in others.iter().cloned() {
+                new.errors.push(PolicyError {
+                    code: policy::codes::MULTIPLE_MESH_CONFIGS,
+                    object: other,
+                    reason: format!("{first} is the MeshConfig in force; this one is ignored"),
+                });
             }
         }
-        if let Some(mc) = self.retained_mesh_config.as_ref().filter(|_| self.mesh_configs.is_empty()) {
+        if let Some(mc) = self.retained_mesh_config.as_ref().filter(|_| self.mesh_config_deleted()) {
             new.errors.push(PolicyError {
                 code: policy::codes::MESH_CONFIG_DELETED,
                 object: ObjectKey::new(Kind::MeshConfig, mc.namespace.clone(), mc.name.clone()),
@@ -308,7 +310,7 @@ impl MeshCatalog {
 
     /// Namespaces of the mesh (monitored, on a cluster; described, in the mesh directory).
     pub fn namespace_count(&self) -> usize {
-        self.namespaces.len()
+        self.objects::<Namespace>().count()
     }
 
     /// Applies an event of the default source (the mesh directory).
@@ -360,54 +362,31 @@ impl MeshCatalog {
     }
 
     fn all_keys(&self) -> Vec<ObjectKey> {
-        let mut keys: Vec<ObjectKey> =
-            self.namespaces.keys().map(|n| ObjectKey::new(Kind::Namespace, "", n.clone())).collect();
+        let mut keys: Vec<ObjectKey> = self.store.keys().cloned().collect();
         keys.extend(self.services.keys().map(|k| ObjectKey::new(Kind::Service, k.namespace.clone(), k.name.clone())));
         keys.extend(self.endpoints.keys().cloned());
         keys.extend(self.pods.keys().map(|(ns, n)| ObjectKey::new(Kind::Pod, ns.clone(), n.clone())));
-        keys.extend(
-            self.service_accounts.iter().map(|(ns, n)| ObjectKey::new(Kind::ServiceAccount, ns.clone(), n.clone())),
-        );
-        keys.extend(self.mesh_configs.keys().cloned());
-        keys.extend(self.root_certificates.keys().cloned());
-        keys.extend(self.targets.keys().cloned());
-        keys.extend(self.route_groups.keys().cloned());
-        keys.extend(self.tcp_routes.keys().cloned());
-        keys.extend(self.splits.keys().cloned());
         keys
     }
 
     fn upsert(&mut self, obj: MeshObject) -> Dirty {
-        fn put<T: PartialEq>(map: &mut BTreeMap<ObjectKey, T>, key: ObjectKey, v: T, stale: &mut bool) -> Dirty {
-            if map.get(&key) != Some(&v) {
-                map.insert(key, v);
-                *stale = true;
-            }
-            Dirty::Nothing
-        }
         let key = obj.key();
+        match key.kind.role() {
+            Role::Policy | Role::Settings => {
+                if self.store.get(&key) == Some(&obj) {
+                    return Dirty::Nothing;
+                }
+                self.store.insert(key.clone(), obj);
+                self.policy_stale = true;
+                return if key.kind.role() == Role::Settings { self.refresh_settings() } else { Dirty::Nothing };
+            }
+            Role::Roots | Role::Inventory => {
+                self.store.insert(key, obj);
+                return Dirty::Nothing;
+            }
+            Role::Service | Role::Endpoints | Role::Pod => {}
+        }
         match obj {
-            MeshObject::TrafficTarget(o) => put(&mut self.targets, key, o, &mut self.policy_stale),
-            MeshObject::HttpRouteGroup(o) => put(&mut self.route_groups, key, o, &mut self.policy_stale),
-            MeshObject::TcpRoute(o) => put(&mut self.tcp_routes, key, o, &mut self.policy_stale),
-            MeshObject::TrafficSplit(o) => put(&mut self.splits, key, o, &mut self.policy_stale),
-            MeshObject::MeshConfig(o) => {
-                put(&mut self.mesh_configs, key, o, &mut self.policy_stale);
-                self.refresh_settings()
-            }
-            MeshObject::MeshRootCertificate(o) => {
-                self.root_certificates.insert(key, o);
-                Dirty::Nothing
-            }
-            MeshObject::Namespace(ns) => {
-                // Namespaces carry no config yet; they are kept for troubleshooting and later selectors.
-                self.namespaces.insert(ns.name.clone(), ns);
-                Dirty::Nothing
-            }
-            MeshObject::ServiceAccount(sa) => {
-                self.service_accounts.insert((sa.namespace, sa.name));
-                Dirty::Nothing
-            }
             MeshObject::Service(svc) => {
                 if self.services.get(&svc.key) == Some(&svc) {
                     return Dirty::Nothing;
@@ -453,63 +432,44 @@ impl MeshCatalog {
                 // A pod's address and labels feed other proxies' endpoints and SAN lists.
                 before.merge(self.pod_audience(&key))
             }
+            // Kept as they are, above.
+            _ => Dirty::Nothing,
         }
     }
 
     fn remove(&mut self, key: &ObjectKey) -> Dirty {
-        let removed = match key.kind {
-            Kind::Namespace => {
-                self.namespaces.remove(&key.name);
-                false
+        match key.kind.role() {
+            Role::Policy => {
+                self.policy_stale |= self.store.remove(key).is_some();
+                Dirty::Nothing
             }
-            Kind::ServiceAccount => {
-                self.service_accounts.remove(&(key.namespace.clone(), key.name.clone()));
-                false
+            Role::Settings => {
+                self.policy_stale |= self.store.remove(key).is_some();
+                self.refresh_settings()
             }
-            Kind::Service => {
+            Role::Roots | Role::Inventory => {
+                self.store.remove(key);
+                Dirty::Nothing
+            }
+            Role::Service => {
                 let svc_key = ServiceKey::new(key.namespace.clone(), key.name.clone());
                 let audience = self.service_audience(std::slice::from_ref(&svc_key));
                 let gone = self.services.remove(&svc_key).is_some();
                 self.policy_stale |= gone;
-                return if gone { audience } else { Dirty::Nothing };
+                if gone { audience } else { Dirty::Nothing }
             }
-            Kind::TrafficTarget => {
-                self.policy_stale |= self.targets.remove(key).is_some();
-                false
-            }
-            Kind::HttpRouteGroup => {
-                self.policy_stale |= self.route_groups.remove(key).is_some();
-                false
-            }
-            Kind::TcpRoute => {
-                self.policy_stale |= self.tcp_routes.remove(key).is_some();
-                false
-            }
-            Kind::TrafficSplit => {
-                self.policy_stale |= self.splits.remove(key).is_some();
-                false
-            }
-            Kind::MeshConfig => {
-                self.policy_stale |= self.mesh_configs.remove(key).is_some();
-                return self.refresh_settings();
-            }
-            Kind::MeshRootCertificate => {
-                self.root_certificates.remove(key);
-                false
-            }
-            Kind::Endpoints | Kind::EndpointSlice => {
+            Role::Endpoints => {
                 let Some(svc_key) = self.endpoints.get(key).map(|e| e.service.clone()) else { return Dirty::Nothing };
                 let before = self.service_audience(std::slice::from_ref(&svc_key));
                 self.remove_endpoints(key);
-                return before.merge(self.service_audience(&[svc_key]));
+                before.merge(self.service_audience(&[svc_key]))
             }
-            Kind::Pod => {
+            Role::Pod => {
                 let pod_key = (key.namespace.clone(), key.name.clone());
                 let audience = self.pod_audience(&pod_key);
-                return if self.remove_pod(&pod_key) { audience } else { Dirty::Nothing };
+                if self.remove_pod(&pod_key) { audience } else { Dirty::Nothing }
             }
-        };
-        if removed { Dirty::All } else { Dirty::Nothing }
+        }
     }
 
     /// The proxies that see these Services: in permissive mode every proxy; in SMI mode the pods behind them
@@ -632,7 +592,7 @@ impl MeshCatalog {
 
     /// Every TrafficTarget, by namespace and name.
     pub fn traffic_targets(&self) -> impl Iterator<Item = &TrafficTarget> {
-        self.targets.values()
+        self.objects::<TrafficTarget>()
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {

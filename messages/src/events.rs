@@ -32,6 +32,10 @@ pub struct Reset {
 impl SourceEvent {
     /// A reset of every kind from the default source (the mesh directory holds every kind).
     pub fn reset_all(objects: Vec<MeshObject>) -> Self {
-        SourceEvent::Reset(Reset { source: DEFAULT_SOURCE.to_owned(), kinds: Kind::ALL.into_iter().collect(), objects })
+        SourceEvent::Reset(Reset {
+            source: DEFAULT_SOURCE.to_owned(),
+            kinds: Kind::ALL.iter().copied().collect(),
+            objects,
+        })
     }
 }

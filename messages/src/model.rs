@@ -5,6 +5,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::kinds::{Kind, MeshObject};
 use sha2::{Digest, Sha256};
 
 /// Default trust domain, as in OSM's chart (`trustDomain: cluster.local`).
@@ -53,66 +55,6 @@ pub struct TracingSettings {
 impl Default for MeshSettings {
     fn default() -> Self {
         Self { enable_egress: true, permissive: true, tracing: None }
-    }
-}
-
-/// The kinds of object the mesh model understands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Kind {
-    Namespace,
-    Service,
-    Endpoints,
-    EndpointSlice,
-    Pod,
-    ServiceAccount,
-    TrafficTarget,
-    HttpRouteGroup,
-    TcpRoute,
-    TrafficSplit,
-    MeshConfig,
-    MeshRootCertificate,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 12] = [
-        Kind::Namespace,
-        Kind::Service,
-        Kind::Endpoints,
-        Kind::EndpointSlice,
-        Kind::Pod,
-        Kind::ServiceAccount,
-        Kind::TrafficTarget,
-        Kind::HttpRouteGroup,
-        Kind::TcpRoute,
-        Kind::TrafficSplit,
-        Kind::MeshConfig,
-        Kind::MeshRootCertificate,
-    ];
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl Kind {
-    /// The Kubernetes kind, e.g. `HTTPRouteGroup`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Namespace => "Namespace",
-            Kind::Service => "Service",
-            Kind::Endpoints => "Endpoints",
-            Kind::EndpointSlice => "EndpointSlice",
-            Kind::Pod => "Pod",
-            Kind::ServiceAccount => "ServiceAccount",
-            Kind::TrafficTarget => "TrafficTarget",
-            Kind::HttpRouteGroup => "HTTPRouteGroup",
-            Kind::TcpRoute => "TCPRoute",
-            Kind::TrafficSplit => "TrafficSplit",
-            Kind::MeshConfig => "MeshConfig",
-            Kind::MeshRootCertificate => "MeshRootCertificate",
-        }
     }
 }
 
@@ -488,42 +430,6 @@ pub struct MeshRootCertificate {
     pub trust_domain: String,
     /// `spec.provider.tresor.ca.secretRef`: (namespace, name).
     pub secret: (String, String),
-}
-
-/// Everything a source can hand to the catalog.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MeshObject {
-    Namespace(Namespace),
-    Service(Service),
-    Endpoints(Endpoints),
-    Pod(Pod),
-    ServiceAccount(ServiceAccount),
-    TrafficTarget(TrafficTarget),
-    HttpRouteGroup(HttpRouteGroup),
-    TcpRoute(TcpRoute),
-    TrafficSplit(TrafficSplit),
-    MeshConfig(MeshConfig),
-    MeshRootCertificate(MeshRootCertificate),
-}
-
-impl MeshObject {
-    pub fn key(&self) -> ObjectKey {
-        match self {
-            MeshObject::Namespace(n) => ObjectKey::new(Kind::Namespace, "", n.name.clone()),
-            MeshObject::Service(s) => ObjectKey::new(Kind::Service, s.key.namespace.clone(), s.key.name.clone()),
-            MeshObject::Endpoints(e) => e.key.clone(),
-            MeshObject::Pod(p) => ObjectKey::new(Kind::Pod, p.namespace.clone(), p.name.clone()),
-            MeshObject::ServiceAccount(s) => ObjectKey::new(Kind::ServiceAccount, s.namespace.clone(), s.name.clone()),
-            MeshObject::TrafficTarget(o) => ObjectKey::new(Kind::TrafficTarget, o.namespace.clone(), o.name.clone()),
-            MeshObject::HttpRouteGroup(o) => ObjectKey::new(Kind::HttpRouteGroup, o.namespace.clone(), o.name.clone()),
-            MeshObject::TcpRoute(o) => ObjectKey::new(Kind::TcpRoute, o.namespace.clone(), o.name.clone()),
-            MeshObject::TrafficSplit(o) => ObjectKey::new(Kind::TrafficSplit, o.namespace.clone(), o.name.clone()),
-            MeshObject::MeshConfig(o) => ObjectKey::new(Kind::MeshConfig, o.namespace.clone(), o.name.clone()),
-            MeshObject::MeshRootCertificate(o) => {
-                ObjectKey::new(Kind::MeshRootCertificate, o.namespace.clone(), o.name.clone())
-            }
-        }
-    }
 }
 
 /// A workload identity: `<sa>.<ns>`.

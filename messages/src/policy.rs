@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
+use crate::kinds::Model as _;
 use crate::model::*;
 
 /// Stable codes of the policy errors (also in the troubleshooting table of the docs). Codes OSM has for the
@@ -209,6 +210,17 @@ fn normalise(m: &HttpMatch) -> Result<HttpRule, (&'static str, String)> {
 
 fn key(kind: Kind, ns: &str, name: &str) -> ObjectKey {
     ObjectKey::new(kind, ns, name)
+}
+
+/// [`compute`] over objects of any kind: the policy inputs among them are used, the rest ignored.
+pub fn compute_objects(objects: &[MeshObject], service_exists: impl Fn(&ServiceKey) -> bool) -> Policy {
+    compute(
+        objects.iter().filter_map(TrafficTarget::of),
+        objects.iter().filter_map(HttpRouteGroup::of),
+        objects.iter().filter_map(TcpRoute::of),
+        objects.iter().filter_map(TrafficSplit::of),
+        service_exists,
+    )
 }
 
 /// Computes the policy from every policy object. `service_exists` tells whether a Service is in the mesh
