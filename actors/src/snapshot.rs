@@ -116,7 +116,8 @@ enum Built {
     /// The pod now runs as another service account than the one the proxy authenticated as: it must not
     /// receive that identity's key.
     IdentityChanged(ServiceIdentity),
-    Failed(String),
+    /// Why, and the error code when the snapshot itself was refused.
+    Failed(String, Option<&'static str>),
 }
 
 type BuildResult = Vec<(ProxyUuid, u64, Built)>;
@@ -219,8 +220,10 @@ impl SnapshotActor {
                             None => Built::PodGone,
                             Some(view) if identity != Some(&view.identity()) => Built::IdentityChanged(view.identity()),
                             Some(view) => match certs.get(&view.identity()) {
-                                None => Built::Failed(format!("no certificate for {}", view.identity())),
-                                Some(Err(e)) => Built::Failed(format!("no certificate for {}: {e}", view.identity())),
+                                None => Built::Failed(format!("no certificate for {}", view.identity()), None),
+                                Some(Err(e)) => {
+                                    Built::Failed(format!("no certificate for {}: {e}", view.identity()), None)
+                                }
                                 Some(Ok(cert)) => match xds::build_with(
                                     &view,
                                     CertInput {
@@ -239,7 +242,7 @@ impl SnapshotActor {
                                         }
                                         Built::Published
                                     }
-                                    Err(e) => Built::Failed(format!("build failed: {e}")),
+                                    Err(e) => Built::Failed(format!("build failed: {e}"), Some(e.code())),
                                 },
                             },
                         };
@@ -304,12 +307,16 @@ impl SnapshotActor {
                         entry.identity
                     )));
                 }
-                Built::Failed(reason) => {
+                Built::Failed(reason, code) => {
                     entry.gens.failed(generation);
+                    if let Some(code) = code {
+                        self.metrics.error(code);
+                    }
+                    let code = code.unwrap_or_default();
                     if matches!(*entry.tx.borrow(), ProxyState::Ready(..)) {
-                        tracing::error!(proxy = %uuid, error = %reason, "build failed; the proxy keeps its last good config");
+                        tracing::error!(proxy = %uuid, error = %reason, error_code = code, "build failed; the proxy keeps its last good config");
                     } else {
-                        tracing::error!(proxy = %uuid, error = %reason, "build failed; the proxy has no config yet");
+                        tracing::error!(proxy = %uuid, error = %reason, error_code = code, "build failed; the proxy has no config yet");
                     }
                     failed.insert(uuid);
                 }

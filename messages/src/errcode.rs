@@ -35,6 +35,8 @@ pub const PROXY_DUPLICATE: &str = "E5003";
 pub const PROXY_NACK: &str = "E5004";
 /// A connection to the ADS port failed its TLS handshake.
 pub const ADS_HANDSHAKE_FAILED: &str = "E5005";
+/// A built configuration names a resource it does not carry; it is not sent.
+pub const SNAPSHOT_INCONSISTENT: &str = "E5006";
 
 /// Every code, in order.
 pub const CODES: &[ErrorCode] = &[
@@ -172,6 +174,11 @@ pub const CODES: &[ErrorCode] = &[
         code: ADS_HANDSHAKE_FAILED,
         cause: "A connection to the ADS port failed its TLS handshake (no client certificate, another mesh root, expired, not TLS).",
         fix: "The log gives the reason: bootstrap the sidecar again against this controller's --state-dir, or refresh its bundle after a root rotation.",
+    },
+    ErrorCode {
+        code: SNAPSHOT_INCONSISTENT,
+        cause: "A proxy's configuration, as built, names a cluster, endpoint assignment, route configuration or secret it does not carry; it is not sent and the proxy keeps its last good configuration.",
+        fix: "A defect of the control plane: report the log line (it names the proxy, the missing resource and what names it).",
     },
     ErrorCode {
         code: "E7001",

@@ -541,11 +541,9 @@ fn resource<M: prost::Name + prost::Message>(name: &str, msg: M) -> Resource {
     Resource::new(name, pack_any(msg))
 }
 
-/// Collects resources and the references between them, then checks the references resolve.
 /// Collects a proxy's resources per type, in order; [`ProxySnapshot::assemble`] makes the snapshot.
 struct Builder {
     pending: [Vec<Arc<Resource>>; 5],
-    refs: Vec<(ResourceType, String, String)>,
 }
 
 impl Builder {
@@ -562,10 +560,6 @@ impl Builder {
     fn add_all(&mut self, ty: ResourceType, resources: Vec<Arc<Resource>>) -> Result<(), SnapshotError> {
         self.pending[ty.index()].extend(resources);
         Ok(())
-    }
-
-    fn refer(&mut self, ty: ResourceType, name: &str, by: &str) {
-        self.refs.push((ty, name.to_owned(), by.to_owned()));
     }
 }
 
@@ -724,7 +718,7 @@ pub fn build_with(
     certs: CertInput<'_>,
     cache: &mut BuildCache,
 ) -> Result<ProxySnapshot, SnapshotError> {
-    let mut b = Builder { pending: Default::default(), refs: Vec::new() };
+    let mut b = Builder { pending: Default::default() };
     let identity = view.identity();
     let own_cert = SERVICE_CERT;
     let bundle_fp = fingerprint(certs.trust_bundle_pem);
@@ -760,14 +754,6 @@ pub fn build_with(
     let part = cache.upstream_part(&view.upstream, td);
     b.add_all(ResourceType::Cluster, part.clusters.clone())?;
     b.add_all(ResourceType::Endpoint, part.endpoints.clone())?;
-    for port in &part.http_ports {
-        b.refer(ResourceType::Route, &format!("rds-outbound.{port}"), OUTBOUND_LISTENER);
-    }
-    // Every upstream cluster uses the same two secrets (added above): checked once, not once per cluster.
-    if !part.clusters.is_empty() {
-        b.refer(ResourceType::Secret, ROOT_CERT_OUTBOUND, "upstream clusters");
-        b.refer(ResourceType::Secret, own_cert, "upstream clusters");
-    }
     let settings_fp = fingerprint(&view.settings);
     let listener = cache.get_or_make(format!("lds-out|{upstream_fp:x}|{settings_fp:x}"), || {
         outbound_listener(&view.upstream, &view.settings).map(|l| resource(OUTBOUND_LISTENER, l)).into_iter().collect()
@@ -777,7 +763,6 @@ pub fn build_with(
         let passthrough = cache
             .get_or_make("cds-passthrough".to_owned(), || vec![resource(PASSTHROUGH_CLUSTER, passthrough_cluster())]);
         b.add_all(ResourceType::Cluster, passthrough)?;
-        b.refer(ResourceType::Cluster, PASSTHROUGH_CLUSTER, EGRESS_CHAIN);
     }
     if let Some(t) = &view.settings.tracing {
         let cluster = cache.get_or_make(format!("cds-tracing|{:x}", fingerprint(t)), || {
@@ -816,7 +801,6 @@ pub fn build_with(
             let chain_name = format!("inbound_{}_{}_{}", svc.key, port.target_port, port.protocol);
             let filters = if port.protocol.is_http() {
                 let rds = format!("rds-inbound.{}", port.target_port);
-                b.refer(ResourceType::Route, &rds, &chain_name);
                 let used = inbound_domains.entry(port.target_port).or_default();
                 // A TrafficSplit backend also answers to its apexes' names (clients address the apex).
                 let domains: Vec<String> = group
@@ -853,8 +837,6 @@ pub fn build_with(
                 filters.push(tcp_proxy_filter(&local_cluster, &format!("inbound-tcp.{local_cluster}")));
                 filters
             };
-            b.refer(ResourceType::Secret, own_cert, &chain_name);
-            b.refer(ResourceType::Secret, ROOT_CERT_INBOUND, &chain_name);
             let tls = DownstreamTlsContext {
                 common_tls_context: Some(CommonTlsContext {
                     tls_params: Some(tls_params()),
@@ -933,11 +915,12 @@ pub fn build_with(
             vec![resource(METRICS_CLUSTER, cluster)]
         });
         b.add_all(ResourceType::Cluster, cluster)?;
-        b.refer(ResourceType::Cluster, METRICS_CLUSTER, PROMETHEUS_LISTENER);
     }
 
     let snap = ProxySnapshot::assemble(b.pending, &mut cache.sets)?;
-    snap.check_references(&b.refs)?;
+    // Derived from the resources, not from what was built: whatever the builder does, a snapshot that
+    // names something it does not carry is never published.
+    crate::consistency::check(&snap)?;
     Ok(snap)
 }
 
@@ -1204,6 +1187,43 @@ mod tests {
     }
 
     const CERTS: CertInput<'static> = CertInput { cert_pem: "CERT", key_pem: "KEY", trust_bundle_pem: "ROOT" };
+
+    /// The check is derived from the resources: remove anything a built snapshot names and it fails,
+    /// naming what is missing and what names it.
+    #[test]
+    fn the_consistency_check_finds_whatever_a_broken_build_lacks() {
+        let mut view = view_with("client", smi_objects());
+        view.settings.tracing =
+            Some(TracingSettings { address: "jaeger".into(), port: 9411, endpoint: "/api/v2/spans".into() });
+        let snap = build(&view, CERTS).unwrap();
+        crate::consistency::check(&snap).unwrap();
+        let mut named = BTreeSet::new();
+        for ty in ResourceType::ALL {
+            for r in snap.get(ty).resources().values() {
+                named.extend(r.references(ty).clone().unwrap());
+            }
+        }
+        let kinds: BTreeSet<ResourceType> = named.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            kinds,
+            [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Route, ResourceType::Secret].into(),
+            "the view exercises every kind of reference: {named:?}"
+        );
+        assert!(named.contains(&(ResourceType::Cluster, TRACING_CLUSTER.to_owned())), "{named:?}");
+        for (ty, name) in &named {
+            let broken = snap.without(*ty, name);
+            match crate::consistency::check(&broken) {
+                Err(SnapshotError::Dangling { kind, name: missing, by }) => {
+                    assert_eq!((kind, &missing), (*ty, name));
+                    assert!(!by.is_empty());
+                }
+                other => panic!("removing {ty} {name:?} gave {other:?}"),
+            }
+        }
+        // A routed cluster (route → cluster) and a tcp_proxy's (listener → cluster) are among them.
+        assert!(named.iter().any(|(k, n)| *k == ResourceType::Cluster && n.starts_with("demo/web|")), "{named:?}");
+        assert!(named.iter().any(|(k, n)| *k == ResourceType::Cluster && n.starts_with("demo/echo|")), "{named:?}");
+    }
 
     fn names(s: &ProxySnapshot, ty: ResourceType) -> Vec<String> {
         s.get(ty).resources().keys().cloned().collect()

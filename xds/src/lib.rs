@@ -8,6 +8,7 @@
 //! through [`server::SessionHandler`]. No actor framework and no Kubernetes client here.
 
 pub mod builder;
+pub mod consistency;
 pub mod delta;
 pub mod limits;
 pub mod rbac;

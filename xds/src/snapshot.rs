@@ -69,11 +69,19 @@ impl fmt::Display for ResourceType {
 
 /// One encoded resource; its version is a hash of its bytes, so identical content has identical versions
 /// and Envoy is never asked to replace (and drain) something that did not change.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct Resource {
     pub name: String,
     pub version: String,
     pub body: Any,
+    /// What the resource names, decoded from the body at most once (see [`crate::consistency`]).
+    pub(crate) refs: OnceLock<Result<Vec<crate::consistency::Reference>, String>>,
+}
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.version == other.version && self.body == other.body
+    }
 }
 
 impl fmt::Debug for Resource {
@@ -95,7 +103,7 @@ pub(crate) fn short_hash(parts: &[&[u8]]) -> String {
 impl Resource {
     pub fn new(name: impl Into<String>, body: Any) -> Self {
         let version = short_hash(&[body.type_url.as_bytes(), &body.value]);
-        Self { name: name.into(), version, body }
+        Self { name: name.into(), version, body, refs: OnceLock::new() }
     }
 }
 
@@ -170,10 +178,19 @@ impl TypeResources {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SnapshotError {
-    #[error("inconsistent snapshot: {kind} {name:?} is referenced by {by} but not present")]
+    #[error("[E5006] inconsistent snapshot: {kind} {name:?} is named by {by} but not present")]
     Dangling { kind: ResourceType, name: String, by: String },
-    #[error("duplicate {kind} resource {name:?}")]
+    #[error("[E5006] inconsistent snapshot: {kind} {name:?} cannot be read back: {reason}")]
+    Undecodable { kind: ResourceType, name: String, reason: String },
+    #[error("[E5006] inconsistent snapshot: duplicate {kind} resource {name:?}")]
     Duplicate { kind: ResourceType, name: String },
+}
+
+impl SnapshotError {
+    /// The stable error code (`messages::errcode`).
+    pub fn code(&self) -> &'static str {
+        messages::errcode::SNAPSHOT_INCONSISTENT
+    }
 }
 
 /// The resource sets snapshots hold, by type and the addresses of their resources in the order they were
@@ -292,6 +309,18 @@ impl ProxySnapshot {
         self.types.iter().map(|t| t.resources.len()).sum()
     }
 
+    /// This snapshot without the resource `name` of type `ty` (a broken snapshot, for tests).
+    #[cfg(test)]
+    pub(crate) fn without(&self, ty: ResourceType, name: &str) -> Self {
+        let mut copy = self.clone();
+        let set = Arc::make_mut(&mut copy.types[ty.index()]);
+        set.resources.remove(name);
+        set.all_version = OnceLock::new();
+        set.names_key = OnceLock::new();
+        set.sotw_body = OnceLock::new();
+        copy
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -306,16 +335,6 @@ impl ProxySnapshot {
                         .zip(&b.resources)
                         .all(|((na, ra), (nb, rb))| na == nb && (Arc::ptr_eq(ra, rb) || ra.version == rb.version))
         })
-    }
-
-    /// Every reference must resolve within the snapshot; `refs` lists (type, name, referrer).
-    pub fn check_references(&self, refs: &[(ResourceType, String, String)]) -> Result<(), SnapshotError> {
-        for (kind, name, by) in refs {
-            if !self.get(*kind).resources().contains_key(name) {
-                return Err(SnapshotError::Dangling { kind: *kind, name: name.clone(), by: by.clone() });
-            }
-        }
-        Ok(())
     }
 }
 
