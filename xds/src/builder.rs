@@ -12,7 +12,6 @@
 //! ClusterIP on that port (OSM: one chain per Service; the routing is by Host in `rds-outbound.<port>`
 //! either way). A cluster is then a function of its Service alone.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
@@ -53,7 +52,10 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOption
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration as PbDuration, UInt32Value};
 use envoy_types::util::pack_any;
-use messages::{AppProtocol, MeshSettings, ProxyView, ResolvedPort, ServiceKey, ServiceView, TracingSettings, ports};
+use messages::{
+    AppProtocol, MeshSettings, ProxyView, ResolvedPort, ServiceIdentity, ServiceKey, ServiceView, TracingSettings,
+    ports,
+};
 
 use crate::snapshot::{ProxySnapshot, Resource, ResourceType, SnapshotError};
 
@@ -378,16 +380,20 @@ fn route_with(cluster_specifier: route_action::ClusterSpecifier) -> Route {
 /// Encoded resources shared between proxies and kept across builds. Many proxies see the same clusters,
 /// endpoints, routes and outbound listener; each is encoded once and shared by `Arc`, and a later build
 /// that needs the same content (a rebuild after a change elsewhere) finds it here instead of encoding it
-/// again. Keys carry a fingerprint of every input of the resource, so equal keys mean equal bytes.
-/// Entries no build used in the last [`BuildCache::KEEP_BATCHES`] batches are dropped, which bounds the
+/// again. Keys are the inputs of the resource themselves ([`CacheKey`]: compared, not just hashed), so
+/// equal keys mean equal bytes; large inputs (an upstream list) are interned once per batch and compared
+/// by pointer after that. Entries no build used in the last [`BuildCache::KEEP_BATCHES`] batches are dropped, which bounds the
 /// cache by what recent builds needed (content that changed leaves under its old key).
 #[derive(Debug, Default)]
 pub struct BuildCache {
-    entries: HashMap<String, (Vec<Arc<Resource>>, u64)>,
+    entries: HashMap<CacheKey, (Vec<Arc<Resource>>, u64)>,
     batch: u64,
-    /// Fingerprints of the upstream lists of this batch (per Service, then the chains'), by list: proxies
-    /// share lists (all of them in permissive mode, one per identity in SMI mode), so each is hashed once.
-    upstream_fps: HashMap<usize, UpstreamFingerprints>,
+    /// What the outbound listener and routes of each upstream list of this batch depend on, interned, by
+    /// list: proxies share lists (all of them in permissive mode, one per identity in SMI mode), so each
+    /// is interned once per batch.
+    upstream_chains: HashMap<usize, (Arc<Vec<ServiceView>>, Interned<ChainsInput>)>,
+    /// Every [`ChainsInput`] in use, by content: equal content is one `Arc`.
+    chains: HashSet<Arc<ChainsInput>>,
     /// The upstream part of each list of this batch (with the list, to keep its address unique).
     upstream_parts: HashMap<(usize, String), UpstreamParts>,
     /// Resource sets of the snapshots proxies hold, shared by the proxies with the same set of a type.
@@ -396,8 +402,78 @@ pub struct BuildCache {
     pub misses: u64,
 }
 
-/// An upstream list; per Service (everything, its identities); the outbound chains'.
-type UpstreamFingerprints = (Arc<Vec<ServiceView>>, Vec<(u64, u64)>, u64);
+/// The key of a cached resource: everything its bytes depend on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum CacheKey {
+    /// The proxy's certificate: its identity and PEMs.
+    Cert(ServiceIdentity, String, String),
+    /// A validation context: its name and the trust bundle.
+    Root(&'static str, String),
+    /// An upstream cluster: its name, protocol, the identities it accepts, the trust domain.
+    Cluster(String, AppProtocol, BTreeSet<ServiceIdentity>, String),
+    /// An assignment: its cluster and endpoints.
+    Endpoints(String, Vec<SocketAddr>),
+    OutboundListener(Interned<ChainsInput>, MeshSettings),
+    /// Outbound routes: the proxy's namespace (short host names resolve in it) and the chains' input.
+    OutboundRoutes(String, Interned<ChainsInput>),
+    Tracing(TracingSettings),
+    /// A resource that depends on nothing.
+    Fixed(&'static str),
+}
+
+/// Everything the outbound listener and routes depend on: Services, addresses and ports (with their
+/// splits), but endpoints only where they are the addresses matched (headless Services), so an endpoint
+/// change re-encodes neither.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ChainsInput(Vec<(ServiceKey, Option<IpAddr>, Vec<ChainsPort>)>);
+
+type ChainsPort = (Option<String>, u16, u16, AppProtocol, messages::catalog::SplitTargets, Vec<SocketAddr>);
+
+impl ChainsInput {
+    fn of(upstream: &[ServiceView]) -> Self {
+        Self(
+            upstream
+                .iter()
+                .map(|svc| {
+                    let ports = svc
+                        .ports
+                        .iter()
+                        .map(|p| {
+                            let matched = if svc.cluster_ip.is_none() { p.endpoints.clone() } else { Vec::new() };
+                            (p.name.clone(), p.port, p.target_port, p.protocol, p.split.clone(), matched)
+                        })
+                        .collect();
+                    (svc.key.clone(), svc.cluster_ip, ports)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A value interned by content: one `Arc` per distinct content, so comparing two is comparing pointers
+/// (and hashing one is hashing its address), with no collision possible.
+#[derive(Debug)]
+struct Interned<T>(Arc<T>);
+
+impl<T> Clone for Interned<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> PartialEq for Interned<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<T> Eq for Interned<T> {}
+
+impl<T> Hash for Interned<T> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.0).hash(state);
+    }
+}
 
 /// An upstream list (kept so its address stays unique) and its part.
 type UpstreamParts = (Arc<Vec<ServiceView>>, Arc<UpstreamPart>);
@@ -419,14 +495,23 @@ impl BuildCache {
         Self::default()
     }
 
-    /// Per Service: (everything, its identities); then the chains'.
-    fn upstream_fingerprints(&mut self, upstream: &Arc<Vec<ServiceView>>) -> (Vec<(u64, u64)>, u64) {
+    /// The interned input of an upstream list's outbound listener and routes, once per list and batch.
+    fn upstream_chains(&mut self, upstream: &Arc<Vec<ServiceView>>) -> Interned<ChainsInput> {
         // The entry holds the list, so its address cannot be reused by another list while the entry lives.
-        let (_, fps, chains) = self.upstream_fps.entry(Arc::as_ptr(upstream) as usize).or_insert_with(|| {
-            let fps = upstream.iter().map(|s| (fingerprint(s), fingerprint(&s.identities))).collect();
-            (upstream.clone(), fps, chains_fingerprint(upstream))
+        let chains = &mut self.chains;
+        let (_, interned) = self.upstream_chains.entry(Arc::as_ptr(upstream) as usize).or_insert_with(|| {
+            let input = ChainsInput::of(upstream);
+            let shared = match chains.get(&input) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let shared = Arc::new(input);
+                    chains.insert(shared.clone());
+                    shared
+                }
+            };
+            (upstream.clone(), Interned(shared))
         });
-        (fps.clone(), *chains)
+        interned.clone()
     }
 
     /// The clusters and endpoints of an upstream list, assembled once per list and batch from the cache.
@@ -435,11 +520,10 @@ impl BuildCache {
         if let Some((_, part)) = self.upstream_parts.get(&key) {
             return part.clone();
         }
-        let (svc_fps, _) = self.upstream_fingerprints(upstream);
         let mut part = UpstreamPart { clusters: Vec::new(), endpoints: Vec::new(), http_ports: BTreeSet::new() };
         let mut done = BTreeSet::new();
         // A cluster is keyed by its identities, not the endpoints, so an endpoint change re-encodes no cluster.
-        for (svc, (svc_fp, identities_fp)) in upstream.iter().zip(svc_fps) {
+        for svc in upstream.iter() {
             for port in &svc.ports {
                 let cluster_name = port.cluster_name(&svc.key);
                 if !done.insert(cluster_name.clone()) {
@@ -454,24 +538,25 @@ impl BuildCache {
                     .map(|p| p.protocol)
                     .find(|p| p.is_http())
                     .unwrap_or(port.protocol);
-                let key = format!("cds|{cluster_name}|{cluster_protocol}|{identities_fp:x}|{td}");
+                let key =
+                    CacheKey::Cluster(cluster_name.clone(), cluster_protocol, svc.identities.clone(), td.to_owned());
                 part.clusters.extend(self.get_or_make(key, || {
                     vec![resource(&cluster_name, upstream_cluster(svc, cluster_protocol, &cluster_name, td))]
                 }));
-                // The Service's fingerprint covers every port's endpoints, so it keys the assignment too.
-                part.endpoints.extend(self.get_or_make(format!("eds|{cluster_name}|{svc_fp:x}"), || {
-                    // Service ports that lead to the same target port share the cluster: its endpoints are
-                    // theirs together.
-                    let endpoints: Vec<SocketAddr> = svc
-                        .ports
-                        .iter()
-                        .filter(|p| p.target_port == port.target_port)
-                        .flat_map(|p| p.endpoints.iter().copied())
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .collect();
-                    vec![resource(&cluster_name, load_assignment(&cluster_name, &endpoints))]
-                }));
+                // Service ports that lead to the same target port share the cluster: its endpoints are
+                // theirs together.
+                let endpoints: Vec<SocketAddr> = svc
+                    .ports
+                    .iter()
+                    .filter(|p| p.target_port == port.target_port)
+                    .flat_map(|p| p.endpoints.iter().copied())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let key = CacheKey::Endpoints(cluster_name.clone(), endpoints.clone());
+                part.endpoints.extend(
+                    self.get_or_make(key, || vec![resource(&cluster_name, load_assignment(&cluster_name, &endpoints))]),
+                );
                 if port.protocol.is_http() && (svc.cluster_ip.is_some() || !port.endpoints.is_empty()) {
                     part.http_ports.insert(port.port);
                 }
@@ -484,12 +569,14 @@ impl BuildCache {
 
     /// Starts a batch: entries unused for [`Self::KEEP_BATCHES`] batches are dropped.
     pub fn next_batch(&mut self) {
-        self.upstream_fps.clear();
+        self.upstream_chains.clear();
         self.upstream_parts.clear();
         self.sets.sweep();
         self.batch += 1;
         let oldest = self.batch.saturating_sub(Self::KEEP_BATCHES);
         self.entries.retain(|_, (_, used)| *used >= oldest);
+        // Kept while a cache key holds it (the batch's lists were let go above).
+        self.chains.retain(|shared| Arc::strong_count(shared) > 1);
     }
 
     pub fn len(&self) -> usize {
@@ -500,7 +587,7 @@ impl BuildCache {
         self.entries.is_empty()
     }
 
-    fn get_or_make(&mut self, key: String, make: impl FnOnce() -> Vec<Resource>) -> Vec<Arc<Resource>> {
+    fn get_or_make(&mut self, key: CacheKey, make: impl FnOnce() -> Vec<Resource>) -> Vec<Arc<Resource>> {
         let batch = self.batch;
         if let Some((v, used)) = self.entries.get_mut(&key) {
             self.hits += 1;
@@ -512,29 +599,6 @@ impl BuildCache {
         self.entries.insert(key, (v.clone(), batch));
         v
     }
-}
-
-/// Everything the outbound listener and routes depend on: Services, addresses and ports, but endpoints
-/// only where they are the addresses matched (headless Services), so an endpoint change re-encodes neither.
-fn chains_fingerprint(upstream: &[ServiceView]) -> u64 {
-    let mut h = DefaultHasher::new();
-    for svc in upstream {
-        svc.key.hash(&mut h);
-        svc.cluster_ip.hash(&mut h);
-        for p in &svc.ports {
-            (&p.name, p.port, p.target_port, p.protocol, &p.split).hash(&mut h);
-            if svc.cluster_ip.is_none() {
-                p.endpoints.hash(&mut h);
-            }
-        }
-    }
-    h.finish()
-}
-
-fn fingerprint<T: Hash + ?Sized>(v: &T) -> u64 {
-    let mut h = DefaultHasher::new();
-    v.hash(&mut h);
-    h.finish()
 }
 
 fn resource<M: prost::Name + prost::Message>(name: &str, msg: M) -> Resource {
@@ -721,11 +785,10 @@ pub fn build_with(
     let mut b = Builder { pending: Default::default() };
     let identity = view.identity();
     let own_cert = SERVICE_CERT;
-    let bundle_fp = fingerprint(certs.trust_bundle_pem);
     let td = &view.trust_domain;
 
     // --- SDS -------------------------------------------------------------------------------------
-    let key = format!("sds-cert|{identity}|{:x}", fingerprint(&(certs.cert_pem, certs.key_pem)));
+    let key = CacheKey::Cert(identity.clone(), certs.cert_pem.to_owned(), certs.key_pem.to_owned());
     let cert = cache.get_or_make(key, || {
         vec![resource(
             own_cert,
@@ -741,7 +804,7 @@ pub fn build_with(
     });
     b.add_all(ResourceType::Secret, cert)?;
     for root in [ROOT_CERT_INBOUND, ROOT_CERT_OUTBOUND] {
-        let secret = cache.get_or_make(format!("sds-root|{root}|{bundle_fp:x}"), || {
+        let secret = cache.get_or_make(CacheKey::Root(root, certs.trust_bundle_pem.to_owned()), || {
             vec![validation_secret(root, certs.trust_bundle_pem)]
         });
         b.add_all(ResourceType::Secret, secret)?;
@@ -749,28 +812,27 @@ pub fn build_with(
 
     // --- Outbound: clusters and endpoints per upstream Service; one listener; routes -------------
     let mut clusters_done = BTreeSet::new();
-    let (_, upstream_fp) = cache.upstream_fingerprints(&view.upstream);
+    let chains = cache.upstream_chains(&view.upstream);
     // Proxies that share an upstream list share all of this: assembled once per list and batch.
     let part = cache.upstream_part(&view.upstream, td);
     b.add_all(ResourceType::Cluster, part.clusters.clone())?;
     b.add_all(ResourceType::Endpoint, part.endpoints.clone())?;
-    let settings_fp = fingerprint(&view.settings);
-    let listener = cache.get_or_make(format!("lds-out|{upstream_fp:x}|{settings_fp:x}"), || {
+    let listener = cache.get_or_make(CacheKey::OutboundListener(chains.clone(), view.settings.clone()), || {
         outbound_listener(&view.upstream, &view.settings).map(|l| resource(OUTBOUND_LISTENER, l)).into_iter().collect()
     });
     b.add_all(ResourceType::Listener, listener)?;
     if view.settings.enable_egress {
-        let passthrough = cache
-            .get_or_make("cds-passthrough".to_owned(), || vec![resource(PASSTHROUGH_CLUSTER, passthrough_cluster())]);
+        let passthrough = cache.get_or_make(CacheKey::Fixed("cds-passthrough"), || {
+            vec![resource(PASSTHROUGH_CLUSTER, passthrough_cluster())]
+        });
         b.add_all(ResourceType::Cluster, passthrough)?;
     }
     if let Some(t) = &view.settings.tracing {
-        let cluster = cache.get_or_make(format!("cds-tracing|{:x}", fingerprint(t)), || {
-            vec![resource(TRACING_CLUSTER, tracing_cluster(t))]
-        });
+        let cluster =
+            cache.get_or_make(CacheKey::Tracing(t.clone()), || vec![resource(TRACING_CLUSTER, tracing_cluster(t))]);
         b.add_all(ResourceType::Cluster, cluster)?;
     }
-    let routes = cache.get_or_make(format!("rds-out|{}|{upstream_fp:x}", view.pod.namespace), || {
+    let routes = cache.get_or_make(CacheKey::OutboundRoutes(view.pod.namespace.clone(), chains), || {
         outbound_routes(&view.upstream, &view.pod.namespace)
     });
     b.add_all(ResourceType::Route, routes)?;
@@ -898,10 +960,11 @@ pub fn build_with(
     }
 
     if view.pod.prometheus_scrape {
-        let listener = cache
-            .get_or_make("lds-prometheus".to_owned(), || vec![resource(PROMETHEUS_LISTENER, prometheus_listener())]);
+        let listener = cache.get_or_make(CacheKey::Fixed("lds-prometheus"), || {
+            vec![resource(PROMETHEUS_LISTENER, prometheus_listener())]
+        });
         b.add_all(ResourceType::Listener, listener)?;
-        let cluster = cache.get_or_make("cds-metrics".to_owned(), || {
+        let cluster = cache.get_or_make(CacheKey::Fixed("cds-metrics"), || {
             let addr = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), ports::ADMIN);
             let cluster = Cluster {
                 name: METRICS_CLUSTER.to_owned(),
@@ -1187,6 +1250,31 @@ mod tests {
     }
 
     const CERTS: CertInput<'static> = CertInput { cert_pem: "CERT", key_pem: "KEY", trust_bundle_pem: "ROOT" };
+
+    /// Cached resources are found by their inputs themselves: a content-equal upstream list of a later
+    /// batch (another `Arc`) finds the same listener and routes; a list that differs does not.
+    #[test]
+    fn cached_resources_are_keyed_by_their_inputs_themselves() {
+        let mut cache = BuildCache::new();
+        let view = view_for("client");
+        let shared = |s: &ProxySnapshot, ty: ResourceType, name: &str| s.get(ty).resources()[name].clone();
+        let a = build_with(&view, CERTS, &mut cache).unwrap();
+        cache.next_batch();
+        let mut same = view.clone();
+        same.upstream = Arc::new((*view.upstream).clone());
+        let b = build_with(&same, CERTS, &mut cache).unwrap();
+        let out = |s: &ProxySnapshot| shared(s, ResourceType::Listener, OUTBOUND_LISTENER);
+        assert!(Arc::ptr_eq(&out(&a), &out(&b)));
+        cache.next_batch();
+        let mut list = (*view.upstream).clone();
+        let svc = list.iter_mut().find(|s| s.cluster_ip.is_some()).unwrap();
+        svc.cluster_ip = Some(IpAddr::from([10, 96, 99, 99]));
+        let mut changed = view.clone();
+        changed.upstream = Arc::new(list);
+        let c = build_with(&changed, CERTS, &mut cache).unwrap();
+        assert!(!Arc::ptr_eq(&out(&a), &out(&c)));
+        assert_ne!(out(&a).body, out(&c).body);
+    }
 
     /// The check is derived from the resources: remove anything a built snapshot names and it fails,
     /// naming what is missing and what names it.

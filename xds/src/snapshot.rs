@@ -119,9 +119,10 @@ pub struct TypeResources {
     /// All of them as the body of a SotW response, encoded once for every proxy that subscribes to the
     /// whole set (the usual case) and kept as long as the set.
     pub(crate) sotw_body: OnceLock<Arc<crate::sotw::EncodedBody>>,
-    /// A hash of the names alone, computed once: sets with the same names (an endpoint change keeps them)
-    /// have the same key, so a session checks its subscription against them once, not per push.
-    names_key: OnceLock<u64>,
+    /// The names alone, shared by every set of this type with the very same names (interned by the
+    /// [`SetCache`]; an endpoint change keeps them): a session compares them by pointer and checks its
+    /// subscription against them once, not per push.
+    names: OnceLock<Arc<[String]>>,
 }
 
 impl PartialEq for TypeResources {
@@ -136,17 +137,10 @@ impl TypeResources {
         &self.resources
     }
 
-    /// A hash of the names (not the content), computed once.
-    pub fn names_key(&self) -> u64 {
-        *self.names_key.get_or_init(|| {
-            use std::hash::Hasher;
-            let mut h = std::hash::DefaultHasher::new();
-            for name in self.resources.keys() {
-                h.write(name.as_bytes());
-                h.write_u8(0xff);
-            }
-            h.finish()
-        })
+    /// The names (not the content). Two sets of a [`SetCache`] with the same names have the very same
+    /// `Arc`; other sets (changed by [`ProxySnapshot::insert`]) have one of their own.
+    pub fn names(&self) -> &Arc<[String]> {
+        self.names.get_or_init(|| self.resources.keys().cloned().collect())
     }
 
     /// Whether `names` holds every name of the set (compared in step when the sizes match).
@@ -203,6 +197,8 @@ type SetEntry = (Vec<Arc<Resource>>, Arc<TypeResources>);
 pub struct SetCache {
     /// (type, hash of the resources' addresses) → (the resources in order added, their set).
     sets: HashMap<(ResourceType, u64), Vec<SetEntry>>,
+    /// The name lists of the sets, one `Arc` per distinct list (see [`TypeResources::names`]).
+    names: std::collections::HashSet<Arc<[String]>>,
     len: usize,
     /// The size after the last sweep: the next one comes when it doubled (amortised constant per set).
     swept_at: usize,
@@ -231,6 +227,7 @@ impl SetCache {
             bucket.retain(|(_, set)| Arc::strong_count(set) > 1);
         }
         self.sets.retain(|_, bucket| !bucket.is_empty());
+        self.names.retain(|n| Arc::strong_count(n) > 1);
         self.len = self.sets.values().map(Vec::len).sum();
         self.swept_at = self.len;
     }
@@ -258,7 +255,7 @@ impl ProxySnapshot {
             return Err(SnapshotError::Duplicate { kind: ty, name: r.name.clone() });
         }
         set.all_version = OnceLock::new();
-        set.names_key = OnceLock::new();
+        set.names = OnceLock::new();
         set.sotw_body = OnceLock::new();
         set.resources.insert(r.name.clone(), r);
         Ok(())
@@ -281,11 +278,12 @@ impl ProxySnapshot {
             for r in &resources {
                 h.write_usize(Arc::as_ptr(r) as usize);
             }
-            let bucket = sets.sets.entry((ty, h.finish())).or_default();
+            let hash = h.finish();
             let same = |order: &Vec<Arc<Resource>>| {
                 order.len() == resources.len() && order.iter().zip(&resources).all(|(a, b)| Arc::ptr_eq(a, b))
             };
-            let set = match bucket.iter().find(|(order, _)| same(order)) {
+            let found = sets.sets.get(&(ty, hash)).and_then(|bucket| bucket.iter().find(|(order, _)| same(order)));
+            let set = match found {
                 Some((_, set)) => set.clone(),
                 None => {
                     let mut set = TypeResources::default();
@@ -294,7 +292,18 @@ impl ProxySnapshot {
                             return Err(SnapshotError::Duplicate { kind: ty, name: r.name.clone() });
                         }
                     }
+                    let names: Vec<String> = set.resources.keys().cloned().collect();
+                    let names = match sets.names.get(names.as_slice()) {
+                        Some(shared) => shared.clone(),
+                        None => {
+                            let shared: Arc<[String]> = names.into();
+                            sets.names.insert(shared.clone());
+                            shared
+                        }
+                    };
+                    let _ = set.names.set(names);
                     let set = Arc::new(set);
+                    let bucket = sets.sets.entry((ty, hash)).or_default();
                     bucket.push((resources, set.clone()));
                     sets.len += 1;
                     set
@@ -316,7 +325,7 @@ impl ProxySnapshot {
         let set = Arc::make_mut(&mut copy.types[ty.index()]);
         set.resources.remove(name);
         set.all_version = OnceLock::new();
-        set.names_key = OnceLock::new();
+        set.names = OnceLock::new();
         set.sotw_body = OnceLock::new();
         copy
     }
@@ -325,7 +334,7 @@ impl ProxySnapshot {
         self.len() == 0
     }
 
-    /// Same resources (names and content versions) as `other`: cheaper than comparing bodies.
+    /// Same resources as `other`: by pointer first, else by name, version and bytes.
     pub fn same_as(&self, other: &ProxySnapshot) -> bool {
         self.types.iter().zip(&other.types).all(|(a, b)| {
             Arc::ptr_eq(a, b)
@@ -333,7 +342,7 @@ impl ProxySnapshot {
                     && a.resources
                         .iter()
                         .zip(&b.resources)
-                        .all(|((na, ra), (nb, rb))| na == nb && (Arc::ptr_eq(ra, rb) || ra.version == rb.version))
+                        .all(|((na, ra), (nb, rb))| na == nb && (Arc::ptr_eq(ra, rb) || ra == rb))
         })
     }
 }

@@ -54,9 +54,9 @@ struct TypeState {
     /// A response was sent and the proxy has not answered it yet (ACK or NACK): newer content waits for
     /// the answer, so a proxy that falls behind gets the latest snapshot once, not every one in between.
     unanswered: bool,
-    /// For the current names: whether they hold every name of sets with this names key (most pushes
+    /// For the current names: whether they hold every name of sets with these names (most pushes
     /// change content, not names, so this is worked out once per subscription and name set).
-    covers: Option<(u64, bool)>,
+    covers: Option<(Arc<[String]>, bool)>,
     acked_version: Option<String>,
 }
 
@@ -102,6 +102,9 @@ pub struct EncodedBody {
     version: String,
     count: usize,
     bytes: prost::bytes::Bytes,
+    /// For a body of part of a set, the resources it carries: a [`BodyCache`] hit is checked against
+    /// them, so two selections whose versions collide can never share a body.
+    part: Vec<Arc<Resource>>,
 }
 
 impl EncodedBody {
@@ -117,7 +120,7 @@ impl EncodedBody {
             type_url: ty.type_url().to_owned(),
             ..Default::default()
         };
-        Self { ty, version: version.to_owned(), count, bytes: msg.encode_to_vec().into() }
+        Self { ty, version: version.to_owned(), count, bytes: msg.encode_to_vec().into(), part: Vec::new() }
     }
 }
 
@@ -207,11 +210,19 @@ impl BodyCache {
 
     fn get_or_encode(&self, ty: ResourceType, version: &str, included: &[Arc<Resource>]) -> Arc<EncodedBody> {
         let key = (ty, version.to_owned());
-        if let Some(body) = self.bodies.lock().ok().and_then(|m| m.get(&key).and_then(Weak::upgrade)) {
+        let same = |body: &EncodedBody| {
+            body.part.len() == included.len()
+                && body.part.iter().zip(included).all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
+        };
+        if let Some(body) = self.bodies.lock().ok().and_then(|m| m.get(&key).and_then(Weak::upgrade))
+            && same(&body)
+        {
             return body;
         }
         // Encoded outside the lock: another session may encode the same body meanwhile; either copy is right.
-        let body = Arc::new(EncodedBody::encode(ty, version, included.iter()));
+        let mut body = EncodedBody::encode(ty, version, included.iter());
+        body.part = included.to_vec();
+        let body = Arc::new(body);
         if let Ok(mut m) = self.bodies.lock() {
             // Dead entries are swept now and then, so the map stays the size of what sessions hold.
             if self.inserts.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
@@ -338,12 +349,12 @@ impl SotwSession {
         let covers = match scope {
             None => true,
             Some(names) => {
-                let key = res.names_key();
-                match state.covers {
-                    Some((k, covers)) if k == key => covers,
+                let set_names = res.names();
+                match &state.covers {
+                    Some((checked, covers)) if Arc::ptr_eq(checked, set_names) => *covers,
                     _ => {
                         let covers = res.all_in(names);
-                        state.covers = Some((key, covers));
+                        state.covers = Some((set_names.clone(), covers));
                         covers
                     }
                 }
@@ -363,8 +374,7 @@ impl SotwSession {
                     loop {
                         match (now.next(), sent.next()) {
                             (None, None) => break true,
-                            (Some(a), Some(b)) if Arc::ptr_eq(a, b) || (a.name == b.name && a.version == b.version) => {
-                            }
+                            (Some(a), Some(b)) if Arc::ptr_eq(a, b) || a == b => {}
                             _ => break false,
                         }
                     }
@@ -402,6 +412,22 @@ impl SotwSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two selections whose versions collide never share a body: a hit is checked against what it carries.
+    #[test]
+    fn a_body_is_shared_only_by_the_very_same_resources() {
+        let cache = BodyCache::default();
+        let r = |name: &str, bytes: &[u8]| {
+            Arc::new(Resource::new(name, Any { type_url: "t".into(), value: bytes.to_vec() }))
+        };
+        let (a, b) = (r("x", b"one"), r("x", b"two"));
+        let first = cache.get_or_encode(ResourceType::Endpoint, "same-version", std::slice::from_ref(&a));
+        let again = cache.get_or_encode(ResourceType::Endpoint, "same-version", &[r("x", b"one")]);
+        assert!(Arc::ptr_eq(&first, &again), "equal resources share the body");
+        let other = cache.get_or_encode(ResourceType::Endpoint, "same-version", std::slice::from_ref(&b));
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_ne!(first.bytes, other.bytes);
+    }
     use crate::snapshot::Resource;
     use envoy_types::pb::google::protobuf::Any;
     use envoy_types::pb::google::rpc::Status;
