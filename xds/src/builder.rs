@@ -398,6 +398,8 @@ pub struct BuildCache {
     upstream_parts: HashMap<(usize, String), UpstreamParts>,
     /// Resource sets of the snapshots proxies hold, shared by the proxies with the same set of a type.
     sets: crate::snapshot::SetCache,
+    /// Pairs of this batch's sets found consistent (see [`crate::consistency::Checked`]).
+    checked: crate::consistency::Checked,
     pub hits: u64,
     pub misses: u64,
 }
@@ -569,6 +571,8 @@ impl BuildCache {
 
     /// Starts a batch: entries unused for [`Self::KEEP_BATCHES`] batches are dropped.
     pub fn next_batch(&mut self) {
+        // Before the sweep: the pairs name sets by address, and a swept set's address may be reused.
+        self.checked.clear();
         self.upstream_chains.clear();
         self.upstream_parts.clear();
         self.sets.sweep();
@@ -983,7 +987,7 @@ pub fn build_with(
     let snap = ProxySnapshot::assemble(b.pending, &mut cache.sets)?;
     // Derived from the resources, not from what was built: whatever the builder does, a snapshot that
     // names something it does not carry is never published.
-    crate::consistency::check(&snap)?;
+    crate::consistency::check_with(&snap, &mut cache.checked)?;
     Ok(snap)
 }
 
@@ -1298,9 +1302,12 @@ mod tests {
             "the view exercises every kind of reference: {named:?}"
         );
         assert!(named.contains(&(ResourceType::Cluster, TRACING_CLUSTER.to_owned())), "{named:?}");
+        // The memo of pairs found complete never hides a broken set.
+        let mut checked = crate::consistency::Checked::default();
+        crate::consistency::check_with(&snap, &mut checked).unwrap();
         for (ty, name) in &named {
             let broken = snap.without(*ty, name);
-            match crate::consistency::check(&broken) {
+            match crate::consistency::check_with(&broken, &mut checked) {
                 Err(SnapshotError::Dangling { kind, name: missing, by }) => {
                     assert_eq!((kind, &missing), (*ty, name));
                     assert!(!by.is_empty());

@@ -8,6 +8,9 @@
 //! resources are shared between proxies and across builds, so the check of a snapshot costs a lookup per
 //! reference.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
@@ -23,7 +26,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
-use crate::snapshot::{ProxySnapshot, Resource, ResourceType, SnapshotError};
+use crate::snapshot::{ProxySnapshot, Resource, ResourceType, SnapshotError, TypeResources};
 
 /// A reference from one resource to another: (type, name).
 pub type Reference = (ResourceType, String);
@@ -154,22 +157,52 @@ fn route_config_refs(rc: &RouteConfiguration, refs: &mut Vec<Reference>) {
 
 /// Checks that everything each resource of `snap` names is in `snap`.
 pub fn check(snap: &ProxySnapshot) -> Result<(), SnapshotError> {
-    for ty in ResourceType::ALL {
-        for r in snap.get(ty).resources().values() {
-            let refs = r.references(ty).as_ref().map_err(|reason| SnapshotError::Undecodable {
-                kind: ty,
-                name: r.name.clone(),
-                reason: reason.clone(),
-            })?;
-            for (kind, name) in refs {
-                if !snap.get(*kind).resources().contains_key(name.as_str()) {
-                    return Err(SnapshotError::Dangling {
-                        kind: *kind,
-                        name: name.clone(),
-                        by: format!("{ty} {:?}", r.name),
-                    });
+    check_with(snap, &mut Checked::default())
+}
+
+/// Pairs of sets (the set whose resources name, the set of the type they name) already found complete.
+/// Snapshots share sets ([`crate::snapshot::SetCache`]), so most proxies of a batch repeat pairs an earlier
+/// proxy had: the check of a snapshot is then a lookup per pair. The pairs hold their sets, so an address
+/// is never reused while it is a key (a build cache clears it with every batch).
+#[derive(Debug, Default)]
+pub struct Checked(HashMap<(usize, usize), (Arc<TypeResources>, Arc<TypeResources>)>);
+
+impl Checked {
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// [`check`], skipping pairs of sets `checked` already holds and adding those found complete.
+pub fn check_with(snap: &ProxySnapshot, checked: &mut Checked) -> Result<(), SnapshotError> {
+    for from in ResourceType::ALL {
+        let set = snap.shared(from);
+        if set.resources().is_empty() {
+            continue;
+        }
+        for to in ResourceType::ALL {
+            let target = snap.shared(to);
+            let pair = (Arc::as_ptr(set) as usize, Arc::as_ptr(target) as usize);
+            if checked.0.contains_key(&pair) {
+                continue;
+            }
+            for r in set.resources().values() {
+                let refs = r.references(from).as_ref().map_err(|reason| SnapshotError::Undecodable {
+                    kind: from,
+                    name: r.name.clone(),
+                    reason: reason.clone(),
+                })?;
+                for (kind, name) in refs.iter().filter(|(kind, _)| *kind == to) {
+                    if !target.resources().contains_key(name.as_str()) {
+                        return Err(SnapshotError::Dangling {
+                            kind: *kind,
+                            name: name.clone(),
+                            by: format!("{from} {:?}", r.name),
+                        });
+                    }
                 }
             }
+            checked.0.insert(pair, (set.clone(), target.clone()));
         }
     }
     Ok(())
