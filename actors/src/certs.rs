@@ -603,8 +603,12 @@ mod tests {
         }
         let rsa = certs::KeyAlgorithm::Rsa(certs::RsaBits::B2048);
         certs.send(CertSettings { validity: None, key: rsa }).await.unwrap();
+        // A guard against hanging, in real time: RSA keys are generated on the blocking pool while the
+        // paused clock runs ahead.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         for (id, old) in ids.iter().zip(&first) {
             let renewed = loop {
+                assert!(std::time::Instant::now() < deadline, "{id}: never re-issued with the new key kind");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let now = cert(&certs, id).await;
                 if now.serial != old.serial {
@@ -633,7 +637,9 @@ mod tests {
         let mut serials = vec![first.serial.clone()];
         for _ in 0..3 {
             let before = (clock)();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
             let renewed = loop {
+                assert!(std::time::Instant::now() < deadline, "renewal {} never came", serials.len());
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let now = cert(&certs, &id).await;
                 if now.serial != *serials.last().unwrap() {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use apisim::ApiServer;
 use apisim::portforward::{PodDialer, PodStream};
@@ -49,19 +50,26 @@ async fn bytes_go_both_ways_per_port_and_dial_errors_come_back_on_the_error_chan
     let mut forward = pods.portforward("web", &[80, 8080]).await.unwrap();
     for (port, message) in [(80u16, "hello"), (8080, "world")] {
         let mut stream = forward.take_stream(port).unwrap();
-        stream.write_all(message.as_bytes()).await.unwrap();
-        let mut answer = String::new();
-        let mut buf = [0u8; 64];
-        while !answer.ends_with(message) {
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the stream ended early: {answer:?}");
-            answer.push_str(std::str::from_utf8(&buf[..n]).unwrap());
-        }
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            stream.write_all(message.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            let mut buf = [0u8; 64];
+            while !answer.ends_with(message) {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the stream ended early: {answer:?}");
+                answer.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+            }
+            answer
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no echo of {message:?} on port {port}"));
         assert_eq!(answer, format!("{port}:{message}"));
     }
 
     let mut forward = pods.portforward("web", &[9]).await.unwrap();
-    let error = forward.take_error(9).unwrap().await;
+    let error = tokio::time::timeout(Duration::from_secs(10), forward.take_error(9).unwrap())
+        .await
+        .expect("the refusal of port 9 is reported");
     assert!(error.as_deref().is_some_and(|e| e.contains("connection refused")), "{error:?}");
 
     let missing = pods.portforward("nobody", &[80]).await.map(|_| ()).unwrap_err();

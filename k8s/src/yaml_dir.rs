@@ -785,12 +785,16 @@ metadata: {name: ignored}
     fn a_file_being_written_is_read_once_it_settles() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("server.yaml"), SERVER).unwrap();
-        let mut src = YamlDir::new(dir.path()).with_settle(std::time::Duration::from_millis(300));
+        // A settle time no scan of this test can outlast: the file's age, not the clock, decides.
+        let settle = std::time::Duration::from_secs(60);
+        let mut src = YamlDir::new(dir.path()).with_settle(settle);
         src.scan();
         fs::write(dir.path().join("server.yaml"), "").unwrap(); // truncated mid-write
         assert!(src.scan().events.is_empty(), "a fresh change waits");
-        fs::write(dir.path().join("server.yaml"), SERVER.replace("10.244.1.2", "10.244.1.7")).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(350));
+        let path = dir.path().join("server.yaml");
+        fs::write(&path, SERVER.replace("10.244.1.2", "10.244.1.7")).unwrap();
+        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - settle - std::time::Duration::from_secs(1)).unwrap();
         assert_eq!(keys(&src.scan().events), vec!["apply Pod demo/server-1"]);
     }
 

@@ -70,21 +70,17 @@ fn normalise(dump: &Value) -> Value {
     Value::Object(out)
 }
 
-/// Waits until the pod's configuration holds `marker` and stays the same across two reads.
+/// The pod's configuration once it holds `marker` and every proxy holds everything the controller sent
+/// (its generation, `osm proxy status --wait`), not once it looked unchanged for a while.
 fn settled_config(mesh: &LocalMesh, pod: &str, marker: &str) -> Value {
-    let mut last = Value::Null;
-    mesh.eventually(Duration::from_secs(30), &format!("{pod}'s config to settle with {marker:?}"), || {
-        let dump = mesh.admin(pod, "/config_dump?include_eds").ok()?;
-        let now = normalise(&serde_json::from_str(&dump).ok()?);
-        let text = now.to_string();
-        let settled = now == last && text.contains(marker);
-        last = now;
-        if !settled {
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        settled.then(|| last.clone())
+    let dump = || mesh.admin(pod, "/config_dump?include_eds").ok().and_then(|d| serde_json::from_str(&d).ok());
+    mesh.eventually(Duration::from_secs(30), &format!("{pod}'s config to hold {marker:?}"), || {
+        dump().map(|d| normalise(&d)).filter(|c| c.to_string().contains(marker))
     })
-    .unwrap_or_else(|e| panic!("{e}\nlast: {last:#}\n{}", mesh.controller_output()))
+    .unwrap_or_else(|e| panic!("{e}\n{}", mesh.controller_output()));
+    let out = mesh.osm(&["proxy", "status", "--wait", "--timeout-s", "30"]).unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    normalise(&dump().unwrap_or_else(|| panic!("{pod}'s config dump")))
 }
 
 fn check(case: &str, pod: &str, config: &Value) {

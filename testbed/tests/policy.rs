@@ -268,7 +268,9 @@ fn invalid_policy_is_reported_with_its_code_and_the_rest_keeps_working() {
     let metrics = mesh.controller_http("/metrics").unwrap();
     assert!(metrics.contains("osm_error_err_code_count{err_code=\"E2025\"} 1"), "{metrics}");
     assert!(metrics.contains("osm_policy_error_count 2"), "{metrics}");
-    // Nothing Envoy would reject was sent, the valid policy holds, and the thief gained nothing.
+    // Nothing Envoy would reject was sent (every proxy holds what was sent: a rejection would show as a
+    // NACK here), the valid policy holds, and the thief gained nothing.
+    wait_in_force(&mesh);
     for pod in [CLIENT, "demo/server-1", "demo/server-2"] {
         for ty in ["lds", "cds", "rds"] {
             let stat = if ty == "lds" {

@@ -73,8 +73,11 @@ fn one_minute_certificates_rotate_three_times_under_traffic_without_a_failed_req
     let (ok, failed, done) = (AtomicU64::new(0), AtomicU64::new(0), AtomicBool::new(false));
     let mut seen = vec![first];
     std::thread::scope(|s| {
+        // Bounded on its own too: if the loop below panics, `done` is never set, and the scope would wait
+        // for this thread forever.
         s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            while !done.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(200) {
                 let counter = if get(&mesh) { &ok } else { &failed };
                 counter.fetch_add(1, Ordering::Relaxed);
             }

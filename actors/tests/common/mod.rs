@@ -62,15 +62,21 @@ impl Drop for Running {
     }
 }
 
-/// A plain HTTP GET on loopback: the status and body, or `None` when nothing answers.
+/// A plain HTTP GET on loopback: the status and body, or `None` when nothing answers (refused). A server
+/// that accepts and then never answers fails the test rather than hanging it.
 pub async fn get_at(port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_owned()))
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.ok()?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.ok()?;
+        let (head, body) = raw.split_once("\r\n\r\n")?;
+        Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_owned()))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} on port {port}: no answer within 10 s"))
 }
 
 /// A controller of the cluster at `cluster_url` only (no mesh directory) for the mesh `osm` in `osm-system`,
