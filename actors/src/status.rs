@@ -10,36 +10,14 @@
 //! was for, changed or not, and a proxy no change touched holds whatever every build has caught up with
 //! (`settled`). So for every change the board knows which proxies hold it (`/status/changes`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
-/// Where a proxy stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncState {
-    /// Every response sent was ACKed.
-    Synced,
-    /// A response is not answered yet.
-    Stale,
-    /// The proxy refused (NACKed) the latest response of a type; it runs on its last good config.
-    Nack,
-}
-
-/// One xDS type of one proxy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TypeStatus {
-    /// Version of the last response sent.
-    pub sent: String,
-    /// Version the proxy last ACKed.
-    pub acked: String,
-    /// The proxy's error for the last response, when it refused it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nack: Option<String>,
-}
+pub use messages::status::{
+    Change, ChangeStatus, MeshStatus, ProxyStatusView, StatusSummary, SyncState, TypeStatus, unix, unix_now,
+};
 
 /// The type labels a status is kept for, by index (the types the controller serves: it answers no other,
 /// so there is nothing to follow for one).
@@ -108,26 +86,6 @@ fn nonce_hash(nonce: &str) -> u64 {
 
 fn slot_of(ty: &str) -> Option<usize> {
     TYPES.iter().position(|t| *t == ty)
-}
-
-/// A time in Unix seconds (what the status endpoints serve).
-pub fn unix(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Now, in Unix seconds.
-pub fn unix_now() -> f64 {
-    unix(SystemTime::now())
-}
-
-/// A mesh change, numbered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Change {
-    pub generation: u64,
-    /// Unix seconds at which the controller took it.
-    pub at: f64,
-    /// What changed, e.g. `Service bookstore/bookstore applied`.
-    pub what: String,
 }
 
 /// How many recent changes are remembered for `/status/changes`.
@@ -226,117 +184,6 @@ impl ProxyGenerations {
     pub fn failed(&self, generation: u64) {
         self.failed.store(generation, Ordering::SeqCst);
     }
-}
-
-/// A proxy's status, as served.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProxyStatusView {
-    pub uuid: String,
-    /// The pod (`<namespace>/<name>`) the catalog knows by this UUID, when it does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    /// `<service account>.<namespace>`.
-    pub identity: String,
-    /// `sotw` or `delta`.
-    pub api: String,
-    pub state: SyncState,
-    /// The latest mesh generation the proxy holds (every change up to it is in the config it ACKed).
-    #[serde(default)]
-    pub generation: u64,
-    /// Seconds since the proxy stopped holding everything sent to it (0 when synced).
-    pub behind_s: f64,
-    /// Seconds since it last held everything sent to it (`None`: not yet since it connected).
-    #[serde(default)]
-    pub synced_s_ago: Option<f64>,
-    pub connected_s: f64,
-    /// By type label (`CDS`, `EDS`, `LDS`, `RDS`, `SDS`).
-    pub types: BTreeMap<String, TypeStatus>,
-}
-
-/// What `/status/proxies` answers.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MeshStatus {
-    /// Unix seconds at which this was taken.
-    pub at: f64,
-    /// Proxies are being built or wait to be: a change is on its way to some proxies.
-    #[serde(default)]
-    pub building: bool,
-    /// The latest mesh change's generation.
-    #[serde(default)]
-    pub generation: u64,
-    /// That change, when it is still remembered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub change: Option<Change>,
-    /// When this controller started (Unix milliseconds): its generations are numbered from then, so a
-    /// restart (another value) starts them again at 0.
-    #[serde(default)]
-    pub started_ms: u64,
-    pub proxies: Vec<ProxyStatusView>,
-}
-
-/// The counts of a [`MeshStatus`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusSummary {
-    pub building: bool,
-    pub proxies: usize,
-    pub synced: usize,
-    pub stale: usize,
-    pub nack: usize,
-    /// The latest mesh change's generation.
-    #[serde(default)]
-    pub generation: u64,
-    /// The generation `holding` counts for (the latest unless asked for another).
-    #[serde(default)]
-    pub of_generation: u64,
-    /// Proxies that hold `of_generation`.
-    #[serde(default)]
-    pub holding: usize,
-    /// When the controller started (Unix milliseconds; see [`MeshStatus::started_ms`]).
-    #[serde(default)]
-    pub started_ms: u64,
-}
-
-impl StatusSummary {
-    /// The counts, with the proxies holding generation `of` (`None`: the latest).
-    pub fn of(status: &MeshStatus, of: Option<u64>) -> Self {
-        let count = |s: SyncState| status.proxies.iter().filter(|p| p.state == s).count();
-        let of_generation = of.unwrap_or(status.generation);
-        Self {
-            building: status.building,
-            proxies: status.proxies.len(),
-            synced: count(SyncState::Synced),
-            stale: count(SyncState::Stale),
-            nack: count(SyncState::Nack),
-            generation: status.generation,
-            of_generation,
-            holding: status.proxies.iter().filter(|p| p.generation >= of_generation).count(),
-            started_ms: status.started_ms,
-        }
-    }
-
-    /// Every connected proxy holds `of_generation`.
-    pub fn held(&self) -> bool {
-        self.holding == self.proxies
-    }
-}
-
-/// A recent mesh change and the proxies that hold it (`/status/changes`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChangeStatus {
-    #[serde(flatten)]
-    pub change: Change,
-    /// Connected proxies.
-    pub proxies: usize,
-    /// Those that hold this change (ACKed a config with it, or a later one).
-    pub holding: usize,
-    /// Those that do not (pod, or proxy UUID when the catalog does not know the pod), at most
-    /// [`ChangeStatus::LISTED`].
-    pub not_holding: Vec<String>,
-}
-
-impl ChangeStatus {
-    /// How many proxies not holding a change are named.
-    pub const LISTED: usize = 100;
 }
 
 struct Inner {

@@ -6,6 +6,7 @@
 //! the Kubernetes source).
 
 pub mod ca_secret;
+pub mod client;
 pub mod convert;
 pub mod crds;
 pub mod duties;

@@ -13,6 +13,7 @@ pub mod model;
 pub mod path;
 pub mod policy;
 pub mod ratelog;
+pub mod status;
 
 pub use catalog::{Dirty, MeshCatalog, ProxyView, ResolvedPort, ServiceView, VerifyError};
 pub use events::{DEFAULT_SOURCE, Reset, SourceEvent};

@@ -37,4 +37,6 @@ fn dependency_rule_holds() {
     assert_free_of("k8s", &["tonic", "envoy-types", "xds", "actix", "actors"]);
     assert_free_of("certs", &["tonic", "kube", "k8s-openapi", "actix", "xds", "k8s"]);
     assert_free_of("sidecar", &["tonic", "actix", "xds", "k8s"]);
+    // The CLI reads the controller's documents (messages::status) and the cluster; it serves nothing.
+    assert_free_of("osm-cli", &["actix", "actors", "tonic", "envoy-types", "xds"]);
 }

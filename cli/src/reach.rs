@@ -25,7 +25,7 @@ pub async fn cluster(kubeconfig: Option<&Path>) -> anyhow::Result<Option<kube::C
     if kubeconfig.is_none() && !set("KUBECONFIG") && !set("KUBERNETES_SERVICE_HOST") && !home_config {
         return Ok(None);
     }
-    let config = actors::kube_source::kube_config(kubeconfig).await.map_err(anyhow::Error::msg)?;
+    let config = k8s::client::kube_config(kubeconfig).await.map_err(anyhow::Error::msg)?;
     Ok(Some(kube::Client::try_from(config).context("connecting to the cluster")?))
 }
 
