@@ -1,19 +1,36 @@
-//! The catalog actor: owns the [`MeshCatalog`], applies source events, tells the snapshot actor who is
-//! dirty, and answers proxy verification and view queries.
+//! The catalog actor: the one writer of the [`MeshCatalog`]. It applies source events and pushes what
+//! follows downstream: who is dirty to the snapshot actor (awaited: backpressure), the certificate
+//! settings and MeshRootCertificates to the certificate actor. The catalog itself is shared
+//! ([`SharedCatalog`]): the snapshot builder reads views from it and sessions verify proxies against it
+//! directly, off this thread; the HTTP endpoint's questions are answered here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::prelude::*;
 use messages::{
-    Dirty, MeshCatalog, MeshConfig, MeshRootCertificate, MeshSettings, PolicyError, ProxyId, ProxyUuid, ProxyView,
-    SourceEvent, VerifyError,
+    Dirty, MeshCatalog, MeshConfig, MeshRootCertificate, MeshSettings, PolicyError, ProxyUuid, SourceEvent,
 };
 
 use crate::certs::{CertActor, CertSettings, SetRoots};
 use crate::metrics::Metrics;
 
-use crate::snapshot::{ConnectSnapshots, MarkDirty, SnapshotActor};
+use crate::snapshot::{MarkDirty, SnapshotActor};
+
+/// The catalog, written by the catalog actor alone and read by the snapshot builder and sessions.
+pub type SharedCatalog = Arc<std::sync::RwLock<MeshCatalog>>;
+
+/// A new shared catalog with the command line's settings.
+pub fn shared_catalog(trust_domain: &str, settings: MeshSettings) -> SharedCatalog {
+    let mut catalog = MeshCatalog::new(trust_domain);
+    catalog.set_settings(settings);
+    Arc::new(std::sync::RwLock::new(catalog))
+}
+
+/// Reads a shared catalog (a writer that panicked left it as it was: still the best there is).
+pub fn read(catalog: &SharedCatalog) -> std::sync::RwLockReadGuard<'_, MeshCatalog> {
+    catalog.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// A batch of source events; answered once the catalog applied them and the snapshot actor took the
 /// dirty set, so a fast source slows down instead of queueing without bound.
@@ -43,14 +60,6 @@ pub struct Expect {
     pub source: String,
     pub kinds: Vec<messages::Kind>,
 }
-
-#[derive(Message)]
-#[rtype(result = "Result<(), VerifyError>")]
-pub struct Verify(pub ProxyId);
-
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct IsSynced;
 
 /// Checks the path from a pod (namespace, name) to a Service, on one of its ports or all.
 #[derive(Message)]
@@ -85,14 +94,9 @@ pub struct CatalogSummary {
     pub root_certificates: Vec<String>,
 }
 
-/// Views of the given proxies, in the order asked; `None` for a proxy whose pod is gone.
-#[derive(Message)]
-#[rtype(result = "Vec<(ProxyUuid, Option<ProxyView>)>")]
-pub struct GetViews(pub Vec<ProxyUuid>);
-
 pub struct CatalogActor {
-    catalog: MeshCatalog,
-    snapshots: Option<Addr<SnapshotActor>>,
+    catalog: SharedCatalog,
+    snapshots: Addr<SnapshotActor>,
     /// Raised once the catalog has its first full content (`/health/ready`).
     synced: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -101,7 +105,7 @@ pub struct CatalogActor {
     reported_config: Option<(Option<MeshConfig>, MeshSettings)>,
     /// Told the service-certificate validity of the MeshConfig in force and the MeshRootCertificates, and
     /// what it was last told.
-    certs: Option<Addr<CertActor>>,
+    certs: Addr<CertActor>,
     told_settings: Option<CertSettings>,
     told_roots: Option<Vec<MeshRootCertificate>>,
     /// Switched by the MeshConfig's `observability.enableDebugServer`.
@@ -111,24 +115,22 @@ pub struct CatalogActor {
     told_log_level: Option<&'static str>,
 }
 
-/// Tells the catalog where the certificate actor is (it follows the MeshConfig's validity and the
-/// MeshRootCertificates).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ConnectCerts(pub Addr<CertActor>);
-
 impl CatalogActor {
-    pub fn new(trust_domain: &str, settings: MeshSettings, synced: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Self {
-        let mut catalog = MeshCatalog::new(trust_domain);
-        catalog.set_settings(settings);
+    /// Writes `catalog`, telling `snapshots` who is dirty and `certs` the certificate settings and roots.
+    pub fn new(
+        catalog: SharedCatalog,
+        (snapshots, certs): (Addr<SnapshotActor>, Addr<CertActor>),
+        synced: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             catalog,
-            snapshots: None,
+            snapshots,
             synced,
             metrics,
             reported_errors: Vec::new(),
             reported_config: None,
-            certs: None,
+            certs,
             told_settings: None,
             told_roots: None,
             debug_switch: None,
@@ -149,7 +151,9 @@ impl CatalogActor {
 
     /// Logs what changed in the policy's health and the settings in force.
     fn report(&mut self) {
-        let errors = self.catalog.policy_errors();
+        let shared = self.catalog.clone();
+        let catalog = read(&shared);
+        let errors = catalog.policy_errors();
         if errors != self.reported_errors.as_slice() {
             for e in errors.iter().filter(|e| !self.reported_errors.contains(e)) {
                 tracing::error!(error_code = e.code, object = %e.object, "policy object not in force: {}", e.reason);
@@ -161,10 +165,10 @@ impl CatalogActor {
             self.reported_errors = errors.to_vec();
             self.metrics.set_policy_errors(errors.len());
         }
-        let config = (self.catalog.mesh_config().cloned(), self.catalog.settings().clone());
+        let config = (catalog.mesh_config().cloned(), catalog.settings().clone());
         if self.reported_config.as_ref() != Some(&config) {
             let (mc, settings) = &config;
-            let deleted = if self.catalog.mesh_config_deleted() { " (deleted; its last settings kept)" } else { "" };
+            let deleted = if catalog.mesh_config_deleted() { " (deleted; its last settings kept)" } else { "" };
             let source = mc.as_ref().map(|m| format!("MeshConfig {}/{}{deleted}", m.namespace, m.name));
             let source = source.as_deref().unwrap_or("command line");
             let mode = if settings.permissive { "permissive" } else { "SMI" };
@@ -187,7 +191,7 @@ impl CatalogActor {
             self.metrics.set_feature_flags(mc.as_ref().map_or(&[][..], |m| &m.feature_flags));
             self.reported_config = Some(config);
         }
-        let mc = self.catalog.mesh_config();
+        let mc = catalog.mesh_config();
         let settings = CertSettings {
             validity: mc.and_then(|m| m.service_cert_validity),
             // (The size was checked where the MeshConfig was read.)
@@ -196,15 +200,13 @@ impl CatalogActor {
                 .and_then(::certs::RsaBits::new)
                 .map_or(::certs::KeyAlgorithm::EcdsaP256, ::certs::KeyAlgorithm::Rsa),
         };
-        if self.told_settings != Some(settings)
-            && let Some(certs) = &self.certs
-        {
-            certs.do_send(settings);
+        if self.told_settings != Some(settings) {
+            self.certs.do_send(settings);
             self.told_settings = Some(settings);
         }
         if let Some(control) = &self.log_level {
             // OSM's levels in the filter's terms; no MeshConfig level leaves the command line's in force.
-            let level = match self.catalog.mesh_config().and_then(|m| m.osm_log_level.as_deref()) {
+            let level = match catalog.mesh_config().and_then(|m| m.osm_log_level.as_deref()) {
                 Some("trace") => Some("trace"),
                 Some("debug") => Some("debug"),
                 Some("info") => Some("info"),
@@ -222,16 +224,14 @@ impl CatalogActor {
                 }
             }
         }
-        self.metrics.set_namespaces(self.catalog.namespace_count());
+        self.metrics.set_namespaces(catalog.namespace_count());
         if let Some(switch) = &self.debug_switch {
-            let on = self.catalog.mesh_config().and_then(|m| m.enable_debug_server).unwrap_or(false);
+            let on = catalog.mesh_config().and_then(|m| m.enable_debug_server).unwrap_or(false);
             switch.send_if_modified(|cur| std::mem::replace(cur, on) != on);
         }
-        let roots: Vec<MeshRootCertificate> = self.catalog.root_certificates().cloned().collect();
-        if self.told_roots.as_ref() != Some(&roots)
-            && let Some(certs) = &self.certs
-        {
-            certs.do_send(SetRoots(roots.clone()));
+        let roots: Vec<MeshRootCertificate> = catalog.root_certificates().cloned().collect();
+        if self.told_roots.as_ref() != Some(&roots) {
+            self.certs.do_send(SetRoots(roots.clone()));
             self.told_roots = Some(roots);
         }
     }
@@ -243,20 +243,6 @@ impl Actor for CatalogActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Queries from many sessions arrive at once on a restart; give them room.
         ctx.set_mailbox_capacity(1024);
-    }
-}
-
-impl Handler<ConnectCerts> for CatalogActor {
-    type Result = ();
-    fn handle(&mut self, msg: ConnectCerts, _: &mut Self::Context) {
-        self.certs = Some(msg.0);
-    }
-}
-
-impl Handler<ConnectSnapshots> for CatalogActor {
-    type Result = ();
-    fn handle(&mut self, msg: ConnectSnapshots, _: &mut Self::Context) {
-        self.snapshots = Some(msg.0);
     }
 }
 
@@ -280,12 +266,14 @@ impl Handler<ApplyEvents> for CatalogActor {
         // What changed, for `/status/changes`: the first event that touched a proxy, and how many more did.
         let (mut first, mut more) = (None, 0usize);
         let from_cluster = msg.source == k8s::watch::SOURCE;
+        let shared = self.catalog.clone();
+        let mut catalog = shared.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         for event in msg.events {
             if from_cluster {
                 count_k8s_event(&self.metrics, &event);
             }
             let described = first.is_none().then(|| describe(&event));
-            let touched = self.catalog.apply_from(&msg.source, event);
+            let touched = catalog.apply_from(&msg.source, event);
             if touched != Dirty::Nothing {
                 if first.is_none() {
                     first = described;
@@ -295,22 +283,25 @@ impl Handler<ApplyEvents> for CatalogActor {
             }
             dirty = dirty.merge(touched);
         }
-        if self.catalog.is_synced() {
+        let synced = catalog.is_synced();
+        let (services, endpoints, pods) = catalog.counts();
+        // Readers (builds, sessions) wait only while the events are applied.
+        drop(catalog);
+        if synced {
             self.synced.store(true, Ordering::Relaxed);
             self.report();
         }
-        let (services, endpoints, pods) = self.catalog.counts();
         tracing::debug!(services, endpoints, pods, ?dirty, "catalog updated");
         let snapshots = self.snapshots.clone();
         Box::pin(
             async move {
-                if let (Some(addr), false) = (snapshots, dirty == Dirty::Nothing) {
+                if dirty != Dirty::Nothing {
                     let mut what = first.unwrap_or_default();
                     if more > 0 {
                         what.push_str(&format!(" and {more} more"));
                     }
                     // Awaited: the catalog waits while the snapshot actor's mailbox is full.
-                    let _ = addr.send(MarkDirty { dirty, what }).await;
+                    let _ = snapshots.send(MarkDirty { dirty, what }).await;
                 }
             }
             .into_actor(self),
@@ -332,36 +323,24 @@ fn describe(event: &messages::SourceEvent) -> String {
 impl Handler<Expect> for CatalogActor {
     type Result = ();
     fn handle(&mut self, msg: Expect, _: &mut Self::Context) {
-        self.catalog.expect(&msg.source, msg.kinds);
-        self.synced.store(self.catalog.is_synced(), Ordering::Relaxed);
-    }
-}
-
-impl Handler<Verify> for CatalogActor {
-    type Result = Result<(), VerifyError>;
-    fn handle(&mut self, msg: Verify, _: &mut Self::Context) -> Self::Result {
-        self.catalog.verify(&msg.0).map(|_| ())
-    }
-}
-
-impl Handler<IsSynced> for CatalogActor {
-    type Result = bool;
-    fn handle(&mut self, _: IsSynced, _: &mut Self::Context) -> bool {
-        self.catalog.is_synced()
+        let mut catalog = self.catalog.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        catalog.expect(&msg.source, msg.kinds);
+        self.synced.store(catalog.is_synced(), Ordering::Relaxed);
     }
 }
 
 impl Handler<PodsOf> for CatalogActor {
     type Result = MessageResult<PodsOf>;
     fn handle(&mut self, msg: PodsOf, _: &mut Self::Context) -> Self::Result {
-        MessageResult(msg.0.iter().map(|u| ProxyUuid::parse(u).ok().and_then(|u| self.catalog.pod_of(&u))).collect())
+        let catalog = read(&self.catalog);
+        MessageResult(msg.0.iter().map(|u| ProxyUuid::parse(u).ok().and_then(|u| catalog.pod_of(&u))).collect())
     }
 }
 
 impl Handler<Summary> for CatalogActor {
     type Result = MessageResult<Summary>;
     fn handle(&mut self, _: Summary, _: &mut Self::Context) -> Self::Result {
-        let c = &self.catalog;
+        let c = read(&self.catalog);
         let (services, endpoints, pods) = c.counts();
         let settings = c.settings();
         MessageResult(CatalogSummary {
@@ -388,13 +367,6 @@ impl Handler<Summary> for CatalogActor {
 impl Handler<CheckPath> for CatalogActor {
     type Result = MessageResult<CheckPath>;
     fn handle(&mut self, msg: CheckPath, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.catalog.check_path((&msg.from.0, &msg.from.1), &msg.to, msg.port))
-    }
-}
-
-impl Handler<GetViews> for CatalogActor {
-    type Result = MessageResult<GetViews>;
-    fn handle(&mut self, msg: GetViews, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.catalog.proxy_views(msg.0).collect())
+        MessageResult(read(&self.catalog).check_path((&msg.from.0, &msg.from.1), &msg.to, msg.port))
     }
 }

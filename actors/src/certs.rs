@@ -1,13 +1,15 @@
-//! The certificate actor: issues service certificates per identity, caches them, and renews each one
-//! before it expires on the schedule of [`certs::rotation`]. Signing runs on the blocking pool, a few at a
-//! time, never on the actor thread; a renewal goes to the snapshot actor as renewed identities, which
-//! reaches the sidecars as a new `service-cert` secret alone (clusters and listeners name the secret, not
-//! its content).
+//! The certificate actor: issues service certificates per identity and renews each one before it
+//! expires on the schedule of [`certs::rotation`]. Signing runs on the blocking pool, a few at a time,
+//! never on the actor thread. Each identity's current certificate is published in the [`CertStore`] as a
+//! latest value that the snapshot builder reads directly: the first reader of an identity asks for it
+//! there (once, however many ask at once), and a renewal is published there with the renewed identities,
+//! which reach the sidecars as a new `service-cert` secret alone (clusters and listeners name the secret,
+//! not its content).
 //!
 //! It also owns the mesh's roots: MeshRootCertificates from the catalog are resolved into a
-//! [`TrustSet`] (off the actor thread: a new root may be generated), published to whoever verifies or
-//! signs outside the actors (the ADS server) and to the snapshot actor (validation contexts); when the
-//! signing root changes, every certificate in use is re-issued from the new one.
+//! [`TrustSet`] (off the actor thread: a new root may be generated), published on a watch channel to
+//! whoever verifies, signs or builds outside the actor (the ADS server; the snapshot actor, for validation
+//! contexts); when the signing root changes, every certificate in use is re-issued from the new one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,13 +23,110 @@ use messages::{MeshRootCertificate, ServiceIdentity};
 use tokio::sync::{Semaphore, watch};
 
 use crate::metrics::Metrics;
-use crate::snapshot::{ConnectSnapshots, IdentitiesRenewed, SnapshotActor, TrustChanged};
+use tokio::sync::mpsc;
 
 /// Certificates for these identities (issued on first request). One identity that cannot be issued does
 /// not hold back the others.
-#[derive(Message)]
-#[rtype(result = "HashMap<ServiceIdentity, Result<Arc<IssuedCert>, String>>")]
-pub struct GetCerts(pub Vec<ServiceIdentity>);
+/// An identity's certificate, or why it could not be issued.
+pub type CertResult = Result<Arc<IssuedCert>, String>;
+
+/// Each identity's current service certificate as a latest value: written by the certificate actor, read
+/// directly by the snapshot builder (no message asks the actor for state). An identity read for the first
+/// time is asked of the actor through `wanted`, once: a second reader waits on the same value, so two
+/// concurrent readers never both sign. Renewed identities are published on `renewed`, in order.
+#[derive(Debug)]
+pub struct CertStore {
+    slots: std::sync::Mutex<HashMap<ServiceIdentity, watch::Sender<Option<CertResult>>>>,
+    wanted: mpsc::UnboundedSender<ServiceIdentity>,
+    renewed: mpsc::UnboundedSender<Vec<ServiceIdentity>>,
+}
+
+/// The receiving ends of a [`CertStore`]: the identities asked for (the certificate actor's), and the
+/// identities renewed (the snapshot actor's).
+#[derive(Debug)]
+pub struct CertStoreEnds {
+    pub wanted: mpsc::UnboundedReceiver<ServiceIdentity>,
+    pub renewed: mpsc::UnboundedReceiver<Vec<ServiceIdentity>>,
+}
+
+impl CertStore {
+    pub fn new() -> (Arc<Self>, CertStoreEnds) {
+        let (wanted, wanted_rx) = mpsc::unbounded_channel();
+        let (renewed, renewed_rx) = mpsc::unbounded_channel();
+        let store = Arc::new(Self { slots: Default::default(), wanted, renewed });
+        (store, CertStoreEnds { wanted: wanted_rx, renewed: renewed_rx })
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<ServiceIdentity, watch::Sender<Option<CertResult>>>> {
+        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The current certificates of `ids`, waiting for those not issued yet.
+    pub async fn certificates(
+        &self,
+        ids: impl IntoIterator<Item = ServiceIdentity>,
+    ) -> HashMap<ServiceIdentity, CertResult> {
+        let receivers: Vec<(ServiceIdentity, watch::Receiver<Option<CertResult>>)> = {
+            let mut slots = self.slots();
+            ids.into_iter()
+                .map(|id| {
+                    let rx = match slots.get(&id) {
+                        Some(tx) => tx.subscribe(),
+                        None => {
+                            let (tx, rx) = watch::channel(None);
+                            slots.insert(id.clone(), tx);
+                            // Unbounded: a herd of new identities queues here, not in the builder.
+                            let _ = self.wanted.send(id.clone());
+                            rx
+                        }
+                    };
+                    (id, rx)
+                })
+                .collect()
+        };
+        let mut out = HashMap::new();
+        for (id, mut rx) in receivers {
+            let result = match rx.wait_for(Option::is_some).await {
+                Ok(value) => value.clone().unwrap_or_else(|| Err("no certificate".to_owned())),
+                Err(_) => Err("the certificate actor stopped".to_owned()),
+            };
+            out.insert(id, result);
+        }
+        out
+    }
+
+    /// Whether someone still reads `id`'s certificate.
+    fn is_wanted(&self, id: &ServiceIdentity) -> bool {
+        self.slots().contains_key(id)
+    }
+
+    /// Publishes `id`'s certificate (nothing when it was forgotten meanwhile).
+    fn publish(&self, id: &ServiceIdentity, cert: Arc<IssuedCert>) {
+        if let Some(slot) = self.slots().get(id) {
+            slot.send_replace(Some(Ok(cert)));
+        }
+    }
+
+    /// Tells the readers waiting for `id` why it cannot be issued, and forgets it: the next reader asks
+    /// again.
+    fn fail(&self, id: &ServiceIdentity, error: String) {
+        if let Some(slot) = self.slots().remove(id) {
+            slot.send_replace(Some(Err(error)));
+        }
+    }
+
+    /// Identities nobody reads any more: their certificates are not renewed.
+    pub fn forget(&self, ids: &[ServiceIdentity]) {
+        let mut slots = self.slots();
+        for id in ids {
+            slots.remove(id);
+        }
+    }
+
+    fn renewed(&self, ids: Vec<ServiceIdentity>) {
+        let _ = self.renewed.send(ids);
+    }
+}
 
 /// The certificates in use for these identities (never issues one), `None` when there is none.
 #[derive(Message)]
@@ -71,11 +170,6 @@ pub struct IssuedEntry {
     pub not_after: u64,
     pub expires_in_s: i64,
 }
-
-/// Identities no connected proxy uses any more: stop renewing them.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Forget(pub Vec<ServiceIdentity>);
 
 /// How service certificates are issued from now on, from the MeshConfig: their validity (`None`: the
 /// command line's) and key. Certificates in use that live longer are renewed when a certificate of the new
@@ -141,7 +235,9 @@ pub struct CertActor {
     /// The timer of the next renewal.
     wake: Option<SpawnHandle>,
     signing: Arc<Semaphore>,
-    snapshots: Option<Addr<SnapshotActor>>,
+    /// Where certificates are published, and the identities asked for there (taken when started).
+    store: Arc<CertStore>,
+    wanted: Option<mpsc::UnboundedReceiver<ServiceIdentity>>,
     clock: Clock,
 }
 
@@ -162,7 +258,14 @@ const RENEWAL_GROUP: usize = 64;
 impl CertActor {
     /// Issues from the signer of `trust_tx`'s roots, which it then keeps up to date from the
     /// MeshRootCertificates it is told (`load_root` finds each one's root).
-    pub fn new(trust_tx: Arc<TrustWatch>, load_root: RootLoader, validity: Duration, metrics: Arc<Metrics>) -> Self {
+    /// Certificates are published in `store`; `wanted` is the store's queue of identities asked for.
+    pub fn new(
+        trust_tx: Arc<TrustWatch>,
+        load_root: RootLoader,
+        validity: Duration,
+        metrics: Arc<Metrics>,
+        (store, wanted): (Arc<CertStore>, mpsc::UnboundedReceiver<ServiceIdentity>),
+    ) -> Self {
         let trust = trust_tx.borrow().clone();
         Self {
             metrics,
@@ -182,7 +285,8 @@ impl CertActor {
             rotation: Rotation::new(RenewPolicy::default()),
             wake: None,
             signing: Arc::new(Semaphore::new(signing_permits())),
-            snapshots: None,
+            store,
+            wanted: Some(wanted),
             clock: Arc::new(SystemTime::now),
         }
     }
@@ -245,7 +349,8 @@ impl CertActor {
         if !under.trust.same_signer(&self.trust) || under.key != self.key {
             self.rotation.renew_by(&id, now);
         }
-        self.cache.insert(id, cert.clone());
+        self.cache.insert(id.clone(), cert.clone());
+        self.store.publish(&id, cert.clone());
         cert
     }
 
@@ -269,7 +374,19 @@ impl CertActor {
     }
 
     fn renew_due(&mut self, ctx: &mut Context<Self>) {
-        let due = self.rotation.take_due((self.clock)());
+        let mut due = self.rotation.take_due((self.clock)());
+        // Nobody reads these any more: not renewed, and dropped.
+        due.retain(|id| {
+            let wanted = self.store.is_wanted(id);
+            if !wanted {
+                self.rotation.forget(id);
+                if self.cache.remove(id).is_some() {
+                    tracing::debug!(identity = %id, "certificate no longer needed");
+                }
+            }
+            wanted
+        });
+        self.report_expiry();
         if due.is_empty() {
             self.rearm(ctx);
             return;
@@ -285,7 +402,9 @@ impl CertActor {
             let mut renewed = Vec::new();
             for (id, result) in results {
                 // Forgotten while it was being signed: nobody needs it.
-                if !act.cache.contains_key(&id) {
+                if !act.store.is_wanted(&id) {
+                    act.rotation.forget(&id);
+                    act.cache.remove(&id);
                     continue;
                 }
                 match result {
@@ -303,10 +422,8 @@ impl CertActor {
                 }
             }
             act.report_expiry();
-            if !renewed.is_empty()
-                && let Some(s) = &act.snapshots
-            {
-                s.do_send(IdentitiesRenewed(renewed));
+            if !renewed.is_empty() {
+                act.store.renewed(renewed);
             }
             act.rearm(ctx);
         }));
@@ -372,10 +489,8 @@ impl CertActor {
         }
         tracing::info!(roots = %describe(new), signer = new.signer_name(), "mesh roots in force");
         self.trust = set.clone();
+        // The snapshot actor follows this channel: validation contexts change with what sidecars trust.
         self.trust_tx.send_replace(set.clone());
-        if trust_changed && let Some(s) = &self.snapshots {
-            s.do_send(TrustChanged(set.trust_pem().into()));
-        }
         if signer_changed {
             tracing::info!(
                 certificates = self.cache.len(),
@@ -403,6 +518,36 @@ fn describe(set: &TrustSet) -> String {
 
 impl Actor for CertActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(wanted) = self.wanted.take() {
+            ctx.add_stream(tokio_stream::wrappers::UnboundedReceiverStream::new(wanted));
+        }
+    }
+}
+
+/// An identity read for the first time: issued, and published in the store.
+impl StreamHandler<ServiceIdentity> for CertActor {
+    fn handle(&mut self, id: ServiceIdentity, ctx: &mut Self::Context) {
+        ctx.spawn(self.sign(vec![id]).into_actor(self).map(|(under, results), act, ctx| {
+            for (id, result) in results {
+                match result {
+                    Ok((cert, took)) => {
+                        act.keep(id, cert, took, &under);
+                    }
+                    Err(e) => {
+                        tracing::error!(identity = %id, error = %e, "cannot issue service certificate");
+                        act.store.fail(&id, e);
+                    }
+                }
+            }
+            act.report_expiry();
+            act.rearm(ctx);
+        }));
+    }
+
+    /// The store lives as long as the controller; nothing to do when it goes.
+    fn finished(&mut self, _: &mut Self::Context) {}
 }
 
 impl Handler<RootsSettled> for CertActor {
@@ -424,48 +569,6 @@ impl Handler<SetRoots> for CertActor {
     fn handle(&mut self, msg: SetRoots, ctx: &mut Self::Context) {
         self.roots_wanted = Some(msg.0);
         self.resolve_roots(ctx);
-    }
-}
-
-impl Handler<ConnectSnapshots> for CertActor {
-    type Result = ();
-    fn handle(&mut self, msg: ConnectSnapshots, _: &mut Self::Context) {
-        self.snapshots = Some(msg.0);
-    }
-}
-
-impl Handler<GetCerts> for CertActor {
-    type Result = ResponseActFuture<Self, HashMap<ServiceIdentity, Result<Arc<IssuedCert>, String>>>;
-
-    fn handle(&mut self, msg: GetCerts, _: &mut Self::Context) -> Self::Result {
-        let mut out = HashMap::new();
-        let mut missing = Vec::new();
-        for id in msg.0 {
-            match self.cache.get(&id) {
-                Some(c) => {
-                    out.insert(id, Ok(c.clone()));
-                }
-                None => missing.push(id),
-            }
-        }
-        Box::pin(self.sign(missing).into_actor(self).map(move |(under, results), act, ctx| {
-            for (id, result) in results {
-                let issued_meanwhile = act.cache.get(&id).cloned();
-                let cert = match (result, issued_meanwhile) {
-                    // Another request issued one meanwhile: the first stays.
-                    (_, Some(first)) => Ok(first),
-                    (Ok((cert, took)), None) => Ok(act.keep(id.clone(), cert, took, &under)),
-                    (Err(e), None) => {
-                        tracing::error!(identity = %id, error = %e, "cannot issue service certificate");
-                        Err(e)
-                    }
-                };
-                out.insert(id, cert);
-            }
-            act.report_expiry();
-            act.rearm(ctx);
-            out
-        }))
     }
 }
 
@@ -524,20 +627,6 @@ impl Handler<CertInfo> for CertActor {
     }
 }
 
-impl Handler<Forget> for CertActor {
-    type Result = ();
-    fn handle(&mut self, msg: Forget, ctx: &mut Self::Context) {
-        for id in msg.0 {
-            self.rotation.forget(&id);
-            if self.cache.remove(&id).is_some() {
-                tracing::debug!(identity = %id, "certificate no longer needed");
-            }
-        }
-        self.report_expiry();
-        self.rearm(ctx);
-    }
-}
-
 impl Handler<CertSettings> for CertActor {
     type Result = ();
     fn handle(&mut self, msg: CertSettings, ctx: &mut Self::Context) {
@@ -577,7 +666,7 @@ mod tests {
     }
 
     /// A certificate actor on a new built-in root, with MRC roots kept in a temporary state directory.
-    fn actor(clock: Clock, validity: Duration) -> CertActor {
+    fn actor(clock: Clock, validity: Duration) -> (CertActor, Arc<CertStore>) {
         let ca: Arc<dyn certs::Issuer> = Arc::new(certs::CertificateAuthority::generate("cluster.local").unwrap());
         let trust = Arc::new(watch::Sender::new(Arc::new(TrustSet::single("startup", ca.clone()))));
         let store = certs::roots::RootStore {
@@ -586,20 +675,47 @@ mod tests {
             startup: ca,
             create: true,
         };
-        CertActor::new(trust, Arc::new(move |m| store.load(m)), validity, Arc::default()).with_clock(clock)
+        let (certs, ends) = CertStore::new();
+        let actor = CertActor::new(
+            trust,
+            Arc::new(move |m| store.load(m)),
+            validity,
+            Arc::default(),
+            (certs.clone(), ends.wanted),
+        )
+        .with_clock(clock);
+        (actor, certs)
     }
 
-    async fn cert(certs: &Addr<CertActor>, id: &ServiceIdentity) -> Arc<IssuedCert> {
-        certs.send(GetCerts(vec![id.clone()])).await.unwrap()[id].clone().unwrap()
+    /// Readers of one identity at once share one signing: the store asks the actor once.
+    #[actix_rt::test]
+    async fn concurrent_readers_of_one_identity_never_both_sign() {
+        let (actor, store) = actor(Arc::new(SystemTime::now), Duration::from_secs(3600));
+        let metrics = actor.metrics.clone();
+        let _certs = actor.start();
+        let id = ServiceIdentity::new("sa", "ns");
+        let reads = (0..8).map(|_| store.certificates([id.clone()]));
+        let serials: std::collections::BTreeSet<String> = futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .map(|m| m[&id].clone().unwrap().serial.clone())
+            .collect();
+        assert_eq!(serials.len(), 1, "{serials:?}");
+        assert!(metrics.encode().contains("osm_cert_issued_count 1\n"), "{}", metrics.encode());
+    }
+
+    async fn cert(certs: &CertStore, id: &ServiceIdentity) -> Arc<IssuedCert> {
+        certs.certificates([id.clone()]).await[id].clone().unwrap()
     }
 
     #[actix_rt::test]
     async fn another_key_kind_reissues_every_certificate_in_use() {
-        let certs = actor(paused_clock(), Duration::from_secs(24 * 3600)).start();
+        let (actor, store) = actor(paused_clock(), Duration::from_secs(24 * 3600));
+        let certs = actor.start();
         let ids = [ServiceIdentity::new("a", "ns"), ServiceIdentity::new("b", "ns")];
         let mut first = Vec::new();
         for id in &ids {
-            first.push(cert(&certs, id).await);
+            first.push(cert(&store, id).await);
         }
         let rsa = certs::KeyAlgorithm::Rsa(certs::RsaBits::B2048);
         certs.send(CertSettings { validity: None, key: rsa }).await.unwrap();
@@ -610,7 +726,7 @@ mod tests {
             let renewed = loop {
                 assert!(std::time::Instant::now() < deadline, "{id}: never re-issued with the new key kind");
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let now = cert(&certs, id).await;
+                let now = cert(&store, id).await;
                 if now.serial != old.serial {
                     break now;
                 }
@@ -624,13 +740,14 @@ mod tests {
     async fn certificates_are_issued_once_renewed_on_schedule_and_follow_a_shorter_validity() {
         let clock = paused_clock();
         let day = Duration::from_secs(24 * 3600);
-        let certs = actor(clock.clone(), day).start();
+        let (actor, store) = actor(clock.clone(), day);
+        let certs = actor.start();
         let id = ServiceIdentity::new("sa", "ns");
-        let first = cert(&certs, &id).await;
-        assert_eq!(first.serial, cert(&certs, &id).await.serial, "cached");
+        let first = cert(&store, &id).await;
+        assert_eq!(first.serial, cert(&store, &id).await.serial, "cached");
         // Nothing is renewed in the first two thirds of the day.
         tokio::time::sleep(day * 6 / 10).await;
-        assert_eq!(first.serial, cert(&certs, &id).await.serial);
+        assert_eq!(first.serial, cert(&store, &id).await.serial);
         // A minute's validity from now on: the day-long certificate is renewed within half a minute,
         // and the new one every half minute or so.
         certs.send(CertSettings { validity: Some(Duration::from_secs(60)), key: Default::default() }).await.unwrap();
@@ -641,7 +758,7 @@ mod tests {
             let renewed = loop {
                 assert!(std::time::Instant::now() < deadline, "renewal {} never came", serials.len());
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let now = cert(&certs, &id).await;
+                let now = cert(&store, &id).await;
                 if now.serial != *serials.last().unwrap() {
                     break now;
                 }

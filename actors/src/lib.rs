@@ -273,6 +273,8 @@ struct ActorSystem {
     system: actix_rt::System,
     thread: std::thread::JoinHandle<()>,
     catalog: Addr<catalog::CatalogActor>,
+    /// The catalog itself, read directly by sessions admitting proxies.
+    shared: catalog::SharedCatalog,
     snapshots: Addr<snapshot::SnapshotActor>,
     certs: Addr<certs::CertActor>,
     source: Option<Addr<source::DirSourceActor>>,
@@ -297,29 +299,38 @@ impl ActorSystem {
             .spawn(move || {
                 let runner = actix_rt::System::new();
                 runner.block_on(async move {
+                    // Started downstream first, so each actor is given what it pushes to: no wiring after
+                    // start. Data flows one way: sources → catalog → (snapshots, certificates); certificates
+                    // → snapshots through the store and the trust channel.
+                    let shared = catalog::shared_catalog(&config.trust_domain, config.settings.clone());
+                    let (cert_store, ends) = certs::CertStore::new();
+                    let trust_rx = trust.subscribe();
+                    let snapshots = snapshot::SnapshotActor::new(
+                        shared.clone(),
+                        (cert_store.clone(), ends.renewed),
+                        trust_rx,
+                        metrics.clone(),
+                    )
+                    .with_progress(progress)
+                    .start();
+                    let cert_actor = certs::CertActor::new(
+                        trust,
+                        load_root,
+                        config.service_cert_validity,
+                        metrics.clone(),
+                        (cert_store, ends.wanted),
+                    )
+                    .with_recorder(record_roots)
+                    .start();
                     let catalog = catalog::CatalogActor::new(
-                        &config.trust_domain,
-                        config.settings.clone(),
+                        shared.clone(),
+                        (snapshots.clone(), cert_actor.clone()),
                         ready,
                         metrics.clone(),
                     )
                     .with_debug_switch(debug_switch)
                     .with_log_level(config.log_level.clone())
                     .start();
-                    let trust_pem = trust.borrow().trust_pem().to_owned();
-                    let cert_actor =
-                        certs::CertActor::new(trust, load_root, config.service_cert_validity, metrics.clone())
-                            .with_recorder(record_roots)
-                            .start();
-                    let snapshots =
-                        snapshot::SnapshotActor::new(catalog.clone(), cert_actor.clone(), &trust_pem, metrics.clone())
-                            .with_progress(progress)
-                            .start();
-                    // Mailbox errors only happen when an actor is gone, which cannot be the case for ones just
-                    // started.
-                    let _ = catalog.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
-                    let _ = cert_actor.send(snapshot::ConnectSnapshots(snapshots.clone())).await;
-                    let _ = catalog.send(catalog::ConnectCerts(cert_actor.clone())).await;
                     let kube_source = match config.kubernetes.clone() {
                         Some(k) => {
                             // Declared before any source delivers: nothing is served until the cluster's
@@ -336,16 +347,23 @@ impl ActorSystem {
                             .with_metrics(metrics.clone())
                             .start()
                     });
-                    let _ = tx.send((actix_rt::System::current(), catalog, snapshots, cert_actor, source, kube_source));
+                    let _ = tx.send((
+                        actix_rt::System::current(),
+                        (catalog, shared),
+                        snapshots,
+                        cert_actor,
+                        source,
+                        kube_source,
+                    ));
                 });
                 if let Err(e) = runner.run() {
                     tracing::error!(error = %e, "actor system failed");
                 }
             })
             .map_err(|e| ControllerError::Actors(e.to_string()))?;
-        let (system, catalog, snapshots, certs, source, kube_source) =
+        let (system, (catalog, shared), snapshots, certs, source, kube_source) =
             rx.await.map_err(|_| ControllerError::Actors("the actor thread ended at start".to_owned()))?;
-        Ok(Self { system, thread, catalog, snapshots, certs, source, _kube_source: kube_source })
+        Ok(Self { system, thread, catalog, shared, snapshots, certs, source, _kube_source: kube_source })
     }
 
     async fn stop(self) {
@@ -567,7 +585,7 @@ pub async fn run_on(
         }
     }
     let manager = Arc::new(session::SessionManager::new(
-        actors.catalog.clone(),
+        actors.shared.clone(),
         actors.snapshots.clone(),
         metrics.clone(),
         status,

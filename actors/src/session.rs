@@ -18,7 +18,7 @@ use xds::limits::peer_str;
 use xds::server::RequestStream;
 use xds::{AdsStream, Protocol, SessionHandler};
 
-use crate::catalog::{CatalogActor, IsSynced, Verify};
+use crate::catalog::SharedCatalog;
 use crate::metrics::{Metrics, ProxyCounters};
 use crate::snapshot::{ProxyState, SnapshotActor, Subscribe, Unsubscribe};
 use crate::status::{ProxyStatus, StatusBoard};
@@ -26,7 +26,8 @@ use crate::status::{ProxyStatus, StatusBoard};
 /// Admits proxies: verifies them against the catalog, subscribes them to their snapshots and spawns
 /// their session on the serving runtime.
 pub struct SessionManager {
-    catalog: Addr<CatalogActor>,
+    /// Read directly to admit a proxy (no message to the catalog actor).
+    catalog: SharedCatalog,
     snapshots: Addr<SnapshotActor>,
     metrics: Arc<Metrics>,
     status: Arc<StatusBoard>,
@@ -36,7 +37,7 @@ pub struct SessionManager {
 
 impl SessionManager {
     pub fn new(
-        catalog: Addr<CatalogActor>,
+        catalog: SharedCatalog,
         snapshots: Addr<SnapshotActor>,
         metrics: Arc<Metrics>,
         status: Arc<StatusBoard>,
@@ -293,11 +294,15 @@ impl SessionHandler for SessionManager {
             if *stopping.borrow() {
                 return Err(Status::unavailable("the control plane is shutting down; reconnect"));
             }
-            if !catalog.send(IsSynced).await.map_err(unavailable)? {
+            let verified = {
+                let catalog = crate::catalog::read(&catalog);
+                catalog.is_synced().then(|| catalog.verify(&proxy).map(|_| ()))
+            };
+            let Some(verified) = verified else {
                 metrics.rejected("not_synced");
                 return Err(Status::unavailable("the mesh catalog has not finished its first sync; retry shortly"));
-            }
-            if let Err(e) = catalog.send(Verify(proxy.clone())).await.map_err(unavailable)? {
+            };
+            if let Err(e) = verified {
                 use messages::errcode;
                 let (reason, code) = match e {
                     VerifyError::UnknownProxy(_) => ("unknown_proxy", errcode::PROXY_UNKNOWN),

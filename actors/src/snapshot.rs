@@ -1,6 +1,11 @@
 //! The snapshot actor: keeps the latest snapshot of every connected proxy in a `watch` channel and
 //! rebuilds only dirty proxies. One build runs at a time, on the blocking pool; whatever turns dirty
 //! meanwhile goes into the next build, so there is no fixed debounce delay and bursts coalesce.
+//!
+//! Data only comes to it: the catalog actor says who is dirty ([`MarkDirty`]) and shares its catalog,
+//! whose views a batch reads directly off the actor thread; certificates are read from the
+//! [`CertStore`], which also tells which identities were renewed; the roots sidecars trust arrive on the
+//! certificate actor's watch channel. It asks no actor for anything.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -11,8 +16,8 @@ use messages::{Dirty, ProxyUuid, ServiceIdentity};
 use tokio::sync::watch;
 use xds::{CertInput, ProxySnapshot};
 
-use crate::catalog::{CatalogActor, GetViews};
-use crate::certs::{CertActor, Forget, GetCerts};
+use crate::catalog::SharedCatalog;
+use crate::certs::CertStore;
 use crate::metrics::Metrics;
 use crate::schedule::Schedule;
 use crate::status::{MeshProgress, ProxyGenerations};
@@ -36,21 +41,6 @@ pub struct MarkDirty {
     pub dirty: Dirty,
     pub what: String,
 }
-
-/// Tells an actor that reports to the snapshot actor where it is (the actors are started in a cycle).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ConnectSnapshots(pub Addr<SnapshotActor>);
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct IdentitiesRenewed(pub Vec<ServiceIdentity>);
-
-/// The roots sidecars trust changed (a root rotation step): every proxy gets the new validation contexts
-/// (an SDS update alone).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct TrustChanged(pub Arc<str>);
 
 /// A proxy's generated configuration, for the debug server: `None` when it has none.
 #[derive(Message)]
@@ -92,8 +82,12 @@ struct Entry {
 
 pub struct SnapshotActor {
     metrics: Arc<Metrics>,
-    catalog: Addr<CatalogActor>,
-    certs: Addr<CertActor>,
+    catalog: SharedCatalog,
+    certs: Arc<CertStore>,
+    /// The identities renewed (from the store) and the roots in force (from the certificate actor), taken
+    /// as streams when the actor starts.
+    renewed: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<ServiceIdentity>>>,
+    trust: Option<watch::Receiver<Arc<certs::roots::TrustSet>>>,
     root_pem: Arc<str>,
     proxies: HashMap<ProxyUuid, Entry>,
     schedule: Schedule,
@@ -127,12 +121,22 @@ type BuildResult = Vec<(ProxyUuid, u64, Built)>;
 type BuildTarget = (ServiceIdentity, u64, Arc<watch::Sender<ProxyState>>, Arc<ProxyGenerations>);
 
 impl SnapshotActor {
-    pub fn new(catalog: Addr<CatalogActor>, certs: Addr<CertActor>, root_pem: &str, metrics: Arc<Metrics>) -> Self {
+    /// Builds from `catalog`'s views and `certs`' certificates; rebuilds the proxies of each identity
+    /// `renewed` names, and every proxy when what `trust` says sidecars trust changes.
+    pub fn new(
+        catalog: SharedCatalog,
+        (certs, renewed): (Arc<CertStore>, tokio::sync::mpsc::UnboundedReceiver<Vec<ServiceIdentity>>),
+        trust: watch::Receiver<Arc<certs::roots::TrustSet>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let root_pem = trust.borrow().trust_pem().into();
         Self {
             metrics,
             catalog,
             certs,
-            root_pem: root_pem.into(),
+            renewed: Some(renewed),
+            trust: Some(trust),
+            root_pem,
             proxies: HashMap::new(),
             schedule: Schedule::new(),
             incarnations: 0,
@@ -195,13 +199,17 @@ impl SnapshotActor {
         let metrics = self.metrics.clone();
         let cache = self.cache.clone();
         let work = async move {
-            let views = catalog.send(GetViews(uuids)).await.map_err(|e| format!("catalog unavailable: {e}"))?;
+            // Views are read from the shared catalog off the actor thread (a batch of thousands of views
+            // is CPU work; the catalog actor keeps applying meanwhile, and its next change comes as dirt).
+            let views = tokio::task::spawn_blocking(move || {
+                let catalog = catalog.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                catalog.proxy_views(uuids).collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| format!("views task failed: {e}"))?;
             let identities: BTreeSet<ServiceIdentity> =
                 views.iter().filter_map(|(_, v)| v.as_ref().map(|v| v.identity())).collect();
-            let certs = certs
-                .send(GetCerts(identities.into_iter().collect()))
-                .await
-                .map_err(|e| format!("certificate actor unavailable: {e}"))?;
+            let certs = certs.certificates(identities).await;
             // Encoding is CPU work: keep it off the actor thread.
             tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
@@ -359,6 +367,12 @@ impl Actor for SnapshotActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
+        if let Some(renewed) = self.renewed.take() {
+            ctx.add_stream(tokio_stream::wrappers::UnboundedReceiverStream::new(renewed));
+        }
+        if let Some(trust) = self.trust.take() {
+            ctx.add_stream(tokio_stream::wrappers::WatchStream::from_changes(trust));
+        }
     }
 }
 
@@ -390,31 +404,40 @@ impl Handler<ProxyConfig> for SnapshotActor {
     }
 }
 
-impl Handler<TrustChanged> for SnapshotActor {
-    type Result = ();
-    fn handle(&mut self, msg: TrustChanged, ctx: &mut Self::Context) {
-        self.root_pem = msg.0;
+/// The roots in force changed: when what sidecars trust changed (a root rotation step), every proxy gets
+/// the new validation contexts (an SDS update alone).
+impl StreamHandler<Arc<certs::roots::TrustSet>> for SnapshotActor {
+    fn handle(&mut self, set: Arc<certs::roots::TrustSet>, ctx: &mut Self::Context) {
+        if *set.trust_pem() == *self.root_pem {
+            return;
+        }
+        self.root_pem = set.trust_pem().into();
         self.change(Dirty::All, "the roots sidecars trust changed".to_owned(), ctx);
     }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
 }
 
-impl Handler<IdentitiesRenewed> for SnapshotActor {
-    type Result = ();
-    fn handle(&mut self, msg: IdentitiesRenewed, ctx: &mut Self::Context) {
-        let what = match msg.0.as_slice() {
+/// Certificates renewed: their proxies get them (an SDS update alone); identities no proxy uses any more
+/// are forgotten, so they are not renewed again.
+impl StreamHandler<Vec<ServiceIdentity>> for SnapshotActor {
+    fn handle(&mut self, renewed: Vec<ServiceIdentity>, ctx: &mut Self::Context) {
+        let what = match renewed.as_slice() {
             [one] => format!("the certificate of {one} renewed"),
             many => format!("the certificates of {} identities renewed", many.len()),
         };
         self.proxies.retain(|_, e| e.tx.receiver_count() > 0);
         let set: BTreeSet<ProxyUuid> =
-            self.proxies.iter().filter(|(_, e)| msg.0.contains(&e.identity)).map(|(u, _)| u.clone()).collect();
+            self.proxies.iter().filter(|(_, e)| renewed.contains(&e.identity)).map(|(u, _)| u.clone()).collect();
         let unused: Vec<ServiceIdentity> =
-            msg.0.into_iter().filter(|id| !self.proxies.values().any(|e| &e.identity == id)).collect();
+            renewed.into_iter().filter(|id| !self.proxies.values().any(|e| &e.identity == id)).collect();
         if !unused.is_empty() {
-            self.certs.do_send(Forget(unused));
+            self.certs.forget(&unused);
         }
         self.change(Dirty::Proxies(set), what, ctx);
     }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
 }
 
 impl Handler<Subscribe> for SnapshotActor {

@@ -1,6 +1,7 @@
 //! The directory source actor: reacts to file-system notifications on the mesh directory and forwards
 //! changes to the catalog, with a slow periodic rescan as a safety net (it costs a stat per file when
-//! nothing changed). A scan waits for the catalog to take its events before the next one starts.
+//! nothing changed). A scan (file reads and YAML parsing) runs on the blocking pool, never on the actors'
+//! thread, and waits for the catalog to take its events before the next one starts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -17,7 +18,8 @@ use crate::catalog::{ApplyEvents, CatalogActor};
 
 pub struct DirSourceActor {
     root: PathBuf,
-    dir: YamlDir,
+    /// Taken by the scan in progress (on the blocking pool) and given back when it is done.
+    dir: Option<YamlDir>,
     catalog: Addr<CatalogActor>,
     interval: Duration,
     settle: Duration,
@@ -55,7 +57,7 @@ impl DirSourceActor {
         let settle = interval.min(Duration::from_millis(100));
         Self {
             root: dir.clone(),
-            dir: YamlDir::new(dir).with_settle(settle),
+            dir: Some(YamlDir::new(dir).with_settle(settle)),
             catalog,
             interval,
             settle,
@@ -73,16 +75,67 @@ impl DirSourceActor {
 
     fn scan(&mut self) -> ResponseActFuture<Self, ()> {
         self.notified.scan_requested.store(false, Ordering::Relaxed);
+        // Scans run one at a time (each is awaited with `ctx.wait`), so the directory is here.
+        let Some(mut dir) = self.dir.take() else { return Box::pin(actix::fut::ready(())) };
         if let Ok(mut writers) = self.notified.writers.lock() {
             for (path, done) in std::mem::take(&mut *writers) {
                 if done {
-                    self.dir.mark_complete(&path);
+                    dir.mark_complete(&path);
                 } else {
-                    self.dir.mark_writing(&path);
+                    dir.mark_writing(&path);
                 }
             }
         }
-        let scan = self.dir.scan();
+        Box::pin(
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let scan = dir.scan();
+                    (dir, scan)
+                })
+                .await
+            }
+            .into_actor(self)
+            .then(|joined, act, _| {
+                let (events, deferred) = act.took(joined);
+                let catalog = act.catalog.clone();
+                async move {
+                    if !events.is_empty() {
+                        tracing::info!(changes = events.len(), "mesh directory changed: {}", describe(&events));
+                        if let Err(e) = catalog.send(ApplyEvents::from_dir(events)).await {
+                            tracing::error!(error = %e, "catalog unavailable");
+                        }
+                    }
+                    deferred
+                }
+                .into_actor(act)
+            })
+            .map(|deferred, act, ctx| {
+                if deferred > 0 {
+                    // A file still being written: look again once it may have settled.
+                    ctx.run_later(act.settle, |act, ctx| ctx.wait(act.scan()));
+                }
+            }),
+        )
+    }
+
+    /// Takes back the directory from a finished scan and reports its problems; the scan's events and how
+    /// many files it left for later.
+    fn took(
+        &mut self,
+        joined: Result<(YamlDir, k8s::Scan), tokio::task::JoinError>,
+    ) -> (Vec<messages::SourceEvent>, usize) {
+        let scan = match joined {
+            Ok((dir, scan)) => {
+                self.dir = Some(dir);
+                scan
+            }
+            Err(e) => {
+                // A scan that panicked lost what the directory knew: the next scan reads every file again.
+                tracing::error!(error = %e, "mesh directory scan failed; reading the directory again");
+                self.dir = Some(YamlDir::new(self.root.clone()).with_settle(self.settle));
+                return (Vec::new(), 1);
+            }
+        };
         // `scan.errors` lists every problem that holds now: log each once, and say when a file is fine again.
         let now: BTreeSet<(PathBuf, String)> = scan.errors.iter().map(|e| (e.path.clone(), e.reason.clone())).collect();
         for (path, reason) in now.difference(&self.reported) {
@@ -98,26 +151,7 @@ impl DirSourceActor {
             tracing::info!(file = %path.display(), "mesh file problems resolved");
         }
         self.reported = now;
-        let catalog = self.catalog.clone();
-        let events = scan.events;
-        let deferred = scan.deferred;
-        Box::pin(
-            async move {
-                if !events.is_empty() {
-                    tracing::info!(changes = events.len(), "mesh directory changed: {}", describe(&events));
-                    if let Err(e) = catalog.send(ApplyEvents::from_dir(events)).await {
-                        tracing::error!(error = %e, "catalog unavailable");
-                    }
-                }
-            }
-            .into_actor(self)
-            .map(move |(), act, ctx| {
-                if deferred > 0 {
-                    // A file still being written: look again once it may have settled.
-                    ctx.run_later(act.settle, |act, ctx| ctx.wait(act.scan()));
-                }
-            }),
-        )
+        (scan.events, scan.deferred)
     }
 
     fn watch(&mut self, ctx: &mut Context<Self>) -> notify::Result<()> {

@@ -40,3 +40,31 @@ fn dependency_rule_holds() {
     // The CLI reads the controller's documents (messages::status) and the cluster; it serves nothing.
     assert_free_of("osm-cli", &["actix", "actors", "tonic", "envoy-types", "xds"]);
 }
+
+/// Data flows one way between the actors: sources → catalog → (snapshots, certificates), certificates →
+/// snapshots (through the certificate store and the trust channel). An actor holds the address only of
+/// actors downstream of it, so no message can ask an upstream actor for state, and nothing is wired after
+/// start.
+#[test]
+fn actors_only_address_those_downstream() {
+    let src = |file: &str| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../actors/src").join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let upstream_of = [
+        ("snapshot.rs", &["Addr<CatalogActor>", "Addr<CertActor>", "Addr<crate::catalog", "Addr<crate::certs"][..]),
+        ("certs.rs", &["Addr<SnapshotActor>", "Addr<CatalogActor>", "Addr<crate::snapshot", "Addr<crate::catalog"][..]),
+    ];
+    for (file, forbidden) in upstream_of {
+        let text = src(file);
+        for f in forbidden {
+            assert!(!text.contains(f), "actors/src/{file} holds {f}: an address upstream");
+        }
+    }
+    for file in ["lib.rs", "catalog.rs", "snapshot.rs", "certs.rs", "session.rs"] {
+        let text = src(file);
+        for wiring in ["ConnectSnapshots", "ConnectCerts", "GetViews", "GetCerts"] {
+            assert!(!text.contains(wiring), "actors/src/{file} still has {wiring}");
+        }
+    }
+}
