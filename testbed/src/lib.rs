@@ -99,6 +99,8 @@ impl Binaries {
                     "actors",
                     "--bin",
                     "osm-controller",
+                    "-p",
+                    "osm-cli",
                     "--bin",
                     "osm",
                     "-p",
