@@ -16,6 +16,7 @@ pub use crate::kinds::mesh_config::{
 pub use crate::kinds::mesh_root_certificate::{
     MeshRootCertificate, MeshRootCertificateSpec, RootProviderSpec, SecretReference, TresorCaSpec, TresorProviderSpec,
 };
+pub use crate::kinds::retry::{Retry, RetryPeer, RetryPolicySpec, RetrySpec};
 pub use crate::kinds::tcp_route::{TCPMatch, TCPRoute, TCPRouteSpec};
 pub use crate::kinds::traffic_split::{TrafficSplit, TrafficSplitBackend, TrafficSplitSpec};
 pub use crate::kinds::traffic_target::{IdentityBindingSubject, TrafficTarget, TrafficTargetRule, TrafficTargetSpec};
@@ -77,10 +78,10 @@ mod tests {
         assert!(spec.not_acted_on().is_empty(), "injection-time fields are acted on by the injector");
         let spec: MeshConfigSpec = serde_json::from_value(serde_json::json!({
             "sidecar": {"maxDataPlaneConnections": 0, "configResyncInterval": "5m", "localProxyMode": "Localhost"},
-            "featureFlags": {"enableRetryPolicy": true}
+            "featureFlags": {"enableRetryPolicy": true, "enableEgressPolicy": false}
         }))
         .unwrap();
-        assert_eq!(spec.not_acted_on(), vec!["featureFlags.enableRetryPolicy", "sidecar.configResyncInterval"]);
+        assert_eq!(spec.not_acted_on(), vec!["featureFlags.enableEgressPolicy", "sidecar.configResyncInterval"]);
         let typo = serde_json::from_value::<MeshConfigSpec>(serde_json::json!({
             "traffic": {"enablePermissiveTraficPolicyMode": false}
         }));
@@ -126,11 +127,12 @@ mod definition_tests {
                 "tcproutes.specs.smi-spec.io",
                 "trafficsplits.split.smi-spec.io",
                 "meshconfigs.config.openservicemesh.io",
-                "meshrootcertificates.config.openservicemesh.io"
+                "meshrootcertificates.config.openservicemesh.io",
+                "retries.policy.openservicemesh.io"
             ]
         );
         let yaml = definitions_yaml().unwrap_or_default();
-        assert_eq!(yaml.matches("kind: CustomResourceDefinition").count(), 6);
+        assert_eq!(yaml.matches("kind: CustomResourceDefinition").count(), 7);
     }
 
     /// The API server refuses a CRD whose schema is not structural: every node needs a type unless it

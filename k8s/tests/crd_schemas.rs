@@ -112,6 +112,25 @@ fn the_crds_match_osms_published_schemas_field_by_field() {
     let kinds = node(&tt, "spec.rules[].kind");
     let kinds: Vec<&str> = kinds["enum"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
     assert_eq!(kinds, ["HTTPRouteGroup", "TCPRoute", "UDPRoute"]);
+
+    // OSM's Retry: every field required, numRetries an integer, durations strings.
+    let retry = schema("Retry");
+    let required = |path: &str| -> Vec<String> {
+        let n = if path.is_empty() { &retry } else { node(&retry, path) };
+        let mut r: Vec<String> =
+            n["required"].as_array().unwrap().iter().filter_map(Value::as_str).map(str::to_owned).collect();
+        r.sort();
+        r
+    };
+    assert_eq!(required("spec"), ["destinations", "retryPolicy", "source"]);
+    for peer in ["spec.source", "spec.destinations[]"] {
+        assert_eq!(required(peer), ["kind", "name", "namespace"], "{peer}");
+    }
+    assert_eq!(required("spec.retryPolicy"), ["numRetries", "perTryTimeout", "retryBackoffBaseInterval", "retryOn"]);
+    assert_eq!(node(&retry, "spec.retryPolicy.numRetries")["type"], "integer");
+    for duration in ["perTryTimeout", "retryBackoffBaseInterval", "retryOn"] {
+        assert_eq!(node(&retry, &format!("spec.retryPolicy.{duration}"))["type"], "string", "{duration}");
+    }
 }
 
 fn api(sim: &ApiServer, group: &str, version: &str, kind: &str, plural: &str) -> Api<DynamicObject> {

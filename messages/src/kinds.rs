@@ -114,6 +114,7 @@ mesh_kinds! {
     TrafficSplit = "TrafficSplit", Policy, TrafficSplit;
     MeshConfig = "MeshConfig", Settings, MeshConfig;
     MeshRootCertificate = "MeshRootCertificate", Roots, MeshRootCertificate;
+    Retry = "Retry", Policy, Retry;
 }
 
 impl fmt::Display for Kind {
@@ -141,7 +142,8 @@ keyed_by_name!(
     TcpRoute,
     TrafficSplit,
     MeshConfig,
-    MeshRootCertificate
+    MeshRootCertificate,
+    Retry
 );
 
 impl Keyed for Namespace {

@@ -40,6 +40,8 @@ pub struct MeshSettings {
     pub permissive: bool,
     /// `observability.tracing`: every HTTP connection manager reports Zipkin spans to this collector.
     pub tracing: Option<TracingSettings>,
+    /// `featureFlags.enableRetryPolicy`: Retry policies are in force (OSM's default: off).
+    pub retry_policy: bool,
 }
 
 /// Where sidecars send Zipkin (HTTP JSON, v2) spans: OSM's MeshConfig `observability.tracing`.
@@ -54,7 +56,7 @@ pub struct TracingSettings {
 
 impl Default for MeshSettings {
     fn default() -> Self {
-        Self { enable_egress: true, permissive: true, tracing: None }
+        Self { enable_egress: true, permissive: true, tracing: None, retry_policy: false }
     }
 }
 
@@ -351,6 +353,49 @@ pub struct MeshConfig {
     pub not_acted_on: Vec<String>,
 }
 
+/// OSM's `Retry` (`policy.openservicemesh.io/v1alpha1`): how the sidecars of a source service account
+/// retry requests to destination Services.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    pub namespace: String,
+    pub name: String,
+    pub source: ServiceIdentity,
+    /// Destination Services (destinations of other kinds are ignored, as OSM ignores them).
+    pub destinations: Vec<ServiceKey>,
+    pub policy: RetryPolicy,
+}
+
+/// A `retryPolicy`, as Envoy applies it to a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Envoy's `retry_on` conditions, comma-separated (`5xx`, `connect-failure`, ...).
+    pub retry_on: String,
+    pub num_retries: u32,
+    pub per_try_timeout: std::time::Duration,
+    /// Exponential backoff from this interval (at most ten times it, Envoy's default).
+    pub backoff_base_interval: std::time::Duration,
+}
+
+/// Envoy's HTTP `retry_on` conditions (a Retry naming another is refused: Envoy would reject the route).
+pub const RETRY_ON: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
 /// The shortest service-certificate validity accepted: renewals come half-way through at the latest, so
 /// a minute means a new certificate every 30 seconds or so.
 pub const MIN_CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -396,6 +441,11 @@ impl MeshConfig {
             enable_egress: self.enable_egress.unwrap_or(base.enable_egress),
             permissive: self.permissive.unwrap_or(base.permissive),
             tracing: self.tracing.clone().or_else(|| base.tracing.clone()),
+            retry_policy: self
+                .feature_flags
+                .iter()
+                .find(|(flag, _)| flag == "enableRetryPolicy")
+                .map_or(base.retry_policy, |(_, on)| *on),
         }
     }
 }

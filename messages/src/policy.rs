@@ -130,6 +130,9 @@ pub struct Policy {
     pub outbound: BTreeMap<ServiceIdentity, BTreeSet<ServiceIdentity>>,
     /// Apex Service → (backend Service, weight), weights as written, zero weights dropped.
     pub splits: BTreeMap<ServiceKey, Vec<(ServiceKey, u32)>>,
+    /// Source identity → destination Service → how its sidecars retry requests there (Retry policies;
+    /// in force when the MeshConfig's `enableRetryPolicy` is on).
+    pub retries: BTreeMap<ServiceIdentity, BTreeMap<ServiceKey, RetryPolicy>>,
     pub errors: Vec<PolicyError>,
 }
 
@@ -155,6 +158,19 @@ impl Policy {
         let mut out = BTreeSet::new();
         diff(&self.inbound, &other.inbound, &mut out);
         diff(&self.outbound, &other.outbound, &mut out);
+        out
+    }
+
+    /// Source identities whose retry policies differ between `self` and `other` (they change outbound
+    /// routes in either traffic mode).
+    pub fn changed_retries(&self, other: &Policy) -> BTreeSet<ServiceIdentity> {
+        let mut out: BTreeSet<ServiceIdentity> = BTreeSet::new();
+        for (id, r) in &self.retries {
+            if other.retries.get(id) != Some(r) {
+                out.insert(id.clone());
+            }
+        }
+        out.extend(other.retries.keys().filter(|id| !self.retries.contains_key(*id)).cloned());
         out
     }
 
@@ -212,15 +228,33 @@ fn key(kind: Kind, ns: &str, name: &str) -> ObjectKey {
     ObjectKey::new(kind, ns, name)
 }
 
+/// Per source identity, how its sidecars retry requests to each destination Service: the first Retry
+/// (by namespace and name) that names the pair holds, as in OSM.
+pub fn retries<'a>(
+    retries: impl IntoIterator<Item = &'a Retry>,
+) -> BTreeMap<ServiceIdentity, BTreeMap<ServiceKey, RetryPolicy>> {
+    let mut out: BTreeMap<ServiceIdentity, BTreeMap<ServiceKey, RetryPolicy>> = BTreeMap::new();
+    for r in retries {
+        let for_source = out.entry(r.source.clone()).or_default();
+        for dest in &r.destinations {
+            for_source.entry(dest.clone()).or_insert_with(|| r.policy.clone());
+        }
+    }
+    out.retain(|_, dests| !dests.is_empty());
+    out
+}
+
 /// [`compute`] over objects of any kind: the policy inputs among them are used, the rest ignored.
 pub fn compute_objects(objects: &[MeshObject], service_exists: impl Fn(&ServiceKey) -> bool) -> Policy {
-    compute(
+    let mut policy = compute(
         objects.iter().filter_map(TrafficTarget::of),
         objects.iter().filter_map(HttpRouteGroup::of),
         objects.iter().filter_map(TcpRoute::of),
         objects.iter().filter_map(TrafficSplit::of),
         service_exists,
-    )
+    );
+    policy.retries = retries(objects.iter().filter_map(Retry::of));
+    policy
 }
 
 /// Computes the policy from every policy object. `service_exists` tells whether a Service is in the mesh
@@ -464,6 +498,8 @@ pub fn compute<'a>(
         inbound: inbound.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
         outbound,
         splits: split_map,
+        // Filled from the Retry objects by the caller (they need nothing of the above).
+        retries: BTreeMap::new(),
         errors,
     }
 }

@@ -237,6 +237,7 @@ fn serve(
             enable_egress: args.enable_egress,
             permissive: args.permissive,
             tracing: None,
+            retry_policy: false,
         },
         http_limits: Default::default(),
         debug_addr: args.debug_addr,

@@ -173,6 +173,7 @@ impl FeatureFlags {
 /// MeshConfig fields the controller acts on; every other field that is set (to another value than OSM's
 /// default, see [`OSM_DEFAULTS`]) is reported as not acted on.
 pub const MESH_CONFIG_ACTED_ON: &[&str] = &[
+    "featureFlags.enableRetryPolicy",
     "traffic.enableEgress",
     "traffic.enablePermissiveTrafficPolicyMode",
     "certificate.serviceCertValidityDuration",

@@ -26,6 +26,7 @@ pub mod mesh_config;
 pub mod mesh_root_certificate;
 pub mod namespace;
 pub mod pod;
+pub mod retry;
 pub mod service;
 pub mod service_account;
 pub mod tcp_route;
@@ -167,6 +168,7 @@ registry! {
     TrafficSplit => traffic_split::TrafficSplit,
     MeshConfig => mesh_config::MeshConfig,
     MeshRootCertificate => mesh_root_certificate::MeshRootCertificate,
+    Retry => retry::Retry,
 }
 
 /// Every registered kind, in [`Kind::ALL`]'s order.

@@ -108,8 +108,10 @@ impl MeshCatalog {
                     .to_owned(),
             });
         }
+        new.retries = policy::retries(self.objects::<Retry>());
         let old = std::mem::replace(&mut self.policy, new);
-        let mut dirty = Dirty::Nothing;
+        // Retries change outbound routes in either mode: the proxies of every source whose retries changed.
+        let mut dirty = self.proxies_of(old.changed_retries(&self.policy).iter());
         if !self.settings.permissive {
             // Access rules matter in SMI mode only: the proxies of every identity whose rules changed.
             let ids = old.changed_identities(&self.policy);

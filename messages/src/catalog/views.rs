@@ -54,6 +54,9 @@ pub struct ProxyView {
     /// What this proxy's identity accepts, and from whom: `None` in permissive mode (everything, from every
     /// mesh identity); in SMI mode the identity's policy, empty when no TrafficTarget names it.
     pub inbound_policy: Option<Arc<InboundPolicy>>,
+    /// How this proxy retries requests to each destination Service (Retry policies, when the MeshConfig
+    /// turns them on; empty otherwise).
+    pub retries: BTreeMap<ServiceKey, RetryPolicy>,
 }
 
 impl ProxyView {
@@ -163,6 +166,10 @@ impl MeshCatalog {
         let identity = pod.identity();
         let inbound_policy =
             (!self.settings.permissive).then(|| self.policy.inbound.get(&identity).cloned().unwrap_or_default());
+        let retries = match self.settings.retry_policy {
+            true => self.policy.retries.get(&identity).cloned().unwrap_or_default(),
+            false => BTreeMap::new(),
+        };
         Some(ProxyView {
             pod: pod.clone(),
             trust_domain: self.trust_domain.clone(),
@@ -170,6 +177,7 @@ impl MeshCatalog {
             local,
             upstream: upstreams.for_identity(self, &identity),
             inbound_policy,
+            retries,
         })
     }
 

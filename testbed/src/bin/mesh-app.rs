@@ -262,12 +262,27 @@ fn serve_http(conn: TcpStream, name: &str, record: Option<&std::sync::Mutex<std:
             writeln!(f, "{method} {path} {body}")?;
         }
         let reply = format!("hello from {name} path={path}\n");
-        write!(out, "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{reply}", reply.len())?;
+        let status = if flaky(&path) { "503 Service Unavailable" } else { "200 OK" };
+        write!(out, "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{reply}", reply.len())?;
         out.flush()?;
         if close {
             return Ok(());
         }
     }
+}
+
+/// `/flaky/<n>/...`: the first `n` requests for that exact path are answered 503, later ones 200 (a
+/// server that fails for a while, for retry policies).
+fn flaky(path: &str) -> bool {
+    static SEEN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, u32>>> =
+        std::sync::LazyLock::new(Default::default);
+    let Some(n) = path.strip_prefix("/flaky/").and_then(|rest| rest.split('/').next()?.parse::<u32>().ok()) else {
+        return false;
+    };
+    let Ok(mut seen) = SEEN.lock() else { return false };
+    let count = seen.entry(path.to_owned()).or_default();
+    *count += 1;
+    *count <= n
 }
 
 /// A chunked request body: hex size lines, each followed by that many bytes and CRLF, up to a size 0.

@@ -41,8 +41,9 @@ pub(super) enum CacheKey {
     /// An assignment: its cluster and endpoints.
     Endpoints(String, Vec<SocketAddr>),
     OutboundListener(Interned<ChainsInput>, MeshSettings),
-    /// Outbound routes: the proxy's namespace (short host names resolve in it) and the chains' input.
-    OutboundRoutes(String, Interned<ChainsInput>),
+    /// Outbound routes: the proxy's namespace (short host names resolve in it), the chains' input, and
+    /// the proxy's retry policies.
+    OutboundRoutes(String, Interned<ChainsInput>, BTreeMap<ServiceKey, messages::RetryPolicy>),
     Tracing(TracingSettings),
     /// A resource that depends on nothing.
     Fixed(&'static str),

@@ -35,8 +35,8 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, route, route_action, route_match,
-    weighted_cluster,
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, retry_policy, route,
+    route_action, route_match, weighted_cluster,
 };
 use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing as trace, zipkin_config};
 use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{StdoutAccessLog, stdout_access_log};
@@ -172,9 +172,8 @@ pub fn build_with(
             cache.get_or_make(CacheKey::Tracing(t.clone()), || vec![resource(TRACING_CLUSTER, tracing_cluster(t))]);
         b.add_all(ResourceType::Cluster, cluster)?;
     }
-    let routes = cache.get_or_make(CacheKey::OutboundRoutes(view.pod.namespace.clone(), chains), || {
-        outbound_routes(&view.upstream, &view.pod.namespace)
-    });
+    let key = CacheKey::OutboundRoutes(view.pod.namespace.clone(), chains, view.retries.clone());
+    let routes = cache.get_or_make(key, || outbound_routes(&view.upstream, &view.pod.namespace, &view.retries));
     b.add_all(ResourceType::Route, routes)?;
 
     // --- Inbound: mTLS-terminating filter chains to local clusters (per pod, not shared) ---------

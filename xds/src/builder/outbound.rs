@@ -83,7 +83,11 @@ pub(super) fn outbound_listener(upstream: &[ServiceView], settings: &MeshSetting
 }
 
 /// `rds-outbound.<port>` route configurations; short host names depend on the client's namespace.
-pub(super) fn outbound_routes(upstream: &[ServiceView], client_ns: &str) -> Vec<Resource> {
+pub(super) fn outbound_routes(
+    upstream: &[ServiceView],
+    client_ns: &str,
+    retries: &BTreeMap<ServiceKey, messages::RetryPolicy>,
+) -> Vec<Resource> {
     let mut routes: BTreeMap<u16, Vec<VirtualHost>> = BTreeMap::new();
     let mut used_domains: HashMap<u16, BTreeSet<String>> = HashMap::new();
     for svc in upstream {
@@ -97,7 +101,7 @@ pub(super) fn outbound_routes(upstream: &[ServiceView], client_ns: &str) -> Vec<
             routes.entry(port.port).or_default().push(VirtualHost {
                 name: format!("outbound_virtual-host|{}", svc.key.fqdn()),
                 domains,
-                routes: vec![route_for(port, &port.cluster_name(&svc.key))],
+                routes: vec![with_retries(route_for(port, &port.cluster_name(&svc.key)), retries.get(&svc.key))],
                 ..Default::default()
             });
         }
@@ -177,4 +181,26 @@ pub(super) fn passthrough_cluster() -> Cluster {
         connect_timeout: Some(seconds(1)),
         ..Default::default()
     }
+}
+
+/// A route with a Retry policy's `retry_policy`, when one applies to its Service.
+pub(super) fn with_retries(mut route: Route, retry: Option<&messages::RetryPolicy>) -> Route {
+    if let (Some(r), Some(route::Action::Route(action))) = (retry, route.action.as_mut()) {
+        let duration = |d: std::time::Duration| PbDuration {
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+        };
+        action.retry_policy = Some(envoy_types::pb::envoy::config::route::v3::RetryPolicy {
+            retry_on: r.retry_on.clone(),
+            num_retries: Some(UInt32Value { value: r.num_retries }),
+            per_try_timeout: Some(duration(r.per_try_timeout)),
+            retry_back_off: Some(retry_policy::RetryBackOff {
+                base_interval: Some(duration(r.backoff_base_interval)),
+                // Envoy's default: ten times the base.
+                max_interval: None,
+            }),
+            ..Default::default()
+        });
+    }
+    route
 }
