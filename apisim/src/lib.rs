@@ -172,6 +172,13 @@ struct Store {
 }
 
 impl Store {
+    /// An empty store at resourceVersion 1, as etcd's revisions start: a list of an empty store must not
+    /// answer "0", which to a watch means "from any point" — the changes between such a list and its watch
+    /// would be lost.
+    fn new() -> Self {
+        Self { rv: 1, history_floor: 1, ..Default::default() }
+    }
+
     fn floor(&self, resource: &(String, String)) -> u64 {
         self.history_floor.max(self.expired_at.get(resource).copied().unwrap_or(0))
     }
@@ -330,7 +337,7 @@ impl ApiServer {
         let addr = listener.local_addr()?;
         let (notes, _) = broadcast::channel(options.history.max(16));
         let state = Arc::new(State {
-            store: Mutex::default(),
+            store: Mutex::new(Store::new()),
             notes,
             options,
             uid: AtomicU64::new(1),
@@ -476,6 +483,14 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_767_225_600 + 3_723), "2026-01-01T01:02:03Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    /// To a watch, resourceVersion "0" means "from any point": a list must never answer it, or what is
+    /// written between the list and its watch is lost (a fresh simulator's first list did).
+    #[test]
+    fn a_fresh_store_lists_at_a_resource_version_a_watch_resumes_from() {
+        let store = Store::new();
+        assert!(store.rv > 0 && store.history_floor <= store.rv);
     }
 
     #[test]
