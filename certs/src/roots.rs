@@ -79,7 +79,7 @@ impl TrustSet {
 
     /// The set of `roots` (inactive ones are left out), under OSM's rules: one or two roots in use, at
     /// least one active; of two active roots the one that signed in `previous` keeps signing (no flapping),
-    /// and a root `previous` did not trust never starts signing.
+    /// and a root `previous` did not trust is never active (it enters as passive first).
     pub fn new(roots: Vec<Root>, previous: Option<&TrustSet>) -> Result<Self, RootsError> {
         let mut in_use: Vec<Root> = roots.into_iter().filter(|r| r.role != RootRole::Inactive).collect();
         in_use.sort_by(|a, b| a.name.cmp(&b.name));
@@ -98,10 +98,12 @@ impl TrustSet {
             ([a, _], _) => (*a).clone(),
             _ => return Err(RootsError::TooMany(names())),
         };
+        // Every active root, not only the one that signs: a new root made active beside the current one
+        // would sign as soon as the current one goes, with no passive period for sidecars to trust it.
         if let Some(p) = previous
-            && !p.trusts(signer.issuer.trust_pem())
+            && let Some(untrusted) = active.iter().find(|r| !p.trusts(r.issuer.trust_pem()))
         {
-            return Err(RootsError::NotTrustedYet(signer.name));
+            return Err(RootsError::NotTrustedYet(untrusted.name.clone()));
         }
         let mut blocks: Vec<String> = pem_certificates(signer.issuer.trust_pem());
         for r in &in_use {
@@ -311,6 +313,12 @@ mod tests {
         let e = TrustSet::new(vec![root("new", RootRole::Active, &new)], Some(&start)).unwrap_err();
         assert_eq!(e, RootsError::NotTrustedYet("new".to_owned()));
         assert!(e.to_string().contains("add it as passive first"), "{e}");
+        // Nor active beside the current root: deleting the current one next would make it sign with no
+        // passive period.
+        let e =
+            TrustSet::new(vec![root("old", RootRole::Active, &old), root("new", RootRole::Active, &new)], Some(&start))
+                .unwrap_err();
+        assert_eq!(e, RootsError::NotTrustedYet("new".to_owned()));
         // At start (nothing before) the MRCs are taken as they are: a restart after a rotation.
         assert_eq!(TrustSet::new(vec![root("new", RootRole::Active, &new)], None).unwrap().signer_name(), "new");
         let e = TrustSet::new(vec![root("new", RootRole::Passive, &new)], Some(&start)).unwrap_err();
