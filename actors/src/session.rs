@@ -314,10 +314,29 @@ impl SessionHandler for SessionManager {
                 metrics.error(code);
                 return Err(Status::permission_denied(e.to_string()));
             }
-            let (states, gens) = snapshots
+            let subscribed = snapshots
                 .send(Subscribe { uuid: proxy.uuid.clone(), identity: proxy.identity.clone() })
                 .await
                 .map_err(unavailable)?;
+            let (states, gens) = match subscribed {
+                Ok(s) => s,
+                Err(held) => {
+                    // Rate-limited: a peer opening streams in a loop must not flood the log.
+                    static LIMITER: std::sync::LazyLock<messages::ratelog::LogLimiter> =
+                        std::sync::LazyLock::new(|| {
+                            messages::ratelog::LogLimiter::new(std::time::Duration::from_secs(10))
+                        });
+                    if let Some(left_out) = LIMITER.admit("too_many_sessions") {
+                        tracing::warn!(proxy = %proxy, peer = ?peer, sessions = held, left_out_since_last = left_out, "refused a session: the proxy holds too many");
+                    }
+                    metrics.rejected("too_many_sessions");
+                    return Err(Status::resource_exhausted(format!(
+                        "proxy {} already holds {held} sessions (at most {})",
+                        proxy.uuid,
+                        crate::snapshot::MAX_SESSIONS_PER_PROXY
+                    )));
+                }
+            };
             let admitted = Admitted { proxy, states, gens, metrics, board, stopping, snapshots };
             match stream {
                 AdsStream::Sotw { requests, responses } => {

@@ -59,11 +59,16 @@ pub struct ConfigSummary {
 /// A session starts: it gets the proxy's latest state and all later ones, and the generations of its
 /// builds (for its status).
 #[derive(Message)]
-#[rtype(result = "(watch::Receiver<ProxyState>, Arc<ProxyGenerations>)")]
+#[rtype(result = "Result<(watch::Receiver<ProxyState>, Arc<ProxyGenerations>), usize>")]
 pub struct Subscribe {
     pub uuid: ProxyUuid,
     pub identity: ServiceIdentity,
 }
+
+/// Sessions one proxy may hold at once: a sidecar keeps one ADS stream, and a reconnect racing the old
+/// stream makes two; more is a misbehaving or hostile peer (each session holds its own state, and every
+/// push goes to each).
+pub const MAX_SESSIONS_PER_PROXY: usize = 8;
 
 /// A session ended.
 #[derive(Message)]
@@ -452,6 +457,12 @@ impl Handler<Subscribe> for SnapshotActor {
             old.tx.send_replace(ProxyState::Gone(format!("proxy {} now connects as {}", msg.uuid, msg.identity)));
             self.proxies.remove(&msg.uuid);
         }
+        // Refused beyond the bound (how many it has): each session costs memory and a share of every push.
+        if let Some(e) = self.proxies.get(&msg.uuid)
+            && e.tx.receiver_count() >= MAX_SESSIONS_PER_PROXY
+        {
+            return MessageResult(Err(e.tx.receiver_count()));
+        }
         let incarnations = &mut self.incarnations;
         let entry = self.proxies.entry(msg.uuid.clone()).or_insert_with(|| {
             *incarnations += 1;
@@ -472,7 +483,7 @@ impl Handler<Subscribe> for SnapshotActor {
         // and a build that failed then was not retried. An identical build sends nothing.
         self.mark(Dirty::Proxies(BTreeSet::from([msg.uuid])));
         self.kick(ctx);
-        MessageResult((rx, gens))
+        MessageResult(Ok((rx, gens)))
     }
 }
 

@@ -162,6 +162,38 @@ async fn sotw_session_serves_acks_quietly_and_survives_a_nack() {
     assert_eq!(update.type_url, ResourceType::Endpoint.type_url(), "only EDS changed");
 }
 
+/// One proxy holds at most `MAX_SESSIONS_PER_PROXY` sessions; the next is refused with RESOURCE_EXHAUSTED,
+/// and a session that ends makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_proxy_holds_a_bounded_number_of_sessions() {
+    let c = Controller::start();
+    let mut held = Vec::new();
+    for _ in 0..actors::snapshot::MAX_SESSIONS_PER_PROXY {
+        held.push(connected_client(&c).await);
+    }
+    let open = || async {
+        let mut client = c.client("client-uuid", "client").await;
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(request(ResourceType::Cluster, &[], None)).await.unwrap();
+        (tx, client.stream_aggregated_resources(ReceiverStream::new(rx)).await)
+    };
+    let status = open().await.1.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("at most 8"), "{}", status.message());
+    // One ends: a new one is admitted once its session is gone.
+    drop(held.pop());
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let (_tx, Ok(_)) = open().await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a session is admitted again once one ended");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_and_impostors_are_refused_with_a_reason() {
     let c = Controller::start();
