@@ -92,6 +92,44 @@ async fn helm_installs_with_the_webhooks_unreachable_and_the_controller_bootstra
     };
     let refused = patch(r#"{"spec":{"certificate":{"serviceCertValidityDuration":"999999h"}}}"#).await;
     assert!(!refused.ok && refused.stderr.contains("E4152"), "{refused:?}");
+
+    // Retry, the policy API's first kind, at the door of a mesh namespace: the CRD's schema refuses a
+    // policy with a required field missing (422, as a real API server does), the validator one Envoy
+    // would reject, and a good one is stored.
+    sim.apply_yaml(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {openservicemesh.io/monitored-by: osm}}",
+    )
+    .unwrap();
+    let apply = |name: &'static str, policy: &'static str| async move {
+        let file = tools.dir.path().join(format!("{name}.yaml"));
+        let spec = if policy.is_empty() { String::new() } else { format!("  retryPolicy: {policy}\n") };
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: policy.openservicemesh.io/v1alpha1\nkind: Retry\nmetadata: {{name: {name}, namespace: demo}}\n\
+                 spec:\n  source: {{kind: ServiceAccount, name: client, namespace: demo}}\n\
+                 \x20 destinations: [{{kind: Service, name: server, namespace: demo}}]\n{spec}"
+            ),
+        )
+        .unwrap();
+        tools.kubectl(&["apply", "-f", &file.display().to_string()]).await
+    };
+    let missing = apply("no-policy", "").await;
+    assert!(
+        !missing.ok && missing.stderr.contains("retryPolicy") && !missing.stderr.contains("admission webhook"),
+        "refused by the schema, before admission: {missing:?}"
+    );
+    let envoy_would_reject =
+        apply("sometimes", "{retryOn: sometimes, perTryTimeout: 1s, numRetries: 3, retryBackoffBaseInterval: 10ms}")
+            .await;
+    assert!(
+        !envoy_would_reject.ok && envoy_would_reject.stderr.contains("Retry demo/sometimes: spec.retryPolicy.retryOn"),
+        "{envoy_would_reject:?}"
+    );
+    let good = apply("good", "{retryOn: 5xx, perTryTimeout: 1s, numRetries: 3, retryBackoffBaseInterval: 10ms}").await;
+    assert!(good.ok, "{good:?}");
+    let retries = Resource::new("policy.openservicemesh.io", "v1alpha1", "retries");
+    assert!(sim.get(&retries, "demo", "good").is_some() && sim.get(&retries, "demo", "sometimes").is_none());
     // An operator's own edit, then an upgrade with reused values: the chart does not own the MeshConfig,
     // so nothing conflicts, and the edit stays.
     let edit = patch(r#"{"spec":{"traffic":{"enableEgress":false}}}"#).await;
