@@ -32,6 +32,11 @@ pub fn read(catalog: &SharedCatalog) -> std::sync::RwLockReadGuard<'_, MeshCatal
     catalog.read().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Writes a shared catalog (the catalog actor alone does).
+fn write(catalog: &SharedCatalog) -> std::sync::RwLockWriteGuard<'_, MeshCatalog> {
+    catalog.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A batch of source events; answered once the catalog applied them and the snapshot actor took the
 /// dirty set, so a fast source slows down instead of queueing without bound.
 #[derive(Message)]
@@ -267,7 +272,7 @@ impl Handler<ApplyEvents> for CatalogActor {
         let (mut first, mut more) = (None, 0usize);
         let from_cluster = msg.source == k8s::watch::SOURCE;
         let shared = self.catalog.clone();
-        let mut catalog = shared.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut catalog = write(&shared);
         for event in msg.events {
             if from_cluster {
                 count_k8s_event(&self.metrics, &event);
@@ -323,7 +328,7 @@ fn describe(event: &messages::SourceEvent) -> String {
 impl Handler<Expect> for CatalogActor {
     type Result = ();
     fn handle(&mut self, msg: Expect, _: &mut Self::Context) {
-        let mut catalog = self.catalog.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut catalog = write(&self.catalog);
         catalog.expect(&msg.source, msg.kinds);
         self.synced.store(catalog.is_synced(), Ordering::Relaxed);
     }

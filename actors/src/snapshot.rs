@@ -207,7 +207,7 @@ impl SnapshotActor {
             // Views are read from the shared catalog off the actor thread (a batch of thousands of views
             // is CPU work; the catalog actor keeps applying meanwhile, and its next change comes as dirt).
             let views = tokio::task::spawn_blocking(move || {
-                let catalog = catalog.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let catalog = crate::catalog::read(&catalog);
                 catalog.proxy_views(uuids).collect::<Vec<_>>()
             })
             .await

@@ -186,10 +186,6 @@ pub(super) fn passthrough_cluster() -> Cluster {
 /// A route with a Retry policy's `retry_policy`, when one applies to its Service.
 pub(super) fn with_retries(mut route: Route, retry: Option<&messages::RetryPolicy>) -> Route {
     if let (Some(r), Some(route::Action::Route(action))) = (retry, route.action.as_mut()) {
-        let duration = |d: std::time::Duration| PbDuration {
-            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-            nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-        };
         action.retry_policy = Some(envoy_types::pb::envoy::config::route::v3::RetryPolicy {
             retry_on: r.retry_on.clone(),
             num_retries: Some(UInt32Value { value: r.num_retries }),

@@ -36,6 +36,13 @@ pub(super) fn seconds(s: i64) -> PbDuration {
     PbDuration { seconds: s, nanos: 0 }
 }
 
+pub(super) fn duration(d: std::time::Duration) -> PbDuration {
+    PbDuration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
 pub(super) fn tls_params() -> TlsParameters {
     TlsParameters {
         tls_minimum_protocol_version: tls_parameters::TlsProtocol::TlSv12 as i32,
