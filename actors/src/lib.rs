@@ -14,6 +14,7 @@
 pub mod catalog;
 pub mod certs;
 pub mod debug;
+pub mod healthcheck;
 pub mod http;
 pub mod kube_source;
 pub mod metrics;

@@ -31,6 +31,13 @@ pub const OUTBOUND_IP_EXCLUSIONS: &str = "openservicemesh.io/outbound-ip-range-e
 pub const OUTBOUND_IP_INCLUSIONS: &str = "openservicemesh.io/outbound-ip-range-inclusion-list";
 pub const ENVOY_CONTAINER: &str = "envoy";
 pub const INIT_CONTAINER: &str = "osm-init";
+/// The container answering rewritten `tcpSocket` probes, and what those probes ask it.
+pub const HEALTHCHECK_CONTAINER: &str = "osm-healthcheck";
+pub const HEALTHCHECK_PATH: &str = "/osm-healthcheck";
+pub const HEALTHCHECK_PORT_HEADER: &str = "Original-Tcp-Port";
+/// Not the proxy's uid: connections from uid 1500 to 127.0.0.1 may be sent to the pod IP (podIP mode),
+/// and the helper must reach the port exactly as the probe named it.
+const HEALTHCHECK_UID: i64 = 65532;
 pub const BOOTSTRAP_VOLUME: &str = "envoy-bootstrap-config-volume";
 pub const BOOTSTRAP_MOUNT: &str = "/etc/envoy";
 /// The node label (and pod nodeSelector key) that names the operating system.
@@ -76,6 +83,9 @@ pub struct InjectorSettings {
     pub osm_namespace: String,
     pub envoy_image: String,
     pub init_image: String,
+    /// The image of the `osm-healthcheck` container, added to pods with `tcpSocket` probes (it must
+    /// have `/osm-healthcheck`).
+    pub healthcheck_image: String,
     pub privileged_init: bool,
     pub log_level: String,
     pub resources: Option<core::ResourceRequirements>,
@@ -94,6 +104,7 @@ impl InjectorSettings {
             osm_namespace: osm_namespace.to_owned(),
             envoy_image: "envoyproxy/envoy:v1.40.0".to_owned(),
             init_image: "openservicemesh/init:v1.2.0".to_owned(),
+            healthcheck_image: "openservicemesh/osm-healthcheck:v1.2.0".to_owned(),
             privileged_init: false,
             log_level: "error".to_owned(),
             resources: None,
@@ -265,10 +276,22 @@ fn intercept_for(pod: &core::Pod, s: &InjectorSettings) -> Result<InterceptOptio
     Ok(o)
 }
 
-/// Rewrites the application containers' `httpGet` probes to the sidecar's probe ports; returns what the
-/// sidecar must serve, and warnings for probes it cannot carry.
-fn rewrite_probes(spec: &mut core::PodSpec) -> Result<(Vec<ProbeRoute>, Vec<String>), InjectError> {
+/// The probes of a pod once rewritten: what the sidecar must serve, and whether the `osm-healthcheck`
+/// container must answer `tcpSocket` probes.
+#[derive(Debug, Default)]
+struct RewrittenProbes {
+    routes: Vec<ProbeRoute>,
+    healthcheck: bool,
+    /// Probes that cannot pass the sidecar as they are.
+    warnings: Vec<String>,
+}
+
+/// Rewrites the application containers' probes so they reach the application past its sidecar:
+/// `httpGet` to the sidecar's probe ports, `tcpSocket` to the `osm-healthcheck` container (an `httpGet`
+/// on 15904 naming the original port in a header).
+fn rewrite_probes(spec: &mut core::PodSpec, not_intercepted: &[u16]) -> Result<RewrittenProbes, InjectError> {
     let mut routes = Vec::new();
+    let mut healthcheck = false;
     let mut warnings = Vec::new();
     for c in &mut spec.containers {
         let named: BTreeMap<String, i32> =
@@ -282,22 +305,46 @@ fn rewrite_probes(spec: &mut core::PodSpec) -> Result<(Vec<ProbeRoute>, Vec<Stri
             let Some(probe) = probe.as_mut() else { continue };
             let timeout_s = probe.timeout_seconds.and_then(|t| u32::try_from(t).ok()).unwrap_or(1);
             let bad = |reason: String| InjectError::Probe { container: container.clone(), probe: kind.name(), reason };
-            if probe.tcp_socket.is_some() {
+            let resolve = |port: &IntOrString| -> Result<u16, InjectError> {
+                let port = match port {
+                    IntOrString::Int(p) => *p,
+                    IntOrString::String(name) => match name.parse::<i32>() {
+                        Ok(p) => p,
+                        Err(_) => *named.get(name).ok_or_else(|| bad(format!("port {name:?} is not a named port")))?,
+                    },
+                };
+                u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| bad(format!("port {port}")))
+            };
+            if let Some(tcp) = probe.tcp_socket.take() {
+                let port = resolve(&tcp.port)?;
+                probe.http_get = Some(core::HTTPGetAction {
+                    port: IntOrString::Int(i32::from(ports::HEALTHCHECK)),
+                    path: Some(HEALTHCHECK_PATH.to_owned()),
+                    http_headers: Some(vec![core::HTTPHeader {
+                        name: HEALTHCHECK_PORT_HEADER.to_owned(),
+                        value: port.to_string(),
+                    }]),
+                    ..Default::default()
+                });
+                healthcheck = true;
+                continue;
+            }
+            if let Some(grpc) = &probe.grpc {
+                if u16::try_from(grpc.port).is_ok_and(|p| not_intercepted.contains(&p)) {
+                    continue;
+                }
+                // As in OSM, left alone: the kubelet's plain-text gRPC reaches the sidecar's inbound listener,
+                // which accepts mesh mTLS only, unless the port is excluded from interception.
                 warnings.push(format!(
-                    "container {container:?}: the {} tcpSocket probe reaches the sidecar, not the application",
-                    kind.name()
+                    "container {container:?}: the {} gRPC probe on port {} passes through the sidecar, which \
+                     accepts mesh mTLS only; list the port in the pod annotation {INBOUND_PORT_EXCLUSIONS}",
+                    kind.name(),
+                    grpc.port
                 ));
                 continue;
             }
             let Some(get) = probe.http_get.as_mut() else { continue };
-            let port = match &get.port {
-                IntOrString::Int(p) => *p,
-                IntOrString::String(name) => match name.parse::<i32>() {
-                    Ok(p) => p,
-                    Err(_) => *named.get(name).ok_or_else(|| bad(format!("port {name:?} is not a named port")))?,
-                },
-            };
-            let port = u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| bad(format!("port {port}")))?;
+            let port = resolve(&get.port)?;
             let https = get.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
             if https && routes.iter().any(|r: &ProbeRoute| r.kind == kind && r.https) {
                 return Err(bad("only one HTTPS probe of each kind can pass through the sidecar".to_owned()));
@@ -315,7 +362,19 @@ fn rewrite_probes(spec: &mut core::PodSpec) -> Result<(Vec<ProbeRoute>, Vec<Stri
             routes.push(route);
         }
     }
-    Ok((routes, warnings))
+    Ok(RewrittenProbes { routes, healthcheck, warnings })
+}
+
+/// The helper's log level for the sidecar's (Envoy's names: `warning`, `critical`).
+fn healthcheck_verbosity(envoy_level: &str) -> &'static str {
+    match envoy_level.to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "info" => "info",
+        "warn" | "warning" => "warn",
+        "off" => "off",
+        _ => "error",
+    }
 }
 
 /// A Kubernetes type from its JSON form; only the settings (an image name, say) can make this fail.
@@ -341,14 +400,16 @@ pub fn inject(
     let mut spec = out.spec.take().unwrap_or_default();
     let service_account =
         spec.service_account_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".to_owned());
-    let (probes, warnings) = rewrite_probes(&mut spec)?;
+    let intercept = intercept_for(pod, s)?;
+    let RewrittenProbes { routes: probes, healthcheck, warnings } =
+        rewrite_probes(&mut spec, &intercept.inbound_port_exclusions)?;
     let opts = SidecarOptions {
         controller_host: s.controller_host.clone(),
         controller_port: s.controller_port,
         ads_api: s.ads_api,
         config_dir: BOOTSTRAP_MOUNT.to_owned(),
         log_level: s.log_level.clone(),
-        intercept: intercept_for(pod, s)?,
+        intercept,
         probes: probes.clone(),
         ..SidecarOptions::default()
     };
@@ -427,6 +488,22 @@ pub fn inject(
         envoy["resources"] = serde_json::to_value(r).unwrap_or(Value::Null);
     }
     spec.containers.push(typed(envoy)?);
+    if healthcheck {
+        spec.containers.push(typed(json!({
+            "name": HEALTHCHECK_CONTAINER,
+            "image": s.healthcheck_image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["/osm-healthcheck"],
+            "args": ["--verbosity", healthcheck_verbosity(&s.log_level)],
+            "ports": [{"name": "osm-healthcheck", "containerPort": ports::HEALTHCHECK}],
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": HEALTHCHECK_UID,
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]}
+            }
+        }))?);
+    }
     out.spec = Some(spec);
 
     let before = serde_json::to_value(pod).unwrap_or(Value::Null);
@@ -525,7 +602,11 @@ mod tests {
         let metrics = monitored(json!({METRICS_ANNOTATION: "enabled"}));
         let inj = inject(&p, "shop", &metrics, &ca, &settings(), uuid).unwrap_or_else(|e| panic!("{e}"));
         let spec = inj.pod.spec.clone().unwrap_or_default();
-        assert_eq!(spec.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["app", "envoy"]);
+        assert_eq!(
+            spec.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["app", "envoy", "osm-healthcheck"],
+            "a tcpSocket probe brings the osm-healthcheck container"
+        );
         let envoy = &spec.containers[1];
         assert_eq!(envoy.security_context.as_ref().and_then(|s| s.run_as_user), Some(1500));
         assert_eq!(envoy.args.as_ref().map(|a| a[3].as_str()), Some("/etc/envoy/bootstrap.yaml"));
@@ -537,7 +618,31 @@ mod tests {
         assert_eq!((live.port, live.path.as_deref()), (IntOrString::Int(15901), Some("/osm-liveness-probe/app")));
         let ready = app.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).cloned().unwrap_or_default();
         assert_eq!((ready.port, ready.path.as_deref()), (IntOrString::Int(15902), Some("/ready")));
-        assert_eq!(inj.warnings.len(), 1, "the tcpSocket probe is reported: {:?}", inj.warnings);
+        // The tcpSocket probe becomes an httpGet to osm-healthcheck naming the original port.
+        let startup = app.startup_probe.as_ref().and_then(|p| p.http_get.as_ref()).cloned().unwrap_or_default();
+        assert!(app.startup_probe.as_ref().is_some_and(|p| p.tcp_socket.is_none()));
+        assert_eq!((startup.port, startup.path.as_deref()), (IntOrString::Int(15904), Some("/osm-healthcheck")));
+        let headers = startup.http_headers.unwrap_or_default();
+        assert_eq!(
+            headers.iter().map(|h| (h.name.as_str(), h.value.as_str())).collect::<Vec<_>>(),
+            [("Original-Tcp-Port", "8080")]
+        );
+        let helper = &spec.containers[2];
+        assert_eq!(helper.command.as_deref(), Some(&["/osm-healthcheck".to_owned()][..]));
+        assert_eq!(helper.args.as_deref(), Some(&["--verbosity".to_owned(), "error".to_owned()][..]));
+        assert_eq!(helper.ports.as_ref().map(|p| p[0].container_port), Some(15904));
+        assert!(inj.warnings.is_empty(), "{:?}", inj.warnings);
+
+        // A gRPC probe is left as it is, and the user told why it fails unless its port is not intercepted.
+        let grpc = pod(json!({"spec": {"containers": [{"name": "app", "livenessProbe": {"grpc": {"port": 9000}}}]}}));
+        let grpc_uuid = ProxyUuid::derived("shop", "grpc");
+        let warned =
+            inject(&grpc, "shop", &metrics, &ca, &settings(), grpc_uuid.clone()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(warned.warnings.len() == 1 && warned.warnings[0].contains("port 9000"), "{:?}", warned.warnings);
+        let mut excluded = grpc.clone();
+        excluded.metadata.annotations = Some(BTreeMap::from([(INBOUND_PORT_EXCLUSIONS.to_owned(), "9000".to_owned())]));
+        let quiet = inject(&excluded, "shop", &metrics, &ca, &settings(), grpc_uuid).unwrap_or_else(|e| panic!("{e}"));
+        assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
         let labels = inj.pod.metadata.labels.clone().unwrap_or_default();
         assert_eq!(labels.get(PROXY_UUID_LABEL).map(String::as_str), Some("11111111-2222-3333-4444-555555555555"));
         let ann = inj.pod.metadata.annotations.clone().unwrap_or_default();

@@ -62,6 +62,8 @@ pub struct Binaries {
     pub osm: PathBuf,
     pub app: PathBuf,
     pub envoy: PathBuf,
+    /// What an injected `osm-healthcheck` container runs.
+    pub healthcheck: PathBuf,
 }
 
 /// The Envoy binary installed by `scripts/setup.sh` (readable by uid 1500).
@@ -99,6 +101,8 @@ impl Binaries {
                     "actors",
                     "--bin",
                     "osm-controller",
+                    "--bin",
+                    "osm-healthcheck",
                     "-p",
                     "osm-cli",
                     "--bin",
@@ -120,7 +124,13 @@ impl Binaries {
             .clone()
             .map_err(TestbedError::Setup)?;
         let envoy = std::env::var_os("MESH_ENVOY").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_ENVOY));
-        Ok(Self { controller: dir.join("osm-controller"), osm: dir.join("osm"), app: dir.join("mesh-app"), envoy })
+        Ok(Self {
+            controller: dir.join("osm-controller"),
+            osm: dir.join("osm"),
+            app: dir.join("mesh-app"),
+            envoy,
+            healthcheck: dir.join("osm-healthcheck"),
+        })
     }
 }
 
@@ -594,8 +604,58 @@ impl LocalMesh {
             .stderr(Stdio::from(fs::OpenOptions::new().append(true).open(&log).map_err(io(&log))?))
             .spawn()
             .map_err(|e| TestbedError::Setup(format!("starting Envoy for {key}: {e}")))?;
+        // The injected osm-healthcheck container, as its user, from this build.
+        if let Some(helper) = spec.containers.iter().find(|c| c.name == "osm-healthcheck") {
+            let uid = helper.security_context.as_ref().and_then(|c| c.run_as_user).unwrap_or(0);
+            let log = dir.join("osm-healthcheck.log");
+            let child = netns
+                .command("setpriv")
+                .args([
+                    format!("--reuid={uid}"),
+                    format!("--regid={uid}"),
+                    "--clear-groups".to_owned(),
+                    "--".to_owned(),
+                ])
+                .arg(&self.bins.healthcheck)
+                .args(helper.args.iter().flatten())
+                .stdout(log_file(&log)?)
+                .stderr(Stdio::from(fs::OpenOptions::new().append(true).open(&log).map_err(io(&log))?))
+                .spawn()
+                .map_err(|e| TestbedError::Setup(format!("starting osm-healthcheck for {key}: {e}")))?;
+            self.apps.push(child);
+        }
         self.pods.insert(key.clone(), PodRuntime { key: key.clone(), ip, uuid, dir, envoy: Some(child), netns });
         Ok(key)
+    }
+
+    /// Sends a pod's `httpGet` probe from the hub as the kubelet does (to the pod's IP, with the probe's
+    /// headers); the answer's status and body.
+    pub fn probe_from_hub(
+        &self,
+        pod: &str,
+        probe: &k8s_openapi::api::core::v1::HTTPGetAction,
+    ) -> Result<(u16, String), TestbedError> {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let p = self.pod(pod)?;
+        let port = match &probe.port {
+            IntOrString::Int(port) => *port,
+            IntOrString::String(name) => {
+                return Err(TestbedError::Setup(format!("probe port {name:?}: the kubelet needs a number here")));
+            }
+        };
+        let url = format!("http://{}:{port}{}", p.ip, probe.path.as_deref().unwrap_or("/"));
+        let mut cmd = self.hub.ns.command(&self.bins.app.display().to_string());
+        cmd.args(["get", &url]);
+        for h in probe.http_headers.iter().flatten() {
+            cmd.arg("--header").arg(format!("{}: {}", h.name, h.value));
+        }
+        let out = cmd.output().map_err(|e| TestbedError::Command(format!("GET {url}"), e.to_string()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let status =
+            text.strip_prefix("status=").and_then(|t| t.get(..3)).and_then(|c| c.parse().ok()).ok_or_else(|| {
+                TestbedError::Command(format!("GET {url}"), format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+            })?;
+        Ok((status, text))
     }
 
     /// A host on the pod network outside the mesh: no sidecar, no interception. Apps run in it as in a pod

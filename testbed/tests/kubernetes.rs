@@ -57,7 +57,10 @@ fn pod(name: &str, app: &str, sa: &str) -> Value {
         "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
         "spec": {"serviceAccountName": sa, "containers": [{
             "name": "app", "image": "mesh-app", "ports": [{"name": "http", "containerPort": 8080}],
-            "readinessProbe": {"httpGet": {"port": "http", "path": "/ready"}}
+            "readinessProbe": {"httpGet": {"port": "http", "path": "/ready"}},
+            // Answered by the injected osm-healthcheck container: the app's port, and one nothing listens on.
+            "livenessProbe": {"tcpSocket": {"port": "http"}},
+            "startupProbe": {"tcpSocket": {"port": 9999}}
         }]}
     })
 }
@@ -175,6 +178,19 @@ fn pods_injected_by_the_webhook_carry_traffic_through_real_envoy() {
     );
     let answer = mesh.get_from_hub(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
     assert!(answer.contains("hello from web-1"), "{answer}");
+    // The tcpSocket probes, rewritten to osm-healthcheck, check the application's port past the sidecar
+    // (which listens for every intercepted port, so a probe that reached it would pass whatever the app).
+    let app = &web.spec.as_ref().unwrap().containers[0];
+    let live = app.liveness_probe.clone().unwrap().http_get.unwrap();
+    // (The kubelet retries too: the helper process may still be binding.)
+    mesh.eventually(WAIT, "the tcpSocket liveness probe to pass (the app listens on 8080)", || {
+        mesh.probe_from_hub("shop/web-1", &live).ok().filter(|(status, _)| *status == 200)
+    })
+    .unwrap();
+    let startup = app.startup_probe.clone().unwrap().http_get.unwrap();
+    let (status, body) = mesh.probe_from_hub("shop/web-1", &startup).unwrap();
+    assert_eq!(status, 404, "nothing listens on 9999: {body}");
+    assert!(body.contains("127.0.0.1:9999"), "{body}");
 
     // osm on a cluster, with nothing but the kubeconfig: the controller's pod and the sidecars' admin
     // interfaces through the API server's port-forwards (the kubelet's part done from inside each pod's

@@ -67,6 +67,10 @@ struct ServeArgs {
     /// `sidecar.initContainerImage` overrides it).
     #[arg(long)]
     init_image: Option<String>,
+    /// Image of the `osm-healthcheck` container added to pods with tcpSocket probes (it must have
+    /// `/osm-healthcheck`; the controller's own image does).
+    #[arg(long)]
+    healthcheck_image: Option<String>,
     /// Host injected sidecars reach the ADS server at (default: osm-controller.<osm-namespace>.svc.cluster.local).
     #[arg(long)]
     sidecar_ads_host: Option<String>,
@@ -269,6 +273,9 @@ fn serve(
             }
             if let Some(image) = args.init_image {
                 source.injector.init_image = image;
+            }
+            if let Some(image) = args.healthcheck_image {
+                source.injector.healthcheck_image = image;
             }
             if let Some(host) = args.sidecar_ads_host {
                 source.injector.controller_host = host;
