@@ -15,7 +15,10 @@
 //! - `osm verify control-plane`: each controller's health, step by step.
 //! - `osm mesh list`: the mesh this controller serves: sources, mode, proxies, roots.
 //! - `osm mesh changes [--generation N]`: the recent mesh changes and which proxies hold each.
-//! - `osm namespace add|remove|list`: namespaces in and out of the mesh on a cluster (the kubeconfig's).
+//! - `osm namespace add|remove|list|ignore`: namespaces in and out of the mesh on a cluster (the
+//!   kubeconfig's); `osm metrics enable|disable --namespace <ns>`: Prometheus scraping of their sidecars.
+//! - `osm install`, `osm mesh upgrade`, `osm uninstall mesh`: the control plane on a cluster, from the chart
+//!   this `osm` embeds, through `helm` ([`install`]).
 //! - `osm support error-info [code]`: what an error code means and what to do (no controller needed).
 //! - `osm support bug-report [--out DIR]`: what a bug report needs, collected into a directory.
 
@@ -26,6 +29,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use messages::status::{ChangeStatus, MeshStatus, ProxyStatusView, StatusSummary, SyncState};
 use reach::{Admin, Controllers};
 
+mod install;
 mod mesh;
 mod proxy;
 mod reach;
@@ -38,7 +42,11 @@ use support::*;
 use verify::*;
 
 #[derive(Parser, Debug)]
-#[command(name = "osm", version, about = "Troubleshoot the service mesh: proxy sync status and more")]
+#[command(
+    name = "osm",
+    version,
+    about = "Install and troubleshoot the service mesh: proxy sync status, connectivity, namespaces and more"
+)]
 struct Cli {
     /// The controller's HTTP endpoint. Without it: on a cluster every ready controller pod, through the
     /// API server; else http://127.0.0.1:9091.
@@ -88,6 +96,24 @@ enum Command {
         #[command(subcommand)]
         command: MeshCommand,
     },
+    /// Installs the mesh's control plane on the cluster (the chart this osm was built with, through
+    /// helm), after checking that the namespace has no mesh and the name is not taken; the CRDs first.
+    Install {
+        #[command(flatten)]
+        helm: install::HelmArgs,
+        #[command(flatten)]
+        values: install::ValuesArgs,
+    },
+    /// Removes things from the cluster.
+    Uninstall {
+        #[command(subcommand)]
+        command: UninstallCommand,
+    },
+    /// Prometheus scraping of the sidecars of mesh namespaces.
+    Metrics {
+        #[command(subcommand)]
+        command: MetricsCommand,
+    },
     /// Help with problems.
     Support {
         #[command(subcommand)]
@@ -112,6 +138,39 @@ enum NamespaceCommand {
     },
     /// The namespaces of the mesh.
     List,
+    /// Has every mesh leave namespaces alone (label openservicemesh.io/ignore=true): not watched, no
+    /// sidecars injected, whatever their other labels say.
+    Ignore {
+        #[arg(required = true)]
+        namespaces: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UninstallCommand {
+    /// Uninstalls a mesh's control plane (its Helm release); asks first unless --force.
+    Mesh {
+        #[command(flatten)]
+        helm: install::HelmArgs,
+        #[command(flatten)]
+        options: install::UninstallOptions,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MetricsCommand {
+    /// Has Prometheus scrape the sidecars of these mesh namespaces: new pods, and running ones.
+    Enable {
+        /// Namespaces (repeatable, or comma-separated).
+        #[arg(long, required = true, value_delimiter = ',')]
+        namespace: Vec<String>,
+    },
+    /// Stops Prometheus scraping the sidecars of these namespaces.
+    Disable {
+        /// Namespaces (repeatable, or comma-separated).
+        #[arg(long, required = true, value_delimiter = ',')]
+        namespace: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -123,6 +182,14 @@ enum MeshCommand {
     Changes {
         #[arg(long)]
         generation: Option<u64>,
+    },
+    /// Upgrades an installed mesh to the chart this osm was built with: the CRDs, then the release, keeping
+    /// the values it was installed with (`--set` changes some).
+    Upgrade {
+        #[command(flatten)]
+        helm: install::HelmArgs,
+        #[command(flatten)]
+        values: install::ValuesArgs,
     },
 }
 
@@ -296,8 +363,23 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Mesh { command: MeshCommand::Changes { generation } } => {
             mesh_changes(&controllers().await?, cli.output, *generation).await
         }
+        Command::Mesh { command: MeshCommand::Upgrade { helm, values } } => {
+            install::upgrade(cli.kubeconfig.as_deref(), &cli.osm_namespace, helm, values).await
+        }
         Command::Namespace { mesh_name, command } => {
             namespace(cli.kubeconfig.as_deref(), mesh_name, command, cli.output).await
+        }
+        Command::Install { helm, values } => {
+            install::install(cli.kubeconfig.as_deref(), &cli.osm_namespace, helm, values).await
+        }
+        Command::Uninstall { command: UninstallCommand::Mesh { helm, options } } => {
+            install::uninstall(cli.kubeconfig.as_deref(), &cli.osm_namespace, helm, options).await
+        }
+        Command::Metrics { command: MetricsCommand::Enable { namespace } } => {
+            install::metrics(cli.kubeconfig.as_deref(), namespace, true).await
+        }
+        Command::Metrics { command: MetricsCommand::Disable { namespace } } => {
+            install::metrics(cli.kubeconfig.as_deref(), namespace, false).await
         }
     }
 }

@@ -25,6 +25,12 @@ pub(crate) async fn namespace(
                 println!("namespace {ns} left mesh {mesh} (restart its pods to remove their sidecars)");
             }
         }
+        NamespaceCommand::Ignore { namespaces } => {
+            for ns in namespaces {
+                k8s::namespaces::ignore(client.clone(), ns).await?;
+                println!("namespace {ns} is ignored by every mesh (restart its pods to remove their sidecars)");
+            }
+        }
         NamespaceCommand::List => {
             let list = k8s::namespaces::list(client, Some(mesh)).await?;
             match output {

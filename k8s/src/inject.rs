@@ -365,6 +365,16 @@ fn rewrite_probes(spec: &mut core::PodSpec, not_intercepted: &[u16]) -> Result<R
     Ok(RewrittenProbes { routes, healthcheck, warnings })
 }
 
+/// The annotations that have Prometheus scrape a sidecar (and the controller open its metrics listener):
+/// on pods injected in a namespace with metrics enabled, and on running ones by `osm metrics enable`.
+pub fn prometheus_annotations() -> [(&'static str, String); 3] {
+    [
+        (crate::convert::PROMETHEUS_SCRAPE_ANNOTATION, "true".to_owned()),
+        ("prometheus.io/port", ports::PROMETHEUS.to_string()),
+        ("prometheus.io/path", "/stats/prometheus".to_owned()),
+    ]
+}
+
 /// The helper's log level for the sidecar's (Envoy's names: `warning`, `critical`).
 fn healthcheck_verbosity(envoy_level: &str) -> &'static str {
     match envoy_level.to_ascii_lowercase().as_str() {
@@ -429,9 +439,7 @@ pub fn inject(
     out.metadata.labels.get_or_insert_with(BTreeMap::new).insert(PROXY_UUID_LABEL.to_owned(), uuid.as_str().to_owned());
     if annotation(&ns.metadata, METRICS_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("enabled")) {
         let a = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
-        a.insert("prometheus.io/scrape".to_owned(), "true".to_owned());
-        a.insert("prometheus.io/port".to_owned(), ports::PROMETHEUS.to_string());
-        a.insert("prometheus.io/path".to_owned(), "/stats/prometheus".to_owned());
+        a.extend(prometheus_annotations().map(|(k, v)| (k.to_owned(), v)));
     }
     spec.volumes.get_or_insert_with(Vec::new).push(typed(json!({
         "name": BOOTSTRAP_VOLUME,

@@ -11,6 +11,7 @@ pub mod convert;
 pub mod crds;
 pub mod duties;
 pub mod inject;
+pub mod install;
 pub mod kinds;
 pub mod namespaces;
 pub mod watch;
