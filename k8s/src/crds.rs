@@ -20,6 +20,7 @@ pub use crate::kinds::retry::{Retry, RetryPeer, RetryPolicySpec, RetrySpec};
 pub use crate::kinds::tcp_route::{TCPMatch, TCPRoute, TCPRouteSpec};
 pub use crate::kinds::traffic_split::{TrafficSplit, TrafficSplitBackend, TrafficSplitSpec};
 pub use crate::kinds::traffic_target::{IdentityBindingSubject, TrafficTarget, TrafficTargetRule, TrafficTargetSpec};
+pub use crate::kinds::upstream_traffic_setting::{UpstreamTrafficSetting, UpstreamTrafficSettingSpec};
 
 /// The CustomResourceDefinitions of the kinds below, generated from these types: `osm-controller crds`
 /// prints them and the Helm chart ships them (a test keeps the two equal).
@@ -128,11 +129,12 @@ mod definition_tests {
                 "trafficsplits.split.smi-spec.io",
                 "meshconfigs.config.openservicemesh.io",
                 "meshrootcertificates.config.openservicemesh.io",
-                "retries.policy.openservicemesh.io"
+                "retries.policy.openservicemesh.io",
+                "upstreamtrafficsettings.policy.openservicemesh.io"
             ]
         );
         let yaml = definitions_yaml().unwrap_or_default();
-        assert_eq!(yaml.matches("kind: CustomResourceDefinition").count(), 7);
+        assert_eq!(yaml.matches("kind: CustomResourceDefinition").count(), 8);
     }
 
     /// The API server refuses a CRD whose schema is not structural: every node needs a type unless it

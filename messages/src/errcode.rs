@@ -126,6 +126,16 @@ pub const CODES: &[ErrorCode] = &[
         fix: "Set spec.sources[].namespace to the source ServiceAccount's namespace.",
     },
     ErrorCode {
+        code: policy::UPSTREAM_HOST_NOT_FOUND,
+        cause: "An UpstreamTrafficSetting's host names no Service of its own namespace; its connection settings and rate limits are not in force.",
+        fix: "Set spec.host to <service>.<namespace>.svc.cluster.local of a Service in the object's namespace (or create the Service).",
+    },
+    ErrorCode {
+        code: policy::UPSTREAM_HOST_DUPLICATE,
+        cause: "Two UpstreamTrafficSettings of one namespace set the same host; only the first by name is in force.",
+        fix: "Merge them into one object per host (the validating webhook refuses the second on a cluster).",
+    },
+    ErrorCode {
         code: CA_UNUSABLE,
         cause: "The mesh CA cannot be used: unreadable, a key that is not the certificate's, not a CA, not valid now, or a key in PKCS#1/SEC1 form.",
         fix: "Restore the matching certificate and key (the error names the file); convert keys with: openssl pkcs8 -topk8 -nocrypt -in <key> -out <key>.pk8",

@@ -115,6 +115,7 @@ mesh_kinds! {
     MeshConfig = "MeshConfig", Settings, MeshConfig;
     MeshRootCertificate = "MeshRootCertificate", Roots, MeshRootCertificate;
     Retry = "Retry", Policy, Retry;
+    UpstreamTrafficSetting = "UpstreamTrafficSetting", Policy, UpstreamTrafficSetting;
 }
 
 impl fmt::Display for Kind {
@@ -143,7 +144,8 @@ keyed_by_name!(
     TrafficSplit,
     MeshConfig,
     MeshRootCertificate,
-    Retry
+    Retry,
+    UpstreamTrafficSetting
 );
 
 impl Keyed for Namespace {

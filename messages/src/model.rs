@@ -376,6 +376,65 @@ pub struct RetryPolicy {
     pub backoff_base_interval: std::time::Duration,
 }
 
+/// OSM's `UpstreamTrafficSetting` (`policy.openservicemesh.io/v1alpha1`): how clients connect to one
+/// upstream Service (client-side circuit breakers and timeouts) and how much its sidecars accept (local
+/// rate limits, for the Service or per route).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UpstreamTrafficSetting {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.host` as written: `<svc>.<ns>.svc.cluster.local` for a Service of the object's namespace.
+    pub host: String,
+    pub connection: ConnectionSettings,
+    /// Connections accepted by the upstream's sidecars, per time unit.
+    pub tcp_rate_limit: Option<TcpRateLimit>,
+    /// Requests accepted by the upstream's sidecars (every route), per time unit.
+    pub http_rate_limit: Option<HttpRateLimit>,
+    /// Per-route request limits: the route whose path regex is `path`.
+    pub route_rate_limits: Vec<(String, HttpRateLimit)>,
+}
+
+/// Client-side circuit-breaker thresholds and timeouts (`connectionSettings`); unset means OSM's default
+/// (no threshold, a 1 s connect timeout).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConnectionSettings {
+    pub max_connections: Option<u32>,
+    pub connect_timeout: Option<std::time::Duration>,
+    pub max_requests: Option<u32>,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_pending_requests: Option<u32>,
+    pub max_retries: Option<u32>,
+}
+
+/// A token bucket: `per_unit` tokens each `unit`, up to `per_unit + burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TokenBucket {
+    pub per_unit: u32,
+    pub unit: std::time::Duration,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TcpRateLimit {
+    pub connections: TokenBucket,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HttpRateLimit {
+    pub requests: TokenBucket,
+    /// The status of a refused request (OSM's default: 429).
+    pub status: u16,
+    /// Headers added to a refused request's response.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The 4xx and 5xx statuses Envoy's `type.v3.StatusCode` defines: a local reply (a rate limit's refusal)
+/// can carry only these.
+pub const ENVOY_HTTP_ERROR_STATUSES: &[u16] = &[
+    400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 423, 424, 426,
+    428, 429, 431, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511,
+];
+
 /// Envoy's HTTP `retry_on` conditions (a Retry naming another is refused: Envoy would reject the route).
 pub const RETRY_ON: &[&str] = &[
     "5xx",

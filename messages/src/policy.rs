@@ -48,6 +48,10 @@ pub mod codes {
     pub const SPLIT_SERVICE_NOT_FOUND: &str = "E2029";
     /// A TrafficTarget source names no namespace (it would match nobody: that source is ignored).
     pub const SOURCE_NO_NAMESPACE: &str = "E2030";
+    /// An UpstreamTrafficSetting's host names no Service of its namespace (`<svc>.<ns>.svc.cluster.local`).
+    pub const UPSTREAM_HOST_NOT_FOUND: &str = "E2031";
+    /// Two UpstreamTrafficSettings of one namespace name the same host; only the first (by name) is used.
+    pub const UPSTREAM_HOST_DUPLICATE: &str = "E2032";
     /// More than one MeshConfig; only the first (by namespace and name) is used.
     pub const MULTIPLE_MESH_CONFIGS: &str = "E4150";
     /// The MeshConfig in force was deleted; its last settings stay in force.
@@ -133,6 +137,9 @@ pub struct Policy {
     /// Source identity → destination Service → how its sidecars retry requests there (Retry policies;
     /// in force when the MeshConfig's `enableRetryPolicy` is on).
     pub retries: BTreeMap<ServiceIdentity, BTreeMap<ServiceKey, RetryPolicy>>,
+    /// Upstream Service → the UpstreamTrafficSetting in force for it (its clients' circuit breakers, its
+    /// sidecars' rate limits).
+    pub upstream_traffic: BTreeMap<ServiceKey, Arc<UpstreamTrafficSetting>>,
     pub errors: Vec<PolicyError>,
 }
 
@@ -174,6 +181,12 @@ impl Policy {
         out
     }
 
+    /// Services whose UpstreamTrafficSetting differs between `self` and `other`.
+    pub fn changed_upstream_traffic(&self, other: &Policy) -> Vec<ServiceKey> {
+        let keys: BTreeSet<&ServiceKey> = self.upstream_traffic.keys().chain(other.upstream_traffic.keys()).collect();
+        keys.into_iter().filter(|k| self.upstream_traffic.get(*k) != other.upstream_traffic.get(*k)).cloned().collect()
+    }
+
     /// Apex Services whose split differs between `self` and `other`.
     pub fn changed_splits(&self, other: &Policy) -> BTreeSet<ServiceKey> {
         let keys: BTreeSet<&ServiceKey> = self.splits.keys().chain(other.splits.keys()).collect();
@@ -185,7 +198,8 @@ const METHODS: &[&str] = &["*", "GET", "HEAD", "PUT", "POST", "DELETE", "CONNECT
 /// Longer patterns are refused: Envoy bounds the compiled size of every regex it is given.
 const MAX_REGEX_LEN: usize = 1024;
 
-fn check_regex(re: &str) -> Result<(), String> {
+/// Whether `re` is a path or header regex Envoy takes: RE2 syntax, within the size bound.
+pub fn check_regex(re: &str) -> Result<(), String> {
     if re.len() > MAX_REGEX_LEN {
         return Err(format!("regex is {} characters long; the limit is {MAX_REGEX_LEN}", re.len()));
     }
@@ -244,6 +258,52 @@ pub fn retries<'a>(
     out
 }
 
+/// The Service an UpstreamTrafficSetting's host names: `<svc>.<ns>.svc.cluster.local` with `<ns>` its own
+/// namespace (OSM matches the namespace and the exact FQDN).
+fn upstream_service(s: &UpstreamTrafficSetting) -> Option<ServiceKey> {
+    let (svc, ns) = s.host.strip_suffix(".svc.cluster.local")?.split_once('.')?;
+    (ns == s.namespace && !svc.is_empty()).then(|| ServiceKey::new(ns, svc))
+}
+
+/// Per upstream Service, the UpstreamTrafficSetting in force: the first (by namespace and name) whose host
+/// is the Service's FQDN. Later ones for the same host, and hosts that name no Service, are reported.
+pub fn upstream_traffic<'a>(
+    settings: impl IntoIterator<Item = &'a UpstreamTrafficSetting>,
+    service_exists: impl Fn(&ServiceKey) -> bool,
+    errors: &mut Vec<PolicyError>,
+) -> BTreeMap<ServiceKey, Arc<UpstreamTrafficSetting>> {
+    let mut out: BTreeMap<ServiceKey, Arc<UpstreamTrafficSetting>> = BTreeMap::new();
+    for s in settings {
+        let object = key(Kind::UpstreamTrafficSetting, &s.namespace, &s.name);
+        let Some(svc) = upstream_service(s).filter(|k| service_exists(k)) else {
+            errors.push(PolicyError {
+                code: codes::UPSTREAM_HOST_NOT_FOUND,
+                object,
+                reason: format!(
+                    "host {:?} names no Service of namespace {} (<service>.{}.svc.cluster.local); the setting is \
+                     not in force",
+                    s.host, s.namespace, s.namespace
+                ),
+            });
+            continue;
+        };
+        match out.get(&svc) {
+            Some(first) => errors.push(PolicyError {
+                code: codes::UPSTREAM_HOST_DUPLICATE,
+                object,
+                reason: format!(
+                    "UpstreamTrafficSetting {}/{} already sets host {:?}; this one is ignored",
+                    first.namespace, first.name, s.host
+                ),
+            }),
+            None => {
+                out.insert(svc, Arc::new(s.clone()));
+            }
+        }
+    }
+    out
+}
+
 /// [`compute`] over objects of any kind: the policy inputs among them are used, the rest ignored.
 pub fn compute_objects(objects: &[MeshObject], service_exists: impl Fn(&ServiceKey) -> bool) -> Policy {
     let mut policy = compute(
@@ -251,9 +311,11 @@ pub fn compute_objects(objects: &[MeshObject], service_exists: impl Fn(&ServiceK
         objects.iter().filter_map(HttpRouteGroup::of),
         objects.iter().filter_map(TcpRoute::of),
         objects.iter().filter_map(TrafficSplit::of),
-        service_exists,
+        &service_exists,
     );
     policy.retries = retries(objects.iter().filter_map(Retry::of));
+    let settings = objects.iter().filter_map(UpstreamTrafficSetting::of);
+    policy.upstream_traffic = upstream_traffic(settings, &service_exists, &mut policy.errors);
     policy
 }
 
@@ -498,8 +560,10 @@ pub fn compute<'a>(
         inbound: inbound.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
         outbound,
         splits: split_map,
-        // Filled from the Retry objects by the caller (they need nothing of the above).
+        // Filled from the Retry and UpstreamTrafficSetting objects by the caller (they need nothing of the
+        // above).
         retries: BTreeMap::new(),
+        upstream_traffic: BTreeMap::new(),
         errors,
     }
 }

@@ -166,3 +166,22 @@ fn smi_split_and_an_invalid_object() {
         &[("demo/client", "weighted_clusters"), ("demo/server-2", "server.demo.svc.cluster.local"), ("demo/thief", "")],
     );
 }
+
+#[test]
+fn smi_upstream_traffic_settings() {
+    // Circuit breakers and a connect timeout at the client, a connection limit, a host limit and a limit
+    // on the `/api/.*` route at the server.
+    let settings = "apiVersion: policy.openservicemesh.io/v1alpha1\nkind: UpstreamTrafficSetting\n\
+                    metadata: {name: server, namespace: demo}\nspec:\n  host: server.demo.svc.cluster.local\n\
+                    \x20 connectionSettings:\n    tcp: {maxConnections: 50, connectTimeout: 250ms}\n\
+                    \x20   http: {maxRequests: 100, maxPendingRequests: 10, maxRequestsPerConnection: 20, maxRetries: 3}\n\
+                    \x20 rateLimit:\n    local:\n      tcp: {connections: 100, unit: second, burst: 10}\n\
+                    \x20     http: {requests: 50, unit: second, responseHeadersToAdd: [{name: x-limited, value: \"1\"}]}\n\
+                    \x20 httpRoutes:\n  - path: /api/.*\n    rateLimit:\n      local: {requests: 5, unit: minute, responseStatusCode: 503}\n";
+    run_case(
+        "smi-upstream-traffic",
+        "smi",
+        &[("upstream.yaml", settings)],
+        &[("demo/client", "track_remaining"), ("demo/server-1", "x-limited")],
+    );
+}

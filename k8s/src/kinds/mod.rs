@@ -32,6 +32,7 @@ pub mod service_account;
 pub mod tcp_route;
 pub mod traffic_split;
 pub mod traffic_target;
+pub mod upstream_traffic_setting;
 
 /// How a kind is read on a cluster.
 pub enum Watch<K> {
@@ -169,6 +170,7 @@ registry! {
     MeshConfig => mesh_config::MeshConfig,
     MeshRootCertificate => mesh_root_certificate::MeshRootCertificate,
     Retry => retry::Retry,
+    UpstreamTrafficSetting => upstream_traffic_setting::UpstreamTrafficSetting,
 }
 
 /// Every registered kind, in [`Kind::ALL`]'s order.

@@ -8,6 +8,9 @@ impl MeshCatalog {
     /// (the Services are local to them) and the proxies of every identity allowed to call one of those pods.
     /// A Service in a TrafficSplit reaches every proxy (splits are rare; their audience is wider).
     pub(super) fn service_audience(&self, keys: &[ServiceKey]) -> Dirty {
+        if keys.is_empty() {
+            return Dirty::Nothing;
+        }
         if self.settings.permissive {
             return Dirty::All;
         }
@@ -109,9 +112,17 @@ impl MeshCatalog {
             });
         }
         new.retries = policy::retries(self.objects::<Retry>());
+        let services = &self.services;
+        new.upstream_traffic = policy::upstream_traffic(
+            self.objects::<UpstreamTrafficSetting>(),
+            |k| services.contains_key(k),
+            &mut new.errors,
+        );
         let old = std::mem::replace(&mut self.policy, new);
         // Retries change outbound routes in either mode: the proxies of every source whose retries changed.
         let mut dirty = self.proxies_of(old.changed_retries(&self.policy).iter());
+        // Upstream settings change the Service's clusters at its callers and its own sidecars' limits.
+        dirty = dirty.merge(self.service_audience(&old.changed_upstream_traffic(&self.policy)));
         if !self.settings.permissive {
             // Access rules matter in SMI mode only: the proxies of every identity whose rules changed.
             let ids = old.changed_identities(&self.policy);

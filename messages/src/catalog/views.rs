@@ -37,6 +37,9 @@ pub struct ServiceView {
     /// For a local Service that backs TrafficSplits: the apex Services (and their ClusterIPs) whose
     /// requests it accepts too, on the same port numbers.
     pub apexes: Vec<(ServiceKey, Option<IpAddr>)>,
+    /// The UpstreamTrafficSetting in force for the Service: its clients' circuit breakers and connect
+    /// timeout, its sidecars' rate limits.
+    pub traffic: Option<Arc<UpstreamTrafficSetting>>,
 }
 
 /// Everything needed to build one proxy's configuration.
@@ -249,7 +252,14 @@ impl MeshCatalog {
         if ports.is_empty() {
             return None;
         }
-        Some(ServiceView { key: svc.key.clone(), cluster_ip: svc.cluster_ip, ports, identities, apexes: Vec::new() })
+        Some(ServiceView {
+            key: svc.key.clone(),
+            cluster_ip: svc.cluster_ip,
+            ports,
+            identities,
+            apexes: Vec::new(),
+            traffic: self.policy.upstream_traffic.get(&svc.key).cloned(),
+        })
     }
 
     pub(super) fn local_view(&self, svc: &Service, pod: &Pod) -> Option<ServiceView> {
@@ -296,6 +306,7 @@ impl MeshCatalog {
                 .filter(|(_, backends)| backends.iter().any(|(b, _)| b == &svc.key))
                 .map(|(apex, _)| (apex.clone(), self.services.get(apex).and_then(|a| a.cluster_ip)))
                 .collect(),
+            traffic: self.policy.upstream_traffic.get(&svc.key).cloned(),
         })
     }
 }

@@ -76,6 +76,9 @@ enum Cmd {
         /// An extra request header, `name: value` (repeatable).
         #[arg(long = "header")]
         headers: Vec<String>,
+        /// Print the response's headers too (`header <name>: <value>`, lower-case).
+        #[arg(long)]
+        show_headers: bool,
     },
     /// Sends --count requests (HTTP GET to a URL, or with --tcp one line to host:port) and prints how many
     /// answers came from each server name, one `name=count` per line, then `errors=<n>`.
@@ -101,6 +104,13 @@ enum Cmd {
         timeout_s: u64,
     },
     /// Repeats GET requests and prints one line per request (bounded by --count).
+    /// `count` GETs of `url` at once (each on its own connection); prints how many got each status
+    /// (`200=3`, `503=7`) and `errors=<n>`.
+    Burst {
+        url: String,
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+    },
     Load {
         url: String,
         #[arg(long, default_value_t = 10)]
@@ -138,10 +148,15 @@ fn run() -> anyhow::Result<()> {
             println!("{}", line.trim_end());
             Ok(())
         }
-        Cmd::Get { url, body_only, timeout_s, method, headers } => {
-            let (status, body) = request(&method, &url, &headers, Duration::from_secs(timeout_s))?;
+        Cmd::Get { url, body_only, timeout_s, method, headers, show_headers } => {
+            let (status, head, body) = request_full(&method, &url, &headers, Duration::from_secs(timeout_s))?;
             if !body_only {
                 println!("status={status}");
+            }
+            if show_headers {
+                for line in head.lines().skip(1) {
+                    println!("header {}", line.trim_end().to_ascii_lowercase());
+                }
             }
             print!("{body}");
             if !(200..300).contains(&status) {
@@ -177,6 +192,31 @@ fn run() -> anyhow::Result<()> {
         }
         Cmd::TcpSend { addr, message, timeout_s } => {
             println!("{}", tcp_send(&addr, &message, Duration::from_secs(timeout_s))?);
+            Ok(())
+        }
+        Cmd::Burst { url, count } => {
+            let start = std::sync::Arc::new(std::sync::Barrier::new(count as usize));
+            let workers: Vec<_> = (0..count)
+                .map(|_| {
+                    let (url, start) = (url.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        get(&url, Duration::from_secs(20)).map(|(status, _)| status).ok()
+                    })
+                })
+                .collect();
+            let mut seen: std::collections::BTreeMap<u16, u32> = Default::default();
+            let mut errors = 0;
+            for w in workers {
+                match w.join().ok().flatten() {
+                    Some(status) => *seen.entry(status).or_default() += 1,
+                    None => errors += 1,
+                }
+            }
+            for (status, n) in seen {
+                println!("{status}={n}");
+            }
+            println!("errors={errors}");
             Ok(())
         }
         Cmd::Load { url, count, interval_ms, label } => {
@@ -260,6 +300,10 @@ fn serve_http(conn: TcpStream, name: &str, record: Option<&std::sync::Mutex<std:
         {
             let body = String::from_utf8_lossy(&body).replace('\n', " ");
             writeln!(f, "{method} {path} {body}")?;
+        }
+        // `/slow/<ms>/...`: answered after that long (a server under load, for circuit breakers).
+        if let Some(ms) = path.strip_prefix("/slow/").and_then(|r| r.split('/').next()?.parse::<u64>().ok()) {
+            std::thread::sleep(Duration::from_millis(ms.min(60_000)));
         }
         let reply = format!("hello from {name} path={path}\n");
         let status = if flaky(&path) { "503 Service Unavailable" } else { "200 OK" };
@@ -418,6 +462,16 @@ fn get(url: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
 }
 
 fn request(method: &str, url: &str, headers: &[String], timeout: Duration) -> anyhow::Result<(u16, String)> {
+    request_full(method, url, headers, timeout).map(|(status, _, body)| (status, body))
+}
+
+/// One request: the status, the response's head (status line and headers) and its body.
+fn request_full(
+    method: &str,
+    url: &str,
+    headers: &[String],
+    timeout: Duration,
+) -> anyhow::Result<(u16, String, String)> {
     let rest = url.strip_prefix("http://").context("only http:// URLs")?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -441,7 +495,7 @@ fn request(method: &str, url: &str, headers: &[String], timeout: Duration) -> an
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
     let body = if chunked { dechunk(body)? } else { body.to_owned() };
-    Ok((status, body))
+    Ok((status, head.to_owned(), body))
 }
 
 fn dechunk(mut rest: &str) -> anyhow::Result<String> {

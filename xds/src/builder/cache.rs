@@ -36,8 +36,9 @@ pub(super) enum CacheKey {
     Cert(ServiceIdentity, String, String),
     /// A validation context: its name and the trust bundle.
     Root(&'static str, String),
-    /// An upstream cluster: its name, protocol, the identities it accepts, the trust domain.
-    Cluster(String, AppProtocol, BTreeSet<ServiceIdentity>, String),
+    /// An upstream cluster: its name, protocol, the identities it accepts, the trust domain, and its
+    /// Service's connection settings (UpstreamTrafficSetting).
+    Cluster(String, AppProtocol, BTreeSet<ServiceIdentity>, String, Option<messages::ConnectionSettings>),
     /// An assignment: its cluster and endpoints.
     Endpoints(String, Vec<SocketAddr>),
     OutboundListener(Interned<ChainsInput>, MeshSettings),
@@ -166,8 +167,13 @@ impl BuildCache {
                     .map(|p| p.protocol)
                     .find(|p| p.is_http())
                     .unwrap_or(port.protocol);
-                let key =
-                    CacheKey::Cluster(cluster_name.clone(), cluster_protocol, svc.identities.clone(), td.to_owned());
+                let key = CacheKey::Cluster(
+                    cluster_name.clone(),
+                    cluster_protocol,
+                    svc.identities.clone(),
+                    td.to_owned(),
+                    svc.traffic.as_ref().map(|t| t.connection.clone()),
+                );
                 part.clusters.extend(self.get_or_make(key, || {
                     vec![resource(&cluster_name, upstream_cluster(svc, cluster_protocol, &cluster_name, td))]
                 }));

@@ -97,16 +97,21 @@ pub(super) fn tracing_cluster(t: &TracingSettings) -> Cluster {
 }
 
 /// An HTTP connection manager on RDS `route_config`; `rbac` adds the (rule-less) RBAC filter that inbound
-/// routes configure per route; with `tracing` every request is traced.
+/// routes configure per route, `rate_limit` the local rate-limit filter their hosts and routes configure;
+/// with `tracing` every request is traced.
 pub(super) fn http_connection_manager(
     route_config: &str,
     stat_prefix: &str,
     rbac: bool,
+    rate_limit: bool,
     tracing_to: Option<&TracingSettings>,
 ) -> Filter {
     let mut http_filters = Vec::new();
     if rbac {
         http_filters.push(crate::rbac::http_filter());
+    }
+    if rate_limit {
+        http_filters.push(super::limits::http_rate_limit_filter());
     }
     http_filters.push(router_filter());
     let hcm = HttpConnectionManager {

@@ -17,7 +17,7 @@ pub(super) fn validation_secret(name: &str, bundle: &str) -> Resource {
 
 pub(super) fn local_cluster_resource(name: &str, port: u16, protocol: AppProtocol) -> Cluster {
     Cluster {
-        typed_extension_protocol_options: http_options(protocol),
+        typed_extension_protocol_options: http_options(protocol, None),
         name: name.to_owned(),
         alt_stat_name: name.replace(['/', '|'], "_"),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static as i32)),
@@ -56,6 +56,13 @@ pub(super) fn add_inbound(b: &mut Builder, view: &ProxyView) -> Result<(), Snaps
                 )?;
             }
             let chain_name = format!("inbound_{}_{}_{}", svc.key, port.target_port, port.protocol);
+            // The Service's UpstreamTrafficSetting: a connection limit first on the chain, request limits
+            // on its host and routes.
+            let traffic = svc.traffic.as_deref();
+            let connection_limit = traffic.and_then(|t| t.tcp_rate_limit.as_ref()).map(|l| {
+                let stat_prefix = format!("inbound_{}_{}", svc.key, port.target_port).replace('/', "_");
+                limits::tcp_rate_limit_filter(l, &stat_prefix)
+            });
             let filters = if port.protocol.is_http() {
                 let rds = format!("rds-inbound.{}", port.target_port);
                 let used = inbound_domains.entry(port.target_port).or_default();
@@ -76,13 +83,19 @@ pub(super) fn add_inbound(b: &mut Builder, view: &ProxyView) -> Result<(), Snaps
                         crate::rbac::inbound_routes(&policy.http_rules_for_port(port.target_port), &local_cluster, td)
                     }
                 };
-                inbound_routes.entry(port.target_port).or_default().push(VirtualHost {
+                let mut vhost = VirtualHost {
                     name: format!("inbound_virtual-host|{}", svc.key.fqdn()),
                     domains,
                     routes,
                     ..Default::default()
-                });
-                vec![http_connection_manager(&rds, &rds, true, view.settings.tracing.as_ref())]
+                };
+                limits::limit_host(&mut vhost, traffic);
+                inbound_routes.entry(port.target_port).or_default().push(vhost);
+                let rate_limit = limits::limits_requests(traffic);
+                connection_limit
+                    .into_iter()
+                    .chain([http_connection_manager(&rds, &rds, true, rate_limit, view.settings.tracing.as_ref())])
+                    .collect()
             } else {
                 let mut filters = Vec::new();
                 if let Some(policy) = &view.inbound_policy {
@@ -91,6 +104,7 @@ pub(super) fn add_inbound(b: &mut Builder, view: &ProxyView) -> Result<(), Snaps
                         crate::rbac::network_filter(policy.tcp.values(), port.target_port, td),
                     ));
                 }
+                filters.extend(connection_limit);
                 filters.push(tcp_proxy_filter(&local_cluster, &format!("inbound-tcp.{local_cluster}")));
                 filters
             };

@@ -66,6 +66,7 @@ use crate::snapshot::{ProxySnapshot, Resource, ResourceType, SnapshotError};
 mod cache;
 mod filters;
 mod inbound;
+mod limits;
 pub mod names;
 mod outbound;
 mod proto;

@@ -55,7 +55,7 @@ pub(super) fn outbound_listener(upstream: &[ServiceView], settings: &MeshSetting
                 prefix_ranges: prefixes,
                 ..Default::default()
             }),
-            filters: vec![http_connection_manager(&rds, &rds, false, settings.tracing.as_ref())],
+            filters: vec![http_connection_manager(&rds, &rds, false, false, settings.tracing.as_ref())],
             ..Default::default()
         });
     }
@@ -164,10 +164,14 @@ pub(super) fn upstream_cluster(svc: &ServiceView, protocol: AppProtocol, name: &
         alt_stat_name: name.replace(['/', '|'], "_"),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(cluster::EdsClusterConfig { eds_config: Some(ads()), service_name: String::new() }),
-        connect_timeout: Some(seconds(1)),
+        connect_timeout: Some(limits::connect_timeout(svc.traffic.as_deref())),
         lb_policy: cluster::LbPolicy::RoundRobin as i32,
         transport_socket: Some(tls_socket(pack_any(tls))),
-        typed_extension_protocol_options: http_options(protocol),
+        typed_extension_protocol_options: http_options(
+            protocol,
+            limits::max_requests_per_connection(svc.traffic.as_deref()),
+        ),
+        circuit_breakers: Some(limits::circuit_breakers(svc.traffic.as_deref().map(|t| &t.connection))),
         ..Default::default()
     }
 }

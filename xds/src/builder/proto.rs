@@ -81,10 +81,18 @@ pub(super) fn resource<M: prost::Name + prost::Message>(name: &str, msg: M) -> R
 
 /// For HTTP-family clusters: speak to the upstream in whatever protocol the client used (HTTP/1.1, or
 /// HTTP/2 for gRPC); without it Envoy would downgrade every request to HTTP/1.1.
-pub(super) fn http_options(protocol: AppProtocol) -> HashMap<String, Any> {
+/// HTTP options of a cluster of an HTTP port: the downstream's protocol upstream, and at most
+/// `max_requests_per_connection` requests on one connection when set.
+pub(super) fn http_options(protocol: AppProtocol, max_requests_per_connection: Option<u32>) -> HashMap<String, Any> {
     let mut options = HashMap::new();
     if protocol.is_http() {
         let http = HttpProtocolOptions {
+            common_http_protocol_options: max_requests_per_connection.map(|n| {
+                envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+                    max_requests_per_connection: Some(UInt32Value { value: n }),
+                    ..Default::default()
+                }
+            }),
             upstream_protocol_options: Some(
                 http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
                     http_protocol_options::UseDownstreamHttpConfig {

@@ -307,6 +307,7 @@ fn overlapping_headless_services_never_claim_an_address_twice() {
         ports: vec![port("tcp-pg", 5432, 5432, AppProtocol::Tcp, &["10.244.1.2:5432", "10.244.1.3:5432"])],
         identities: Default::default(),
         apexes: vec![],
+        traffic: None,
     };
     view.upstream = Arc::new(vec![headless("pg"), headless("pg-read")]);
     let snap = build(&view, CERTS).unwrap();
