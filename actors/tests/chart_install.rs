@@ -130,6 +130,46 @@ async fn helm_installs_with_the_webhooks_unreachable_and_the_controller_bootstra
     assert!(good.ok, "{good:?}");
     let retries = Resource::new("policy.openservicemesh.io", "v1alpha1", "retries");
     assert!(sim.get(&retries, "demo", "good").is_some() && sim.get(&retries, "demo", "sometimes").is_none());
+    // UpstreamTrafficSetting: one per host and namespace (the validator reads the others), a status Envoy
+    // cannot answer with refused by the validator, one outside 400-599 by the schema.
+    let uts = |name: &'static str, extra: &'static str| async move {
+        let file = tools.dir.path().join(format!("uts-{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: policy.openservicemesh.io/v1alpha1\nkind: UpstreamTrafficSetting\n\
+                 metadata: {{name: {name}, namespace: demo}}\nspec:\n  host: server.demo.svc.cluster.local\n{extra}"
+            ),
+        )
+        .unwrap();
+        tools.kubectl(&["apply", "-f", &file.display().to_string()]).await
+    };
+    let first = uts("first", "  connectionSettings: {tcp: {maxConnections: 10}}\n").await;
+    assert!(first.ok, "{first:?}");
+    let again = uts("first", "  connectionSettings: {tcp: {maxConnections: 20}}\n").await;
+    assert!(again.ok, "an object may change its own host's settings: {again:?}");
+    let second = uts("second", "").await;
+    assert!(
+        !second.ok && second.stderr.contains("E2032") && second.stderr.contains("demo/first"),
+        "a second setting for the host is refused, naming the first: {second:?}"
+    );
+    let status = "  rateLimit: {local: {http: {requests: 1, unit: second, responseStatusCode: 499}}}\n";
+    let not_envoys = uts("status", status).await;
+    assert!(
+        !not_envoys.ok && not_envoys.stderr.contains("responseStatusCode 499"),
+        "a status Envoy cannot send is refused: {not_envoys:?}"
+    );
+    let out_of_range =
+        uts("range", "  rateLimit: {local: {http: {requests: 1, unit: second, responseStatusCode: 600}}}\n").await;
+    assert!(
+        !out_of_range.ok
+            && out_of_range.stderr.contains("responseStatusCode")
+            && !out_of_range.stderr.contains("admission webhook"),
+        "refused by the schema: {out_of_range:?}"
+    );
+    let unit = uts("unit", "  rateLimit: {local: {tcp: {connections: 1, unit: day}}}\n").await;
+    assert!(!unit.ok && unit.stderr.contains("unit"), "{unit:?}");
+
     // An operator's own edit, then an upgrade with reused values: the chart does not own the MeshConfig,
     // so nothing conflicts, and the edit stays.
     let edit = patch(r#"{"spec":{"traffic":{"enableEgress":false}}}"#).await;

@@ -251,9 +251,16 @@ async fn validate(State(state): State<WebhookState>, headers: HeaderMap, body: B
         Ok(r) => r,
         Err(reason) => return bad_request("/validate", reason),
     };
-    let resp = match req.object.as_ref().map(|o| check_object(&req.kind, o)) {
-        None | Some(Ok(())) => AdmissionResponse::from(&req),
-        Some(Err(reason)) => {
+    let checked = match req.object.as_ref() {
+        None => Ok(()),
+        Some(o) => match check_object(&req.kind, o) {
+            Ok(()) => check_against_others(&state.client, &req, o).await,
+            Err(e) => Err(e),
+        },
+    };
+    let resp = match checked {
+        Ok(()) => AdmissionResponse::from(&req),
+        Err(reason) => {
             tracing::warn!(
                 uid = %req.uid,
                 kind = %messages::ratelog::peer_str(&req.kind.kind),
@@ -266,6 +273,38 @@ async fn validate(State(state): State<WebhookState>, headers: HeaderMap, body: B
     };
     (state.observe)(&req.kind.kind, resp.allowed);
     review_response(resp)
+}
+
+/// Rules across the objects of a kind, read from the API server: one UpstreamTrafficSetting per host in a
+/// namespace (OSM's rule).
+async fn check_against_others(
+    client: &kube::Client,
+    req: &AdmissionRequest<DynamicObject>,
+    obj: &DynamicObject,
+) -> Result<(), String> {
+    if req.kind.group != "policy.openservicemesh.io" || req.kind.kind != "UpstreamTrafficSetting" {
+        return Ok(());
+    }
+    let namespace = req.namespace.clone().or_else(|| obj.metadata.namespace.clone()).unwrap_or_default();
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let host = obj.data["spec"]["host"].as_str().unwrap_or_default().trim().to_ascii_lowercase();
+    let others = Api::<crds::UpstreamTrafficSetting>::namespaced(client.clone(), &namespace)
+        .list(&Default::default())
+        .await
+        .map_err(|e| format!("E7011: cannot list the UpstreamTrafficSettings of {namespace:?}: {e}"))?;
+    let taken = others
+        .items
+        .iter()
+        .find(|o| o.metadata.name.as_deref() != Some(name.as_str()) && o.spec.host.trim().eq_ignore_ascii_case(&host));
+    match taken {
+        Some(o) => Err(format!(
+            "{}: UpstreamTrafficSetting {namespace}/{} already sets host {host:?}: one per host and namespace; \
+             change that one instead",
+            messages::policy::codes::UPSTREAM_HOST_DUPLICATE,
+            o.metadata.name.as_deref().unwrap_or_default()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Codes of problems an object has on its own (not those that depend on other objects existing, which

@@ -131,6 +131,44 @@ fn the_crds_match_osms_published_schemas_field_by_field() {
     for duration in ["perTryTimeout", "retryBackoffBaseInterval", "retryOn"] {
         assert_eq!(node(&retry, &format!("spec.retryPolicy.{duration}"))["type"], "string", "{duration}");
     }
+
+    // OSM's UpstreamTrafficSetting: host required; units an enum; counts and statuses in OSM's ranges.
+    let uts = schema("UpstreamTrafficSetting");
+    let required: Vec<&str> =
+        node(&uts, "spec")["required"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(required, ["host"]);
+    let integers = [
+        ("spec.connectionSettings.tcp.maxConnections", Some(0.0), None),
+        ("spec.connectionSettings.http.maxRequests", Some(0.0), None),
+        ("spec.connectionSettings.http.maxRequestsPerConnection", Some(0.0), None),
+        ("spec.connectionSettings.http.maxPendingRequests", Some(0.0), None),
+        ("spec.connectionSettings.http.maxRetries", Some(0.0), None),
+        ("spec.rateLimit.local.tcp.connections", Some(1.0), None),
+        ("spec.rateLimit.local.http.requests", Some(1.0), None),
+        ("spec.rateLimit.local.http.responseStatusCode", Some(400.0), Some(599.0)),
+        ("spec.httpRoutes[].rateLimit.local.requests", Some(1.0), None),
+        ("spec.httpRoutes[].rateLimit.local.responseStatusCode", Some(400.0), Some(599.0)),
+    ];
+    for (path, min, max) in integers {
+        let n = node(&uts, path);
+        assert_eq!(n["type"], "integer", "{path}: {n}");
+        assert_eq!(n["minimum"].as_f64(), min, "{path}: minimum");
+        if max.is_some() {
+            assert_eq!(n["maximum"].as_f64(), max, "{path}: maximum");
+        }
+    }
+    for path in
+        ["spec.rateLimit.local.tcp.unit", "spec.rateLimit.local.http.unit", "spec.httpRoutes[].rateLimit.local.unit"]
+    {
+        let units: Vec<&str> = node(&uts, path)["enum"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert_eq!(units, ["second", "minute", "hour"], "{path}");
+    }
+    assert_eq!(node(&uts, "spec.connectionSettings.tcp.connectTimeout")["type"], "string");
+    let header = node(&uts, "spec.rateLimit.local.http.responseHeadersToAdd[]");
+    let mut required: Vec<&str> = header["required"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    required.sort();
+    assert_eq!(required, ["name", "value"]);
+    assert_eq!(node(&uts, "spec.httpRoutes[].path")["minLength"].as_f64(), Some(1.0));
 }
 
 fn api(sim: &ApiServer, group: &str, version: &str, kind: &str, plural: &str) -> Api<DynamicObject> {

@@ -314,3 +314,48 @@ fn a_split_sends_apex_traffic_to_backends_which_accept_the_apex_hosts() {
     let v2 = c.proxy_view(&ProxyUuid::derived("demo", "server-v2")).unwrap();
     assert_eq!(v2.local[0].apexes, vec![(ServiceKey::new("demo", "server"), Some("10.96.0.10".parse().unwrap()))]);
 }
+
+fn upstream_setting(name: &str, host: &str, max_requests: u32) -> MeshObject {
+    MeshObject::UpstreamTrafficSetting(UpstreamTrafficSetting {
+        namespace: "demo".into(),
+        name: name.into(),
+        host: host.into(),
+        connection: ConnectionSettings { max_requests: Some(max_requests), ..Default::default() },
+        tcp_rate_limit: None,
+        http_rate_limit: None,
+        route_rate_limits: vec![],
+    })
+}
+
+#[test]
+fn an_upstream_setting_reaches_the_services_callers_and_backers_only() {
+    let mut c = smi(false);
+    for e in allow("client") {
+        c.apply(e);
+    }
+    let (client, server, thief) = (
+        ProxyUuid::derived("demo", "client"),
+        ProxyUuid::derived("demo", "server"),
+        ProxyUuid::derived("demo", "thief"),
+    );
+    let d = c.apply(SourceEvent::Apply(upstream_setting("limits", "server.demo.svc.cluster.local", 10)));
+    assert_eq!(d, Dirty::Proxies(BTreeSet::from([client.clone(), server.clone()])), "not the thief: it cannot call");
+    assert!(c.policy_errors().is_empty(), "{:?}", c.policy_errors());
+    let view = c.proxy_view(&client).unwrap();
+    let svc = view.upstream.iter().find(|s| s.key.name == "server").unwrap();
+    assert_eq!(svc.traffic.as_ref().map(|t| t.connection.max_requests), Some(Some(10)));
+    let own = c.proxy_view(&server).unwrap();
+    assert!(own.local[0].traffic.is_some(), "the server's sidecar enforces the limits");
+    assert!(c.proxy_view(&thief).unwrap().upstream.iter().all(|s| s.traffic.is_none()));
+
+    // A second setting for the host is reported and changes nothing; so is a host that is no Service.
+    let d = c.apply(SourceEvent::Apply(upstream_setting("second", "server.demo.svc.cluster.local", 99)));
+    assert_eq!(d, Dirty::Nothing);
+    let d = c.apply(SourceEvent::Apply(upstream_setting("elsewhere", "server.other.svc.cluster.local", 1)));
+    assert_eq!(d, Dirty::Nothing);
+    let codes: Vec<(&str, &str)> = c.policy_errors().iter().map(|e| (e.code, e.object.name.as_str())).collect();
+    assert_eq!(codes, [("E2031", "elsewhere"), ("E2032", "second")]);
+    let view = c.proxy_view(&client).unwrap();
+    let svc = view.upstream.iter().find(|s| s.key.name == "server").unwrap();
+    assert_eq!(svc.traffic.as_ref().map(|t| t.connection.max_requests), Some(Some(10)), "the first stays in force");
+}

@@ -144,3 +144,17 @@ pub(super) fn limit_host(vhost: &mut VirtualHost, traffic: Option<&UpstreamTraff
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::r#type::v3::StatusCode;
+
+    #[test]
+    fn the_statuses_a_setting_may_name_are_exactly_envoys_error_statuses() {
+        for code in 400..600 {
+            let envoys = StatusCode::try_from(code).is_ok();
+            let ours = messages::ENVOY_HTTP_ERROR_STATUSES.contains(&u16::try_from(code).unwrap_or(0));
+            assert_eq!(ours, envoys, "status {code}");
+        }
+    }
+}
