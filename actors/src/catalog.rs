@@ -115,6 +115,8 @@ pub struct CatalogActor {
     told_roots: Option<Vec<MeshRootCertificate>>,
     /// Switched by the MeshConfig's `observability.enableDebugServer`.
     debug_switch: Option<Arc<tokio::sync::watch::Sender<bool>>>,
+    /// Where the MeshConfig's `certificate.ingressGateway` goes (the gateway certificate's task).
+    gateway: Option<Arc<tokio::sync::watch::Sender<Option<messages::IngressGatewayCert>>>>,
     /// Follows the MeshConfig's `observability.osmLogLevel`, and the level it was last set to.
     log_level: Option<crate::LogLevelControl>,
     told_log_level: Option<&'static str>,
@@ -139,6 +141,7 @@ impl CatalogActor {
             told_settings: None,
             told_roots: None,
             debug_switch: None,
+            gateway: None,
             log_level: None,
             told_log_level: None,
         }
@@ -152,6 +155,13 @@ impl CatalogActor {
     /// Follows the MeshConfig's `observability.enableDebugServer` on `switch`.
     pub fn with_debug_switch(self, switch: Arc<tokio::sync::watch::Sender<bool>>) -> Self {
         Self { debug_switch: Some(switch), ..self }
+    }
+
+    pub fn with_ingress_gateway(
+        self,
+        gateway: Arc<tokio::sync::watch::Sender<Option<messages::IngressGatewayCert>>>,
+    ) -> Self {
+        Self { gateway: Some(gateway), ..self }
     }
 
     /// Logs what changed in the policy's health and the settings in force.
@@ -233,6 +243,16 @@ impl CatalogActor {
         if let Some(switch) = &self.debug_switch {
             let on = catalog.mesh_config().and_then(|m| m.enable_debug_server).unwrap_or(false);
             switch.send_if_modified(|cur| std::mem::replace(cur, on) != on);
+        }
+        if let Some(gateway) = &self.gateway {
+            let want = catalog.mesh_config().and_then(|m| m.ingress_gateway.as_deref().cloned());
+            gateway.send_if_modified(|cur| {
+                let changed = *cur != want;
+                if changed {
+                    cur.clone_from(&want);
+                }
+                changed
+            });
         }
         let roots: Vec<MeshRootCertificate> = catalog.root_certificates().cloned().collect();
         if self.told_roots.as_ref() != Some(&roots) {

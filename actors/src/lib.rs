@@ -14,6 +14,7 @@
 pub mod catalog;
 pub mod certs;
 pub mod debug;
+pub mod gateway;
 pub mod healthcheck;
 pub mod http;
 pub mod kube_source;
@@ -283,13 +284,21 @@ struct ActorSystem {
     _kube_source: Option<Addr<kube_source::KubeSourceActor>>,
 }
 
+/// What the catalog actor pushes from the MeshConfig to tasks outside the actors.
+struct MeshConfigOutlets {
+    /// `observability.enableDebugServer`.
+    debug_switch: Arc<tokio::sync::watch::Sender<bool>>,
+    /// `certificate.ingressGateway`.
+    gateway: Arc<tokio::sync::watch::Sender<Option<messages::IngressGatewayCert>>>,
+}
+
 impl ActorSystem {
     async fn start(
         config: &ControllerConfig,
         trust: Arc<certs::TrustWatch>,
         (load_root, record_roots): (certs::RootLoader, certs::RootRecorder),
         progress: Arc<status::MeshProgress>,
-        debug_switch: Arc<tokio::sync::watch::Sender<bool>>,
+        outlets: MeshConfigOutlets,
         metrics: Arc<metrics::Metrics>,
         ready: Arc<AtomicBool>,
     ) -> Result<Self, ControllerError> {
@@ -329,7 +338,8 @@ impl ActorSystem {
                         ready,
                         metrics.clone(),
                     )
-                    .with_debug_switch(debug_switch)
+                    .with_debug_switch(outlets.debug_switch)
+                    .with_ingress_gateway(outlets.gateway)
                     .with_log_level(config.log_level.clone())
                     .start();
                     let kube_source = match config.kubernetes.clone() {
@@ -554,16 +564,23 @@ pub async fn run_on(
     let roots = ::certs::roots::TrustSet::single(::certs::roots::STARTUP_ROOT_SECRET, startup);
     let trust = Arc::new(tokio::sync::watch::Sender::new(Arc::new(roots)));
     let debug_switch = Arc::new(tokio::sync::watch::Sender::new(false));
+    let gateway = Arc::new(tokio::sync::watch::Sender::new(None));
     let actors = ActorSystem::start(
         &config,
         trust.clone(),
         (load_root, record_roots),
         status.progress.clone(),
-        debug_switch.clone(),
+        MeshConfigOutlets { debug_switch: debug_switch.clone(), gateway: gateway.clone() },
         metrics.clone(),
         ready,
     )
     .await?;
+    // The ingress gateway's certificate: a Secret on a cluster, files in the state directory otherwise.
+    let sink: Arc<dyn gateway::GatewaySink> = match &cluster {
+        Some((_, client)) => Arc::new(gateway::SecretSink(client.clone())),
+        None => Arc::new(gateway::DirSink(config.state_dir.join("ingress-gateway"))),
+    };
+    tokio::spawn(gateway::run(gateway.subscribe(), trust.subscribe(), sink, stopped()));
     let q = http::Queries { catalog: actors.catalog.clone(), certs: actors.certs.clone() };
     let _ = queries.set(q.clone());
     let debug_state = debug::DebugState { queries: q, snapshots: actors.snapshots.clone(), status: status.clone() };

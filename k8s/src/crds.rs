@@ -9,6 +9,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 pub use crate::kinds::http_route_group::{HTTPHeaders, HTTPMatch, HTTPRouteGroup, HTTPRouteGroupSpec};
+pub use crate::kinds::ingress_backend::{IngressBackend, IngressBackendSpec, IngressBackendStatus};
 pub use crate::kinds::mesh_config::{
     CertificateSpec, FeatureFlags, MESH_CONFIG_ACTED_ON, MeshConfig, MeshConfigSpec, OSM_DEFAULTS, ObservabilitySpec,
     SidecarSpec, TrafficSpec,
@@ -130,11 +131,12 @@ mod definition_tests {
                 "meshconfigs.config.openservicemesh.io",
                 "meshrootcertificates.config.openservicemesh.io",
                 "retries.policy.openservicemesh.io",
-                "upstreamtrafficsettings.policy.openservicemesh.io"
+                "upstreamtrafficsettings.policy.openservicemesh.io",
+                "ingressbackends.policy.openservicemesh.io"
             ]
         );
         let yaml = definitions_yaml().unwrap_or_default();
-        assert_eq!(yaml.matches("kind: CustomResourceDefinition").count(), 8);
+        assert_eq!(yaml.matches("kind: CustomResourceDefinition").count(), 9);
     }
 
     /// The API server refuses a CRD whose schema is not structural: every node needs a type unless it

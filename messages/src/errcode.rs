@@ -136,6 +136,16 @@ pub const CODES: &[ErrorCode] = &[
         fix: "Merge them into one object per host (the validating webhook refuses the second on a cluster).",
     },
     ErrorCode {
+        code: policy::INGRESS_BACKEND_DUPLICATE,
+        cause: "Two IngressBackends of one namespace name the same backend Service and port; only the first by name is in force for it.",
+        fix: "Keep one IngressBackend per backend port (merge their sources); the validating webhook refuses the second on a cluster.",
+    },
+    ErrorCode {
+        code: policy::INGRESS_SERVICE_NOT_FOUND,
+        cause: "An IngressBackend names a backend Service, or a source Service, that does not exist; that backend admits nothing (a source Service admits no address).",
+        fix: "Create the Service, or correct its name (backends are Services of the IngressBackend's namespace; a Service source needs its namespace).",
+    },
+    ErrorCode {
         code: CA_UNUSABLE,
         cause: "The mesh CA cannot be used: unreadable, a key that is not the certificate's, not a CA, not valid now, or a key in PKCS#1/SEC1 form.",
         fix: "Restore the matching certificate and key (the error names the file); convert keys with: openssl pkcs8 -topk8 -nocrypt -in <key> -out <key>.pk8",

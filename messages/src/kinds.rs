@@ -116,6 +116,7 @@ mesh_kinds! {
     MeshRootCertificate = "MeshRootCertificate", Roots, MeshRootCertificate;
     Retry = "Retry", Policy, Retry;
     UpstreamTrafficSetting = "UpstreamTrafficSetting", Policy, UpstreamTrafficSetting;
+    IngressBackend = "IngressBackend", Policy, IngressBackend;
 }
 
 impl fmt::Display for Kind {
@@ -145,7 +146,8 @@ keyed_by_name!(
     MeshConfig,
     MeshRootCertificate,
     Retry,
-    UpstreamTrafficSetting
+    UpstreamTrafficSetting,
+    IngressBackend
 );
 
 impl Keyed for Namespace {

@@ -15,7 +15,7 @@ pub mod policy;
 pub mod ratelog;
 pub mod status;
 
-pub use catalog::{Dirty, MeshCatalog, ProxyView, ResolvedPort, ServiceView, VerifyError};
+pub use catalog::{Dirty, IngressPort, MeshCatalog, ProxyView, ResolvedPort, ServiceView, VerifyError};
 pub use events::{DEFAULT_SOURCE, Reset, SourceEvent};
 pub use kinds::{Keyed, Kind, MeshObject, Model, Role};
 pub use model::*;

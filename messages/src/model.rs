@@ -346,6 +346,8 @@ pub struct MeshConfig {
     pub cert_key_bits: Option<u32>,
     /// `observability.osmLogLevel`: the controller's own log level, live.
     pub osm_log_level: Option<String>,
+    /// `certificate.ingressGateway`: the certificate an ingress controller presents to meshed backends.
+    pub ingress_gateway: Option<Box<IngressGatewayCert>>,
     /// `featureFlags`, every flag OSM has, with OSM's defaults where unset (for
     /// `osm_feature_flag_enabled`).
     pub feature_flags: Vec<(String, bool)>,
@@ -374,6 +376,82 @@ pub struct RetryPolicy {
     pub per_try_timeout: std::time::Duration,
     /// Exponential backoff from this interval (at most ten times it, Envoy's default).
     pub backoff_base_interval: std::time::Duration,
+}
+
+/// The ingress gateway's certificate (MeshConfig `certificate.ingressGateway`): issued by the mesh's
+/// signing root to these names (the first is its CN; IngressBackends name it as an AuthenticatedPrincipal),
+/// kept renewed, and stored where the ingress controller reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IngressGatewayCert {
+    pub subject_alt_names: Vec<String>,
+    pub validity: std::time::Duration,
+    /// (namespace, name) of the `kubernetes.io/tls` Secret on a cluster; on the embedded default, the
+    /// directory `<state dir>/ingress-gateway/<namespace>/<name>/`.
+    pub secret: (String, String),
+}
+
+/// An IP range, `<address>/<prefix length>` (IPv4 or IPv6), with no host bits beyond the prefix required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not an IP range (a.b.c.d/n or an IPv6 prefix)");
+        let (addr, len) = text.trim().split_once('/').ok_or_else(bad)?;
+        let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let len: u8 = len.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(format!("{text:?}: the prefix length is at most {max}"));
+        }
+        Ok(Self { addr, len })
+    }
+
+    /// A single address.
+    pub fn host(addr: std::net::IpAddr) -> Self {
+        Self { addr, len: if addr.is_ipv4() { 32 } else { 128 } }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// OSM's `IngressBackend` (`policy.openservicemesh.io/v1alpha1`): which clients outside the mesh (an
+/// ingress controller) may reach which backend Services of its namespace, over plain HTTP or HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IngressBackend {
+    pub namespace: String,
+    pub name: String,
+    pub backends: Vec<IngressTarget>,
+    pub sources: Vec<IngressSource>,
+}
+
+/// One backend: a Service of the IngressBackend's namespace and the port its pods listen on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IngressTarget {
+    pub service: String,
+    /// The backend's target port (the port its pods listen on).
+    pub port: u16,
+    pub https: bool,
+    /// HTTPS: accept clients without a certificate of the mesh CA.
+    pub skip_client_cert_validation: bool,
+    /// HTTPS: the SNI names the chain matches (empty: any).
+    pub sni_hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum IngressSource {
+    /// The addresses of a Service's endpoints (the ingress controller's pods).
+    Service(ServiceKey),
+    IpRange(Cidr),
+    /// A client certificate's principal (its URI or DNS SAN), for HTTPS with client-certificate validation.
+    AuthenticatedPrincipal(String),
 }
 
 /// OSM's `UpstreamTrafficSetting` (`policy.openservicemesh.io/v1alpha1`): how clients connect to one

@@ -52,6 +52,10 @@ pub mod codes {
     pub const UPSTREAM_HOST_NOT_FOUND: &str = "E2031";
     /// Two UpstreamTrafficSettings of one namespace name the same host; only the first (by name) is used.
     pub const UPSTREAM_HOST_DUPLICATE: &str = "E2032";
+    /// Two IngressBackends of one namespace name the same backend Service and port; the first (by name) holds.
+    pub const INGRESS_BACKEND_DUPLICATE: &str = "E2033";
+    /// An IngressBackend's backend Service, or a Service named as a source, does not exist.
+    pub const INGRESS_SERVICE_NOT_FOUND: &str = "E2034";
     /// More than one MeshConfig; only the first (by namespace and name) is used.
     pub const MULTIPLE_MESH_CONFIGS: &str = "E4150";
     /// The MeshConfig in force was deleted; its last settings stay in force.
@@ -140,7 +144,18 @@ pub struct Policy {
     /// Upstream Service → the UpstreamTrafficSetting in force for it (its clients' circuit breakers, its
     /// sidecars' rate limits).
     pub upstream_traffic: BTreeMap<ServiceKey, Arc<UpstreamTrafficSetting>>,
+    /// (backend Service, target port) → who outside the mesh may reach it (IngressBackend).
+    pub ingress: BTreeMap<(ServiceKey, u16), Arc<IngressRule>>,
     pub errors: Vec<PolicyError>,
+}
+
+/// One backend port of an IngressBackend in force.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IngressRule {
+    /// The IngressBackend's name (it names the virtual host).
+    pub policy: String,
+    pub target: IngressTarget,
+    pub sources: Vec<IngressSource>,
 }
 
 impl Policy {
@@ -179,6 +194,25 @@ impl Policy {
         }
         out.extend(other.retries.keys().filter(|id| !self.retries.contains_key(*id)).cloned());
         out
+    }
+
+    /// Backend Services whose ingress differs between `self` and `other`.
+    pub fn changed_ingress(&self, other: &Policy) -> Vec<ServiceKey> {
+        let keys: BTreeSet<&(ServiceKey, u16)> = self.ingress.keys().chain(other.ingress.keys()).collect();
+        let changed: BTreeSet<ServiceKey> = keys
+            .into_iter()
+            .filter(|k| self.ingress.get(*k) != other.ingress.get(*k))
+            .map(|(svc, _)| svc.clone())
+            .collect();
+        changed.into_iter().collect()
+    }
+
+    /// The backend Services whose ingress sources include `source` (their chains list its endpoints).
+    pub fn ingress_backends_of<'a>(&'a self, source: &'a ServiceKey) -> impl Iterator<Item = &'a ServiceKey> + 'a {
+        self.ingress
+            .iter()
+            .filter(move |(_, r)| r.sources.iter().any(|s| matches!(s, IngressSource::Service(k) if k == source)))
+            .map(|((svc, _), _)| svc)
     }
 
     /// Services whose UpstreamTrafficSetting differs between `self` and `other`.
@@ -304,6 +338,56 @@ pub fn upstream_traffic<'a>(
     out
 }
 
+/// Per (backend Service, target port), the IngressBackend in force: the first (by namespace and name) that
+/// names it. Later ones for the same backend port, and Services that do not exist, are reported.
+pub fn ingress<'a>(
+    backends: impl IntoIterator<Item = &'a IngressBackend>,
+    service_exists: impl Fn(&ServiceKey) -> bool,
+    errors: &mut Vec<PolicyError>,
+) -> BTreeMap<(ServiceKey, u16), Arc<IngressRule>> {
+    let mut out: BTreeMap<(ServiceKey, u16), Arc<IngressRule>> = BTreeMap::new();
+    for ib in backends {
+        let object = key(Kind::IngressBackend, &ib.namespace, &ib.name);
+        for s in &ib.sources {
+            if let IngressSource::Service(k) = s
+                && !service_exists(k)
+            {
+                errors.push(PolicyError {
+                    code: codes::INGRESS_SERVICE_NOT_FOUND,
+                    object: object.clone(),
+                    reason: format!("source Service {k} does not exist: it admits no one"),
+                });
+            }
+        }
+        for t in &ib.backends {
+            let svc = ServiceKey::new(ib.namespace.clone(), t.service.clone());
+            if !service_exists(&svc) {
+                errors.push(PolicyError {
+                    code: codes::INGRESS_SERVICE_NOT_FOUND,
+                    object: object.clone(),
+                    reason: format!("backend Service {svc} does not exist"),
+                });
+                continue;
+            }
+            match out.get(&(svc.clone(), t.port)) {
+                Some(first) => errors.push(PolicyError {
+                    code: codes::INGRESS_BACKEND_DUPLICATE,
+                    object: object.clone(),
+                    reason: format!(
+                        "IngressBackend {}/{} already admits ingress to {svc} port {}; this backend is ignored",
+                        ib.namespace, first.policy, t.port
+                    ),
+                }),
+                None => {
+                    let rule = IngressRule { policy: ib.name.clone(), target: t.clone(), sources: ib.sources.clone() };
+                    out.insert((svc, t.port), Arc::new(rule));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// [`compute`] over objects of any kind: the policy inputs among them are used, the rest ignored.
 pub fn compute_objects(objects: &[MeshObject], service_exists: impl Fn(&ServiceKey) -> bool) -> Policy {
     let mut policy = compute(
@@ -316,6 +400,7 @@ pub fn compute_objects(objects: &[MeshObject], service_exists: impl Fn(&ServiceK
     policy.retries = retries(objects.iter().filter_map(Retry::of));
     let settings = objects.iter().filter_map(UpstreamTrafficSetting::of);
     policy.upstream_traffic = upstream_traffic(settings, &service_exists, &mut policy.errors);
+    policy.ingress = ingress(objects.iter().filter_map(IngressBackend::of), &service_exists, &mut policy.errors);
     policy
 }
 
@@ -564,6 +649,7 @@ pub fn compute<'a>(
         // above).
         retries: BTreeMap::new(),
         upstream_traffic: BTreeMap::new(),
+        ingress: BTreeMap::new(),
         errors,
     }
 }

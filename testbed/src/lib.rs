@@ -716,6 +716,23 @@ impl LocalMesh {
         Ok(())
     }
 
+    /// Runs `program` (another real server, such as nginx) inside a pod or external host, in the
+    /// background, its output in the pod's directory; stopped with the mesh.
+    pub fn spawn_program(&mut self, pod: &str, program: &str, args: &[&str]) -> Result<(), TestbedError> {
+        let p = self.pod(pod)?;
+        let log = p.dir.join(format!("program-{}.log", self.apps.len()));
+        let child = p
+            .netns
+            .command(program)
+            .args(args)
+            .stdout(log_file(&log)?)
+            .stderr(Stdio::from(fs::OpenOptions::new().append(true).open(&log).map_err(io(&log))?))
+            .spawn()
+            .map_err(|e| TestbedError::Setup(format!("starting {program} in {pod}: {e}")))?;
+        self.apps.push(child);
+        Ok(())
+    }
+
     /// GET on the pod's Envoy admin interface (127.0.0.1:15000 inside the pod).
     pub fn admin(&self, pod: &str, path: &str) -> Result<String, TestbedError> {
         let url = format!("http://127.0.0.1:{}{path}", ports::ADMIN);

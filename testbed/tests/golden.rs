@@ -185,3 +185,18 @@ fn smi_upstream_traffic_settings() {
         &[("demo/client", "track_remaining"), ("demo/server-1", "x-limited")],
     );
 }
+
+#[test]
+fn ingress_backend() {
+    // Plain HTTP from an address range and an ingress controller's Service, beside the mesh's mTLS chain.
+    let ingress = "apiVersion: v1\nkind: Namespace\nmetadata: {name: ingress}\n---\n\
+                   apiVersion: v1\nkind: Service\nmetadata: {name: ingress-nginx, namespace: ingress}\n\
+                   spec: {clusterIP: 10.96.0.90, ports: [{name: http, port: 80}]}\n---\n\
+                   apiVersion: v1\nkind: Endpoints\nmetadata: {name: ingress-nginx, namespace: ingress}\n\
+                   subsets: [{addresses: [{ip: 10.244.9.1}], ports: [{name: http, port: 80}]}]\n---\n\
+                   apiVersion: policy.openservicemesh.io/v1alpha1\nkind: IngressBackend\n\
+                   metadata: {name: server, namespace: demo}\n\
+                   spec:\n  backends: [{name: server, port: {number: 8080, protocol: http}}]\n\
+                   \x20 sources: [{kind: Service, name: ingress-nginx, namespace: ingress}, {kind: IPRange, name: 10.250.0.0/16}]\n";
+    run_case("ingress", "basic", &[("ingress.yaml", ingress)], &[("demo/server-1", "ingress_demo/server_8080_http")]);
+}

@@ -164,3 +164,30 @@ pub fn network_filter<'a>(grants: impl IntoIterator<Item = &'a TcpGrant>, port: 
         ..Default::default()
     })
 }
+
+/// The one route of an ingress virtual host: every request to the local cluster, from the principals
+/// given (empty: any client, as for plain HTTP, or HTTPS without client-certificate validation).
+pub fn ingress_route(local_cluster: &str, principals: &[String]) -> Route {
+    let principals = if principals.is_empty() {
+        vec![Principal { identifier: Some(principal::Identifier::Any(true)) }]
+    } else {
+        principals
+            .iter()
+            .map(|name| Principal {
+                identifier: Some(principal::Identifier::Authenticated(principal::Authenticated {
+                    principal_name: Some(exact(name.clone())),
+                })),
+            })
+            .collect()
+    };
+    let policy = RbacPolicy { permissions: vec![any_permission()], principals, ..Default::default() };
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_owned())),
+            ..Default::default()
+        }),
+        action: to_local(local_cluster),
+        typed_per_filter_config: per_route(allow(ROUTE_POLICY, Some(policy))),
+        ..Default::default()
+    }
+}

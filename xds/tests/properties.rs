@@ -136,6 +136,7 @@ fn mesh_config() -> impl Strategy<Value = MeshObject> {
             enable_debug_server: None,
             cert_key_bits: None,
             osm_log_level: None,
+            ingress_gateway: None,
             feature_flags: vec![],
             not_acted_on: vec![],
         })

@@ -178,6 +178,7 @@ pub const MESH_CONFIG_ACTED_ON: &[&str] = &[
     "traffic.enablePermissiveTrafficPolicyMode",
     "certificate.serviceCertValidityDuration",
     "certificate.certKeyBitSize",
+    "certificate.ingressGateway",
     "observability.tracing",
     "observability.enableDebugServer",
     "observability.osmLogLevel",
@@ -337,6 +338,16 @@ pub fn convert(o: &MeshConfig) -> Result<Model, ConvertError> {
             }
         },
     };
+    let ingress_gateway = match o.spec.certificate.as_ref().and_then(|c| c.ingress_gateway.as_ref()) {
+        None => None,
+        Some(g) => match ingress_gateway(g) {
+            Ok(g) => Some(Box::new(g)),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        },
+    };
     if !problems.is_empty() {
         return Err(ConvertError {
             object,
@@ -348,6 +359,7 @@ pub fn convert(o: &MeshConfig) -> Result<Model, ConvertError> {
         tracing,
         enable_debug_server: o.spec.observability.as_ref().and_then(|obs| obs.enable_debug_server),
         osm_log_level: o.spec.observability.as_ref().and_then(|obs| obs.osm_log_level.clone()),
+        ingress_gateway,
         feature_flags: o.spec.feature_flags.clone().unwrap_or_default().resolved(),
         namespace,
         name,
@@ -361,6 +373,60 @@ pub fn convert(o: &MeshConfig) -> Result<Model, ConvertError> {
         cert_key_bits: certificate.cert_key_bit_size.and_then(|b| u32::try_from(b).ok()),
         not_acted_on: o.spec.not_acted_on(),
     })
+}
+
+/// `certificate.ingressGateway {subjectAltNames, validityDuration, secret {name, namespace}}`, as OSM has
+/// it (every field required).
+fn ingress_gateway(g: &serde_json::Value) -> Result<messages::IngressGatewayCert, String> {
+    let field = |f: &str| format!("spec.certificate.ingressGateway.{f}");
+    let Some(g) = g.as_object() else {
+        return Err(format!("{} must be an object {{subjectAltNames, validityDuration, secret}}", field("")));
+    };
+    if let Some(unknown) = g.keys().find(|k| !["subjectAltNames", "validityDuration", "secret"].contains(&k.as_str())) {
+        return Err(format!(
+            "{} is not a field of ingressGateway (subjectAltNames, validityDuration, secret)",
+            field(unknown)
+        ));
+    }
+    let names: Vec<String> = g
+        .get("subjectAltNames")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|n| n.as_str()).map(|n| n.trim().to_ascii_lowercase()).collect())
+        .unwrap_or_default();
+    if names.is_empty() {
+        return Err(format!("{} needs at least one DNS name", field("subjectAltNames")));
+    }
+    if let Some(bad) = names.iter().find(|n| check_name(NameRule::Dns1123Subdomain, n).is_err()) {
+        return Err(format!("{}: {bad:?} is not a DNS name", field("subjectAltNames")));
+    }
+    let validity = g
+        .get("validityDuration")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| format!("{} is required", field("validityDuration")))?;
+    let validity = match messages::parse_go_duration(validity) {
+        Ok(d) if d < messages::MIN_CERT_VALIDITY => {
+            return Err(format!(
+                "{} {validity:?} is shorter than the shortest accepted validity, 1m",
+                field("validityDuration")
+            ));
+        }
+        Ok(d) if d > certs::LONG_VALIDITY => {
+            return Err(format!("{} {validity:?} is longer than ten years", field("validityDuration")));
+        }
+        Ok(d) => d,
+        Err(e) => return Err(format!("{}: {e}", field("validityDuration"))),
+    };
+    let secret = g
+        .get("secret")
+        .and_then(|v| v.as_object())
+        .ok_or_else(|| format!("{} {{name, namespace}} is required", field("secret")))?;
+    let part = |k: &str| -> Result<String, String> {
+        let v = secret.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+        check_name(if k == "name" { NameRule::Dns1123Subdomain } else { NameRule::Dns1123Label }, v)
+            .map_err(|e| format!("{}: {e}", field(&format!("secret.{k}"))))?;
+        Ok(v.to_owned())
+    };
+    Ok(messages::IngressGatewayCert { subject_alt_names: names, validity, secret: (part("namespace")?, part("name")?) })
 }
 
 /// `observability.tracing {enable, address, port, endpoint}` (OSM's defaults: the `jaeger` Service of the

@@ -22,6 +22,7 @@ use crate::watch::WatchContext;
 pub mod endpoint_slice;
 pub mod endpoints;
 pub mod http_route_group;
+pub mod ingress_backend;
 pub mod mesh_config;
 pub mod mesh_root_certificate;
 pub mod namespace;
@@ -171,6 +172,7 @@ registry! {
     MeshRootCertificate => mesh_root_certificate::MeshRootCertificate,
     Retry => retry::Retry,
     UpstreamTrafficSetting => upstream_traffic_setting::UpstreamTrafficSetting,
+    IngressBackend => ingress_backend::IngressBackend,
 }
 
 /// Every registered kind, in [`Kind::ALL`]'s order.

@@ -22,6 +22,11 @@ impl MeshCatalog {
         }
         let mut behind: BTreeSet<ServiceIdentity> = BTreeSet::new();
         let mut proxies: BTreeSet<ProxyUuid> = BTreeSet::new();
+        // A Service that is an ingress source: its endpoints are the backends' allowed addresses.
+        let backends: Vec<ServiceKey> = keys.iter().flat_map(|k| self.policy.ingress_backends_of(k)).cloned().collect();
+        if let Dirty::Proxies(p) = self.pods_behind_services(&backends) {
+            proxies.extend(p);
+        }
         for svc in keys.iter().filter_map(|k| self.services.get(k)) {
             for pod in self.pods_behind(svc) {
                 behind.insert(pod.identity());
@@ -34,6 +39,23 @@ impl MeshCatalog {
             Dirty::All => return Dirty::All,
             Dirty::Nothing => {}
         }
+        if proxies.is_empty() { Dirty::Nothing } else { Dirty::Proxies(proxies) }
+    }
+
+    /// The proxies of the pods behind these Services (their inbound side changes).
+    pub(super) fn pods_behind_services(&self, keys: &[ServiceKey]) -> Dirty {
+        if keys.is_empty() {
+            return Dirty::Nothing;
+        }
+        if self.settings.permissive {
+            return Dirty::All;
+        }
+        let proxies: BTreeSet<ProxyUuid> = keys
+            .iter()
+            .filter_map(|k| self.services.get(k))
+            .flat_map(|svc| self.pods_behind(svc))
+            .map(|p| p.proxy_uuid.clone())
+            .collect();
         if proxies.is_empty() { Dirty::Nothing } else { Dirty::Proxies(proxies) }
     }
 
@@ -118,11 +140,15 @@ impl MeshCatalog {
             |k| services.contains_key(k),
             &mut new.errors,
         );
+        new.ingress = policy::ingress(self.objects::<IngressBackend>(), |k| services.contains_key(k), &mut new.errors);
         let old = std::mem::replace(&mut self.policy, new);
         // Retries change outbound routes in either mode: the proxies of every source whose retries changed.
         let mut dirty = self.proxies_of(old.changed_retries(&self.policy).iter());
         // Upstream settings change the Service's clusters at its callers and its own sidecars' limits.
         dirty = dirty.merge(self.service_audience(&old.changed_upstream_traffic(&self.policy)));
+        // Ingress changes the backends' own inbound listeners.
+        let backends = old.changed_ingress(&self.policy);
+        dirty = dirty.merge(self.pods_behind_services(&backends));
         if !self.settings.permissive {
             // Access rules matter in SMI mode only: the proxies of every identity whose rules changed.
             let ids = old.changed_identities(&self.policy);

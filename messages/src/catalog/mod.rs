@@ -18,7 +18,7 @@ mod audience;
 mod tests;
 mod views;
 
-pub use views::{ProxyView, ResolvedPort, ServiceView, SplitTargets};
+pub use views::{IngressPort, ProxyView, ResolvedPort, ServiceView, SplitTargets};
 
 /// Which proxies need a new snapshot after a change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -130,6 +130,7 @@ fn smi(permissive: bool) -> MeshCatalog {
         tracing: None,
         enable_debug_server: None,
         osm_log_level: None,
+        ingress_gateway: None,
         feature_flags: vec![],
     })));
     c

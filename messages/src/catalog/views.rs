@@ -40,6 +40,24 @@ pub struct ServiceView {
     /// The UpstreamTrafficSetting in force for the Service: its clients' circuit breakers and connect
     /// timeout, its sidecars' rate limits.
     pub traffic: Option<Arc<UpstreamTrafficSetting>>,
+    /// For a local Service: who outside the mesh may reach each of its ports (IngressBackend), one entry per
+    /// target port. Empty for a Service a proxy calls.
+    pub ingress: Vec<IngressPort>,
+}
+
+/// One target port open to clients outside the mesh, as its sidecar enforces it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IngressPort {
+    /// The IngressBackend's name.
+    pub policy: String,
+    pub target_port: u16,
+    pub https: bool,
+    pub skip_client_cert_validation: bool,
+    pub sni_hosts: Vec<String>,
+    /// The client addresses admitted: `None` admits any address (no Service or IPRange source).
+    pub source_ranges: Option<Vec<Cidr>>,
+    /// The client certificates' principals admitted over HTTPS with validation; empty admits any client.
+    pub principals: Vec<String>,
 }
 
 /// Everything needed to build one proxy's configuration.
@@ -259,7 +277,58 @@ impl MeshCatalog {
             identities,
             apexes: Vec::new(),
             traffic: self.policy.upstream_traffic.get(&svc.key).cloned(),
+            ingress: Vec::new(),
         })
+    }
+
+    /// The ingress of a local Service's target ports: sources resolved to addresses (a Service source to its
+    /// endpoints' addresses, now), principals as the backend's TLS mode admits them.
+    fn ingress_ports(&self, svc: &ServiceKey, ports: &[ResolvedPort]) -> Vec<IngressPort> {
+        if self.policy.ingress.is_empty() {
+            return Vec::new();
+        }
+        let targets: BTreeSet<u16> = ports.iter().map(|p| p.target_port).collect();
+        targets
+            .into_iter()
+            .filter_map(|port| {
+                let rule = self.policy.ingress.get(&(svc.clone(), port))?;
+                let mut ranges: Option<BTreeSet<Cidr>> = None;
+                let mut principals = Vec::new();
+                for s in &rule.sources {
+                    match s {
+                        IngressSource::IpRange(c) => {
+                            ranges.get_or_insert_with(BTreeSet::new).insert(*c);
+                        }
+                        IngressSource::Service(k) => {
+                            // Named but with no endpoints (yet): it admits no address, and the chain must not
+                            // fall open for lack of one.
+                            let set = ranges.get_or_insert_with(BTreeSet::new);
+                            if let Some(source) = self.services.get(k) {
+                                for sp in &source.ports {
+                                    set.extend(self.port_endpoints(source, sp).iter().map(|a| Cidr::host(a.ip())));
+                                }
+                            }
+                        }
+                        IngressSource::AuthenticatedPrincipal(p) => principals.push(p.clone()),
+                    }
+                }
+                let t = &rule.target;
+                // Plain HTTP cannot tell who the client is, and a client without a verified certificate
+                // neither: any principal.
+                if !t.https || t.skip_client_cert_validation {
+                    principals.clear();
+                }
+                Some(IngressPort {
+                    policy: rule.policy.clone(),
+                    target_port: port,
+                    https: t.https,
+                    skip_client_cert_validation: t.skip_client_cert_validation,
+                    sni_hosts: t.sni_hosts.clone(),
+                    source_ranges: ranges.map(|r| r.into_iter().collect()),
+                    principals,
+                })
+            })
+            .collect()
     }
 
     pub(super) fn local_view(&self, svc: &Service, pod: &Pod) -> Option<ServiceView> {
@@ -297,7 +366,6 @@ impl MeshCatalog {
         Some(ServiceView {
             key: svc.key.clone(),
             cluster_ip: svc.cluster_ip,
-            ports,
             identities: BTreeSet::from([pod.identity()]),
             apexes: self
                 .policy
@@ -307,6 +375,8 @@ impl MeshCatalog {
                 .map(|(apex, _)| (apex.clone(), self.services.get(apex).and_then(|a| a.cluster_ip)))
                 .collect(),
             traffic: self.policy.upstream_traffic.get(&svc.key).cloned(),
+            ingress: self.ingress_ports(&svc.key, &ports),
+            ports,
         })
     }
 }

@@ -96,21 +96,29 @@ pub(super) fn tracing_cluster(t: &TracingSettings) -> Cluster {
     }
 }
 
-/// An HTTP connection manager on RDS `route_config`; `rbac` adds the (rule-less) RBAC filter that inbound
-/// routes configure per route, `rate_limit` the local rate-limit filter their hosts and routes configure;
-/// with `tracing` every request is traced.
+/// What a connection manager carries beyond routing.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct HcmOptions {
+    /// The (rule-less) RBAC filter that inbound routes configure per route.
+    pub rbac: bool,
+    /// The local rate-limit filter that hosts and routes configure (UpstreamTrafficSetting).
+    pub rate_limit: bool,
+    /// HTTP/1.0 accepted (ingress proxies such as nginx send it by default); else answered 426.
+    pub accept_http_10: bool,
+}
+
+/// An HTTP connection manager on RDS `route_config`; with `tracing` every request is traced.
 pub(super) fn http_connection_manager(
     route_config: &str,
     stat_prefix: &str,
-    rbac: bool,
-    rate_limit: bool,
+    options: HcmOptions,
     tracing_to: Option<&TracingSettings>,
 ) -> Filter {
     let mut http_filters = Vec::new();
-    if rbac {
+    if options.rbac {
         http_filters.push(crate::rbac::http_filter());
     }
-    if rate_limit {
+    if options.rate_limit {
         http_filters.push(super::limits::http_rate_limit_filter());
     }
     http_filters.push(router_filter());
@@ -129,6 +137,9 @@ pub(super) fn http_connection_manager(
         }],
         generate_request_id: Some(BoolValue { value: true }),
         tracing: tracing_to.map(tracing),
+        http_protocol_options: options
+            .accept_http_10
+            .then(|| Http1ProtocolOptions { accept_http_10: true, ..Default::default() }),
         ..Default::default()
     };
     network_filter("envoy.filters.network.http_connection_manager", pack_any(hcm))

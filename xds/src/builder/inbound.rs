@@ -94,7 +94,12 @@ pub(super) fn add_inbound(b: &mut Builder, view: &ProxyView) -> Result<(), Snaps
                 let rate_limit = limits::limits_requests(traffic);
                 connection_limit
                     .into_iter()
-                    .chain([http_connection_manager(&rds, &rds, true, rate_limit, view.settings.tracing.as_ref())])
+                    .chain([http_connection_manager(
+                        &rds,
+                        &rds,
+                        HcmOptions { rbac: true, rate_limit, ..Default::default() },
+                        view.settings.tracing.as_ref(),
+                    )])
                     .collect()
             } else {
                 let mut filters = Vec::new();
@@ -137,6 +142,7 @@ pub(super) fn add_inbound(b: &mut Builder, view: &ProxyView) -> Result<(), Snaps
             });
         }
     }
+    add_ingress(b, view, &mut inbound_chains)?;
     for (port, vhosts) in inbound_routes {
         let name = format!("rds-inbound.{port}");
         b.add(
@@ -166,6 +172,85 @@ pub(super) fn add_inbound(b: &mut Builder, view: &ProxyView) -> Result<(), Snaps
                 ..Default::default()
             },
         )?;
+    }
+    Ok(())
+}
+
+/// Chains for clients outside the mesh (IngressBackend), beside the mesh's mTLS chains on the same port:
+/// matched by the client's address (and for HTTPS by TLS and SNI), through `rds-ingress.<port>` to the local
+/// cluster, with the principals allowed per route. One per target port (two Services of a pod that share a
+/// target port would need the same match: the first keeps it).
+fn add_ingress(b: &mut Builder, view: &ProxyView, chains: &mut Vec<FilterChain>) -> Result<(), SnapshotError> {
+    let mut done = BTreeSet::new();
+    for svc in &view.local {
+        for ing in &svc.ingress {
+            let port = ing.target_port;
+            let source_prefix_ranges = match &ing.source_ranges {
+                None => Vec::new(),
+                // Sources named, none with an address now: no chain, so the port stays closed to them.
+                Some(r) if r.is_empty() => continue,
+                Some(r) => r.iter().map(cidr_range).collect(),
+            };
+            if !done.insert(port) {
+                continue;
+            }
+            let local_cluster = format!("{}|{}|local", svc.key, port);
+            let protocol = if ing.https { "https" } else { "http" };
+            let rds = format!("rds-ingress.{port}");
+            let mut chain_match = FilterChainMatch {
+                destination_port: Some(UInt32Value { value: port.into() }),
+                source_prefix_ranges,
+                ..Default::default()
+            };
+            let mut transport_socket = None;
+            if ing.https {
+                chain_match.transport_protocol = "tls".to_owned();
+                chain_match.server_names = ing.sni_hosts.clone();
+                let validate = !ing.skip_client_cert_validation;
+                let tls = DownstreamTlsContext {
+                    common_tls_context: Some(CommonTlsContext {
+                        tls_params: Some(tls_params()),
+                        tls_certificate_sds_secret_configs: vec![sds(SERVICE_CERT)],
+                        validation_context_type: validate.then(|| {
+                            common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds(
+                                ROOT_CERT_INBOUND,
+                            ))
+                        }),
+                        ..Default::default()
+                    }),
+                    require_client_certificate: Some(BoolValue { value: validate }),
+                    ..Default::default()
+                };
+                transport_socket = Some(tls_socket(pack_any(tls)));
+            }
+            chains.push(FilterChain {
+                name: format!("ingress_{}_{port}_{protocol}", svc.key),
+                filter_chain_match: Some(chain_match),
+                filters: vec![http_connection_manager(
+                    &rds,
+                    &rds,
+                    HcmOptions { rbac: true, accept_http_10: true, ..Default::default() },
+                    view.settings.tracing.as_ref(),
+                )],
+                transport_socket,
+                ..Default::default()
+            });
+            b.add(
+                ResourceType::Route,
+                &rds,
+                RouteConfiguration {
+                    name: rds.clone(),
+                    virtual_hosts: vec![VirtualHost {
+                        name: format!("ingress_virtual-host|{}_from_{}", svc.key, ing.policy),
+                        domains: vec!["*".to_owned()],
+                        routes: vec![crate::rbac::ingress_route(&local_cluster, &ing.principals)],
+                        ..Default::default()
+                    }],
+                    validate_clusters: Some(BoolValue { value: false }),
+                    ..Default::default()
+                },
+            )?;
+        }
     }
     Ok(())
 }

@@ -55,7 +55,7 @@ pub(super) fn outbound_listener(upstream: &[ServiceView], settings: &MeshSetting
                 prefix_ranges: prefixes,
                 ..Default::default()
             }),
-            filters: vec![http_connection_manager(&rds, &rds, false, false, settings.tracing.as_ref())],
+            filters: vec![http_connection_manager(&rds, &rds, HcmOptions::default(), settings.tracing.as_ref())],
             ..Default::default()
         });
     }

@@ -56,6 +56,10 @@ pub(super) fn cidr(ip: IpAddr) -> CidrRange {
     CidrRange { address_prefix: ip.to_string(), prefix_len: Some(UInt32Value { value: len }) }
 }
 
+pub(super) fn cidr_range(c: &messages::Cidr) -> CidrRange {
+    CidrRange { address_prefix: c.addr.to_string(), prefix_len: Some(UInt32Value { value: c.len.into() }) }
+}
+
 pub(super) fn tls_socket(any: Any) -> TransportSocket {
     TransportSocket {
         name: "envoy.transport_sockets.tls".to_owned(),

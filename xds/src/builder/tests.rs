@@ -33,6 +33,7 @@ fn smi_objects() -> Vec<MeshObject> {
             tracing: None,
             enable_debug_server: None,
             osm_log_level: None,
+            ingress_gateway: None,
             feature_flags: vec![],
         }),
         MeshObject::HttpRouteGroup(HttpRouteGroup {
@@ -308,6 +309,7 @@ fn overlapping_headless_services_never_claim_an_address_twice() {
         identities: Default::default(),
         apexes: vec![],
         traffic: None,
+        ingress: vec![],
     };
     view.upstream = Arc::new(vec![headless("pg"), headless("pg-read")]);
     let snap = build(&view, CERTS).unwrap();
