@@ -117,6 +117,8 @@ pub struct CatalogActor {
     debug_switch: Option<Arc<tokio::sync::watch::Sender<bool>>>,
     /// Where the MeshConfig's `certificate.ingressGateway` goes (the gateway certificate's task).
     gateway: Option<Arc<tokio::sync::watch::Sender<Option<messages::IngressGatewayCert>>>>,
+    /// Where each IngressBackend's status goes (written on a cluster).
+    statuses: Option<Arc<tokio::sync::watch::Sender<crate::policy_status::Statuses>>>,
     /// Follows the MeshConfig's `observability.osmLogLevel`, and the level it was last set to.
     log_level: Option<crate::LogLevelControl>,
     told_log_level: Option<&'static str>,
@@ -142,6 +144,7 @@ impl CatalogActor {
             told_roots: None,
             debug_switch: None,
             gateway: None,
+            statuses: None,
             log_level: None,
             told_log_level: None,
         }
@@ -162,6 +165,10 @@ impl CatalogActor {
         gateway: Arc<tokio::sync::watch::Sender<Option<messages::IngressGatewayCert>>>,
     ) -> Self {
         Self { gateway: Some(gateway), ..self }
+    }
+
+    pub fn with_policy_status(self, statuses: Arc<tokio::sync::watch::Sender<crate::policy_status::Statuses>>) -> Self {
+        Self { statuses: Some(statuses), ..self }
     }
 
     /// Logs what changed in the policy's health and the settings in force.
@@ -243,6 +250,19 @@ impl CatalogActor {
         if let Some(switch) = &self.debug_switch {
             let on = catalog.mesh_config().and_then(|m| m.enable_debug_server).unwrap_or(false);
             switch.send_if_modified(|cur| std::mem::replace(cur, on) != on);
+        }
+        if let Some(statuses) = &self.statuses {
+            let now = crate::policy_status::of(&catalog);
+            if *statuses.borrow() != now {
+                for ib in crate::policy_status::insecure(&catalog) {
+                    tracing::warn!(
+                        object = %ib,
+                        "IngressBackend admits plain HTTP from any address, which is insecure: name the ingress \
+                         controller in spec.sources (its Service or an IPRange)"
+                    );
+                }
+                statuses.send_replace(now);
+            }
         }
         if let Some(gateway) = &self.gateway {
             let want = catalog.mesh_config().and_then(|m| m.ingress_gateway.as_deref().cloned());

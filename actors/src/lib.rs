@@ -19,6 +19,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod kube_source;
 pub mod metrics;
+pub mod policy_status;
 pub mod schedule;
 pub mod session;
 pub mod snapshot;
@@ -284,12 +285,14 @@ struct ActorSystem {
     _kube_source: Option<Addr<kube_source::KubeSourceActor>>,
 }
 
-/// What the catalog actor pushes from the MeshConfig to tasks outside the actors.
+/// What the catalog actor pushes to tasks outside the actors.
 struct MeshConfigOutlets {
     /// `observability.enableDebugServer`.
     debug_switch: Arc<tokio::sync::watch::Sender<bool>>,
     /// `certificate.ingressGateway`.
     gateway: Arc<tokio::sync::watch::Sender<Option<messages::IngressGatewayCert>>>,
+    /// The status of each IngressBackend.
+    statuses: Arc<tokio::sync::watch::Sender<policy_status::Statuses>>,
 }
 
 impl ActorSystem {
@@ -340,6 +343,7 @@ impl ActorSystem {
                     )
                     .with_debug_switch(outlets.debug_switch)
                     .with_ingress_gateway(outlets.gateway)
+                    .with_policy_status(outlets.statuses)
                     .with_log_level(config.log_level.clone())
                     .start();
                     let kube_source = match config.kubernetes.clone() {
@@ -565,12 +569,13 @@ pub async fn run_on(
     let trust = Arc::new(tokio::sync::watch::Sender::new(Arc::new(roots)));
     let debug_switch = Arc::new(tokio::sync::watch::Sender::new(false));
     let gateway = Arc::new(tokio::sync::watch::Sender::new(None));
+    let statuses = Arc::new(tokio::sync::watch::Sender::new(policy_status::Statuses::new()));
     let actors = ActorSystem::start(
         &config,
         trust.clone(),
         (load_root, record_roots),
         status.progress.clone(),
-        MeshConfigOutlets { debug_switch: debug_switch.clone(), gateway: gateway.clone() },
+        MeshConfigOutlets { debug_switch: debug_switch.clone(), gateway: gateway.clone(), statuses: statuses.clone() },
         metrics.clone(),
         ready,
     )
@@ -581,6 +586,9 @@ pub async fn run_on(
         None => Arc::new(gateway::DirSink(config.state_dir.join("ingress-gateway"))),
     };
     tokio::spawn(gateway::run(gateway.subscribe(), trust.subscribe(), sink, stopped()));
+    if let Some((_, client)) = &cluster {
+        tokio::spawn(policy_status::run(statuses.subscribe(), client.clone(), stopped()));
+    }
     let q = http::Queries { catalog: actors.catalog.clone(), certs: actors.certs.clone() };
     let _ = queries.set(q.clone());
     let debug_state = debug::DebugState { queries: q, snapshots: actors.snapshots.clone(), status: status.clone() };

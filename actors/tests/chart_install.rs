@@ -170,6 +170,60 @@ async fn helm_installs_with_the_webhooks_unreachable_and_the_controller_bootstra
     let unit = uts("unit", "  rateLimit: {local: {tcp: {connections: 1, unit: day}}}\n").await;
     assert!(!unit.ok && unit.stderr.contains("unit"), "{unit:?}");
 
+    // IngressBackend: the controller writes its status (an error naming the missing backend Service, then
+    // committed once it exists); a second one for the same backend port is refused by the validator.
+    let ib = |name: &'static str| async move {
+        let file = tools.dir.path().join(format!("ib-{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: policy.openservicemesh.io/v1alpha1\nkind: IngressBackend\nmetadata: {{name: {name}, namespace: demo}}\n\
+                 spec:\n  backends: [{{name: server, port: {{number: 8080, protocol: http}}}}]\n\
+                 \x20 sources: [{{kind: IPRange, name: 10.0.0.0/8}}]\n"
+            ),
+        )
+        .unwrap();
+        tools.kubectl(&["apply", "-f", &file.display().to_string()]).await
+    };
+    let first = ib("edge").await;
+    assert!(first.ok, "{first:?}");
+    let backends = Resource::new("policy.openservicemesh.io", "v1alpha1", "ingressbackends");
+    let status = |want: &'static str| {
+        let sim = &sim;
+        let backends = &backends;
+        async move {
+            until(&format!("the IngressBackend's status {want}"), || {
+                sim.get(backends, "demo", "edge").is_some_and(|o| o["status"]["currentStatus"] == want)
+            })
+            .await;
+            sim.get(backends, "demo", "edge").unwrap()["status"]["reason"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    let reason = status("error").await;
+    assert!(reason.contains("E2034") && reason.contains("demo/server"), "{reason}");
+    sim.apply_yaml("apiVersion: v1\nkind: Service\nmetadata: {name: server, namespace: demo}\nspec: {ports: [{port: 80, targetPort: 8080}]}")
+        .unwrap();
+    status("committed").await;
+    let second = ib("edge-too").await;
+    assert!(
+        !second.ok && second.stderr.contains("E2033") && second.stderr.contains("demo/edge"),
+        "a second IngressBackend for the backend port is refused: {second:?}"
+    );
+
+    // The ingress gateway certificate, from the MeshConfig: a kubernetes.io/tls Secret, signed by the mesh root.
+    let gateway = patch(
+        r#"{"spec":{"certificate":{"ingressGateway":{"subjectAltNames":["edge.ingress.cluster.local"],"validityDuration":"1h","secret":{"name":"edge-cert","namespace":"ingress"}}}}}"#,
+    )
+    .await;
+    assert!(gateway.ok, "{gateway:?}");
+    let secrets = Resource::new("", "v1", "secrets");
+    until("the ingress gateway's Secret", || sim.get(&secrets, "ingress", "edge-cert").is_some()).await;
+    let secret = sim.get(&secrets, "ingress", "edge-cert").unwrap();
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(secret["data"][key].is_string(), "{key} in {secret}");
+    }
+
     // An operator's own edit, then an upgrade with reused values: the chart does not own the MeshConfig,
     // so nothing conflicts, and the edit stays.
     let edit = patch(r#"{"spec":{"traffic":{"enableEgress":false}}}"#).await;

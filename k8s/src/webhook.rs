@@ -275,27 +275,73 @@ async fn validate(State(state): State<WebhookState>, headers: HeaderMap, body: B
     review_response(resp)
 }
 
-/// Rules across the objects of a kind, read from the API server: one UpstreamTrafficSetting per host in a
-/// namespace (OSM's rule).
+/// Rules across the objects of a kind, read from the API server (OSM's): one UpstreamTrafficSetting per
+/// host in a namespace, one IngressBackend per backend Service and port.
 async fn check_against_others(
     client: &kube::Client,
     req: &AdmissionRequest<DynamicObject>,
     obj: &DynamicObject,
 ) -> Result<(), String> {
-    if req.kind.group != "policy.openservicemesh.io" || req.kind.kind != "UpstreamTrafficSetting" {
+    if req.kind.group != "policy.openservicemesh.io" {
         return Ok(());
     }
     let namespace = req.namespace.clone().or_else(|| obj.metadata.namespace.clone()).unwrap_or_default();
     let name = obj.metadata.name.clone().unwrap_or_default();
+    match req.kind.kind.as_str() {
+        "UpstreamTrafficSetting" => one_setting_per_host(client, &namespace, &name, obj).await,
+        "IngressBackend" => one_ingress_per_backend(client, &namespace, &name, obj).await,
+        _ => Ok(()),
+    }
+}
+
+async fn one_ingress_per_backend(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    obj: &DynamicObject,
+) -> Result<(), String> {
+    let backends = |spec: &Value| -> Vec<(String, u64)> {
+        spec["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| (b["name"].as_str().unwrap_or_default().to_owned(), b["port"]["number"].as_u64().unwrap_or(0)))
+            .collect()
+    };
+    let mine = backends(&obj.data["spec"]);
+    let others = Api::<crds::IngressBackend>::namespaced(client.clone(), namespace)
+        .list(&Default::default())
+        .await
+        .map_err(|e| format!("E7011: cannot list the IngressBackends of {namespace:?}: {e}"))?;
+    for other in others.items.iter().filter(|o| o.metadata.name.as_deref() != Some(name)) {
+        let theirs = backends(&serde_json::to_value(&other.spec).unwrap_or(Value::Null));
+        if let Some((svc, port)) = mine.iter().find(|b| theirs.contains(b)) {
+            return Err(format!(
+                "{}: IngressBackend {namespace}/{} already admits ingress to backend {svc} port {port}: one per \
+                 backend port; add the sources to that one",
+                messages::policy::codes::INGRESS_BACKEND_DUPLICATE,
+                other.metadata.name.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn one_setting_per_host(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    obj: &DynamicObject,
+) -> Result<(), String> {
     let host = obj.data["spec"]["host"].as_str().unwrap_or_default().trim().to_ascii_lowercase();
-    let others = Api::<crds::UpstreamTrafficSetting>::namespaced(client.clone(), &namespace)
+    let others = Api::<crds::UpstreamTrafficSetting>::namespaced(client.clone(), namespace)
         .list(&Default::default())
         .await
         .map_err(|e| format!("E7011: cannot list the UpstreamTrafficSettings of {namespace:?}: {e}"))?;
     let taken = others
         .items
         .iter()
-        .find(|o| o.metadata.name.as_deref() != Some(name.as_str()) && o.spec.host.trim().eq_ignore_ascii_case(&host));
+        .find(|o| o.metadata.name.as_deref() != Some(name) && o.spec.host.trim().eq_ignore_ascii_case(&host));
     match taken {
         Some(o) => Err(format!(
             "{}: UpstreamTrafficSetting {namespace}/{} already sets host {host:?}: one per host and namespace; \
