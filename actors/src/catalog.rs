@@ -75,6 +75,11 @@ pub struct CheckPath {
     pub port: Option<u16>,
 }
 
+/// The policies that shape one pod's sidecar (`osm policy get`).
+#[derive(Message)]
+#[rtype(result = "Option<messages::status::PodPolicies>")]
+pub struct PoliciesOf(pub String, pub String);
+
 /// The pods of these proxies (`<namespace>/<name>`), in the order asked.
 #[derive(Message)]
 #[rtype(result = "Vec<Option<String>>")]
@@ -406,6 +411,13 @@ impl Handler<Summary> for CatalogActor {
                 .map(|m| format!("{}/{} ({})", m.namespace, m.name, m.role))
                 .collect(),
         })
+    }
+}
+
+impl Handler<PoliciesOf> for CatalogActor {
+    type Result = MessageResult<PoliciesOf>;
+    fn handle(&mut self, msg: PoliciesOf, _: &mut Self::Context) -> Self::Result {
+        MessageResult(read(&self.catalog).pod_policies(&msg.0, &msg.1))
     }
 }
 

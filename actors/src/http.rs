@@ -33,6 +33,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/status/proxies", get(proxy_status))
         .route("/status/changes", get(changes))
         .route("/status/connectivity", get(connectivity))
+        .route("/status/policy", get(pod_policies))
         .route("/status/mesh", get(mesh_summary))
         .route("/version", get(|| async { format!("{{\"version\":\"{}\"}}\n", env!("CARGO_PKG_VERSION")) }))
         .with_state(state)
@@ -168,6 +169,24 @@ async fn mesh_summary(State(s): State<HttpState>) -> Response {
 
 /// `/status/connectivity?from=<ns>/<pod>&to=<ns>/<svc>[:<port>]`: the catalog's path check, then the
 /// sidecars of both ends (connected, synced) and their certificates.
+/// `?pod=<namespace>/<pod>`: the policy objects that shape that pod's sidecar, and how.
+async fn pod_policies(State(s): State<HttpState>, uri: axum::http::Uri) -> Response {
+    let Some(pod) = query_param(&uri, "pod") else {
+        return (StatusCode::BAD_REQUEST, "give pod=<namespace>/<pod>\n").into_response();
+    };
+    let Some((ns, name)) = pod.split_once('/') else {
+        return (StatusCode::BAD_REQUEST, format!("pod={pod}: <namespace>/<pod>\n")).into_response();
+    };
+    let Some(q) = s.actors.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the controller is starting\n").into_response();
+    };
+    match q.catalog.send(crate::catalog::PoliciesOf(ns.to_owned(), name.to_owned())).await {
+        Ok(Some(p)) => json(&p),
+        Ok(None) => (StatusCode::NOT_FOUND, format!("pod {pod} is not in the mesh\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the catalog is not answering\n").into_response(),
+    }
+}
+
 async fn connectivity(State(s): State<HttpState>, uri: axum::http::Uri) -> axum::response::Response {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m + "\n").into_response();
     let param = |k: &str| query_param(&uri, k);

@@ -15,6 +15,7 @@
 //! - `osm verify control-plane`: each controller's health, step by step.
 //! - `osm mesh list`: the mesh this controller serves: sources, mode, proxies, roots.
 //! - `osm mesh changes [--generation N]`: the recent mesh changes and which proxies hold each.
+//! - `osm policy get <ns>/<pod>`: every policy object that shapes the pod's sidecar, and how.
 //! - `osm namespace add|remove|list|ignore`: namespaces in and out of the mesh on a cluster (the
 //!   kubeconfig's); `osm metrics enable|disable --namespace <ns>`: Prometheus scraping of their sidecars.
 //! - `osm install`, `osm mesh upgrade`, `osm uninstall mesh`: the control plane on a cluster, from the chart
@@ -109,6 +110,11 @@ enum Command {
         #[command(subcommand)]
         command: UninstallCommand,
     },
+    /// Policies as they apply to pods.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Prometheus scraping of the sidecars of mesh namespaces.
     Metrics {
         #[command(subcommand)]
@@ -143,6 +149,17 @@ enum NamespaceCommand {
     Ignore {
         #[arg(required = true)]
         namespaces: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Every policy object that shapes a pod's sidecar, and how: TrafficTargets it is a source or
+    /// destination of, Retries, UpstreamTrafficSettings of what it calls and serves, IngressBackends,
+    /// TrafficSplits; with whatever keeps one from being in force.
+    Get {
+        /// The pod: <namespace>/<pod>.
+        pod: String,
     },
 }
 
@@ -368,6 +385,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Namespace { mesh_name, command } => {
             namespace(cli.kubeconfig.as_deref(), mesh_name, command, cli.output).await
+        }
+        Command::Policy { command: PolicyCommand::Get { pod } } => {
+            policy_get(&controllers().await?, cli.output, pod).await
         }
         Command::Install { helm, values } => {
             install::install(cli.kubeconfig.as_deref(), &cli.osm_namespace, helm, values).await

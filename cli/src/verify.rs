@@ -131,3 +131,32 @@ pub(crate) async fn verify_control_plane(controllers: &Controllers, output: Outp
     }
     Ok(if ok { 0 } else { 2 })
 }
+
+/// `osm policy get`: the policies of one pod, as the controller derives them.
+pub(crate) async fn policy_get(controllers: &Controllers, output: Output, pod: &str) -> anyhow::Result<u8> {
+    if pod.split_once('/').is_none_or(|(ns, name)| ns.is_empty() || name.is_empty()) {
+        bail!("{pod:?}: give the pod as <namespace>/<pod>");
+    }
+    // Every replica derives the same from the same objects: one answer is enough.
+    let p: messages::status::PodPolicies = controllers.get_json_at(0, &format!("/status/policy?pod={pod}")).await?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+        return Ok(0);
+    }
+    let backs = if p.backs.is_empty() { "no Service".to_owned() } else { p.backs.join(", ") };
+    println!("pod {} (identity {}), {} mode; backs {backs}", p.pod, p.identity, p.mode);
+    if p.applied.is_empty() {
+        println!("no policy object applies to it");
+        return Ok(0);
+    }
+    let kind_w = p.applied.iter().map(|a| a.kind.len()).max().unwrap_or(4).max(4);
+    let obj_w = p.applied.iter().map(|a| a.object.len()).max().unwrap_or(6).max(6);
+    println!("{:<9}  {:<kind_w$}  {:<obj_w$}  EFFECT", "DIRECTION", "KIND", "OBJECT");
+    for a in &p.applied {
+        println!("{:<9}  {:<kind_w$}  {:<obj_w$}  {}", a.direction, a.kind, a.object, a.effect);
+        for problem in &a.problems {
+            println!("{:<9}  {:<kind_w$}  {:<obj_w$}  ! {problem}", "", "", "");
+        }
+    }
+    Ok(0)
+}

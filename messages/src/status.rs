@@ -350,3 +350,32 @@ pub struct MeshSummary {
     pub policy_errors: usize,
     pub signing_root: String,
 }
+
+/// What `/status/policy` answers (`osm policy get` reads it): every policy object that shapes one pod's
+/// sidecar, and how.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PodPolicies {
+    pub pod: String,
+    pub identity: String,
+    /// `permissive` or `smi`.
+    pub mode: String,
+    /// The Services the pod backs.
+    pub backs: Vec<String>,
+    pub applied: Vec<AppliedPolicy>,
+}
+
+/// One policy object as it applies to a pod.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppliedPolicy {
+    /// The object's kind, e.g. `TrafficTarget`.
+    pub kind: String,
+    /// `<namespace>/<name>`.
+    pub object: String,
+    /// `inbound` (what the pod accepts), `outbound` (what it calls) or `ingress`.
+    pub direction: String,
+    /// What it does here, in a sentence.
+    pub effect: String,
+    /// Why (part of) it is not in force: its policy errors, or a switch that is off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}

@@ -199,6 +199,13 @@ fn an_ingress_backend_opens_a_meshed_service_to_its_ingress_only() {
     let no_cert = through_nginx_port(&mesh, 8003, "/none");
     assert!(no_cert.starts_with("status=502"), "no client certificate is refused: {no_cert}");
     assert!(through_nginx(&mesh, "/plain").starts_with("status=5"), "plain HTTP is not admitted to an HTTPS backend");
+    // The operator's view: `osm policy get` names the IngressBackend and what it admits.
+    let out = mesh.osm(&["policy", "get", SERVER]).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(table.contains("IngressBackend") && table.contains("admits https to demo/server port 8080"), "{table}");
+    assert!(table.contains(&format!("principal {GATEWAY_NAME}")), "{table}");
+
     // Another principal named: the gateway's certificate is valid but not admitted.
     mesh.write_mesh_file("ingress.yaml", &https("someone-else.ingress.cluster.local")).unwrap();
     mesh.eventually(WAIT, "RBAC to refuse the gateway's principal", || {

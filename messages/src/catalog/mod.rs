@@ -14,6 +14,7 @@ use crate::model::*;
 use crate::policy::{self, InboundPolicy, Policy, PolicyError};
 
 mod audience;
+mod policies;
 #[cfg(test)]
 mod tests;
 mod views;

@@ -360,3 +360,43 @@ fn an_upstream_setting_reaches_the_services_callers_and_backers_only() {
     let svc = view.upstream.iter().find(|s| s.key.name == "server").unwrap();
     assert_eq!(svc.traffic.as_ref().map(|t| t.connection.max_requests), Some(Some(10)), "the first stays in force");
 }
+
+#[test]
+fn a_pods_policies_name_every_object_that_shapes_its_sidecar() {
+    let mut c = smi(false);
+    for e in allow("client") {
+        c.apply(e);
+    }
+    c.apply(SourceEvent::Apply(upstream_setting("limits", "server.demo.svc.cluster.local", 10)));
+    c.apply(SourceEvent::Apply(MeshObject::Retry(Retry {
+        namespace: "demo".into(),
+        name: "retry".into(),
+        source: ServiceIdentity::new("client", "demo"),
+        destinations: vec![ServiceKey::new("demo", "server")],
+        policy: RetryPolicy {
+            retry_on: "5xx".into(),
+            num_retries: 3,
+            per_try_timeout: std::time::Duration::from_secs(1),
+            backoff_base_interval: std::time::Duration::from_millis(10),
+        },
+    })));
+    let client = c.pod_policies("demo", "client").unwrap();
+    assert_eq!(client.mode, "smi");
+    let seen: Vec<(&str, &str, &str)> =
+        client.applied.iter().map(|a| (a.direction.as_str(), a.kind.as_str(), a.object.as_str())).collect();
+    assert_eq!(
+        seen,
+        [
+            ("outbound", "Retry", "demo/retry"),
+            ("outbound", "TrafficTarget", "demo/to-server"),
+            ("outbound", "UpstreamTrafficSetting", "demo/limits")
+        ]
+    );
+    let retry = &client.applied[0];
+    assert!(retry.problems.iter().any(|p| p.contains("enableRetryPolicy is off")), "{retry:?}");
+    assert!(client.applied[2].effect.contains("max requests 10"), "{:?}", client.applied[2]);
+    let server = c.pod_policies("demo", "server").unwrap();
+    assert_eq!(server.backs, ["demo/server"]);
+    assert!(server.applied.iter().any(|a| a.direction == "inbound" && a.effect.contains("admits demo/client")));
+    assert!(c.pod_policies("demo", "nobody").is_none());
+}
