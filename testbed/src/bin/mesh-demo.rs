@@ -1,8 +1,9 @@
 //! `mesh-demo`: a mesh on this machine with live traffic. The controller runs on the demo mesh directory in
 //! SMI mode; bookbuyer calls the bookstore Service (two versions) over HTTP and the warehouse over TCP,
 //! through real Envoy sidecars speaking mTLS, while the demo edits the policy live: an allowed call, a
-//! denied one (403), a bookthief with no access, a TrafficSplit shifting traffic from v1 to v2, and access
-//! granted. Prints every request, then what the sidecars counted.
+//! denied one (403), a bookthief with no access, a TrafficSplit shifting traffic from v1 to v2, access
+//! granted, an ingress from outside the mesh admitted by an IngressBackend, and a rate limit on the canary.
+//! Prints every request, then what the sidecars counted.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -31,6 +32,16 @@ fn split(v1: u32, v2: u32) -> String {
          spec:\n  service: bookstore\n  backends:\n  - {{service: bookstore-v1, weight: {v1}}}\n  \
          - {{service: bookstore-v2, weight: {v2}}}\n"
     )
+}
+
+/// Writes a mesh file, then waits until the controller applied `object` and every sidecar holds it.
+fn apply(mesh: &LocalMesh, file: &str, contents: &str, object: &str) -> anyhow::Result<()> {
+    mesh.write_mesh_file(file, contents)?;
+    mesh.eventually(Duration::from_secs(20), &format!("the controller to apply {object}"), || {
+        mesh.controller_output().contains(&format!("applied {object}")).then_some(())
+    })?;
+    mesh.osm(&["proxy", "status", "--wait", "--timeout-s", "20"])?;
+    Ok(())
 }
 
 /// `status=200 hello from ...` → `200  hello from ...`; no answer at all → why.
@@ -137,6 +148,45 @@ fn run() -> anyhow::Result<()> {
     )?;
     run_phase(&mesh, phase, &mut n, true)?;
 
+    println!("\n5. Ingress and a canary rate limit. A host outside the mesh (an ingress proxy at 10.244.9.1) calls");
+    println!("   bookstore-v2's pod: turned away until an IngressBackend names its address; then an");
+    println!("   UpstreamTrafficSetting on the bookstore caps each of its sidecars at 3 requests an hour: the canary");
+    println!("   (v2, taking all the traffic now) answers 429 beyond, with a header.");
+    let ingress = mesh.add_external_host("ingress", std::net::Ipv4Addr::new(10, 244, 9, 1))?;
+    let from_ingress = |mesh: &LocalMesh, path: &str| -> anyhow::Result<String> {
+        let url = format!("http://10.244.2.2:8080{path}");
+        let out = mesh.app(&ingress, &["get", &url, "--timeout-s", "2"])?;
+        Ok(match String::from_utf8_lossy(&out.stdout).lines().next() {
+            Some(l) if l.starts_with("status=") => outcome(&out),
+            _ => "connection turned away by the sidecar (no IngressBackend)".to_owned(),
+        })
+    };
+    println!("   ingress   GET bookstore-v2:8080/ (no policy)    {}", from_ingress(&mesh, "/")?);
+    apply(
+        &mesh,
+        "ingress.yaml",
+        "apiVersion: policy.openservicemesh.io/v1alpha1\nkind: IngressBackend\n\
+         metadata: {name: bookstore-v2, namespace: bookstore}\nspec:\n\
+         \x20 backends: [{name: bookstore-v2, port: {number: 8080, protocol: http}}]\n\
+         \x20 sources: [{kind: IPRange, name: 10.244.9.1/32}]\n",
+        "IngressBackend bookstore/bookstore-v2",
+    )?;
+    println!("   ingress   GET bookstore-v2:8080/ (IngressBackend) {}", from_ingress(&mesh, "/")?);
+    apply(
+        &mesh,
+        "canary-limit.yaml",
+        "apiVersion: policy.openservicemesh.io/v1alpha1\nkind: UpstreamTrafficSetting\n\
+         metadata: {name: canary, namespace: bookstore}\nspec:\n  host: bookstore.bookstore.svc.cluster.local\n\
+         \x20 rateLimit: {local: {http: {requests: 3, unit: hour, responseHeadersToAdd: [{name: x-canary, value: limited}]}}}\n",
+        "UpstreamTrafficSetting bookstore/canary",
+    )?;
+    run_phase(&mesh, phase, &mut n, false)?;
+    let out = mesh.osm(&["policy", "get", "bookstore/bookstore-v2"])?;
+    println!("\n   osm policy get bookstore/bookstore-v2:");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("   {line}");
+    }
+
     println!("\nwhat the sidecars counted:");
     for (pod, stat) in [
         ("bookbuyer/bookbuyer", "cluster.bookstore_bookstore_8080.upstream_rq_200"),
@@ -148,6 +198,8 @@ fn run() -> anyhow::Result<()> {
         ("bookstore/bookstore-v1", "listener.0.0.0.0_15003.ssl.handshake"),
         ("bookstore/bookstore-v2", "listener.0.0.0.0_15003.ssl.handshake"),
         ("warehouse/stock-1", "listener.0.0.0.0_15003.ssl.handshake"),
+        ("bookstore/bookstore-v2", "http_local_rate_limiter.http_local_rate_limit.rate_limited"),
+        ("bookstore/bookstore-v2", "http.rds-ingress.8080.downstream_rq_2xx"),
     ] {
         println!("  {pod:<24} {stat:<52} {}", mesh.stat(pod, stat)?.map_or("-".to_owned(), |v| v.to_string()));
     }

@@ -91,13 +91,15 @@ pub(super) fn add_inbound(b: &mut Builder, view: &ProxyView) -> Result<(), Snaps
                 };
                 limits::limit_host(&mut vhost, traffic);
                 inbound_routes.entry(port.target_port).or_default().push(vhost);
-                let rate_limit = limits::limits_requests(traffic);
                 connection_limit
                     .into_iter()
                     .chain([http_connection_manager(
                         &rds,
                         &rds,
-                        HcmOptions { rbac: true, rate_limit, ..Default::default() },
+                        // The rate-limit filter always, as OSM has it: a limit set later is a route change,
+                        // in force at once on connections already open (a new filter would reach only new
+                        // connections, the old ones draining on the old chain).
+                        HcmOptions { rbac: true, rate_limit: true, ..Default::default() },
                         view.settings.tracing.as_ref(),
                     )])
                     .collect()

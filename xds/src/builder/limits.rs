@@ -115,11 +115,6 @@ pub(super) fn http_rate_limit_config(limit: &HttpRateLimit) -> Any {
     })
 }
 
-/// Whether an inbound connection manager of this Service needs the rate-limit filter.
-pub(super) fn limits_requests(traffic: Option<&UpstreamTrafficSetting>) -> bool {
-    traffic.is_some_and(|t| t.http_rate_limit.is_some() || !t.route_rate_limits.is_empty())
-}
-
 /// The path regex a route matches: its `safe_regex`, or `.*` for the catch-all prefix `/` (permissive
 /// mode's one route, which OSM writes as the regex `.*`).
 fn route_path(route: &Route) -> Option<&str> {

@@ -468,13 +468,14 @@ fn smi_inbound_http_routes_carry_rbac_and_end_in_deny() {
     assert_eq!(names, vec!["client.demo.cluster.local", "spiffe://cluster.local/client/demo"]);
     assert!(rbac(&routes[1]).policies.is_empty(), "the last route allows nobody");
 
-    // The connection manager runs the RBAC filter before the router.
+    // The connection manager runs the RBAC filter, then the (per-host, per-route) rate limit, before the
+    // router.
     let l: Listener = decode(&snap, ResourceType::Listener, INBOUND_LISTENER);
     let http_chain = l.filter_chains.iter().find(|c| c.name.ends_with("_http")).unwrap();
     let Some(filter::ConfigType::TypedConfig(any)) = &http_chain.filters[0].config_type else { panic!() };
     let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
     let filters: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(filters, vec![HTTP_RBAC_FILTER, "envoy.filters.http.router"]);
+    assert_eq!(filters, vec![HTTP_RBAC_FILTER, limits::HTTP_LOCAL_RATE_LIMIT, "envoy.filters.http.router"]);
     // The TCP chain starts with L4 RBAC that admits the client (its TCPRoute covers 7000).
     let tcp_chain = l.filter_chains.iter().find(|c| c.name.ends_with("_tcp")).unwrap();
     assert_eq!(tcp_chain.filters[0].name, NETWORK_RBAC_FILTER);
@@ -519,4 +520,55 @@ fn a_split_becomes_weighted_clusters_for_http_and_tcp() {
     let proxy = TcpProxy::decode(any.value.as_slice()).unwrap();
     let Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) = proxy.cluster_specifier else { panic!() };
     assert_eq!(w.clusters.len(), 2);
+}
+
+/// Two Services on one target port share `rds-inbound.<port>`, and a split sends the apex's requests through
+/// the backend's chain to the apex's host: every inbound chain carries the rate-limit filter, so a limit on
+/// any host applies whichever chain a request came through, and at once on connections already open.
+#[test]
+fn a_request_limit_puts_the_filter_in_every_chain_of_its_port() {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use messages::*;
+    use std::collections::BTreeMap;
+    let second = MeshObject::Service(Service {
+        key: ServiceKey::new("demo", "web-v1"),
+        cluster_ip: Some("10.96.0.12".parse().unwrap()),
+        selector: Some(BTreeMap::from([("app".into(), "web".into())])),
+        ports: vec![ServicePort {
+            name: Some("http".into()),
+            port: 80,
+            target_port: TargetPort::Number(8080),
+            protocol: AppProtocol::Http,
+        }],
+    });
+    let limit = MeshObject::UpstreamTrafficSetting(UpstreamTrafficSetting {
+        namespace: "demo".into(),
+        name: "web".into(),
+        host: "web.demo.svc.cluster.local".into(),
+        connection: ConnectionSettings::default(),
+        tcp_rate_limit: None,
+        http_rate_limit: Some(HttpRateLimit {
+            requests: messages::TokenBucket { per_unit: 1, unit: std::time::Duration::from_secs(1), burst: 0 },
+            status: 429,
+            headers: vec![],
+        }),
+        route_rate_limits: vec![],
+    });
+    let view = view_with("web-1", vec![second, limit]);
+    let snap = build(&view, CERTS).unwrap();
+    let l =
+        Listener::decode(snap.get(ResourceType::Listener).resources()[INBOUND_LISTENER].body.value.as_slice()).unwrap();
+    let http_chains: Vec<&FilterChain> = l.filter_chains.iter().filter(|c| c.name.ends_with("_8080_http")).collect();
+    assert_eq!(http_chains.len(), 2, "{:?}", l.filter_chains.iter().map(|c| &c.name).collect::<Vec<_>>());
+    for chain in http_chains {
+        let hcm = chain.filters.iter().find(|f| f.name == "envoy.filters.network.http_connection_manager").unwrap();
+        let Some(filter::ConfigType::TypedConfig(any)) = &hcm.config_type else { panic!("no config") };
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        assert!(
+            hcm.http_filters.iter().any(|f| f.name == limits::HTTP_LOCAL_RATE_LIMIT),
+            "{}: {:?}",
+            chain.name,
+            hcm.http_filters.iter().map(|f| &f.name).collect::<Vec<_>>()
+        );
+    }
 }
