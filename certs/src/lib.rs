@@ -42,6 +42,9 @@ pub enum CertError {
     Generate(#[from] rcgen::Error),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A file the controller will not read: not a regular file, or larger than any certificate or key.
+    #[error("{path}: {reason}")]
+    FileRefused { path: PathBuf, reason: String },
     #[error(
         "{path}: the persisted CA is unusable: {reason} (hint: move the state directory's ca.crt/ca.key away to create a new root)"
     )]
@@ -226,7 +229,7 @@ impl CertificateAuthority {
         if !cert_path.exists() && !key_path.exists() {
             return Err(CertError::NoCa(state_dir.to_owned()));
         }
-        let read = |p: &Path| fs::read_to_string(p).map_err(|source| CertError::Io { path: p.to_owned(), source });
+        let read = |p: &Path| read_pem_file(p);
         let bad = |reason: String| CertError::BadPersistedCa { path: state_dir.to_owned(), reason };
         for (have, missing) in [(&cert_path, CA_KEY_FILE), (&key_path, CA_CERT_FILE)] {
             if have.exists() && !state_dir.join(missing).exists() {
@@ -259,7 +262,7 @@ impl CertificateAuthority {
     /// chain up to the root) and its private key (PEM, PKCS#8, RSA or ECDSA). Checked as
     /// [`CertificateAuthority::from_pem`] checks; errors name the file.
     pub fn from_files(cert_path: &Path, key_path: &Path, trust_domain: &str) -> Result<Self, CertError> {
-        let read = |p: &Path| fs::read_to_string(p).map_err(|source| CertError::Io { path: p.to_owned(), source });
+        let read = |p: &Path| read_pem_file(p);
         let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
         warn_if_exposed(key_path);
         let names = (cert_path.display().to_string(), key_path.display().to_string());
@@ -525,6 +528,37 @@ fn write_temp(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<Path
 
 fn sync_dir(dir: &Path) -> Result<(), CertError> {
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|source| CertError::Io { path: dir.to_owned(), source })
+}
+
+/// The most a certificate, chain or key file may hold: far beyond any real one (a chain of a few dozen
+/// certificates), small enough that a file pointing at `/dev/zero` or a log cannot exhaust memory.
+pub const MAX_PEM_FILE: u64 = 1 << 20;
+
+/// Reads a PEM file the controller was pointed at: a regular file (not a device, a FIFO or a directory,
+/// which could block or never end) of at most [`MAX_PEM_FILE`] bytes; the limit holds even if the file
+/// grows while it is read.
+pub fn read_pem_file(path: &Path) -> Result<String, CertError> {
+    use std::io::Read as _;
+    let refused = |reason: String| CertError::FileRefused { path: path.to_owned(), reason };
+    let io = |source| CertError::Io { path: path.to_owned(), source };
+    // Checked before opening: opening a FIFO for reading blocks until someone writes.
+    let meta = fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(refused("not a regular file (a certificate or key file is expected)".to_owned()));
+    }
+    if meta.len() > MAX_PEM_FILE {
+        return Err(refused(format!("{} bytes; a certificate or key file holds at most {MAX_PEM_FILE}", meta.len())));
+    }
+    let mut text = String::new();
+    let read = fs::File::open(path).and_then(|f| f.take(MAX_PEM_FILE + 1).read_to_string(&mut text));
+    match read {
+        Ok(n) if n as u64 > MAX_PEM_FILE => {
+            Err(refused(format!("grew past {MAX_PEM_FILE} bytes while read; a certificate or key file holds at most that")))
+        }
+        Ok(_) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(refused("not text (PEM is expected)".to_owned())),
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// A CA key others can read or write is a mesh anyone on the machine can impersonate: say so.

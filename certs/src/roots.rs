@@ -215,10 +215,10 @@ impl RootStore {
     /// The roots in force as the controller last recorded them (the startup root when it recorded none).
     pub fn in_force(&self) -> Result<TrustSet, RootsError> {
         let path = self.state_dir.join("roots").join(IN_FORCE_FILE);
-        let mrcs: Vec<MeshRootCertificate> = match std::fs::read_to_string(&path) {
+        let mrcs: Vec<MeshRootCertificate> = match crate::read_pem_file(&path) {
             Ok(text) => serde_json::from_str(&text)
                 .map_err(|e| RootsError::Load { name: path.display().to_string(), reason: e.to_string() })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(CertError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(RootsError::Load { name: path.display().to_string(), reason: e.to_string() }),
         };
         self.trust_set(&mrcs, None)

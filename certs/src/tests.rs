@@ -246,3 +246,33 @@ fn corrupt_persisted_ca_is_a_clear_error() {
     let err = CertificateAuthority::load_or_create(dir.path(), "cluster.local").unwrap_err().to_string();
     assert!(err.contains("persisted CA is unusable"), "{err}");
 }
+
+/// A CA key or certificate pointing at a device, a FIFO or a huge file is refused at once, naming the file,
+/// instead of growing the controller without bound (or blocking on the FIFO forever).
+#[test]
+fn ca_files_are_read_bounded_regular_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::generate("cluster.local").unwrap();
+    let cert = dir.path().join("ca.crt");
+    fs::write(&cert, ca.root_pem()).unwrap();
+    let zero = dir.path().join("zero.key");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let e = CertificateAuthority::from_files(&cert, &zero, "cluster.local").unwrap_err().to_string();
+    assert!(e.contains("zero.key") && e.contains("not a regular file"), "{e}");
+    let fifo = dir.path().join("fifo.key");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let e = CertificateAuthority::from_files(&cert, &fifo, "cluster.local").unwrap_err().to_string();
+    assert!(e.contains("fifo.key") && e.contains("not a regular file"), "{e}");
+    let huge = dir.path().join("huge.crt");
+    fs::write(&huge, vec![b'A'; (MAX_PEM_FILE + 1) as usize]).unwrap();
+    let e = CertificateAuthority::from_files(&huge, &zero, "cluster.local").unwrap_err().to_string();
+    assert!(e.contains("huge.crt") && e.contains("at most 1048576"), "{e}");
+    // The state directory's root is read the same way.
+    let state = dir.path().join("state");
+    fs::create_dir_all(&state).unwrap();
+    fs::write(state.join(CA_CERT_FILE), ca.root_pem()).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", state.join(CA_KEY_FILE)).unwrap();
+    let e = CertificateAuthority::load(&state, "cluster.local").unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+}
