@@ -552,9 +552,9 @@ pub fn read_pem_file(path: &Path) -> Result<String, CertError> {
     let mut text = String::new();
     let read = fs::File::open(path).and_then(|f| f.take(MAX_PEM_FILE + 1).read_to_string(&mut text));
     match read {
-        Ok(n) if n as u64 > MAX_PEM_FILE => {
-            Err(refused(format!("grew past {MAX_PEM_FILE} bytes while read; a certificate or key file holds at most that")))
-        }
+        Ok(n) if n as u64 > MAX_PEM_FILE => Err(refused(format!(
+            "grew past {MAX_PEM_FILE} bytes while read; a certificate or key file holds at most that"
+        ))),
         Ok(_) => Ok(text),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(refused("not text (PEM is expected)".to_owned())),
         Err(e) => Err(io(e)),

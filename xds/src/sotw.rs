@@ -32,11 +32,13 @@ pub struct Outcome<R> {
     pub unknown_type: Option<String>,
     /// Set when the request breaks a bound ([`crate::limits`]): the stream must end with this reason.
     pub refused: Option<String>,
+    /// Set when the request repeated an initial request that was answered already (left unanswered).
+    pub repeated: bool,
 }
 
 impl<R> Default for Outcome<R> {
     fn default() -> Self {
-        Self { responses: Vec::new(), nack: None, unknown_type: None, refused: None }
+        Self { responses: Vec::new(), nack: None, unknown_type: None, refused: None, repeated: false }
     }
 }
 
@@ -266,6 +268,17 @@ impl SotwSession {
         if !first && state.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
             return out; // stale: Envoy will send a request for the latest nonce too
         }
+        // An initial request again, on a stream that was answered for this type already: Envoy never sends
+        // one (it echoes a nonce from then on), and answering each would let ~100 bytes draw the whole
+        // type again, over and over. Answered only if it subscribes to other names.
+        if first && state.last_nonce.is_some() {
+            let requested: BTreeSet<&str> =
+                req.resource_names.iter().map(String::as_str).filter(|n| *n != "*").collect();
+            if requested.len() == state.names.len() && requested.iter().all(|n| state.names.contains(*n)) {
+                out.repeated = true;
+                return out;
+            }
+        }
         state.requested = true;
         state.unanswered = false;
         // Most requests are ACKs naming what was subscribed already: compared in place, without
@@ -471,6 +484,28 @@ mod tests {
         assert_eq!(s.acked_version(ResourceType::Cluster), Some(r[0].version()));
         // An identical snapshot sends nothing.
         assert!(s.on_snapshot(snap(&[])).is_empty());
+    }
+
+    /// A request with an empty nonce again and again on one stream draws one response, not one each time
+    /// (~100 bytes in, the whole type out); new names are still answered.
+    #[test]
+    fn a_repeated_initial_request_draws_nothing_more() {
+        let mut s = SotwSession::new();
+        s.on_snapshot(snap(&[("a", "1"), ("b", "1")]));
+        let first = s.on_request(&req(ResourceType::Cluster, &[], "", "")).responses;
+        assert_eq!(first.len(), 1);
+        for _ in 0..1000 {
+            let again = s.on_request(&req(ResourceType::Cluster, &[], "", ""));
+            assert!(again.responses.is_empty() && again.repeated);
+        }
+        // After the ACK too.
+        s.on_request(&req(ResourceType::Cluster, &[], first[0].nonce(), first[0].version()));
+        assert!(s.on_request(&req(ResourceType::Cluster, &[], "", "")).responses.is_empty());
+        // Other names are a new subscription: answered.
+        let eds = s.on_request(&req(ResourceType::Endpoint, &["a"], "", "")).responses;
+        assert_eq!(eds.len(), 1);
+        let more = s.on_request(&req(ResourceType::Endpoint, &["a", "b"], "", "")).responses;
+        assert_eq!(more.len(), 1, "new names on an initial request are answered");
     }
 
     #[test]
