@@ -71,6 +71,12 @@ struct Session<P: Protocol> {
 
 const WARNINGS_PER_SESSION: u32 = 8;
 
+/// Connect and disconnect lines: per proxy, at most one every 10 s (the first at once).
+static CONNECT_LINES: std::sync::LazyLock<messages::ratelog::KeyedLogLimiter> =
+    std::sync::LazyLock::new(|| messages::ratelog::KeyedLogLimiter::new(std::time::Duration::from_secs(10), 65_536));
+static DISCONNECT_LINES: std::sync::LazyLock<messages::ratelog::KeyedLogLimiter> =
+    std::sync::LazyLock::new(|| messages::ratelog::KeyedLogLimiter::new(std::time::Duration::from_secs(10), 65_536));
+
 /// Why a session ended.
 enum End {
     /// The proxy closed its stream or went away.
@@ -84,14 +90,20 @@ where
     P::Response: Send,
 {
     async fn run(mut self) {
-        tracing::info!(proxy = %self.proxy, api = P::NAME, "proxy connected");
+        // A proxy reconnecting in a loop (or a peer opening streams as one) writes a line now and then
+        // with how many were left out, not one per stream.
+        if let Some(left_out) = CONNECT_LINES.admit(self.uuid.as_str()) {
+            tracing::info!(proxy = %self.proxy, api = P::NAME, left_out_since_last = left_out, "proxy connected");
+        }
         let end = self.serve().await;
         if let End::Close(status) = end {
             let _ = self.responses.send(Err(status)).await;
         }
         self.metrics.proxy_disconnected(self.uuid.as_str());
         self.board.leave(&self.status);
-        tracing::info!(proxy = %self.proxy, "proxy disconnected");
+        if let Some(left_out) = DISCONNECT_LINES.admit(self.uuid.as_str()) {
+            tracing::info!(proxy = %self.proxy, left_out_since_last = left_out, "proxy disconnected");
+        }
     }
 
     async fn serve(&mut self) -> End {

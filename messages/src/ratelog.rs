@@ -44,6 +44,48 @@ impl LogLimiter {
     }
 }
 
+/// [`LogLimiter`] per key (a proxy): the first line about a key at once, then at most one every period,
+/// carrying how many were left out. Holds at most `max_keys` keys: past that, keys quiet for a period are
+/// forgotten (their next line would be admitted anyway), and a new key that still finds no room is
+/// admitted without being remembered.
+#[derive(Debug)]
+pub struct KeyedLogLimiter {
+    every: Duration,
+    max_keys: usize,
+    last: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl KeyedLogLimiter {
+    pub fn new(every: Duration, max_keys: usize) -> Self {
+        Self { every, max_keys, last: Mutex::new(HashMap::new()) }
+    }
+
+    /// `Some(left out since the last line)` when a line about `key` may be logged now.
+    pub fn admit(&self, key: &str) -> Option<u64> {
+        self.admit_at(key, Instant::now())
+    }
+
+    fn admit_at(&self, key: &str, now: Instant) -> Option<u64> {
+        let Ok(mut last) = self.last.lock() else { return Some(0) };
+        if let Some((at, left_out)) = last.get_mut(key) {
+            if now.saturating_duration_since(*at) < self.every {
+                *left_out += 1;
+                return None;
+            }
+            *at = now;
+            return Some(std::mem::take(left_out));
+        }
+        if last.len() >= self.max_keys {
+            let every = self.every;
+            last.retain(|_, (at, left_out)| now.saturating_duration_since(*at) < every || *left_out > 0);
+        }
+        if last.len() < self.max_keys {
+            last.insert(key.to_owned(), (now, 0));
+        }
+        Some(0)
+    }
+}
+
 /// Longest peer-supplied string written to a log.
 const MAX_LOGGED_BYTES: usize = 256;
 
@@ -75,6 +117,23 @@ mod tests {
         let long = "x".repeat(100_000);
         let logged = peer_str(&long);
         assert!(logged.len() < 300 && logged.ends_with("…(100000 bytes)"), "{logged}");
+    }
+
+    #[test]
+    fn one_line_per_key_per_period_in_bounded_memory() {
+        let l = KeyedLogLimiter::new(Duration::from_secs(10), 2);
+        let t0 = Instant::now();
+        assert_eq!(l.admit_at("p1", t0), Some(0));
+        // A reconnect storm of one proxy: one line, then one carrying the count.
+        for _ in 0..2000 {
+            assert_eq!(l.admit_at("p1", t0 + Duration::from_secs(1)), None);
+        }
+        assert_eq!(l.admit_at("p1", t0 + Duration::from_secs(10)), Some(2000));
+        // Other proxies are not held back by it; the map never exceeds its bound.
+        assert_eq!(l.admit_at("p2", t0), Some(0));
+        assert_eq!(l.admit_at("p3", t0), Some(0), "no room: admitted without being remembered");
+        assert_eq!(l.last.lock().unwrap().len(), 2);
+        assert_eq!(l.admit_at("p3", t0 + Duration::from_secs(30)), Some(0), "quiet keys are forgotten for room");
     }
 
     #[test]
