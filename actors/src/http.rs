@@ -259,6 +259,9 @@ pub struct HttpLimits {
     pub header_timeout: std::time::Duration,
     /// No connection lives longer than this.
     pub max_connection_age: std::time::Duration,
+    /// Connections held at once from one address: one peer's idle sockets cannot take every slot, so the
+    /// kubelet's liveness and readiness probes (and Prometheus) are answered whatever one peer does.
+    pub max_per_peer: usize,
 }
 
 impl Default for HttpLimits {
@@ -267,6 +270,7 @@ impl Default for HttpLimits {
             max_connections: 128,
             header_timeout: std::time::Duration::from_secs(5),
             max_connection_age: std::time::Duration::from_secs(60),
+            max_per_peer: 16,
         }
     }
 }
@@ -303,6 +307,38 @@ pub fn tls_acceptor(cert_pem: &str, key_pem: &str) -> Result<tokio_rustls::TlsAc
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Connections held per peer address.
+#[derive(Default, Clone)]
+struct PeerCounts(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection of a peer, counted until dropped.
+struct PeerHold(PeerCounts, std::net::IpAddr);
+
+impl PeerCounts {
+    fn hold(&self, ip: std::net::IpAddr, max: usize) -> Option<PeerHold> {
+        let mut counts = self.0.lock().ok()?;
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(PeerHold(self.clone(), ip))
+    }
+}
+
+impl Drop for PeerHold {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.0.0.lock()
+            && let Some(n) = counts.get_mut(&self.1)
+        {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// Serves `app` until `shutdown` resolves, over TLS when an acceptor is given (the handshake counts
 /// against the header timeout).
 pub async fn serve_router(
@@ -317,16 +353,23 @@ pub async fn serve_router(
     // The ADS listener's accept loop: a connection limit, and back-off when descriptors run out.
     let mut conns = std::pin::pin!(xds::server::incoming(listener, limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
+    let peers = PeerCounts::default();
     loop {
         let conn = tokio::select! {
             () = &mut shutdown => return Ok(()),
             conn = conns.next() => conn,
         };
         let Some(Ok(conn)) = conn else { continue };
+        // Past its share, a peer's connection is closed at once (its slot freed for others).
+        let Some(held) = conn.peer_addr().and_then(|a| peers.hold(a.ip(), limits.max_per_peer)) else {
+            tracing::debug!(peer = ?conn.peer_addr(), "HTTP connection refused: the peer holds its share");
+            continue;
+        };
         let app = app.clone();
         let limits = limits.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _held = held;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
             let age = limits.max_connection_age;

@@ -406,6 +406,9 @@ fn serve_webhooks<F: Future<Output = ()> + Send + 'static>(
     let cert = state.ca.issue_server(&format!("osm-injector.{ns}.svc"), &names, ::certs::LONG_VALIDITY)?;
     let tls = http::tls_acceptor(&cert.cert_pem, &cert.key_pem)?;
     let [injector, validator] = listeners;
+    // The API server is the webhooks' one peer (a few, with replicas): no per-peer share here, or a burst
+    // of pod creations would see their reviews' connections closed and fail.
+    let limits = http::HttpLimits { max_per_peer: limits.max_connections, ..limits };
     let routers = [
         (injector, k8s::webhook::injector_router(state.clone()), "sidecar injector (HTTPS: /mutate-pod-creation)"),
         (validator, k8s::webhook::validator_router(state), "validating webhook (HTTPS: /validate)"),

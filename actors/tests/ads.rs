@@ -501,6 +501,7 @@ async fn idle_http_connections_are_closed_and_health_keeps_answering() {
             max_connections: 4,
             header_timeout: Duration::from_millis(300),
             max_connection_age: Duration::from_secs(60),
+            max_per_peer: 4,
         };
     });
     // More idle connections than the endpoint takes at once: they sit in the backlog, then time out.
@@ -517,6 +518,43 @@ async fn idle_http_connections_are_closed_and_health_keeps_answering() {
         let text = String::from_utf8_lossy(&buf[..n]);
         assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "an idle connection got {text:?}");
     }
+}
+
+/// One peer's idle sockets, however many and however often reopened, take at most its share of the
+/// endpoint: liveness is answered to another address at once (the kubelet's probe times out after 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peers_idle_sockets_cannot_starve_the_liveness_probe() {
+    let c = Controller::start_with(|cfg| {
+        cfg.http_limits = actors::http::HttpLimits {
+            max_connections: 32,
+            header_timeout: Duration::from_secs(30),
+            max_connection_age: Duration::from_secs(60),
+            max_per_peer: 8,
+        };
+    });
+    // 140 idle sockets from 127.0.0.1, more than the endpoint's every slot.
+    let mut idle = Vec::new();
+    for _ in 0..140 {
+        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", c.http_port)).await {
+            idle.push(s);
+        }
+    }
+    // The probe from another address (the node's, for a kubelet): answered well within its timeout.
+    for _ in 0..5 {
+        let probe = async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            let mut s = socket.connect(std::net::SocketAddr::from(([127, 0, 0, 1], c.http_port))).await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(b"GET /health/alive HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(1), probe).await.expect("liveness answered within 1 s");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    drop(idle);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

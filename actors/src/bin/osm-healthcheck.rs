@@ -53,6 +53,9 @@ fn run() -> anyhow::Result<()> {
             max_connections: 32,
             header_timeout: Duration::from_secs(5),
             max_connection_age: Duration::from_secs(30),
+            // The kubelet sends a few probes at a time from its node's address; no other peer can take
+            // more than half the slots.
+            max_per_peer: 16,
         };
         let app = actors::healthcheck::router(Duration::from_secs(cli.dial_timeout_s.max(1)));
         actors::http::serve_router(listener, app, limits, None, shutdown()).await.context("serving probes")
